@@ -1,0 +1,81 @@
+// Package broker runs ferry-broker: it logs in to Vault, polls each
+// binding's source, and serves the resulting Secrets to authorized writers
+// over mutual TLS with SPIFFE identities.
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ferry-secrets/ferry/broker/catalog"
+	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/server"
+	"github.com/ferry-secrets/ferry/broker/source"
+	"github.com/ferry-secrets/ferry/broker/vault"
+	"github.com/ferry-secrets/ferry/internal/svidsource"
+	"github.com/ferry-secrets/ferry/internal/task"
+)
+
+// shutdownGrace bounds GracefulStop before open streams are cut.
+const shutdownGrace = 5 * time.Second
+
+// Run serves until ctx ends, then shuts down gracefully.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if cfg.Vault.AllowInsecureHTTP {
+		log.Warn("vault.allow_insecure_http is set: Vault traffic may be unencrypted; use only for local development", "vault_address", cfg.Vault.Address)
+	}
+	src, err := svidsource.New(ctx, cfg.SPIFFE, log)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	defer src.Close()
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	td := svid.ID.TrustDomain()
+	log.Info("broker identity", "spiffe_id", svid.ID.String())
+
+	vc, err := vault.New(cfg.Vault, log)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	cat := catalog.New(cfg.Writers, source.Meta)
+	poller := source.NewPoller(cat, vc, cfg.Writers, vc.Ready(), log)
+	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td), log)
+
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("broker: listen: %w", err)
+	}
+	log.Info("broker listening", "addr", lis.Addr().String(), "trust_domain", td.String(), "writers", len(cfg.Writers))
+	return task.Run(ctx, vc.Run, poller.Run, func(ctx context.Context) error {
+		return serve(ctx, srv, lis, log)
+	})
+}
+
+func serve(ctx context.Context, srv *server.Server, lis net.Listener, log *slog.Logger) error {
+	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.GRPC.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("broker: serve: %w", err)
+	case <-ctx.Done():
+	}
+	srv.Health.Shutdown()
+	stopped := make(chan struct{})
+	go func() { srv.GRPC.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(shutdownGrace):
+		log.Warn("graceful stop timed out; closing open streams")
+		srv.GRPC.Stop()
+	}
+	return nil
+}

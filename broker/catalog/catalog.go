@@ -1,0 +1,258 @@
+// Package catalog holds the broker's desired state: for each writer identity,
+// its bindings, the Secret each binding should currently produce, and how
+// delivery to the writer stands. Sources write into it; writer streams read
+// snapshots from it and are notified of changes; the debug RPC reads its
+// metadata. It holds secret data only inside ferryv1.Secret values, which it
+// never logs or renders.
+package catalog
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferry-secrets/ferry/broker/config"
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+)
+
+// Catalog is safe for concurrent use.
+type Catalog struct {
+	mu      sync.Mutex
+	writers map[string]*writer
+}
+
+type writer struct {
+	order     []string // binding names in config order
+	bindings  map[string]*binding
+	subs      map[*Subscription]struct{}
+	connected int
+}
+
+type binding struct {
+	meta    Meta
+	desired *ferryv1.Secret // nil until the source was read once
+
+	vaultVersion int64
+	sourceErr    string
+	lastRefresh  time.Time
+	nextRefresh  time.Time
+
+	applied  string
+	applyErr string
+}
+
+// Meta describes a binding without its data.
+type Meta struct {
+	WriterID   string
+	Name       string
+	Namespace  string
+	SecretName string
+	SourceKind string
+	VaultPath  string
+}
+
+// New returns a catalog with every binding of ws registered (and no data yet).
+// meta maps each binding to its source description.
+func New(ws []config.Writer, meta func(writerID string, b config.Binding) Meta) *Catalog {
+	c := &Catalog{writers: make(map[string]*writer, len(ws))}
+	for _, w := range ws {
+		st := &writer{bindings: make(map[string]*binding, len(w.Secrets)), subs: map[*Subscription]struct{}{}}
+		for _, b := range w.Secrets {
+			st.order = append(st.order, b.Name)
+			st.bindings[b.Name] = &binding{meta: meta(w.ID, b)}
+		}
+		c.writers[w.ID] = st
+	}
+	return c
+}
+
+// Known reports whether id is a configured writer.
+func (c *Catalog) Known(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.writers[id]
+	return ok
+}
+
+// SetDesired records a successful source read. Subscribers are notified
+// only when the revision changed; it reports whether it did.
+func (c *Catalog) SetDesired(writerID, name string, s *ferryv1.Secret, vaultVersion int64, at time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w, b := c.lookup(writerID, name)
+	if b == nil {
+		return false
+	}
+	b.sourceErr = ""
+	b.lastRefresh = at
+	b.vaultVersion = vaultVersion
+	if b.desired != nil && b.desired.GetRevision() == s.GetRevision() {
+		return false
+	}
+	b.desired = s
+	for sub := range w.subs {
+		sub.mark(name)
+	}
+	return true
+}
+
+// SetSourceError records a failed source read; the desired Secret stays as
+// it was, so a Vault outage never removes anything.
+func (c *Catalog) SetSourceError(writerID, name string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, b := c.lookup(writerID, name); b != nil {
+		b.sourceErr = err.Error()
+	}
+}
+
+// SetNextRefresh records when the source will be read next.
+func (c *Catalog) SetNextRefresh(writerID, name string, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, b := c.lookup(writerID, name); b != nil {
+		b.nextRefresh = at
+	}
+}
+
+// RecordResult records a writer's apply result. Results for unknown
+// bindings are ignored and reported false.
+func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, b := c.lookup(writerID, r.GetBinding())
+	if b == nil {
+		return false
+	}
+	if r.GetError() != "" {
+		b.applyErr = r.GetError()
+		return true
+	}
+	b.applied, b.applyErr = r.GetRevision(), ""
+	return true
+}
+
+func (c *Catalog) lookup(writerID, name string) (*writer, *binding) {
+	w := c.writers[writerID]
+	if w == nil {
+		return nil, nil
+	}
+	return w, w.bindings[name]
+}
+
+// Status lists binding metadata and delivery state for one writer, or for
+// every writer when writerID is empty. It never includes data.
+func (c *Catalog) Status(writerID string) []*ferryv1.BindingStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]string, 0, len(c.writers))
+	for id := range c.writers {
+		if writerID == "" || id == writerID {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	var out []*ferryv1.BindingStatus
+	for _, id := range ids {
+		w := c.writers[id]
+		names := append([]string(nil), w.order...)
+		sort.Strings(names)
+		for _, n := range names {
+			b := w.bindings[n]
+			st := &ferryv1.BindingStatus{
+				WriterId:        id,
+				Binding:         n,
+				Namespace:       b.meta.Namespace,
+				SecretName:      b.meta.SecretName,
+				SourceKind:      b.meta.SourceKind,
+				VaultPath:       b.meta.VaultPath,
+				VaultVersion:    b.vaultVersion,
+				DesiredRevision: b.desired.GetRevision(),
+				AppliedRevision: b.applied,
+				ApplyError:      b.applyErr,
+				SourceError:     b.sourceErr,
+				WriterConnected: w.connected > 0,
+			}
+			if !b.lastRefresh.IsZero() {
+				st.LastRefreshTime = timestamppb.New(b.lastRefresh)
+			}
+			if !b.nextRefresh.IsZero() {
+				st.NextRefreshTime = timestamppb.New(b.nextRefresh)
+			}
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// Subscription is one writer stream's view of the catalog: a snapshot taken
+// when it was opened, then the names of bindings that changed since.
+type Subscription struct {
+	c        *Catalog
+	writerID string
+	notify   chan struct{}
+	dirty    map[string]struct{} // guarded by c.mu
+}
+
+// Subscribe opens a subscription for writerID and returns it with the
+// current desired Secrets (bindings never read yet are left out; they arrive
+// as changes). It returns nil for an unknown writer.
+func (c *Catalog) Subscribe(writerID string) (*Subscription, []*ferryv1.Secret) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.writers[writerID]
+	if w == nil {
+		return nil, nil
+	}
+	sub := &Subscription{c: c, writerID: writerID, notify: make(chan struct{}, 1), dirty: map[string]struct{}{}}
+	w.subs[sub] = struct{}{}
+	w.connected++
+	snap := make([]*ferryv1.Secret, 0, len(w.order))
+	for _, n := range w.order {
+		if d := w.bindings[n].desired; d != nil {
+			snap = append(snap, d)
+		}
+	}
+	return sub, snap
+}
+
+// mark queues a binding name; called with c.mu held.
+func (s *Subscription) mark(name string) {
+	s.dirty[name] = struct{}{}
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Changed is signalled when Next has something to return.
+func (s *Subscription) Changed() <-chan struct{} { return s.notify }
+
+// Next returns the current desired Secret of every binding that changed
+// since the last call, coalescing repeated changes to one binding.
+func (s *Subscription) Next() []*ferryv1.Secret {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	w := s.c.writers[s.writerID]
+	out := make([]*ferryv1.Secret, 0, len(s.dirty))
+	for n := range s.dirty {
+		if d := w.bindings[n].desired; d != nil {
+			out = append(out, d)
+		}
+		delete(s.dirty, n)
+	}
+	return out
+}
+
+// Close ends the subscription.
+func (s *Subscription) Close() {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	w := s.c.writers[s.writerID]
+	if _, ok := w.subs[s]; ok {
+		delete(w.subs, s)
+		w.connected--
+	}
+}

@@ -1,0 +1,337 @@
+// Package config defines ferry-broker's configuration file: where it listens,
+// how it proves its identity (SPIFFE), how it reaches and logs in to Vault,
+// and which writer SPIFFE IDs may receive which secrets (default deny).
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ferry-secrets/ferry/internal/svidsource"
+)
+
+// Config is the whole broker configuration.
+type Config struct {
+	// Listen is the gRPC listen address (host:port). Default 127.0.0.1:8443.
+	Listen string `json:"listen"`
+	// SPIFFE says where the broker's own X.509-SVID comes from.
+	SPIFFE svidsource.Config `json:"spiffe"`
+	// Vault says how to reach and log in to Vault.
+	Vault Vault `json:"vault"`
+	// Log configures logging.
+	Log Log `json:"log"`
+	// Debug configures the debug RPCs.
+	Debug Debug `json:"debug"`
+	// Writers grants secrets to writer SPIFFE IDs. An ID not listed gets nothing.
+	Writers []Writer `json:"writers"`
+}
+
+// Vault is the broker's connection to Vault.
+type Vault struct {
+	// Address is Vault's URL, https:// unless AllowInsecureHTTP is set.
+	Address string `json:"address"`
+	// CAFile verifies Vault's serving certificate (PEM). Optional: the system roots otherwise.
+	CAFile string `json:"ca_file,omitempty"`
+	// ServerName overrides the TLS server name checked on Vault's certificate. Optional.
+	ServerName string `json:"server_name,omitempty"`
+	// AllowInsecureHTTP permits an http:// address. For local development only.
+	AllowInsecureHTTP bool `json:"allow_insecure_http,omitempty"`
+	// Auth is how the broker logs in.
+	Auth VaultAuth `json:"auth"`
+}
+
+// Auth methods.
+const (
+	AuthToken   = "token"
+	AuthAppRole = "approle"
+)
+
+// VaultAuth is one Vault login method. Credentials are read from files.
+type VaultAuth struct {
+	// Method is "token" or "approle".
+	Method string `json:"method"`
+	// Mount is the auth mount path; default is the method name.
+	Mount string `json:"mount,omitempty"`
+	// TokenFile holds a Vault token (method token).
+	TokenFile string `json:"token_file,omitempty"`
+	// RoleIDFile and SecretIDFile hold the AppRole credentials (method approle).
+	RoleIDFile   string `json:"role_id_file,omitempty"`
+	SecretIDFile string `json:"secret_id_file,omitempty"`
+}
+
+// Log configures the broker's logger.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `json:"level,omitempty"`
+}
+
+// Debug configures the debug RPCs.
+type Debug struct {
+	// Admins are SPIFFE IDs that may list every writer's bindings.
+	Admins []string `json:"admins,omitempty"`
+}
+
+// Writer grants bindings to one writer identity.
+type Writer struct {
+	// ID is the writer's exact SPIFFE ID.
+	ID string `json:"id"`
+	// Secrets are the writer's bindings.
+	Secrets []Binding `json:"secrets"`
+}
+
+// Binding maps one Vault source to one Kubernetes Secret.
+type Binding struct {
+	// Name identifies the binding among the writer's bindings.
+	Name string `json:"name"`
+	// Namespace is the destination namespace.
+	Namespace string `json:"namespace"`
+	// SecretName is the destination Secret's name; default Name.
+	SecretName string `json:"secret_name,omitempty"`
+	// Type is the Secret's type; default Opaque.
+	Type string `json:"type,omitempty"`
+	// Labels and Annotations are added to the Secret.
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// Refresh is how often the source is polled; default 60s, jittered by up to 10%.
+	Refresh Duration `json:"refresh,omitempty"`
+	// KV reads a key/value secret.
+	KV *KV `json:"kv,omitempty"`
+}
+
+// KV is a key/value source.
+type KV struct {
+	// Mount is the KV engine's mount path, e.g. "secret".
+	Mount string `json:"mount"`
+	// Path is the secret's path inside the mount.
+	Path string `json:"path"`
+	// EngineVersion is the KV engine version, 1 or 2; default 2.
+	EngineVersion int `json:"engine_version,omitempty"`
+}
+
+// Defaults.
+const (
+	DefaultListen  = "127.0.0.1:8443"
+	DefaultRefresh = 60 * time.Second
+	MinRefresh     = time.Second
+)
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"30s\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q", s)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON implements json.Marshaler.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// Load reads, defaults and validates the config file at path.
+func Load(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML strictly (unknown fields are errors), applies defaults
+// and validates.
+func Parse(raw []byte) (*Config, error) {
+	var c Config
+	if err := yaml.UnmarshalStrict(raw, &c); err != nil {
+		return nil, err
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// SetDefaults fills unset optional fields.
+func (c *Config) SetDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Vault.Auth.Mount == "" {
+		c.Vault.Auth.Mount = c.Vault.Auth.Method
+	}
+	for i := range c.Writers {
+		for j := range c.Writers[i].Secrets {
+			b := &c.Writers[i].Secrets[j]
+			if b.SecretName == "" {
+				b.SecretName = b.Name
+			}
+			if b.Type == "" {
+				b.Type = "Opaque"
+			}
+			if b.Refresh.Duration == 0 {
+				b.Refresh.Duration = DefaultRefresh
+			}
+			if b.KV != nil && b.KV.EngineVersion == 0 {
+				b.KV.EngineVersion = 2
+			}
+		}
+	}
+}
+
+var (
+	// dnsLabel is a Kubernetes namespace name (RFC 1123 label).
+	dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	// dnsSubdomain is a Kubernetes Secret name (RFC 1123 subdomain).
+	dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+)
+
+// Validate reports the first problem, naming the field (e.g.
+// `writers[0].secrets[1].kv.path: required`).
+func (c *Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("listen: %q is not host:port", c.Listen)
+	}
+	if err := c.SPIFFE.Validate("spiffe"); err != nil {
+		return err
+	}
+	if err := c.Vault.validate(); err != nil {
+		return err
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	for i, id := range c.Debug.Admins {
+		if _, err := spiffeid.FromString(id); err != nil {
+			return fmt.Errorf("debug.admins[%d]: %q is not a SPIFFE ID: %v", i, id, err)
+		}
+	}
+	seenWriter := map[string]int{}
+	for i, w := range c.Writers {
+		f := fmt.Sprintf("writers[%d]", i)
+		if _, err := spiffeid.FromString(w.ID); err != nil {
+			return fmt.Errorf("%s.id: %q is not a SPIFFE ID: %v", f, w.ID, err)
+		}
+		if j, dup := seenWriter[w.ID]; dup {
+			return fmt.Errorf("%s.id: %q is already listed at writers[%d]", f, w.ID, j)
+		}
+		seenWriter[w.ID] = i
+		seenName := map[string]int{}
+		seenDest := map[string]int{}
+		for j, b := range w.Secrets {
+			bf := fmt.Sprintf("%s.secrets[%d]", f, j)
+			if err := b.validate(bf); err != nil {
+				return err
+			}
+			if k, dup := seenName[b.Name]; dup {
+				return fmt.Errorf("%s.name: %q is already used by %s.secrets[%d]", bf, b.Name, f, k)
+			}
+			seenName[b.Name] = j
+			dest := b.Namespace + "/" + b.SecretName
+			if k, dup := seenDest[dest]; dup {
+				return fmt.Errorf("%s: destination Secret %s is already written by %s.secrets[%d]", bf, dest, f, k)
+			}
+			seenDest[dest] = j
+		}
+	}
+	return nil
+}
+
+func (v Vault) validate() error {
+	switch {
+	case strings.HasPrefix(v.Address, "https://"):
+	case strings.HasPrefix(v.Address, "http://"):
+		if !v.AllowInsecureHTTP {
+			return fmt.Errorf("vault.address: %q is plain http; use https:// (or set vault.allow_insecure_http for local development only)", v.Address)
+		}
+	case v.Address == "":
+		return fmt.Errorf("vault.address: required")
+	default:
+		return fmt.Errorf("vault.address: %q must start with https://", v.Address)
+	}
+	if v.CAFile != "" {
+		if _, err := os.Stat(v.CAFile); err != nil {
+			return fmt.Errorf("vault.ca_file: %v", err)
+		}
+	}
+	a := v.Auth
+	switch a.Method {
+	case AuthToken:
+		if a.TokenFile == "" {
+			return fmt.Errorf("vault.auth.token_file: required for method token")
+		}
+	case AuthAppRole:
+		if a.RoleIDFile == "" {
+			return fmt.Errorf("vault.auth.role_id_file: required for method approle")
+		}
+		if a.SecretIDFile == "" {
+			return fmt.Errorf("vault.auth.secret_id_file: required for method approle")
+		}
+	case "":
+		return fmt.Errorf("vault.auth.method: required (token or approle)")
+	default:
+		return fmt.Errorf("vault.auth.method: %q is not one of token, approle", a.Method)
+	}
+	return nil
+}
+
+func (b Binding) validate(f string) error {
+	if b.Name == "" {
+		return fmt.Errorf("%s.name: required", f)
+	}
+	if !dnsSubdomain.MatchString(b.Name) {
+		return fmt.Errorf("%s.name: %q must be lowercase letters, digits, '-' or '.'", f, b.Name)
+	}
+	if b.Namespace == "" {
+		return fmt.Errorf("%s.namespace: required", f)
+	}
+	if len(b.Namespace) > 63 || !dnsLabel.MatchString(b.Namespace) {
+		return fmt.Errorf("%s.namespace: %q is not a valid namespace name", f, b.Namespace)
+	}
+	if len(b.SecretName) > 253 || !dnsSubdomain.MatchString(b.SecretName) {
+		return fmt.Errorf("%s.secret_name: %q is not a valid Secret name", f, b.SecretName)
+	}
+	if b.Refresh.Duration < MinRefresh {
+		return fmt.Errorf("%s.refresh: %s is below the minimum of %s", f, b.Refresh.Duration, MinRefresh)
+	}
+	if b.KV == nil {
+		return fmt.Errorf("%s: a source is required (kv)", f)
+	}
+	kv := b.KV
+	if kv.Mount == "" || strings.Trim(kv.Mount, "/") == "" {
+		return fmt.Errorf("%s.kv.mount: required", f)
+	}
+	if kv.Path == "" || strings.Trim(kv.Path, "/") == "" {
+		return fmt.Errorf("%s.kv.path: required", f)
+	}
+	if strings.Contains(kv.Path, "..") {
+		return fmt.Errorf("%s.kv.path: %q must not contain \"..\"", f, kv.Path)
+	}
+	if kv.EngineVersion != 1 && kv.EngineVersion != 2 {
+		return fmt.Errorf("%s.kv.engine_version: %d is not 1 or 2", f, kv.EngineVersion)
+	}
+	return nil
+}

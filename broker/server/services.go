@@ -1,0 +1,116 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+)
+
+type writerService struct {
+	ferryv1.UnimplementedWriterServiceServer
+	s *Server
+}
+
+// Sync streams the caller's desired Secrets: the snapshot, its end marker,
+// then every change; it records the writer's apply results.
+func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
+	ctx := stream.Context()
+	id := callerID(ctx)
+	log := w.s.log.With("spiffe_id", id)
+
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if first.GetHello() == nil {
+		return status.Error(codes.InvalidArgument, "the first message must be hello")
+	}
+	sub, snapshot := w.s.cat.Subscribe(id)
+	if sub == nil {
+		return status.Error(codes.PermissionDenied, "unknown writer")
+	}
+	defer sub.Close()
+	log.Info("writer connected", "writer_version", first.GetHello().GetWriterVersion(), "snapshot", len(snapshot))
+
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- w.receiveResults(stream, id) }()
+
+	for _, sec := range snapshot {
+		if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}); err != nil {
+			return err
+		}
+	}
+	if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_SnapshotComplete{
+		SnapshotComplete: &ferryv1.SnapshotComplete{Count: uint32(len(snapshot))},
+	}}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				log.Info("writer closed the stream")
+				return nil
+			}
+			return err
+		case <-sub.Changed():
+			for _, sec := range sub.Next() {
+				if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// receiveResults records apply results until the stream ends.
+func (w *writerService) receiveResults(stream ferryv1.WriterService_SyncServer, id string) error {
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		r := m.GetResult()
+		if r == nil {
+			return status.Error(codes.InvalidArgument, "expected an apply result")
+		}
+		if !w.s.cat.RecordResult(id, r) {
+			w.s.log.Warn("apply result for an unknown binding", "spiffe_id", id, "binding", r.GetBinding())
+			continue
+		}
+		if r.GetError() != "" {
+			w.s.log.Warn("writer failed to apply", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision(), "err", r.GetError())
+		} else {
+			w.s.log.Debug("writer applied", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision(), "unchanged", r.GetUnchanged())
+		}
+	}
+}
+
+type debugService struct {
+	ferryv1.UnimplementedDebugServiceServer
+	s *Server
+}
+
+// ListBindings returns binding metadata: a writer's own, or (for admins) any.
+func (d *debugService) ListBindings(ctx context.Context, req *ferryv1.ListBindingsRequest) (*ferryv1.ListBindingsResponse, error) {
+	id := callerID(ctx)
+	target := id
+	admin := d.s.isAdmin(id)
+	switch {
+	case req.GetWriterId() != "" && req.GetWriterId() != id:
+		if !admin {
+			return nil, status.Error(codes.PermissionDenied, "only debug admins may list another writer's bindings")
+		}
+		target = req.GetWriterId()
+	case admin && !d.s.cat.Known(id):
+		target = "" // an admin that is not a writer sees every writer
+	}
+	return &ferryv1.ListBindingsResponse{Bindings: d.s.cat.Status(target)}, nil
+}
