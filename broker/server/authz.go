@@ -3,8 +3,11 @@ package server
 import (
 	"context"
 
-	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -40,7 +43,7 @@ type callerKey struct{}
 // rules and checks the caller's SPIFFE ID, logging every denial.
 func (s *Server) authorize(ctx context.Context) (context.Context, error) {
 	method := methodOf(ctx)
-	id, ok := grpccredentials.PeerIDFromContext(ctx)
+	id, ok := peerID(ctx)
 	if !ok {
 		s.log.Warn("authorization denied", "reason", "no SPIFFE ID", "method", method)
 		return nil, status.Error(codes.PermissionDenied, "caller has no SPIFFE ID")
@@ -66,4 +69,21 @@ func (s *Server) authorize(ctx context.Context) (context.Context, error) {
 func callerID(ctx context.Context) string {
 	id, _ := ctx.Value(callerKey{}).(string)
 	return id
+}
+
+// peerID returns the SPIFFE ID of the verified client certificate.
+func peerID(ctx context.Context) (spiffeid.ID, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	// go-spiffe's VerifyPeerCertificate hook has already checked the chain
+	// against the trust bundle during the handshake (the standard library's
+	// VerifiedChains stays empty with that hook).
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return spiffeid.ID{}, false
+	}
+	id, err := x509svid.IDFromCert(info.State.PeerCertificates[0])
+	return id, err == nil
 }

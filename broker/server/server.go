@@ -18,7 +18,6 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
-	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
@@ -100,7 +99,7 @@ func loggingOptions() []logging.Option {
 		// Payloads are never logged (the default); only call metadata.
 		logging.WithLogOnEvents(logging.StartCall, logging.FinishCall),
 		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
-			id, _ := grpccredentials.PeerIDFromContext(ctx)
+			id, _ := peerID(ctx)
 			return logging.Fields{"spiffe_id", id.String(), "request_id", requestID()}
 		}),
 	}

@@ -1,0 +1,227 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/prototext"
+
+	"github.com/ferry-secrets/ferry/broker/catalog"
+	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/server"
+	"github.com/ferry-secrets/ferry/broker/source"
+	"github.com/ferry-secrets/ferry/internal/spiffetest"
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+)
+
+const (
+	brokerID = "spiffe://ferry.test/broker"
+	writerA  = "spiffe://ferry.test/writer/a"
+	writerB  = "spiffe://ferry.test/writer/b"
+	adminID  = "spiffe://ferry.test/admin"
+	value    = "s3cr3t-VALUE-never-logged"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type fixture struct {
+	ca   *spiffetest.CA
+	addr string
+	cat  *catalog.Catalog
+	logs *syncBuffer
+}
+
+func start(t *testing.T) *fixture {
+	t.Helper()
+	ca := spiffetest.NewCA(t, "ferry.test")
+	writers := []config.Writer{{ID: writerA, Secrets: []config.Binding{{
+		Name: "app", Namespace: "demo", SecretName: "app", Type: "Opaque",
+		KV: &config.KV{Mount: "secret", Path: "app", EngineVersion: 2},
+	}}}}
+	cat := catalog.New(writers, source.Meta)
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	src := ca.Source(t, brokerID, "broker.ferry.test")
+	srv := server.New(cat, []string{adminID}, server.TransportCredentials(src, ca.TD), log)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.GRPC.Serve(lis) }()
+	t.Cleanup(srv.GRPC.Stop)
+	return &fixture{ca: ca, addr: lis.Addr().String(), cat: cat, logs: logs}
+}
+
+func (f *fixture) publish(t *testing.T, v string) *ferryv1.Secret {
+	s := &ferryv1.Secret{Binding: "app", Namespace: "demo", Name: "app", Type: "Opaque", Data: map[string][]byte{"password": []byte(v)}}
+	s.Revision = source.Revision([]byte("k"), s)
+	if !f.cat.SetDesired(writerA, "app", s, 1, time.Now()) {
+		t.Fatal("SetDesired reported no change")
+	}
+	return s
+}
+
+// dial connects as id, signed by ca, verifying the broker's ID.
+func (f *fixture) dial(t *testing.T, ca *spiffetest.CA, id string) *grpc.ClientConn {
+	t.Helper()
+	src := ca.Source(t, id)
+	cfg := tlsconfig.MTLSClientConfig(src, f.ca.Source(t, brokerID), tlsconfig.AuthorizeID(spiffeid.RequireFromString(brokerID)))
+	cfg.MinVersion = tls.VersionTLS13
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func TestSyncDeliversSnapshotThenChanges(t *testing.T) {
+	f := start(t)
+	first := f.publish(t, value)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := ferryv1.NewWriterServiceClient(f.dial(t, f.ca, writerA)).Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetUpsert(); got.GetRevision() != first.Revision || string(got.GetData()["password"]) != value {
+		t.Fatalf("first message = %v, want upsert of revision %s", prototext.Format(m), first.Revision)
+	}
+	m, err = stream.Recv()
+	if err != nil || m.GetSnapshotComplete().GetCount() != 1 {
+		t.Fatalf("second message = %v, %v; want snapshot_complete{count:1}", m, err)
+	}
+	if err := stream.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Result{Result: &ferryv1.ApplyResult{Binding: "app", Revision: first.Revision}}}); err != nil {
+		t.Fatal(err)
+	}
+	second := f.publish(t, value+"-2")
+	m, err = stream.Recv()
+	if err != nil || m.GetUpsert().GetRevision() != second.Revision {
+		t.Fatalf("change = %v, %v; want upsert of revision %s", m, err, second.Revision)
+	}
+
+	// The debug RPC reports delivery state and never the value.
+	waitFor(t, func() bool {
+		st := f.cat.Status(writerA)
+		return len(st) == 1 && st[0].AppliedRevision == first.Revision
+	})
+	resp, err := ferryv1.NewDebugServiceClient(f.dial(t, f.ca, writerA)).ListBindings(ctx, &ferryv1.ListBindingsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Bindings) != 1 || resp.Bindings[0].DesiredRevision != second.Revision || !resp.Bindings[0].WriterConnected {
+		t.Fatalf("ListBindings = %v", prototext.Format(resp))
+	}
+	if strings.Contains(prototext.Format(resp), value) {
+		t.Fatal("ListBindings leaked the secret value")
+	}
+	cancel()
+	if strings.Contains(f.logs.String(), value) {
+		t.Fatalf("logs contain the secret value:\n%s", f.logs.String())
+	}
+}
+
+func TestAuthorization(t *testing.T) {
+	f := start(t)
+	f.publish(t, value)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	t.Run("unlisted writer gets PermissionDenied and an audit line", func(t *testing.T) {
+		stream, err := ferryv1.NewWriterServiceClient(f.dial(t, f.ca, writerB)).Sync(ctx)
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("Sync as %s: %v, want PermissionDenied", writerB, err)
+		}
+		if !strings.Contains(f.logs.String(), `"msg":"authorization denied"`) || !strings.Contains(f.logs.String(), writerB) {
+			t.Fatalf("no denial line naming %s in logs:\n%s", writerB, f.logs.String())
+		}
+	})
+	t.Run("writer cannot list another writer's bindings", func(t *testing.T) {
+		_, err := ferryv1.NewDebugServiceClient(f.dial(t, f.ca, writerA)).ListBindings(ctx, &ferryv1.ListBindingsRequest{WriterId: writerB})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("got %v, want PermissionDenied", err)
+		}
+	})
+	t.Run("admin lists every writer", func(t *testing.T) {
+		resp, err := ferryv1.NewDebugServiceClient(f.dial(t, f.ca, adminID)).ListBindings(ctx, &ferryv1.ListBindingsRequest{})
+		if err != nil || len(resp.Bindings) != 1 || resp.Bindings[0].WriterId != writerA {
+			t.Fatalf("got %v, %v", resp, err)
+		}
+	})
+	t.Run("admin may not Sync", func(t *testing.T) {
+		stream, err := ferryv1.NewWriterServiceClient(f.dial(t, f.ca, adminID)).Sync(ctx)
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("got %v, want PermissionDenied", err)
+		}
+	})
+	t.Run("any trust-domain member may check health", func(t *testing.T) {
+		resp, err := healthpb.NewHealthClient(f.dial(t, f.ca, writerB)).Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("got %v, %v", resp, err)
+		}
+	})
+	t.Run("foreign trust domain fails the handshake", func(t *testing.T) {
+		other := spiffetest.NewCA(t, "other.test")
+		_, err := healthpb.NewHealthClient(f.dial(t, other, "spiffe://other.test/writer/a")).Check(ctx, &healthpb.HealthCheckRequest{})
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("got %v, want Unavailable (handshake failure)", err)
+		}
+	})
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
