@@ -81,6 +81,10 @@ func (w *writerService) receiveResults(stream ferryv1.WriterService_SyncServer, 
 		if r == nil {
 			return status.Error(codes.InvalidArgument, "expected an apply result")
 		}
+		if r.GetSuperseded() {
+			w.s.log.Debug("writer skipped a superseded revision", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision())
+			continue
+		}
 		if !w.s.cat.RecordResult(id, r) {
 			w.s.log.Warn("apply result for an unknown binding", "spiffe_id", id, "binding", r.GetBinding())
 			continue

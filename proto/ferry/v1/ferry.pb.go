@@ -172,7 +172,11 @@ type ApplyResult struct {
 	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
 	// Optional: true when the writer skipped the write because the Secret
 	// already held this revision.
-	Unchanged     bool `protobuf:"varint,4,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	Unchanged bool `protobuf:"varint,4,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	// Optional: true when a newer upsert for the same Secret arrived before
+	// this revision was applied, so it was skipped; the newer revision's
+	// result follows.
+	Superseded    bool `protobuf:"varint,5,opt,name=superseded,proto3" json:"superseded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -231,6 +235,13 @@ func (x *ApplyResult) GetError() string {
 func (x *ApplyResult) GetUnchanged() bool {
 	if x != nil {
 		return x.Unchanged
+	}
+	return false
+}
+
+func (x *ApplyResult) GetSuperseded() bool {
+	if x != nil {
+		return x.Superseded
 	}
 	return false
 }
@@ -826,12 +837,15 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x06result\x18\x02 \x01(\v2\x15.ferry.v1.ApplyResultH\x00R\x06resultB\t\n" +
 	"\amessage\".\n" +
 	"\x05Hello\x12%\n" +
-	"\x0ewriter_version\x18\x01 \x01(\tR\rwriterVersion\"w\n" +
+	"\x0ewriter_version\x18\x01 \x01(\tR\rwriterVersion\"\x97\x01\n" +
 	"\vApplyResult\x12\x18\n" +
 	"\abinding\x18\x01 \x01(\tR\abinding\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\tR\brevision\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1c\n" +
-	"\tunchanged\x18\x04 \x01(\bR\tunchanged\"\xbf\x01\n" +
+	"\tunchanged\x18\x04 \x01(\bR\tunchanged\x12\x1e\n" +
+	"\n" +
+	"superseded\x18\x05 \x01(\bR\n" +
+	"superseded\"\xbf\x01\n" +
 	"\fSyncResponse\x12*\n" +
 	"\x06upsert\x18\x01 \x01(\v2\x10.ferry.v1.SecretH\x00R\x06upsert\x12-\n" +
 	"\x06delete\x18\x02 \x01(\v2\x13.ferry.v1.SecretRefH\x00R\x06delete\x12I\n" +

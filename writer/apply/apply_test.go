@@ -1,0 +1,206 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+)
+
+const secretValue = "hunter2-do-not-log"
+
+func testSecret(rev string) *ferryv1.Secret {
+	return &ferryv1.Secret{
+		Binding:     "db",
+		Namespace:   "demo",
+		Name:        "db-creds",
+		Data:        map[string][]byte{"password": []byte(secretValue)},
+		Labels:      map[string]string{"team": "payments", LabelManagedBy: "someone-else"},
+		Annotations: map[string]string{"note": "hi"},
+		Revision:    rev,
+	}
+}
+
+// applyActions counts the patch (apply) requests the fake clientset saw.
+func applyActions(cs *fake.Clientset) int {
+	n := 0
+	for _, a := range cs.Actions() {
+		if a.GetVerb() == "patch" && a.GetResource().Resource == "secrets" {
+			n++
+		}
+	}
+	return n
+}
+
+func TestApplyAndSkipUnchanged(t *testing.T) {
+	ctx := context.Background()
+	cs := fake.NewClientset()
+	a := New(cs.CoreV1(), []string{"demo"})
+
+	unchanged, err := a.Apply(ctx, testSecret("r1"))
+	if err != nil || unchanged {
+		t.Fatalf("first apply: unchanged=%v err=%v", unchanged, err)
+	}
+	got, err := cs.CoreV1().Secrets("demo").Get(ctx, "db-creds", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Type != corev1.SecretTypeOpaque {
+		t.Errorf("type = %q, want Opaque", got.Type)
+	}
+	if string(got.Data["password"]) != secretValue {
+		t.Errorf("data not applied")
+	}
+	wantLabels := map[string]string{"team": "payments", LabelManagedBy: ManagedByValue, LabelBinding: "db"}
+	for k, v := range wantLabels {
+		if got.Labels[k] != v {
+			t.Errorf("label %s = %q, want %q", k, got.Labels[k], v)
+		}
+	}
+	if got.Annotations["note"] != "hi" {
+		t.Errorf("annotations = %v", got.Annotations)
+	}
+	if n := applyActions(cs); n != 1 {
+		t.Fatalf("apply requests = %d, want 1", n)
+	}
+
+	// Same revision again: no request.
+	unchanged, err = a.Apply(ctx, testSecret("r1"))
+	if err != nil || !unchanged {
+		t.Fatalf("repeat apply: unchanged=%v err=%v, want unchanged", unchanged, err)
+	}
+	if n := applyActions(cs); n != 1 {
+		t.Fatalf("apply requests after unchanged revision = %d, want 1", n)
+	}
+
+	// New revision: written, with a key removed.
+	s := testSecret("r2")
+	s.Data = map[string][]byte{"user": []byte("app")}
+	s.Type = "kubernetes.io/basic-auth"
+	if unchanged, err = a.Apply(ctx, s); err != nil || unchanged {
+		t.Fatalf("r2: unchanged=%v err=%v", unchanged, err)
+	}
+	if n := applyActions(cs); n != 2 {
+		t.Fatalf("apply requests = %d, want 2", n)
+	}
+	got, err = cs.CoreV1().Secrets("demo").Get(ctx, "db-creds", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got.Data["password"]; ok || string(got.Data["user"]) != "app" {
+		t.Errorf("data after r2 = keys %v", keys(got.Data))
+	}
+
+	// Forget: the same revision is written again.
+	if err := a.Forget(ctx, &ferryv1.SecretRef{Binding: "db", Namespace: "demo", Name: "db-creds"}); err != nil {
+		t.Fatal(err)
+	}
+	if unchanged, err = a.Apply(ctx, s); err != nil || unchanged {
+		t.Fatalf("after forget: unchanged=%v err=%v", unchanged, err)
+	}
+	if n := applyActions(cs); n != 3 {
+		t.Fatalf("apply requests = %d, want 3", n)
+	}
+}
+
+func TestApplyUsesFieldManagerAndForce(t *testing.T) {
+	cs := fake.NewClientset()
+	var opts []metav1.PatchOptions
+	cs.PrependReactor("patch", "secrets", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		opts = append(opts, action.(k8stesting.PatchActionImpl).PatchOptions)
+		return false, nil, nil
+	})
+	if _, err := New(cs.CoreV1(), []string{"demo"}).Apply(context.Background(), testSecret("r1")); err != nil {
+		t.Fatal(err)
+	}
+	if len(opts) != 1 || opts[0].FieldManager != FieldManager || opts[0].Force == nil || !*opts[0].Force {
+		t.Fatalf("patch options = %+v", opts)
+	}
+}
+
+func TestApplyRefusesForeignNamespace(t *testing.T) {
+	cs := fake.NewClientset()
+	a := New(cs.CoreV1(), []string{"demo"})
+	s := testSecret("r1")
+	s.Namespace = "kube-system"
+	_, err := a.Apply(context.Background(), s)
+	if !errors.Is(err, ErrNamespaceNotAllowed) || !strings.Contains(err.Error(), "kube-system") {
+		t.Fatalf("err = %v, want ErrNamespaceNotAllowed naming kube-system", err)
+	}
+	if n := len(cs.Actions()); n != 0 {
+		t.Fatalf("%d requests sent for a refused namespace", n)
+	}
+	if err := a.Forget(context.Background(), &ferryv1.SecretRef{Namespace: "kube-system", Name: "x"}); !errors.Is(err, ErrNamespaceNotAllowed) {
+		t.Fatalf("forget: err = %v", err)
+	}
+}
+
+func TestApplyRequiresFields(t *testing.T) {
+	a := New(fake.NewClientset().CoreV1(), []string{"demo"})
+	for _, s := range []*ferryv1.Secret{
+		{Binding: "b", Namespace: "demo", Revision: "r"},
+		{Binding: "b", Name: "n", Revision: "r"},
+		{Binding: "b", Namespace: "demo", Name: "n"},
+	} {
+		if _, err := a.Apply(context.Background(), s); err == nil {
+			t.Errorf("Apply(%v/%v rev %q) succeeded", s.Namespace, s.Name, s.Revision)
+		}
+	}
+}
+
+// TestApplyErrorIsSafe checks that an apiserver refusal keeps reason, code
+// and message, drops the object, and that a failed apply is not remembered.
+func TestApplyErrorIsSafe(t *testing.T) {
+	cs := fake.NewClientset()
+	fail := true
+	cs.PrependReactor("patch", "secrets", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		if !fail {
+			return false, nil, nil
+		}
+		st := apierrors.NewInvalid(schema.GroupKind{Kind: "Secret"}, "db-creds", field.ErrorList{
+			field.Invalid(field.NewPath("metadata", "labels"), "x", "bad label"),
+		})
+		// An object in the details must never reach the error text.
+		st.ErrStatus.Details.Causes = append(st.ErrStatus.Details.Causes, metav1.StatusCause{Message: secretValue})
+		return true, nil, st
+	})
+	a := New(cs.CoreV1(), []string{"demo"})
+	_, err := a.Apply(context.Background(), testSecret("r1"))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	if strings.Contains(err.Error(), secretValue) {
+		t.Fatalf("error leaks secret data: %v", err)
+	}
+	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "bad label") || !strings.HasPrefix(err.Error(), "apply: demo/db-creds: ") {
+		t.Fatalf("error lost reason or message: %v", err)
+	}
+	var apiErr *APIError
+	if !errors.As(err, &apiErr) || apiErr.Code != 422 {
+		t.Fatalf("errors.As APIError: %v", err)
+	}
+
+	fail = false
+	if unchanged, err := a.Apply(context.Background(), testSecret("r1")); err != nil || unchanged {
+		t.Fatalf("retry after failure: unchanged=%v err=%v, want a write", unchanged, err)
+	}
+}
+
+func keys(m map[string][]byte) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	return ks
+}

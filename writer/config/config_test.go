@@ -1,0 +1,120 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const validYAML = `
+broker:
+  address: 127.0.0.1:8443
+  spiffe_id: spiffe://ferry.test/broker
+spiffe:
+  workload_api: unix:///run/spire/agent.sock
+kubernetes:
+  kubeconfig: /etc/ferry/kubeconfig
+namespaces: [demo, payments]
+`
+
+func TestParseDefaults(t *testing.T) {
+	c, err := Parse([]byte(validYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Kubernetes.QPS != DefaultQPS || c.Kubernetes.Burst != DefaultBurst || c.Kubernetes.Parallelism != DefaultParallelism {
+		t.Errorf("kubernetes defaults not applied: %+v", c.Kubernetes)
+	}
+	if c.Log.Level != "info" {
+		t.Errorf("log.level = %q, want info", c.Log.Level)
+	}
+	if c.Broker.SPIFFEID != "spiffe://ferry.test/broker" || c.SPIFFE.WorkloadAPI == "" || len(c.Namespaces) != 2 {
+		t.Errorf("fields not decoded: %+v", c)
+	}
+}
+
+func TestParseFilesAndOverrides(t *testing.T) {
+	c, err := Parse([]byte(`
+broker: {address: "broker.example:443", spiffe_id: "spiffe://example.org/ferry/broker"}
+spiffe: {files: {cert: /s/cert.pem, key: /s/key.pem, bundle: /s/bundle.pem}}
+kubernetes: {qps: 200, burst: 400, parallelism: 64}
+namespaces: [a]
+log: {level: debug}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Kubernetes.QPS != 200 || c.Kubernetes.Burst != 400 || c.Kubernetes.Parallelism != 64 {
+		t.Errorf("kubernetes = %+v", c.Kubernetes)
+	}
+	if c.SPIFFE.Files == nil || c.SPIFFE.Files.Bundle != "/s/bundle.pem" {
+		t.Errorf("spiffe.files = %+v", c.SPIFFE.Files)
+	}
+	if c.Log.Level != "debug" {
+		t.Errorf("log.level = %q", c.Log.Level)
+	}
+}
+
+// TestValidate checks that each bad field is named in the error.
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		edit   func(*Config)
+		yaml   string // used instead of edit when set
+		substr string
+	}{
+		{name: "unknown field", yaml: validYAML + "colour: blue\n", substr: `unknown field "colour"`},
+		{name: "unknown nested field", yaml: strings.Replace(validYAML, "  kubeconfig:", "  qsp: 3\n  kubeconfig:", 1), substr: `unknown field "qsp"`},
+		{name: "address missing", edit: func(c *Config) { c.Broker.Address = "" }, substr: "broker.address: required"},
+		{name: "address no port", edit: func(c *Config) { c.Broker.Address = "broker" }, substr: `broker.address: "broker" is not host:port`},
+		{name: "address no host", edit: func(c *Config) { c.Broker.Address = ":8443" }, substr: "broker.address:"},
+		{name: "address bad port", edit: func(c *Config) { c.Broker.Address = "b:http" }, substr: "broker.address:"},
+		{name: "spiffe_id missing", edit: func(c *Config) { c.Broker.SPIFFEID = "" }, substr: "broker.spiffe_id: required"},
+		{name: "spiffe_id bad", edit: func(c *Config) { c.Broker.SPIFFEID = "x" }, substr: `broker.spiffe_id: "x" is not a SPIFFE ID`},
+		{name: "spiffe_id https", edit: func(c *Config) { c.Broker.SPIFFEID = "https://ferry.test/broker" }, substr: "broker.spiffe_id:"},
+		{name: "spiffe none", edit: func(c *Config) { c.SPIFFE.WorkloadAPI = "" }, substr: "spiffe: set workload_api or files"},
+		{name: "spiffe bad socket", edit: func(c *Config) { c.SPIFFE.WorkloadAPI = "/run/agent.sock" }, substr: "spiffe.workload_api:"},
+		{name: "qps negative", edit: func(c *Config) { c.Kubernetes.QPS = -1 }, substr: "kubernetes.qps:"},
+		{name: "burst negative", edit: func(c *Config) { c.Kubernetes.Burst = -1 }, substr: "kubernetes.burst:"},
+		{name: "parallelism negative", edit: func(c *Config) { c.Kubernetes.Parallelism = -1 }, substr: "kubernetes.parallelism:"},
+		{name: "parallelism huge", edit: func(c *Config) { c.Kubernetes.Parallelism = 1 << 20 }, substr: "kubernetes.parallelism:"},
+		{name: "namespaces missing", edit: func(c *Config) { c.Namespaces = nil }, substr: "namespaces: required"},
+		{name: "namespace invalid", edit: func(c *Config) { c.Namespaces = []string{"demo", "Bad_NS"} }, substr: `namespaces[1]: "Bad_NS"`},
+		{name: "namespace twice", edit: func(c *Config) { c.Namespaces = []string{"demo", "demo"} }, substr: `namespaces[1]: "demo" is listed twice`},
+		{name: "log level", edit: func(c *Config) { c.Log.Level = "verbose" }, substr: `log.level: "verbose"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var err error
+			if tc.yaml != "" {
+				_, err = Parse([]byte(tc.yaml))
+			} else {
+				c, perr := Parse([]byte(validYAML))
+				if perr != nil {
+					t.Fatal(perr)
+				}
+				tc.edit(&c)
+				err = c.Validate()
+			}
+			if err == nil {
+				t.Fatalf("no error, want one containing %q", tc.substr)
+			}
+			if !strings.Contains(err.Error(), tc.substr) || !strings.HasPrefix(err.Error(), "config: ") {
+				t.Fatalf("error %q does not start with \"config: \" and contain %q", err, tc.substr)
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "writer.yaml")
+	if err := os.WriteFile(path, []byte(validYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil || !strings.HasPrefix(err.Error(), "config: ") {
+		t.Fatalf("missing file: err = %v", err)
+	}
+}

@@ -1,0 +1,391 @@
+// Package stream is ferry-writer's client loop: it holds the WriterService
+// Sync stream to the broker open, applies each upsert it receives with
+// bounded parallelism, reports every outcome back, and reconnects with
+// exponential backoff and full jitter when the stream breaks. Breaking the
+// stream never deletes anything: Secrets already applied stay as they are.
+//
+// Updates to one namespace/name are applied one at a time and in the order
+// received; when newer upserts of a Secret arrive while one is being applied,
+// only the newest is applied next, and each skipped revision is reported as
+// superseded.
+package stream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+)
+
+// Applier applies what the broker sends. The stream never calls it
+// concurrently for the same namespace/name.
+type Applier interface {
+	// Apply writes s; unchanged reports that s.Revision was already applied
+	// and nothing was written. The error must not contain secret data.
+	Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool, err error)
+	// Forget handles a Secret removed from the writer's desired set.
+	Forget(ctx context.Context, ref *ferryv1.SecretRef) error
+}
+
+// Options configure a Client.
+type Options struct {
+	// Target is the broker's address (host:port, or any gRPC target).
+	Target string
+	// DialOptions are passed to grpc.NewClient; they must include transport
+	// credentials, normally those of DialOptions (the function).
+	DialOptions []grpc.DialOption
+	// Applier applies upserts and deletes.
+	Applier Applier
+	// Parallelism is the maximum number of applies in flight (default 16).
+	Parallelism int
+	// Backoff paces reconnects; the zero value means DefaultBackoff.
+	Backoff Backoff
+	// WriterVersion is sent in Hello.
+	WriterVersion string
+	// Log receives connection events and, at debug level, one line per
+	// apply with binding, namespace, name and revision (never values).
+	Log *slog.Logger
+}
+
+// DefaultParallelism is the default maximum number of applies in flight.
+const DefaultParallelism = 16
+
+// keepaliveTime is just above grpc-go servers' default keepalive
+// EnforcementPolicy.MinTime (5 minutes), so the broker never answers our
+// pings with GOAWAY too_many_pings; it bounds how long a silently dead
+// connection goes unnoticed.
+const keepaliveTime = 5*time.Minute + 10*time.Second
+
+// DialOptions returns the dial options for the broker: mutual TLS 1.3 with
+// the writer's X.509-SVID, accepting only a broker that presents brokerID.
+// The sources are asked for the current SVID and bundle on every handshake,
+// so a rotated SVID is used without a restart.
+func DialOptions(svid x509svid.Source, bundle x509bundle.Source, brokerID spiffeid.ID) []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(Credentials(svid, bundle, brokerID)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}),
+	}
+}
+
+// Credentials returns mTLS transport credentials like go-spiffe's
+// grpccredentials.MTLSClientCredentials, with TLS 1.3 as the minimum.
+func Credentials(svid x509svid.Source, bundle x509bundle.Source, brokerID spiffeid.ID) credentials.TransportCredentials {
+	cfg := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(brokerID))
+	cfg.MinVersion = tls.VersionTLS13
+	return credentials.NewTLS(cfg)
+}
+
+// Client keeps a Sync stream to the broker.
+type Client struct {
+	opts Options
+	log  *slog.Logger
+}
+
+// New checks opts and returns a Client.
+func New(opts Options) (*Client, error) {
+	switch {
+	case opts.Target == "":
+		return nil, errors.New("stream: no broker target")
+	case opts.Applier == nil:
+		return nil, errors.New("stream: no applier")
+	case opts.Parallelism < 0:
+		return nil, fmt.Errorf("stream: parallelism %d is negative", opts.Parallelism)
+	}
+	if opts.Parallelism == 0 {
+		opts.Parallelism = DefaultParallelism
+	}
+	if opts.Backoff == (Backoff{}) {
+		opts.Backoff = DefaultBackoff
+	}
+	if b := opts.Backoff; b.Initial <= 0 || b.Max < b.Initial || b.ResetAfter < 0 {
+		return nil, fmt.Errorf("stream: backoff %+v: want 0 < initial <= max and reset_after >= 0", b)
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Client{opts: opts, log: log.With("broker", opts.Target)}, nil
+}
+
+// Run holds the stream open, reconnecting when it breaks, until ctx ends;
+// then it returns nil. It returns an error only if it cannot start.
+func (c *Client) Run(ctx context.Context) error {
+	conn, err := grpc.NewClient(c.opts.Target, c.opts.DialOptions...)
+	if err != nil {
+		return fmt.Errorf("stream: %w", err)
+	}
+	defer conn.Close()
+	api := ferryv1.NewWriterServiceClient(conn)
+	attempt := 0
+	for {
+		opened, lived, err := c.session(ctx, api)
+		if ctx.Err() != nil {
+			c.log.Info("stopped")
+			return nil
+		}
+		if lived >= c.opts.Backoff.ResetAfter {
+			attempt = 0
+		}
+		delay := c.opts.Backoff.Delay(attempt)
+		attempt++
+		msg := "disconnected from broker"
+		if !opened {
+			msg = "cannot open stream to broker"
+		}
+		code := status.Code(err)
+		if errors.Is(err, io.EOF) {
+			code = codes.OK // the broker ended the stream normally
+		}
+		c.log.Warn(msg, "code", code.String(), "err", err,
+			"lived", lived.Round(time.Millisecond).String(), "retry_in", delay.Round(time.Millisecond).String())
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			c.log.Info("stopped")
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// sendError is a failure to send on the stream other than its end.
+type sendError struct{ err error }
+
+func (e *sendError) Error() string { return "stream: send: " + e.err.Error() }
+func (e *sendError) Unwrap() error { return e.err }
+
+// session runs one Sync stream until it breaks or ctx ends, and reports
+// whether the stream opened and for how long.
+func (c *Client) session(ctx context.Context, api ferryv1.WriterServiceClient) (opened bool, lived time.Duration, err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	st, err := api.Sync(ctx)
+	if err != nil {
+		return false, 0, fmt.Errorf("stream: open: %w", err)
+	}
+	start := time.Now()
+	c.log.Info("connected to broker")
+
+	s := &session{
+		log:     c.log,
+		applier: c.opts.Applier,
+		out:     make(chan *ferryv1.SyncRequest, c.opts.Parallelism),
+		ready:   make(chan *queue, c.opts.Parallelism),
+		pending: make(map[string]*queue),
+	}
+	// The Hello goes first into out, so the sender sends it first.
+	s.out <- &ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{WriterVersion: c.opts.WriterVersion}}}
+	var wg sync.WaitGroup
+	wg.Go(func() { s.send(ctx, cancel, st) })
+	for range c.opts.Parallelism {
+		wg.Go(func() { s.work(ctx) })
+	}
+	err = s.receive(ctx, st)
+	cancel(nil)
+	wg.Wait()
+	var se *sendError
+	if cause := context.Cause(ctx); errors.As(cause, &se) {
+		err = se
+	}
+	return true, time.Since(start), err
+}
+
+// session is the state of one Sync stream.
+type session struct {
+	log     *slog.Logger
+	applier Applier
+	out     chan *ferryv1.SyncRequest // to the broker, sent by send alone
+	ready   chan *queue               // keys with work, to the workers
+
+	mu      sync.Mutex
+	pending map[string]*queue // namespace/name -> work queued or running
+}
+
+// op is one upsert or delete from the broker.
+type op struct {
+	upsert     *ferryv1.Secret
+	del        *ferryv1.SecretRef
+	superseded []string // revisions of upserts this one replaced, in order
+}
+
+// queue holds the ops not yet started for one namespace/name. While it is
+// in pending, exactly one worker owns it (or it waits in ready for one).
+type queue struct {
+	key string
+	ops []op
+}
+
+func key(namespace, name string) string { return namespace + "/" + name }
+
+// send is the only goroutine that calls st.Send. After a failed Send it
+// keeps draining out, so that no one blocks on it until the session ends.
+// A Send that fails with io.EOF means the stream ended; its status is what
+// Recv returns, so only other failures end the session here.
+func (s *session) send(ctx context.Context, cancel context.CancelCauseFunc, st ferryv1.WriterService_SyncClient) {
+	failed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case req := <-s.out:
+			if failed {
+				continue
+			}
+			if err := st.Send(req); err != nil {
+				failed = true
+				if !errors.Is(err, io.EOF) {
+					cancel(&sendError{err: err})
+				}
+			}
+		}
+	}
+}
+
+// receive reads the stream until it breaks, queueing the work it carries.
+func (s *session) receive(ctx context.Context, st ferryv1.WriterService_SyncClient) error {
+	upserts := 0
+	for {
+		msg, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("stream: broker ended the stream: %w", err)
+		}
+		if err != nil {
+			return fmt.Errorf("stream: receive: %w", err)
+		}
+		switch m := msg.GetMessage().(type) {
+		case *ferryv1.SyncResponse_Upsert:
+			if m.Upsert == nil {
+				s.log.Warn("ignoring an empty upsert from the broker")
+				continue
+			}
+			upserts++
+			if err := s.submit(ctx, op{upsert: m.Upsert}); err != nil {
+				return err
+			}
+		case *ferryv1.SyncResponse_Delete:
+			if m.Delete == nil {
+				s.log.Warn("ignoring an empty delete from the broker")
+				continue
+			}
+			if err := s.submit(ctx, op{del: m.Delete}); err != nil {
+				return err
+			}
+		case *ferryv1.SyncResponse_SnapshotComplete:
+			s.log.Info("snapshot complete", "count", m.SnapshotComplete.GetCount(), "upserts_received", upserts)
+		default:
+			s.log.Warn("ignoring an unknown message from the broker")
+		}
+	}
+}
+
+// submit queues o behind the work already pending for its Secret. An upsert
+// queued behind a not yet started upsert of the same Secret replaces it.
+// submit blocks while every worker is busy and ready is full.
+func (s *session) submit(ctx context.Context, o op) error {
+	var k string
+	if o.upsert != nil {
+		k = key(o.upsert.GetNamespace(), o.upsert.GetName())
+	} else {
+		k = key(o.del.GetNamespace(), o.del.GetName())
+	}
+	s.mu.Lock()
+	if q := s.pending[k]; q != nil {
+		if n := len(q.ops); o.upsert != nil && n > 0 && q.ops[n-1].upsert != nil {
+			last := q.ops[n-1]
+			o.superseded = append(last.superseded, last.upsert.GetRevision())
+			q.ops[n-1] = o
+		} else {
+			q.ops = append(q.ops, o)
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	q := &queue{key: k, ops: []op{o}}
+	s.pending[k] = q
+	s.mu.Unlock()
+	select {
+	case s.ready <- q:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// work takes queues from ready and runs each one's ops until it is empty.
+func (s *session) work(ctx context.Context) {
+	for {
+		var q *queue
+		select {
+		case <-ctx.Done():
+			return
+		case q = <-s.ready:
+		}
+		for {
+			s.mu.Lock()
+			if len(q.ops) == 0 {
+				delete(s.pending, q.key)
+				s.mu.Unlock()
+				break
+			}
+			o := q.ops[0]
+			q.ops[0] = op{}
+			q.ops = q.ops[1:]
+			s.mu.Unlock()
+			for _, r := range s.run(ctx, o) {
+				select {
+				case s.out <- &ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Result{Result: r}}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}
+}
+
+// run carries out o and returns the results to report, in order.
+func (s *session) run(ctx context.Context, o op) []*ferryv1.ApplyResult {
+	if o.del != nil {
+		ref := o.del
+		r := &ferryv1.ApplyResult{Binding: ref.GetBinding()}
+		if err := s.applier.Forget(ctx, ref); err != nil {
+			r.Error = err.Error()
+			s.log.Warn("delete failed", "binding", ref.GetBinding(), "namespace", ref.GetNamespace(), "name", ref.GetName(), "err", err)
+		} else {
+			s.log.Info("binding removed; Secret retained", "binding", ref.GetBinding(), "namespace", ref.GetNamespace(), "name", ref.GetName())
+		}
+		return []*ferryv1.ApplyResult{r}
+	}
+	sec := o.upsert
+	results := make([]*ferryv1.ApplyResult, 0, len(o.superseded)+1)
+	for _, rev := range o.superseded {
+		results = append(results, &ferryv1.ApplyResult{Binding: sec.GetBinding(), Revision: rev, Superseded: true})
+	}
+	attrs := []any{"binding", sec.GetBinding(), "namespace", sec.GetNamespace(), "name", sec.GetName(), "revision", sec.GetRevision()}
+	unchanged, err := s.applier.Apply(ctx, sec)
+	r := &ferryv1.ApplyResult{Binding: sec.GetBinding(), Revision: sec.GetRevision(), Unchanged: unchanged}
+	switch {
+	case err != nil:
+		r.Error = err.Error()
+		s.log.Warn("apply failed", append(attrs, "err", err)...)
+	default:
+		s.log.Debug("applied", append(attrs, "unchanged", unchanged, "superseded", len(o.superseded))...)
+	}
+	return append(results, r)
+}

@@ -1,0 +1,117 @@
+// Package writer runs ferry-writer: it proves its identity with an
+// X.509-SVID, holds a gRPC mTLS stream to ferry-broker, and server-side
+// applies the Secrets the broker streams into its target namespaces, using a
+// typed Kubernetes client that only creates and patches Secrets.
+//
+// The writer links no Vault client and never reads Secrets back from the
+// Kubernetes API. Its subpackages are config (the YAML configuration), apply
+// (the Secret applier) and stream (the broker client loop).
+package writer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ferry-secrets/ferry/internal/svidsource"
+	"github.com/ferry-secrets/ferry/writer/apply"
+	"github.com/ferry-secrets/ferry/writer/config"
+	"github.com/ferry-secrets/ferry/writer/stream"
+)
+
+// UserAgent is the writer's Kubernetes client user agent.
+const UserAgent = "ferry-writer"
+
+// Run runs the writer until ctx ends, then returns nil; it returns an error
+// if cfg is invalid or the writer cannot start.
+func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("writer: %w", err)
+	}
+	brokerID, err := spiffeid.FromString(cfg.Broker.SPIFFEID)
+	if err != nil {
+		return fmt.Errorf("writer: broker.spiffe_id: %w", err)
+	}
+	restCfg, err := restConfig(cfg.Kubernetes)
+	if err != nil {
+		return err
+	}
+	kube, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("writer: kubernetes client: %w", err)
+	}
+
+	log.Info("ferry-writer starting", "version", version(), "broker", cfg.Broker.Address, "broker_id", brokerID.String(),
+		"namespaces", cfg.Namespaces, "parallelism", cfg.Kubernetes.Parallelism,
+		"qps", cfg.Kubernetes.QPS, "burst", cfg.Kubernetes.Burst, "api_server", restCfg.Host)
+	src, err := svidsource.New(ctx, cfg.SPIFFE, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("writer: %w", err)
+	}
+	defer src.Close()
+	if svid, err := src.GetX509SVID(); err == nil {
+		log.Info("SVID loaded", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
+	}
+
+	client, err := stream.New(stream.Options{
+		Target:        cfg.Broker.Address,
+		DialOptions:   stream.DialOptions(src, src, brokerID),
+		Applier:       apply.New(kube.CoreV1(), cfg.Namespaces),
+		Parallelism:   cfg.Kubernetes.Parallelism,
+		WriterVersion: version(),
+		Log:           log,
+	})
+	if err != nil {
+		return fmt.Errorf("writer: %w", err)
+	}
+	if err := client.Run(ctx); err != nil {
+		return fmt.Errorf("writer: %w", err)
+	}
+	return nil
+}
+
+// restConfig returns the Kubernetes client config: from the kubeconfig file
+// if one is set, otherwise in-cluster; with the configured QPS and burst,
+// protobuf responses and the writer's user agent.
+func restConfig(k config.Kubernetes) (*rest.Config, error) {
+	var (
+		rc  *rest.Config
+		err error
+	)
+	if k.Kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", k.Kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+		if errors.Is(err, rest.ErrNotInCluster) {
+			err = fmt.Errorf("%w; set kubernetes.kubeconfig to run outside a cluster", err)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("writer: kubernetes config: %w", err)
+	}
+	rc.QPS = k.QPS
+	rc.Burst = k.Burst
+	rc.UserAgent = UserAgent
+	rc.ContentType = runtime.ContentTypeProtobuf
+	rc.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	return rc, nil
+}
+
+// version is the main module's version, "(devel)" for a local build.
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
