@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/integration/stack"
 )
 
@@ -53,17 +54,17 @@ func TestWalkingSkeleton(t *testing.T) {
 		}
 	}
 	putKV(value1)
-	roleID, secretID := brokerAppRole(t, vc, dir, "secret/data/apps/*")
+	roleID, secretID := ferrystack.AppRole(t, vc, dir, "ferry-broker", "secret/data/apps/*")
 
 	// Kubernetes: the writer's ServiceAccount holds create+patch on secrets in its namespace only.
 	const ns, rogueNS = "payments", "rogue"
-	token := kube.ServiceAccount(t, ns, "ferry-writer", writerRules)
-	rogueToken := kube.ServiceAccount(t, rogueNS, "ferry-writer", writerRules)
+	token := kube.ServiceAccount(t, ns, "ferry-writer", ferrystack.WriterRules)
+	rogueToken := kube.ServiceAccount(t, rogueNS, "ferry-writer", ferrystack.WriterRules)
 
 	const refresh = 2 * time.Second
 	brokerPort := stack.FreePort(t)
 	brokerAddr := fmt.Sprintf("127.0.0.1:%d", brokerPort)
-	brokerCfg := writeFile(t, dir, "broker.yaml", fmt.Sprintf(`
+	brokerCfg := ferrystack.WriteFile(t, dir, "broker.yaml", fmt.Sprintf(`
 listen: %s
 spiffe: {workload_api: unix://%s}
 vault:
@@ -82,7 +83,7 @@ writers:
         kv: {mount: secret, path: apps/payments}
 `, brokerAddr, spire.AgentSocket, vault.Addr, vault.CAFile, roleID, secretID, writerID, ns, refresh))
 	writerCfg := func(name, namespace, tok string) string {
-		return writeFile(t, dir, name+".yaml", fmt.Sprintf(`
+		return ferrystack.WriteFile(t, dir, name+".yaml", fmt.Sprintf(`
 broker: {address: %s, spiffe_id: %s}
 spiffe: {workload_api: unix://%s}
 kubernetes: {kubeconfig: %s}

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
-	"testing"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -45,7 +44,7 @@ type Kube struct {
 // StartKube starts etcd and kube-apiserver (RBAC authorization, a serving
 // certificate from an in-test CA, an admin client certificate, service
 // account token issuance) and waits until the apiserver is ready.
-func StartKube(t testing.TB) *Kube {
+func StartKube(t TB) *Kube {
 	t.Helper()
 	etcdBin, apiserverBin := Bin(t, "etcd"), Bin(t, "kube-apiserver")
 	k := &Kube{Dir: t.TempDir()}
@@ -119,7 +118,7 @@ func StartKube(t testing.TB) *Kube {
 }
 
 // startEtcd starts a single-member etcd on loopback and returns its client URL.
-func startEtcd(t testing.TB, bin, dir, logFile string) string {
+func startEtcd(t TB, bin, dir, logFile string) string {
 	t.Helper()
 	clientURL := fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
@@ -155,7 +154,7 @@ func startEtcd(t testing.TB, bin, dir, logFile string) string {
 	return clientURL
 }
 
-func (k *Kube) adminHTTPClient(t testing.TB) *http.Client {
+func (k *Kube) adminHTTPClient(t TB) *http.Client {
 	t.Helper()
 	cert, err := tls.X509KeyPair(k.adminCert, k.adminKey)
 	if err != nil {
@@ -181,7 +180,7 @@ func (k *Kube) AdminConfig() *rest.Config {
 }
 
 // Admin returns a clientset acting as a user in system:masters.
-func (k *Kube) Admin(t testing.TB) kubernetes.Interface {
+func (k *Kube) Admin(t TB) kubernetes.Interface {
 	t.Helper()
 	return k.clientset(t, k.AdminConfig())
 }
@@ -197,7 +196,7 @@ func (k *Kube) ConfigForToken(token string) *rest.Config {
 	}
 }
 
-func (k *Kube) clientset(t testing.TB, cfg *rest.Config) kubernetes.Interface {
+func (k *Kube) clientset(t TB, cfg *rest.Config) kubernetes.Interface {
 	t.Helper()
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
@@ -208,7 +207,7 @@ func (k *Kube) clientset(t testing.TB, cfg *rest.Config) kubernetes.Interface {
 
 // CreateNamespace creates namespace ns unless it exists. Namespaces never
 // finish deleting here (no controllers), so use a fresh name per test.
-func (k *Kube) CreateNamespace(t testing.TB, ns string) {
+func (k *Kube) CreateNamespace(t TB, ns string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -222,7 +221,7 @@ func (k *Kube) CreateNamespace(t testing.TB, ns string) {
 // in it, grants it exactly rules in ns through a Role and RoleBinding named
 // after it, and returns a one-hour token for it minted with the TokenRequest
 // API. It returns once the apiserver's authorizer applies the binding.
-func (k *Kube) ServiceAccount(t testing.TB, ns, name string, rules []rbacv1.PolicyRule) (token string) {
+func (k *Kube) ServiceAccount(t TB, ns, name string, rules []rbacv1.PolicyRule) (token string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -264,7 +263,7 @@ func (k *Kube) ServiceAccount(t testing.TB, ns, name string, rules []rbacv1.Poli
 
 // waitAuthorized waits until the authorizer, which reads RBAC objects from a
 // cache, allows the service account the first verb of its first rule.
-func waitAuthorized(ctx context.Context, t testing.TB, admin kubernetes.Interface, ns, name string, rules []rbacv1.PolicyRule) {
+func waitAuthorized(ctx context.Context, t TB, admin kubernetes.Interface, ns, name string, rules []rbacv1.PolicyRule) {
 	t.Helper()
 	if len(rules) == 0 || len(rules[0].Verbs) == 0 || len(rules[0].Resources) == 0 {
 		return
@@ -297,7 +296,7 @@ func waitAuthorized(ctx context.Context, t testing.TB, admin kubernetes.Interfac
 
 // Kubeconfig writes a kubeconfig for the bearer token, or for the admin if
 // token is "", and returns its path.
-func (k *Kube) Kubeconfig(t testing.TB, token string) string {
+func (k *Kube) Kubeconfig(t TB, token string) string {
 	t.Helper()
 	user := clientcmdv1.AuthInfo{Token: token}
 	if token == "" {

@@ -11,7 +11,6 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"testing"
 	"time"
 )
 
@@ -35,7 +34,7 @@ type leaf struct {
 	usage         x509.ExtKeyUsage
 }
 
-func newTestCA(t testing.TB, name string) *testCA {
+func newTestCA(t TB, name string) *testCA {
 	t.Helper()
 	key := newKey(t)
 	now := time.Now()
@@ -60,7 +59,7 @@ func newTestCA(t testing.TB, name string) *testCA {
 }
 
 // issue returns a PEM certificate and PKCS#8 PEM key for l.
-func (ca *testCA) issue(t testing.TB, l leaf) (certPEM, keyPEM []byte) {
+func (ca *testCA) issue(t TB, l leaf) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key := newKey(t)
 	now := time.Now()
@@ -81,7 +80,7 @@ func (ca *testCA) issue(t testing.TB, l leaf) (certPEM, keyPEM []byte) {
 	return pemBlock("CERTIFICATE", der), privateKeyPEM(t, key)
 }
 
-func newKey(t testing.TB) *ecdsa.PrivateKey {
+func newKey(t TB) *ecdsa.PrivateKey {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -90,7 +89,7 @@ func newKey(t testing.TB) *ecdsa.PrivateKey {
 	return key
 }
 
-func serial(t testing.TB) *big.Int {
+func serial(t TB) *big.Int {
 	t.Helper()
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
@@ -99,7 +98,7 @@ func serial(t testing.TB) *big.Int {
 	return n
 }
 
-func privateKeyPEM(t testing.TB, key crypto.Signer) []byte {
+func privateKeyPEM(t TB, key crypto.Signer) []byte {
 	t.Helper()
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
@@ -108,7 +107,7 @@ func privateKeyPEM(t testing.TB, key crypto.Signer) []byte {
 	return pemBlock("PRIVATE KEY", der)
 }
 
-func publicKeyPEM(t testing.TB, key crypto.PublicKey) []byte {
+func publicKeyPEM(t TB, key crypto.PublicKey) []byte {
 	t.Helper()
 	der, err := x509.MarshalPKIXPublicKey(key)
 	if err != nil {
@@ -122,7 +121,7 @@ func pemBlock(typ string, der []byte) []byte {
 }
 
 // writeFile writes data to path (0600: some of it is key material).
-func writeFile(t testing.TB, path string, data []byte) {
+func writeFile(t TB, path string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatalf("stack: %v", err)

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -31,7 +30,7 @@ type Postgres struct {
 // StartPostgres creates a cluster with initdb and runs postgres on it, as the
 // postgres OS user when the test runs as root (the server refuses to run as
 // root), and waits until it accepts connections.
-func StartPostgres(t testing.TB) *Postgres {
+func StartPostgres(t TB) *Postgres {
 	t.Helper()
 	for _, tool := range []string{"initdb", "postgres", "pg_isready"} {
 		if _, err := os.Stat(filepath.Join(postgresBinDir, tool)); err != nil {
@@ -99,7 +98,7 @@ func StartPostgres(t testing.TB) *Postgres {
 
 // postgresCredential returns the postgres OS user's credential if the test
 // runs as root, nil otherwise.
-func postgresCredential(t testing.TB) *syscall.Credential {
+func postgresCredential(t TB) *syscall.Credential {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		return nil

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -30,7 +29,7 @@ const (
 // with symlinks resolved: the path is the one the kernel reports for a running
 // copy (/proc/PID/exe), so it can serve as a SPIRE unix:path selector.
 // It fails the test, saying how to build the tools, if the binary is missing.
-func Bin(t testing.TB, name string) string {
+func Bin(t TB, name string) string {
 	t.Helper()
 	dir := toolsBinDir()
 	path, err := filepath.EvalSymlinks(filepath.Join(dir, name))
@@ -65,13 +64,13 @@ var handedOut = struct {
 // FreePort returns a free loopback TCP port. Another process may still take
 // it before the caller binds it; within this process it is never returned
 // twice.
-func FreePort(t testing.TB) int {
+func FreePort(t TB) int {
 	t.Helper()
 	return freePorts(t, 1)
 }
 
 // freePorts returns the first of n consecutive free loopback ports.
-func freePorts(t testing.TB, n int) int {
+func freePorts(t TB, n int) int {
 	t.Helper()
 	handedOut.Lock()
 	defer handedOut.Unlock()
@@ -124,7 +123,7 @@ func tryPorts(n int) (int, bool) {
 // t.TempDir()), for unix socket paths, which must stay under 108 bytes; and,
 // unlike t.TempDir(), one whose parents other users can traverse. It is
 // removed at cleanup.
-func shortTempDir(t testing.TB, name string) string {
+func shortTempDir(t TB, name string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "ferry-"+name+"-")
 	if err != nil {
@@ -159,7 +158,7 @@ type proc struct {
 
 // startProc starts the component and registers a cleanup that stops it and,
 // if the test failed, logs the tail of its log.
-func startProc(t testing.TB, spec procSpec) *proc {
+func startProc(t TB, spec procSpec) *proc {
 	t.Helper()
 	logf, err := os.OpenFile(spec.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -214,7 +213,7 @@ func (p *proc) stop() {
 // waitReady calls ready every pollEvery until it returns nil, and fails the
 // test if that takes longer than timeout or the process exits first. It
 // returns how long the component took to become ready since start.
-func (p *proc) waitReady(t testing.TB, start time.Time, timeout time.Duration, ready func() error) time.Duration {
+func (p *proc) waitReady(t TB, start time.Time, timeout time.Duration, ready func() error) time.Duration {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -235,7 +234,7 @@ func (p *proc) waitReady(t testing.TB, start time.Time, timeout time.Duration, r
 }
 
 // logTail logs the last logTailLines lines of a component's log.
-func logTail(t testing.TB, name, file string) {
+func logTail(t TB, name, file string) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Logf("stack: %s log %s: %v", name, file, err)
@@ -250,7 +249,7 @@ func logTail(t testing.TB, name, file string) {
 
 // run runs a short-lived tool to completion within timeout and returns its
 // combined output; it fails the test if the tool fails.
-func run(t testing.TB, timeout time.Duration, path string, args ...string) []byte {
+func run(t TB, timeout time.Duration, path string, args ...string) []byte {
 	t.Helper()
 	out, err := runErr(timeout, path, args...)
 	if err != nil {

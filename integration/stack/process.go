@@ -4,7 +4,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"testing"
 )
 
 // Process is a program under test (ferry-broker, ferry-writer, …) started
@@ -17,7 +16,7 @@ type Process struct {
 
 // StartProcess starts path with args (and extra env) in dir, logging to
 // dir/name.log.
-func StartProcess(t testing.TB, name, dir, path string, args []string, env ...string) *Process {
+func StartProcess(t TB, name, dir, path string, args []string, env ...string) *Process {
 	t.Helper()
 	logFile := filepath.Join(dir, name+".log")
 	p := startProc(t, procSpec{name: name, path: path, args: args, env: env, dir: dir, logFile: logFile})

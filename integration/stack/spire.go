@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -38,7 +37,7 @@ type Spire struct {
 // attestation, in-memory keys) and an agent attested with a join token, both
 // with one-second sync intervals so that new entries reach workloads within
 // about two seconds, and waits until the agent is healthy.
-func StartSpire(t testing.TB, opts SpireOptions) *Spire {
+func StartSpire(t TB, opts SpireOptions) *Spire {
 	t.Helper()
 	if opts.TrustDomain == "" {
 		opts.TrustDomain = "ferry.test"
@@ -187,7 +186,7 @@ type Entry struct {
 
 // Register creates the entry with the agent as its parent. The agent serves
 // SVIDs for it about two seconds later.
-func (s *Spire) Register(t testing.TB, e Entry) {
+func (s *Spire) Register(t TB, e Entry) {
 	t.Helper()
 	args := []string{"entry", "create", "-socketPath", s.ServerSocket, "-parentID", s.AgentID, "-spiffeID", e.SPIFFEID}
 	for _, sel := range e.Selectors {
@@ -203,7 +202,7 @@ func (s *Spire) Register(t testing.TB, e Entry) {
 }
 
 // RegisterSelf registers the running test binary (its unix:path) as id.
-func (s *Spire) RegisterSelf(t testing.TB, id string, dnsNames ...string) {
+func (s *Spire) RegisterSelf(t TB, id string, dnsNames ...string) {
 	t.Helper()
 	exe, err := os.Executable()
 	if err == nil {
@@ -219,7 +218,7 @@ func (s *Spire) RegisterSelf(t testing.TB, id string, dnsNames ...string) {
 // SPIFFE ID id that this process is entitled to, waiting up to 30 s for it to
 // be issued, and writes its certificate chain, PKCS#8 key and trust bundle
 // as PEM files into a fresh directory.
-func (s *Spire) SVIDFiles(t testing.TB, id string) (certFile, keyFile, bundleFile string) {
+func (s *Spire) SVIDFiles(t TB, id string) (certFile, keyFile, bundleFile string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -270,7 +269,7 @@ func svidIDs(c *workloadapi.X509Context) []string {
 }
 
 // BundleFile writes the server's trust bundle as PEM and returns its path.
-func (s *Spire) BundleFile(t testing.TB) string {
+func (s *Spire) BundleFile(t TB) string {
 	t.Helper()
 	out := run(t, 30*time.Second, s.serverBin, "bundle", "show", "-socketPath", s.ServerSocket, "-format", "pem")
 	path := filepath.Join(t.TempDir(), "bundle.pem")
@@ -287,7 +286,7 @@ func (s *Spire) AgentLogFile() string { return s.agentLogFile }
 // LinkBinary hard-links (or, across file systems, copies) src into a fresh
 // directory as name and returns the new path, so that the copy can be told
 // apart from src by a unix:path selector.
-func LinkBinary(t testing.TB, src, name string) string {
+func LinkBinary(t TB, src, name string) string {
 	t.Helper()
 	src, err := filepath.EvalSymlinks(src) // a link to a symlink would be a symlink
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"testing"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -33,7 +32,7 @@ type Vault struct {
 
 // StartVault starts `vault server -dev` (with TLS if opts.TLS) and waits until
 // it serves requests with its root token.
-func StartVault(t testing.TB, opts VaultOptions) *Vault {
+func StartVault(t TB, opts VaultOptions) *Vault {
 	t.Helper()
 	bin := Bin(t, "vault")
 	v := &Vault{Dir: t.TempDir(), Token: "ferry-root-" + rand.Text()}
@@ -97,7 +96,7 @@ func StartVault(t testing.TB, opts VaultOptions) *Vault {
 
 // Client returns a Vault API client for v with the root token. It ignores
 // VAULT_* environment variables.
-func (v *Vault) Client(t testing.TB) *vaultapi.Client {
+func (v *Vault) Client(t TB) *vaultapi.Client {
 	t.Helper()
 	c, err := v.newClient()
 	if err != nil {

@@ -1,0 +1,86 @@
+// Package ferrystack puts Ferry's own pieces on top of the real test stack
+// (package stack): it builds the ferry-broker and ferry-writer binaries and
+// prepares Vault and Kubernetes the way an operator would for them. The
+// end-to-end tests and the demo share it.
+package ferrystack
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	rbacv1 "k8s.io/api/rbac/v1"
+
+	"github.com/ferry-secrets/ferry/integration/stack"
+)
+
+// Binaries are the built Ferry commands.
+type Binaries struct {
+	Broker, Writer string
+}
+
+// Build compiles ferry-broker and ferry-writer into dir.
+func Build(t stack.TB, dir string) Binaries {
+	t.Helper()
+	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator),
+		"github.com/ferry-secrets/ferry/cmd/ferry-broker", "github.com/ferry-secrets/ferry/cmd/ferry-writer")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ferrystack: go build: %v\n%s", err, out)
+	}
+	return Binaries{Broker: filepath.Join(dir, "ferry-broker"), Writer: filepath.Join(dir, "ferry-writer")}
+}
+
+// WriterRules is the writer's whole RBAC: create and patch Secrets.
+var WriterRules = []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create", "patch"}}}
+
+// AppRole creates Vault policy `name` allowing read on paths and an AppRole
+// `name` holding it, with a short token TTL so renewal and re-login happen
+// while tests run. It writes the role ID and a fresh secret ID into files in
+// dir and returns their paths.
+func AppRole(t stack.TB, vc *vaultapi.Client, dir, name string, paths ...string) (roleIDFile, secretIDFile string) {
+	t.Helper()
+	var policy strings.Builder
+	for _, p := range paths {
+		fmt.Fprintf(&policy, "path %q { capabilities = [\"read\"] }\n", p)
+	}
+	if err := vc.Sys().PutPolicy(name, policy.String()); err != nil {
+		t.Fatalf("ferrystack: policy: %v", err)
+	}
+	auths, err := vc.Sys().ListAuth()
+	if err != nil {
+		t.Fatalf("ferrystack: list auth: %v", err)
+	}
+	if _, ok := auths["approle/"]; !ok {
+		if err := vc.Sys().EnableAuthWithOptions("approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
+			t.Fatalf("ferrystack: enable approle: %v", err)
+		}
+	}
+	if _, err := vc.Logical().Write("auth/approle/role/"+name, map[string]any{
+		"token_policies": name, "token_ttl": "20s", "token_max_ttl": "60s",
+	}); err != nil {
+		t.Fatalf("ferrystack: approle role: %v", err)
+	}
+	rid, err := vc.Logical().Read("auth/approle/role/" + name + "/role-id")
+	if err != nil {
+		t.Fatalf("ferrystack: role id: %v", err)
+	}
+	sid, err := vc.Logical().Write("auth/approle/role/"+name+"/secret-id", nil)
+	if err != nil {
+		t.Fatalf("ferrystack: secret id: %v", err)
+	}
+	return WriteFile(t, dir, name+".role-id", rid.Data["role_id"].(string)),
+		WriteFile(t, dir, name+".secret-id", sid.Data["secret_id"].(string))
+}
+
+// WriteFile writes content to dir/name (mode 0600) and returns the path.
+func WriteFile(t stack.TB, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatalf("ferrystack: %v", err)
+	}
+	return p
+}
