@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ferry-secrets/ferry/integration/ferrystack"
+	"github.com/ferry-secrets/ferry/integration/stack"
+)
+
+var verbose bool
+
+func init() {
+	flag.BoolVar(&verbose, "v", false, "print the stack's progress lines")
+}
+
+const (
+	trustDomain = "ferry.demo"
+	brokerID    = "spiffe://ferry.demo/broker"
+	brokerDNS   = "broker.ferry.demo"
+	writerID    = "spiffe://ferry.demo/cluster/demo/writer"
+	namespace   = "demo"
+	secretName  = "app-credentials"
+	vaultPath   = "apps/demo"
+)
+
+func step(format string, args ...any) { fmt.Printf("\n▶ "+format+"\n", args...) }
+func info(format string, args ...any) { fmt.Printf("  "+format+"\n", args...) }
+
+func demo(r *runner, exit bool) {
+	ctx := context.Background()
+	dir := r.dir
+
+	step("Building ferry-broker and ferry-writer")
+	bins := ferrystack.Build(r, filepath.Join(dir, "bin"))
+	info("%s\n  %s", bins.Broker, bins.Writer)
+
+	step("Starting the real stack on loopback")
+	vault := stack.StartVault(r, stack.VaultOptions{TLS: true})
+	info("Vault 1.13 (TLS)       %s", vault.Addr)
+	kube := stack.StartKube(r)
+	info("kube-apiserver (RBAC)  %s", kube.URL)
+	spire := stack.StartSpire(r, stack.SpireOptions{TrustDomain: trustDomain})
+	info("SPIRE server + agent   trust domain %s, agent socket %s", trustDomain, spire.AgentSocket)
+
+	step("Giving each process its SPIFFE ID (SPIRE entries, unix:path selectors)")
+	spire.Register(r, stack.Entry{SPIFFEID: brokerID, Selectors: []string{"unix:path:" + bins.Broker}, DNSNames: []string{brokerDNS}})
+	spire.Register(r, stack.Entry{SPIFFEID: writerID, Selectors: []string{"unix:path:" + bins.Writer}})
+	info("%s  ← %s", brokerID, bins.Broker)
+	info("%s  ← %s", writerID, bins.Writer)
+
+	step("Vault: a KV v2 secret, and an AppRole for the broker that may read only apps/*")
+	vc := vault.Client(r)
+	put := func(password string) {
+		if _, err := vc.KVv2("secret").Put(ctx, vaultPath, map[string]any{"username": "demo-app", "password": password}); err != nil {
+			r.Fatalf("vault: %v", err)
+		}
+	}
+	first := "first-" + rand.Text()[:12]
+	put(first)
+	info("secret/%s = {username: demo-app, password: %s}", vaultPath, first)
+	roleID, secretID := ferrystack.AppRole(r, vc, dir, "ferry-broker", "secret/data/apps/*")
+
+	step("Kubernetes: namespace %q and the writer's ServiceAccount, allowed only create+patch on secrets", namespace)
+	token := kube.ServiceAccount(r, namespace, "ferry-writer", ferrystack.WriterRules)
+	adminKubeconfig := kube.Kubeconfig(r, "")
+
+	brokerAddr := fmt.Sprintf("127.0.0.1:%d", stack.FreePort(r))
+	brokerCfg := ferrystack.WriteFile(r, dir, "broker.yaml", fmt.Sprintf(`# ferry-broker config (demo)
+listen: %s
+spiffe: {workload_api: "unix://%s"}
+vault:
+  address: %s
+  ca_file: %s
+  auth: {method: approle, role_id_file: %s, secret_id_file: %s}
+writers:
+  - id: %s
+    secrets:
+      - name: app
+        namespace: %s
+        secret_name: %s
+        refresh: 2s
+        kv: {mount: secret, path: %s}
+`, brokerAddr, spire.AgentSocket, vault.Addr, vault.CAFile, roleID, secretID, writerID, namespace, secretName, vaultPath))
+	writerCfg := ferrystack.WriteFile(r, dir, "writer.yaml", fmt.Sprintf(`# ferry-writer config (demo)
+broker: {address: "%s", spiffe_id: "%s"}
+spiffe: {workload_api: "unix://%s"}
+kubernetes: {kubeconfig: %s}
+namespaces: [%s]
+`, brokerAddr, brokerID, spire.AgentSocket, kube.Kubeconfig(r, token), namespace))
+
+	step("Starting ferry-broker (beside Vault) and ferry-writer (in the cluster)")
+	broker := stack.StartProcess(r, "ferry-broker", dir, bins.Broker, []string{"-config", brokerCfg})
+	writer := stack.StartProcess(r, "ferry-writer", dir, bins.Writer, []string{"-config", writerCfg})
+	info("broker %s  config %s  log %s", brokerAddr, brokerCfg, broker.LogFile())
+	info("writer          config %s  log %s", writerCfg, writer.LogFile())
+
+	admin := kube.Admin(r)
+	waitPassword := func(want string) time.Duration {
+		start := time.Now()
+		for time.Since(start) < 60*time.Second {
+			s, err := admin.CoreV1().Secrets(namespace).Get(ctx, secretName, metav1.GetOptions{})
+			if err == nil && string(s.Data["password"]) == want {
+				return time.Since(start)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		r.Fatalf("the Secret did not get the expected password within 60s; see %s and %s", broker.LogFile(), writer.LogFile())
+		return 0
+	}
+	kubectl := func(args ...string) string {
+		out, err := exec.Command(stack.Bin(r, "kubectl"), append([]string{"--kubeconfig", adminKubeconfig}, args...)...).CombinedOutput()
+		// `kubectl auth can-i` answers "no" with exit status 1.
+		if err != nil && !(args[0] == "auth" && strings.TrimSpace(string(out)) == "no") {
+			r.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+
+	took := waitPassword(first)
+	step("The Vault secret became Kubernetes Secret %s/%s (%v after the processes started)", namespace, secretName, took.Round(time.Millisecond))
+	info("$ kubectl get secret %s -n %s -o yaml", secretName, namespace)
+	for _, l := range strings.Split(kubectl("get", "secret", secretName, "-n", namespace, "-o", "yaml", "--show-managed-fields=false"), "\n") {
+		info("  %s", l)
+	}
+	info("(data is base64: the password decodes to %s)", first)
+
+	second := "second-" + rand.Text()[:12]
+	step("Changing the password in Vault to %s", second)
+	put(second)
+	took = waitPassword(second)
+	info("the Secret holds the new password %v later (refresh is 2s)", took.Round(time.Millisecond))
+
+	step("What the writer may do in the cluster (its ServiceAccount)")
+	sa := "system:serviceaccount:" + namespace + ":ferry-writer"
+	for _, verb := range []string{"create", "patch", "get", "list", "watch"} {
+		info("can %-6s secrets: %s", verb, kubectl("auth", "can-i", verb, "secrets", "-n", namespace, "--as", sa))
+	}
+
+	step("Asking the broker what it delivered, with grpcurl and a writer SVID (metadata only, never values)")
+	spire.Register(r, stack.Entry{SPIFFEID: writerID, Selectors: []string{"unix:path:" + selfPath(r)}, X509SVIDTTL: 12 * time.Hour})
+	cert, key, bundle := spire.SVIDFiles(r, writerID)
+	grpcurl := []string{stack.Bin(r, "grpcurl"), "-cacert", bundle, "-cert", cert, "-key", key, "-servername", brokerDNS, brokerAddr}
+	out, err := exec.Command(grpcurl[0], append(grpcurl[1:], "ferry.v1.DebugService/ListBindings")...).CombinedOutput()
+	if err != nil {
+		r.Fatalf("grpcurl: %v\n%s", err, out)
+	}
+	info("$ grpcurl %s ferry.v1.DebugService/ListBindings", strings.Join(grpcurl[1:], " "))
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		info("  %s", l)
+	}
+
+	if exit {
+		step("Done (-exit): stopping the stack")
+		return
+	}
+	step("The stack keeps running. Try it (in another shell):")
+	fmt.Printf(`
+  export KUBECONFIG=%s
+  kubectl get secret %s -n %s -o jsonpath='{.data.password}' | base64 -d; echo
+
+  export VAULT_ADDR=%s VAULT_CACERT=%s VAULT_TOKEN=%s
+  %s kv put secret/%s username=demo-app password=my-new-password
+
+  %s ferry.v1.DebugService/ListBindings
+  %s list
+
+  logs: %s  %s
+
+Press Ctrl-C to stop everything.
+`, adminKubeconfig, secretName, namespace, vault.Addr, vault.CAFile, vault.Token, stack.Bin(r, "vault"), vaultPath,
+		strings.Join(grpcurl, " "), strings.Join(grpcurl, " "), broker.LogFile(), writer.LogFile())
+	waitForSignal()
+}
+
+// selfPath is this program's binary, as SPIRE's unix:path selector sees it.
+func selfPath(r *runner) string {
+	exe, err := os.Executable()
+	if err == nil {
+		exe, err = filepath.EvalSymlinks(exe)
+	}
+	if err != nil {
+		r.Fatalf("own path: %v", err)
+	}
+	return exe
+}
