@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -34,39 +33,6 @@ type Config struct {
 	Writers []Writer `json:"writers"`
 }
 
-// Vault is the broker's connection to Vault.
-type Vault struct {
-	// Address is Vault's URL, https:// unless AllowInsecureHTTP is set.
-	Address string `json:"address"`
-	// CAFile verifies Vault's serving certificate (PEM). Optional: the system roots otherwise.
-	CAFile string `json:"ca_file,omitempty"`
-	// ServerName overrides the TLS server name checked on Vault's certificate. Optional.
-	ServerName string `json:"server_name,omitempty"`
-	// AllowInsecureHTTP permits an http:// address. For local development only.
-	AllowInsecureHTTP bool `json:"allow_insecure_http,omitempty"`
-	// Auth is how the broker logs in.
-	Auth VaultAuth `json:"auth"`
-}
-
-// Auth methods.
-const (
-	AuthToken   = "token"
-	AuthAppRole = "approle"
-)
-
-// VaultAuth is one Vault login method. Credentials are read from files.
-type VaultAuth struct {
-	// Method is "token" or "approle".
-	Method string `json:"method"`
-	// Mount is the auth mount path; default is the method name.
-	Mount string `json:"mount,omitempty"`
-	// TokenFile holds a Vault token (method token).
-	TokenFile string `json:"token_file,omitempty"`
-	// RoleIDFile and SecretIDFile hold the AppRole credentials (method approle).
-	RoleIDFile   string `json:"role_id_file,omitempty"`
-	SecretIDFile string `json:"secret_id_file,omitempty"`
-}
-
 // Log configures the broker's logger.
 type Log struct {
 	// Level is debug, info, warn or error. Default info.
@@ -77,43 +43,6 @@ type Log struct {
 type Debug struct {
 	// Admins are SPIFFE IDs that may list every writer's bindings.
 	Admins []string `json:"admins,omitempty"`
-}
-
-// Writer grants bindings to one writer identity.
-type Writer struct {
-	// ID is the writer's exact SPIFFE ID.
-	ID string `json:"id"`
-	// Secrets are the writer's bindings.
-	Secrets []Binding `json:"secrets"`
-}
-
-// Binding maps one Vault source to one Kubernetes Secret.
-type Binding struct {
-	// Name identifies the binding among the writer's bindings.
-	Name string `json:"name"`
-	// Namespace is the destination namespace.
-	Namespace string `json:"namespace"`
-	// SecretName is the destination Secret's name; default Name.
-	SecretName string `json:"secret_name,omitempty"`
-	// Type is the Secret's type; default Opaque.
-	Type string `json:"type,omitempty"`
-	// Labels and Annotations are added to the Secret.
-	Labels      map[string]string `json:"labels,omitempty"`
-	Annotations map[string]string `json:"annotations,omitempty"`
-	// Refresh is how often the source is polled; default 60s, jittered by up to 10%.
-	Refresh Duration `json:"refresh,omitempty"`
-	// KV reads a key/value secret.
-	KV *KV `json:"kv,omitempty"`
-}
-
-// KV is a key/value source.
-type KV struct {
-	// Mount is the KV engine's mount path, e.g. "secret".
-	Mount string `json:"mount"`
-	// Path is the secret's path inside the mount.
-	Path string `json:"path"`
-	// EngineVersion is the KV engine version, 1 or 2; default 2.
-	EngineVersion int `json:"engine_version,omitempty"`
 }
 
 // Defaults.
@@ -256,82 +185,6 @@ func (c *Config) Validate() error {
 			}
 			seenDest[dest] = j
 		}
-	}
-	return nil
-}
-
-func (v Vault) validate() error {
-	switch {
-	case strings.HasPrefix(v.Address, "https://"):
-	case strings.HasPrefix(v.Address, "http://"):
-		if !v.AllowInsecureHTTP {
-			return fmt.Errorf("vault.address: %q is plain http; use https:// (or set vault.allow_insecure_http for local development only)", v.Address)
-		}
-	case v.Address == "":
-		return fmt.Errorf("vault.address: required")
-	default:
-		return fmt.Errorf("vault.address: %q must start with https://", v.Address)
-	}
-	if v.CAFile != "" {
-		if _, err := os.Stat(v.CAFile); err != nil {
-			return fmt.Errorf("vault.ca_file: %v", err)
-		}
-	}
-	a := v.Auth
-	switch a.Method {
-	case AuthToken:
-		if a.TokenFile == "" {
-			return fmt.Errorf("vault.auth.token_file: required for method token")
-		}
-	case AuthAppRole:
-		if a.RoleIDFile == "" {
-			return fmt.Errorf("vault.auth.role_id_file: required for method approle")
-		}
-		if a.SecretIDFile == "" {
-			return fmt.Errorf("vault.auth.secret_id_file: required for method approle")
-		}
-	case "":
-		return fmt.Errorf("vault.auth.method: required (token or approle)")
-	default:
-		return fmt.Errorf("vault.auth.method: %q is not one of token, approle", a.Method)
-	}
-	return nil
-}
-
-func (b Binding) validate(f string) error {
-	if b.Name == "" {
-		return fmt.Errorf("%s.name: required", f)
-	}
-	if !dnsSubdomain.MatchString(b.Name) {
-		return fmt.Errorf("%s.name: %q must be lowercase letters, digits, '-' or '.'", f, b.Name)
-	}
-	if b.Namespace == "" {
-		return fmt.Errorf("%s.namespace: required", f)
-	}
-	if len(b.Namespace) > 63 || !dnsLabel.MatchString(b.Namespace) {
-		return fmt.Errorf("%s.namespace: %q is not a valid namespace name", f, b.Namespace)
-	}
-	if len(b.SecretName) > 253 || !dnsSubdomain.MatchString(b.SecretName) {
-		return fmt.Errorf("%s.secret_name: %q is not a valid Secret name", f, b.SecretName)
-	}
-	if b.Refresh.Duration < MinRefresh {
-		return fmt.Errorf("%s.refresh: %s is below the minimum of %s", f, b.Refresh.Duration, MinRefresh)
-	}
-	if b.KV == nil {
-		return fmt.Errorf("%s: a source is required (kv)", f)
-	}
-	kv := b.KV
-	if kv.Mount == "" || strings.Trim(kv.Mount, "/") == "" {
-		return fmt.Errorf("%s.kv.mount: required", f)
-	}
-	if kv.Path == "" || strings.Trim(kv.Path, "/") == "" {
-		return fmt.Errorf("%s.kv.path: required", f)
-	}
-	if strings.Contains(kv.Path, "..") {
-		return fmt.Errorf("%s.kv.path: %q must not contain \"..\"", f, kv.Path)
-	}
-	if kv.EngineVersion != 1 && kv.EngineVersion != 2 {
-		return fmt.Errorf("%s.kv.engine_version: %d is not 1 or 2", f, kv.EngineVersion)
 	}
 	return nil
 }

@@ -102,7 +102,7 @@ func (p *Poller) poll(ctx context.Context, writerID string, b config.Binding) {
 
 // refresh reads the binding's source once and publishes a change.
 func (p *Poller) refresh(ctx context.Context, log *slog.Logger, writerID string, b config.Binding) {
-	kv, err := p.kv.ReadKV(ctx, b.KV.Mount, b.KV.Path, b.KV.EngineVersion, 0)
+	kv, err := p.vaultFor(writerID, b).ReadKV(ctx, b.KV.Mount, b.KV.Path, b.KV.EngineVersion, 0)
 	if err != nil {
 		if ctx.Err() != nil {
 			return
@@ -115,6 +115,13 @@ func (p *Poller) refresh(ctx context.Context, log *slog.Logger, writerID string,
 	if p.cat.SetDesired(writerID, b.Name, s, kv.Version, time.Now()) {
 		log.Info("secret changed", "vault_version", kv.Version, "revision", s.Revision)
 	}
+}
+
+// vaultFor returns the Vault client a binding reads through. Every binding
+// shares one client (one Vault identity) for now; per-identity clients
+// (one Vault login per unit of trust) plug in here.
+func (p *Poller) vaultFor(writerID string, b config.Binding) KVReader {
+	return p.kv
 }
 
 // render builds the desired Secret for b with data and stamps its revision.

@@ -1,0 +1,54 @@
+package config
+
+import (
+	"fmt"
+)
+
+// Writer grants bindings to one writer identity.
+type Writer struct {
+	// ID is the writer's exact SPIFFE ID.
+	ID string `json:"id"`
+	// Secrets are the writer's bindings.
+	Secrets []Binding `json:"secrets"`
+}
+
+// Binding maps one Vault source to one Kubernetes Secret.
+type Binding struct {
+	// Name identifies the binding among the writer's bindings.
+	Name string `json:"name"`
+	// Namespace is the destination namespace.
+	Namespace string `json:"namespace"`
+	// SecretName is the destination Secret's name; default Name.
+	SecretName string `json:"secret_name,omitempty"`
+	// Type is the Secret's type; default Opaque.
+	Type string `json:"type,omitempty"`
+	// Labels and Annotations are added to the Secret.
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// Refresh is how often the source is polled; default 60s, jittered by up to 10%.
+	Refresh Duration `json:"refresh,omitempty"`
+	// KV reads a key/value secret.
+	KV *KV `json:"kv,omitempty"`
+}
+
+func (b Binding) validate(f string) error {
+	if b.Name == "" {
+		return fmt.Errorf("%s.name: required", f)
+	}
+	if !dnsSubdomain.MatchString(b.Name) {
+		return fmt.Errorf("%s.name: %q must be lowercase letters, digits, '-' or '.'", f, b.Name)
+	}
+	if b.Namespace == "" {
+		return fmt.Errorf("%s.namespace: required", f)
+	}
+	if len(b.Namespace) > 63 || !dnsLabel.MatchString(b.Namespace) {
+		return fmt.Errorf("%s.namespace: %q is not a valid namespace name", f, b.Namespace)
+	}
+	if len(b.SecretName) > 253 || !dnsSubdomain.MatchString(b.SecretName) {
+		return fmt.Errorf("%s.secret_name: %q is not a valid Secret name", f, b.SecretName)
+	}
+	if b.Refresh.Duration < MinRefresh {
+		return fmt.Errorf("%s.refresh: %s is below the minimum of %s", f, b.Refresh.Duration, MinRefresh)
+	}
+	return b.validateSource(f)
+}
