@@ -41,12 +41,18 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	td := svid.ID.TrustDomain()
 	log.Info("broker identity", "spiffe_id", svid.ID.String())
 
-	vc, err := vault.New(cfg.Vault, log)
+	vaults, err := vault.NewIdentities(cfg.Vault, vault.Deps{SVID: src, WorkloadAPI: cfg.SPIFFE.WorkloadAPI}, log)
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
+	vaultFor := func(identity string) source.KVReader {
+		if c := vaults.Get(identity); c != nil {
+			return c
+		}
+		return nil
+	}
 	cat := catalog.New(cfg.Writers, source.Meta)
-	poller := source.NewPoller(cat, vc, cfg.Writers, vc.Ready(), log)
+	poller := source.NewPoller(cat, vaultFor, cfg.Writers, vaults.Settled(), log)
 	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td), log)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
@@ -54,7 +60,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("broker: listen: %w", err)
 	}
 	log.Info("broker listening", "addr", lis.Addr().String(), "trust_domain", td.String(), "writers", len(cfg.Writers))
-	return task.Run(ctx, vc.Run, poller.Run, func(ctx context.Context) error {
+	return task.Run(ctx, vaults.Run, poller.Run, func(ctx context.Context) error {
 		return serve(ctx, srv, lis, log)
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -107,12 +108,16 @@ func (c *Config) SetDefaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
-	if c.Vault.Auth.Mount == "" {
-		c.Vault.Auth.Mount = c.Vault.Auth.Method
-	}
+	c.Vault.setDefaults()
 	for i := range c.Writers {
 		for j := range c.Writers[i].Secrets {
 			b := &c.Writers[i].Secrets[j]
+			if b.VaultIdentity == "" {
+				b.VaultIdentity = c.Writers[i].VaultIdentity
+			}
+			if b.VaultIdentity == "" {
+				b.VaultIdentity = DefaultIdentity
+			}
 			if b.SecretName == "" {
 				b.SecretName = b.Name
 			}
@@ -145,7 +150,7 @@ func (c *Config) Validate() error {
 	if err := c.SPIFFE.Validate("spiffe"); err != nil {
 		return err
 	}
-	if err := c.Vault.validate(); err != nil {
+	if err := c.Vault.validate(c.SPIFFE.WorkloadAPI != ""); err != nil {
 		return err
 	}
 	switch c.Log.Level {
@@ -174,6 +179,13 @@ func (c *Config) Validate() error {
 			bf := fmt.Sprintf("%s.secrets[%d]", f, j)
 			if err := b.validate(bf); err != nil {
 				return err
+			}
+			if _, ok := c.Vault.Identity(b.VaultIdentity); !ok {
+				field := bf + ".vault_identity"
+				if w.VaultIdentity == b.VaultIdentity {
+					field = f + ".vault_identity"
+				}
+				return fmt.Errorf("%s: %q is not a configured Vault identity (%s)", field, b.VaultIdentity, strings.Join(c.Vault.IdentityNames(), ", "))
 			}
 			if k, dup := seenName[b.Name]; dup {
 				return fmt.Errorf("%s.name: %q is already used by %s.secrets[%d]", bf, b.Name, f, k)

@@ -3,6 +3,8 @@ package config
 import (
 	"fmt"
 	"os"
+	"regexp"
+	"sort"
 	"strings"
 )
 
@@ -14,32 +16,106 @@ type Vault struct {
 	CAFile string `json:"ca_file,omitempty"`
 	// ServerName overrides the TLS server name checked on Vault's certificate. Optional.
 	ServerName string `json:"server_name,omitempty"`
+	// ClientCertFile and ClientKeyFile are a TLS client certificate for Vault
+	// listeners that require one. Optional; not used by method cert, which
+	// presents the broker's SVID.
+	ClientCertFile string `json:"client_cert_file,omitempty"`
+	ClientKeyFile  string `json:"client_key_file,omitempty"`
 	// AllowInsecureHTTP permits an http:// address. For local development only.
 	AllowInsecureHTTP bool `json:"allow_insecure_http,omitempty"`
-	// Auth is how the broker logs in.
+	// Auth is how the broker logs in as the identity named "default".
 	Auth VaultAuth `json:"auth"`
+	// Identities are further Vault identities, one per unit of trust, each
+	// with its own login (and so its own token, policies and audit entity).
+	// Writers and bindings choose one with vault_identity.
+	Identities map[string]VaultAuth `json:"identities,omitempty"`
 }
+
+// DefaultIdentity is the name of the identity configured by vault.auth.
+const DefaultIdentity = "default"
 
 // Auth methods.
 const (
-	AuthToken   = "token"
-	AuthAppRole = "approle"
+	AuthToken      = "token"
+	AuthAppRole    = "approle"
+	AuthCert       = "cert"
+	AuthJWT        = "jwt"
+	AuthKubernetes = "kubernetes"
 )
 
-// VaultAuth is one Vault login method. Credentials are read from files.
+// DefaultKubernetesTokenFile is where a pod's ServiceAccount token is mounted.
+const DefaultKubernetesTokenFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+// VaultAuth is one Vault login. Credentials come from files or from the
+// broker's own SPIFFE identity, never from the config file itself.
 type VaultAuth struct {
-	// Method is "token" or "approle".
+	// Method is token, approle, cert, jwt or kubernetes.
 	Method string `json:"method"`
 	// Mount is the auth mount path; default is the method name.
 	Mount string `json:"mount,omitempty"`
-	// TokenFile holds a Vault token (method token).
+	// TokenFile holds a Vault token (method token), or a Kubernetes
+	// ServiceAccount token (method kubernetes; default the pod's own).
 	TokenFile string `json:"token_file,omitempty"`
 	// RoleIDFile and SecretIDFile hold the AppRole credentials (method approle).
 	RoleIDFile   string `json:"role_id_file,omitempty"`
 	SecretIDFile string `json:"secret_id_file,omitempty"`
+	// Role is the auth role to log in as (methods jwt and kubernetes:
+	// required; method cert: optional, the certificate role name).
+	Role string `json:"role,omitempty"`
+	// Audience is the JWT-SVID audience requested from the Workload API
+	// (method jwt); default "vault".
+	Audience string `json:"audience,omitempty"`
 }
 
-func (v Vault) validate() error {
+var identityName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$`)
+
+// IdentityNames lists the configured Vault identities, "default" first.
+func (v Vault) IdentityNames() []string {
+	names := []string{DefaultIdentity}
+	rest := make([]string, 0, len(v.Identities))
+	for n := range v.Identities {
+		rest = append(rest, n)
+	}
+	sort.Strings(rest)
+	return append(names, rest...)
+}
+
+// Identity returns the login of the named identity.
+func (v Vault) Identity(name string) (VaultAuth, bool) {
+	if name == "" || name == DefaultIdentity {
+		return v.Auth, true
+	}
+	a, ok := v.Identities[name]
+	return a, ok
+}
+
+func (v *Vault) setDefaults() {
+	v.Auth.setDefaults()
+	for n, a := range v.Identities {
+		a.setDefaults()
+		v.Identities[n] = a
+	}
+}
+
+func (a *VaultAuth) setDefaults() {
+	if a.Mount == "" {
+		a.Mount = a.Method
+	}
+	switch a.Method {
+	case AuthJWT:
+		if a.Audience == "" {
+			a.Audience = "vault"
+		}
+	case AuthKubernetes:
+		if a.TokenFile == "" {
+			a.TokenFile = DefaultKubernetesTokenFile
+		}
+	}
+}
+
+// validate checks the connection and every identity; workloadAPI says
+// whether the broker's SVID comes from the Workload API (method jwt needs it).
+func (v Vault) validate(workloadAPI bool) error {
 	switch {
 	case strings.HasPrefix(v.Address, "https://"):
 	case strings.HasPrefix(v.Address, "http://"):
@@ -51,28 +127,68 @@ func (v Vault) validate() error {
 	default:
 		return fmt.Errorf("vault.address: %q must start with https://", v.Address)
 	}
-	if v.CAFile != "" {
-		if _, err := os.Stat(v.CAFile); err != nil {
-			return fmt.Errorf("vault.ca_file: %v", err)
+	for _, f := range []struct{ name, path string }{{"ca_file", v.CAFile}, {"client_cert_file", v.ClientCertFile}, {"client_key_file", v.ClientKeyFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("vault.%s: %v", f.name, err)
 		}
 	}
-	a := v.Auth
+	if (v.ClientCertFile == "") != (v.ClientKeyFile == "") {
+		return fmt.Errorf("vault.client_cert_file and vault.client_key_file: set both or neither")
+	}
+	if err := v.Auth.validate("vault.auth", workloadAPI); err != nil {
+		return err
+	}
+	for _, n := range v.IdentityNames()[1:] {
+		f := fmt.Sprintf("vault.identities.%s", n)
+		if !identityName.MatchString(n) {
+			return fmt.Errorf("%s: name must be lowercase letters, digits, '-' or '_'", f)
+		}
+		if n == DefaultIdentity {
+			return fmt.Errorf("%s: %q is the identity of vault.auth; pick another name", f, n)
+		}
+		if err := v.Identities[n].validate(f, workloadAPI); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a VaultAuth) validate(f string, workloadAPI bool) error {
 	switch a.Method {
 	case AuthToken:
 		if a.TokenFile == "" {
-			return fmt.Errorf("vault.auth.token_file: required for method token")
+			return fmt.Errorf("%s.token_file: required for method token", f)
 		}
 	case AuthAppRole:
 		if a.RoleIDFile == "" {
-			return fmt.Errorf("vault.auth.role_id_file: required for method approle")
+			return fmt.Errorf("%s.role_id_file: required for method approle", f)
 		}
 		if a.SecretIDFile == "" {
-			return fmt.Errorf("vault.auth.secret_id_file: required for method approle")
+			return fmt.Errorf("%s.secret_id_file: required for method approle", f)
+		}
+	case AuthCert:
+		// The broker's own X.509-SVID is the credential.
+	case AuthJWT:
+		if a.Role == "" {
+			return fmt.Errorf("%s.role: required for method jwt", f)
+		}
+		if !workloadAPI {
+			return fmt.Errorf("%s.method: jwt needs spiffe.workload_api (JWT-SVIDs come from the Workload API)", f)
+		}
+	case AuthKubernetes:
+		if a.Role == "" {
+			return fmt.Errorf("%s.role: required for method kubernetes", f)
 		}
 	case "":
-		return fmt.Errorf("vault.auth.method: required (token or approle)")
+		return fmt.Errorf("%s.method: required (token, approle, cert, jwt or kubernetes)", f)
 	default:
-		return fmt.Errorf("vault.auth.method: %q is not one of token, approle", a.Method)
+		return fmt.Errorf("%s.method: %q is not one of token, approle, cert, jwt, kubernetes", f, a.Method)
+	}
+	if strings.Trim(a.Mount, "/") == "" || strings.Contains(a.Mount, "..") {
+		return fmt.Errorf("%s.mount: %q is not a valid mount path", f, a.Mount)
 	}
 	return nil
 }

@@ -8,6 +8,9 @@ import (
 type Writer struct {
 	// ID is the writer's exact SPIFFE ID.
 	ID string `json:"id"`
+	// VaultIdentity names the Vault identity (vault.auth = "default", or a
+	// key of vault.identities) the writer's bindings read through.
+	VaultIdentity string `json:"vault_identity,omitempty"`
 	// Secrets are the writer's bindings.
 	Secrets []Binding `json:"secrets"`
 }
@@ -25,6 +28,8 @@ type Binding struct {
 	// Labels and Annotations are added to the Secret.
 	Labels      map[string]string `json:"labels,omitempty"`
 	Annotations map[string]string `json:"annotations,omitempty"`
+	// VaultIdentity overrides the writer's vault_identity for this binding.
+	VaultIdentity string `json:"vault_identity,omitempty"`
 	// Refresh is how often the source is polled; default 60s, jittered by up to 10%.
 	Refresh Duration `json:"refresh,omitempty"`
 	// KV reads a key/value secret.

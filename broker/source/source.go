@@ -39,10 +39,14 @@ func Meta(writerID string, b config.Binding) catalog.Meta {
 	return m
 }
 
+// Vaults returns the Vault client of a named Vault identity, or nil if
+// there is none.
+type Vaults func(identity string) KVReader
+
 // Poller refreshes every configured binding.
 type Poller struct {
 	cat     *catalog.Catalog
-	kv      KVReader
+	vaults  Vaults
 	writers []config.Writer
 	log     *slog.Logger
 	// ready, when set, is awaited before the first reads (Vault login).
@@ -53,12 +57,12 @@ type Poller struct {
 }
 
 // NewPoller returns a poller for ws. ready may be nil.
-func NewPoller(cat *catalog.Catalog, kv KVReader, ws []config.Writer, ready <-chan struct{}, log *slog.Logger) *Poller {
+func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-chan struct{}, log *slog.Logger) *Poller {
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		panic(err) // crypto/rand never fails on supported platforms
 	}
-	return &Poller{cat: cat, kv: kv, writers: ws, ready: ready, log: log, key: key}
+	return &Poller{cat: cat, vaults: vaults, writers: ws, ready: ready, log: log, key: key}
 }
 
 // Run polls until ctx ends.
@@ -102,7 +106,11 @@ func (p *Poller) poll(ctx context.Context, writerID string, b config.Binding) {
 
 // refresh reads the binding's source once and publishes a change.
 func (p *Poller) refresh(ctx context.Context, log *slog.Logger, writerID string, b config.Binding) {
-	kv, err := p.vaultFor(writerID, b).ReadKV(ctx, b.KV.Mount, b.KV.Path, b.KV.EngineVersion, 0)
+	vc, err := p.vaultFor(writerID, b)
+	var kv *vault.KVSecret
+	if err == nil {
+		kv, err = vc.ReadKV(ctx, b.KV.Mount, b.KV.Path, b.KV.EngineVersion, 0)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return
@@ -117,11 +125,14 @@ func (p *Poller) refresh(ctx context.Context, log *slog.Logger, writerID string,
 	}
 }
 
-// vaultFor returns the Vault client a binding reads through. Every binding
-// shares one client (one Vault identity) for now; per-identity clients
-// (one Vault login per unit of trust) plug in here.
-func (p *Poller) vaultFor(writerID string, b config.Binding) KVReader {
-	return p.kv
+// vaultFor returns the client of the Vault identity the binding reads
+// through (its own vault_identity, else its writer's, else "default").
+func (p *Poller) vaultFor(writerID string, b config.Binding) (KVReader, error) {
+	vc := p.vaults(b.VaultIdentity)
+	if vc == nil {
+		return nil, fmt.Errorf("source: writer %s binding %s: no Vault identity %q", writerID, b.Name, b.VaultIdentity)
+	}
+	return vc, nil
 }
 
 // render builds the desired Secret for b with data and stamps its revision.

@@ -1,23 +1,27 @@
-// Package vault is the broker's only door to HashiCorp Vault: it logs in with
-// the configured auth method, keeps the token alive with vault/api's
-// LifetimeWatcher (logging in again when renewal ends), and reads secrets.
-// Errors it returns name the Vault path and a category, never secret data
-// and never Vault's raw response body.
+// Package vault is the broker's only door to HashiCorp Vault. It keeps one
+// logged-in client per configured Vault identity (one unit of trust each):
+// it logs in with the identity's method — token, AppRole, TLS certificate
+// (the broker's own X.509-SVID), JWT (a JWT-SVID from the Workload API) or
+// Kubernetes — keeps the token alive with vault/api's LifetimeWatcher, and
+// logs in again only when renewal ends. It reads secrets through those
+// clients. Errors it returns name the Vault path and a category, never
+// secret data, credentials or Vault's raw response body.
 package vault
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ferry-secrets/ferry/broker/config"
 )
@@ -26,33 +30,62 @@ import (
 var (
 	// ErrNotFound means the path holds no secret (or its version was deleted).
 	ErrNotFound = errors.New("not found")
-	// ErrPermissionDenied means Vault refused the broker's token.
+	// ErrPermissionDenied means Vault refused the identity's token.
 	ErrPermissionDenied = errors.New("permission denied")
-	// ErrNotLoggedIn means no login has succeeded yet.
+	// ErrNotLoggedIn means no login of the identity has succeeded yet.
 	ErrNotLoggedIn = errors.New("not logged in to Vault yet")
 )
 
-// Client is a logged-in Vault client.
-type Client struct {
-	api  *vaultapi.Client
-	auth config.VaultAuth
-	log  *slog.Logger
-
-	mu       sync.Mutex
-	loggedIn bool
-	ready    chan struct{}
+// Deps are what some login methods need from the rest of the broker.
+type Deps struct {
+	// SVID is the broker's X.509-SVID source (method cert presents it).
+	SVID x509svid.Source
+	// WorkloadAPI is the Workload API address (method jwt fetches JWT-SVIDs there).
+	WorkloadAPI string
 }
 
-// New builds a client for cfg. It does not contact Vault; Run logs in.
-func New(cfg config.Vault, log *slog.Logger) (*Client, error) {
+// Client is one Vault identity's logged-in client.
+type Client struct {
+	name      string
+	api       *vaultapi.Client
+	transport *http.Transport
+	auth      config.VaultAuth
+	deps      Deps
+	log       *slog.Logger
+
+	mu        sync.Mutex
+	loggedIn  bool
+	ready     chan struct{} // closed at the first successful login
+	attempted chan struct{} // closed after the first login attempt, good or bad
+}
+
+// New builds the client of identity name. It does not contact Vault; Run
+// logs in.
+func New(name string, conn config.Vault, auth config.VaultAuth, deps Deps, log *slog.Logger) (*Client, error) {
 	vc := vaultapi.DefaultConfig()
-	vc.Address = cfg.Address
-	if err := vc.ConfigureTLS(&vaultapi.TLSConfig{CACert: cfg.CAFile, TLSServerName: cfg.ServerName}); err != nil {
+	if vc.Error != nil {
+		return nil, fmt.Errorf("vault: %w", vc.Error)
+	}
+	vc.Address, vc.AgentAddress = conn.Address, ""
+	if err := vc.ConfigureTLS(&vaultapi.TLSConfig{
+		CACert: conn.CAFile, TLSServerName: conn.ServerName,
+		ClientCert: conn.ClientCertFile, ClientKey: conn.ClientKeyFile,
+	}); err != nil {
 		return nil, fmt.Errorf("vault: TLS config: %w", err)
 	}
-	if t, ok := vc.HttpClient.Transport.(*http.Transport); ok {
-		// One broker serves many bindings: keep enough warm connections.
-		t.MaxIdleConnsPerHost = 64
+	t, ok := vc.HttpClient.Transport.(*http.Transport)
+	if !ok {
+		return nil, errors.New("vault: unexpected HTTP transport")
+	}
+	// One identity serves many bindings: keep enough warm connections.
+	t.MaxIdleConnsPerHost = 64
+	t.TLSClientConfig.MinVersion = tls.VersionTLS12
+	if auth.Method == config.AuthCert {
+		if deps.SVID == nil {
+			return nil, errors.New("vault: method cert needs the broker's SVID source")
+		}
+		// Present the SVID current at each handshake, so rotation is picked up.
+		t.TLSClientConfig.GetClientCertificate = tlsconfig.GetClientCertificate(deps.SVID)
 	}
 	vc.Timeout = 30 * time.Second
 	api, err := vaultapi.NewClient(vc)
@@ -60,20 +93,39 @@ func New(cfg config.Vault, log *slog.Logger) (*Client, error) {
 		return nil, fmt.Errorf("vault: %w", err)
 	}
 	api.ClearToken() // never pick up VAULT_TOKEN from the environment
-	return &Client{api: api, auth: cfg.Auth, log: log.With("vault_auth", cfg.Auth.Method, "vault_mount", cfg.Auth.Mount), ready: make(chan struct{})}, nil
+	api.SetNamespace("")
+	return &Client{
+		name: name, api: api, transport: t, auth: auth, deps: deps,
+		log:   log.With("vault_identity", name, "vault_auth", auth.Method, "vault_mount", auth.Mount),
+		ready: make(chan struct{}), attempted: make(chan struct{}),
+	}, nil
 }
+
+// Name is the identity's name.
+func (c *Client) Name() string { return c.name }
 
 // Ready is closed after the first successful login.
 func (c *Client) Ready() <-chan struct{} { return c.ready }
 
+// Attempted is closed after the first login attempt, successful or not.
+func (c *Client) Attempted() <-chan struct{} { return c.attempted }
+
 // Run logs in and keeps the token alive until ctx ends. Login failures are
-// retried with backoff; when renewal ends (max TTL, revoked token) it logs in
-// again.
+// retried with backoff; when renewal ends (max TTL, revoked token) it logs
+// in again. A renewable token is never replaced while it can be renewed.
 func (c *Client) Run(ctx context.Context) error {
 	backoff := 500 * time.Millisecond
+	first := true
 	for ctx.Err() == nil {
 		secret, err := c.login(ctx)
+		if first {
+			first = false
+			close(c.attempted)
+		}
 		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
 			c.log.Error("vault login failed", "err", err, "retry_in", backoff)
 			if !sleep(ctx, backoff+time.Duration(rand.Int64N(int64(backoff)))) {
 				break
@@ -122,7 +174,7 @@ func (c *Client) watch(ctx context.Context, secret *vaultapi.Secret) {
 			return
 		case err := <-w.DoneCh():
 			if err != nil {
-				c.log.Warn("vault token renewal ended; logging in again", "err", redactErr(err))
+				c.log.Warn("vault token renewal failed; logging in again", "err", redactErr(err))
 			} else {
 				c.log.Info("vault token reached its max TTL; logging in again")
 			}
@@ -131,57 +183,6 @@ func (c *Client) watch(ctx context.Context, secret *vaultapi.Secret) {
 			c.log.Debug("vault token renewed", "token_ttl", time.Duration(r.Secret.Auth.LeaseDuration)*time.Second)
 		}
 	}
-}
-
-// login performs one login with the configured method and sets the token.
-func (c *Client) login(ctx context.Context) (*vaultapi.Secret, error) {
-	switch c.auth.Method {
-	case config.AuthToken:
-		tok, err := readCredential(c.auth.TokenFile)
-		if err != nil {
-			return nil, err
-		}
-		c.api.SetToken(tok)
-		s, err := c.api.Auth().Token().LookupSelfWithContext(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("vault: token lookup: %w", redactErr(err))
-		}
-		ttl, _ := s.TokenTTL()
-		renewable, _ := s.TokenIsRenewable()
-		return &vaultapi.Secret{Auth: &vaultapi.SecretAuth{ClientToken: tok, Renewable: renewable, LeaseDuration: int(ttl.Seconds())}}, nil
-	case config.AuthAppRole:
-		roleID, err := readCredential(c.auth.RoleIDFile)
-		if err != nil {
-			return nil, err
-		}
-		secretID, err := readCredential(c.auth.SecretIDFile)
-		if err != nil {
-			return nil, err
-		}
-		s, err := c.api.Logical().WriteWithContext(ctx, "auth/"+strings.Trim(c.auth.Mount, "/")+"/login",
-			map[string]any{"role_id": roleID, "secret_id": secretID})
-		if err != nil {
-			return nil, fmt.Errorf("vault: approle login: %w", redactErr(err))
-		}
-		if s == nil || s.Auth == nil {
-			return nil, errors.New("vault: approle login returned no token")
-		}
-		c.api.SetToken(s.Auth.ClientToken)
-		return s, nil
-	}
-	return nil, fmt.Errorf("vault: unknown auth method %q", c.auth.Method)
-}
-
-func readCredential(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("vault: read credential file: %w", err)
-	}
-	v := strings.TrimSpace(string(b))
-	if v == "" {
-		return "", fmt.Errorf("vault: credential file %s is empty", path)
-	}
-	return v, nil
 }
 
 // redactErr maps a vault/api error to one that carries the HTTP status and
