@@ -1,0 +1,79 @@
+package stack
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+
+	vaultapi "github.com/hashicorp/vault/api"
+)
+
+// Audit is a Vault file audit device: Vault's own record of every request,
+// used to count reads and logins independently of Ferry's counters.
+type Audit struct {
+	Path string
+}
+
+// AuditEntry is the part of one audit log line the tests look at. Vault
+// writes one "request" and one "response" entry per request.
+type AuditEntry struct {
+	Type string `json:"type"` // "request" or "response"
+	Auth struct {
+		EntityID    string   `json:"entity_id"`
+		DisplayName string   `json:"display_name"`
+		Policies    []string `json:"policies"`
+	} `json:"auth"`
+	Request struct {
+		Path      string `json:"path"`
+		Operation string `json:"operation"`
+	} `json:"request"`
+	Error string `json:"error"`
+}
+
+// EnableFileAudit enables a file audit device writing to a file in v.Dir.
+func (v *Vault) EnableFileAudit(t TB) *Audit {
+	t.Helper()
+	a := &Audit{Path: filepath.Join(v.Dir, "audit.log")}
+	err := v.Client(t).Sys().EnableAuditWithOptions("file", &vaultapi.EnableAuditOptions{
+		Type: "file", Options: map[string]string{"file_path": a.Path},
+	})
+	if err != nil {
+		t.Fatalf("stack: enable file audit: %v", err)
+	}
+	return a
+}
+
+// Entries parses the audit log written so far.
+func (a *Audit) Entries(t TB) []AuditEntry {
+	t.Helper()
+	data, err := os.ReadFile(a.Path)
+	if err != nil {
+		t.Fatalf("stack: read audit log: %v", err)
+	}
+	var out []AuditEntry
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var e AuditEntry
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("stack: audit line: %v", err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// Responses returns the "response" entries for which match is true: one per
+// request Vault answered.
+func (a *Audit) Responses(t TB, match func(AuditEntry) bool) []AuditEntry {
+	t.Helper()
+	var out []AuditEntry
+	for _, e := range a.Entries(t) {
+		if e.Type == "response" && match(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
