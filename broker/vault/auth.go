@@ -81,7 +81,11 @@ func (c *Client) loginToken(ctx context.Context) (*vaultapi.Secret, error) {
 	c.api.SetToken(tok)
 	s, err := c.api.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("vault: token lookup: %w", redactErr(err))
+		err = redactErr(err)
+		if errors.Is(err, ErrPermissionDenied) {
+			return nil, fmt.Errorf("vault: token lookup: %w; the token needs the default policy (lookup-self and renew-self)", err)
+		}
+		return nil, fmt.Errorf("vault: token lookup: %w", err)
 	}
 	if s == nil {
 		return nil, errors.New("vault: token lookup returned nothing")
