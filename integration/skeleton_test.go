@@ -138,8 +138,13 @@ log: {level: debug}
 		if err != nil {
 			t.Fatal(err)
 		}
+		writerUser := "system:serviceaccount:" + ns + ":ferry-writer"
+		requests := len(kube.SecretRequests(t, writerUser))
 		putKV(value1) // a new KV version with the same data
 		time.Sleep(3 * refresh)
+		if n := len(kube.SecretRequests(t, writerUser)) - requests; n != 0 {
+			t.Errorf("the writer sent %d requests on Secrets while the data stayed the same", n)
+		}
 		after, err := admin.CoreV1().Secrets(ns).Get(ctx, "db-credentials", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)

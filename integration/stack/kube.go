@@ -36,6 +36,10 @@ type Kube struct {
 	CAFile string // CA that signed the apiserver's serving certificate
 	Dir    string
 
+	// AuditLog is the apiserver's audit log: metadata (never bodies) of
+	// every request on secrets, see KubeAudit.
+	AuditLog string
+
 	caPEM                []byte
 	adminCert, adminKey  []byte // PEM client certificate in system:masters
 	logFile, etcdLogFile string
@@ -72,9 +76,11 @@ func StartKube(t TB) *Kube {
 		"serving.pem": serving, "serving-key.pem": servingKey,
 		"sa.pub": publicKeyPEM(t, saKey.Public()), "sa-key.pem": privateKeyPEM(t, saKey),
 	}
+	files["audit-policy.yaml"] = []byte(auditPolicy)
 	for name, data := range files {
 		writeFile(t, filepath.Join(k.Dir, name), data)
 	}
+	k.AuditLog = filepath.Join(k.Dir, "audit.log")
 
 	port := FreePort(t)
 	k.URL = fmt.Sprintf("https://127.0.0.1:%d", port)
@@ -99,6 +105,9 @@ func StartKube(t TB) *Kube {
 			"--service-account-key-file=" + filepath.Join(k.Dir, "sa.pub"),
 			"--service-account-signing-key-file=" + filepath.Join(k.Dir, "sa-key.pem"),
 			"--profiling=false",
+			"--audit-policy-file=" + filepath.Join(k.Dir, "audit-policy.yaml"),
+			"--audit-log-path=" + k.AuditLog,
+			"--audit-log-mode=blocking",
 		},
 	})
 	hc := k.adminHTTPClient(t)
