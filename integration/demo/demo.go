@@ -36,9 +36,9 @@ const (
 func step(format string, args ...any) { fmt.Printf("\n▶ "+format+"\n", args...) }
 func info(format string, args ...any) { fmt.Printf("  "+format+"\n", args...) }
 
-func demo(r *runner, exit bool) {
+func demo(r *stack.Runner, exit bool) {
 	ctx := context.Background()
-	dir := r.dir
+	dir := r.Dir
 
 	step("Building ferry-broker and ferry-writer")
 	bins := ferrystack.Build(r, filepath.Join(dir, "bin"))
@@ -183,7 +183,7 @@ Press Ctrl-C to stop everything.
 }
 
 // selfPath is this program's binary, as SPIRE's unix:path selector sees it.
-func selfPath(r *runner) string {
+func selfPath(r *stack.Runner) string {
 	exe, err := os.Executable()
 	if err == nil {
 		exe, err = filepath.EvalSymlinks(exe)

@@ -12,14 +12,21 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/ferry-secrets/ferry/integration/stack"
 )
 
 func main() {
 	exit := flag.Bool("exit", false, "stop the stack after the demonstration instead of waiting for Ctrl-C")
 	flag.Parse()
-	r := newRunner()
-	ok := r.do(func() { demo(r, *exit) })
-	r.cleanup()
+	r, err := stack.NewRunner("ferry-demo-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+	r.Verbose = verbose
+	ok := r.Run(func() { demo(r, *exit) })
+	r.Close()
 	if !ok {
 		os.Exit(1)
 	}
