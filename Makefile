@@ -9,7 +9,7 @@ export PATH := $(FERRY_TOOLS_BIN):$(PATH)
 GO_PKGS_UNIT = $(shell go list ./... | grep -v /integration)
 INTEGRATION_TIMEOUT ?= 40m
 
-.PHONY: all tools build unit integration test lint generate generate-check demo demo-stop bench clean
+.PHONY: all tools build unit integration test lint generate generate-check demo bench clean
 
 all: build unit
 
@@ -51,9 +51,9 @@ lint: tools
 demo: tools build
 	go run ./integration/demo
 
-## demo-stop: stop a demo left running
-demo-stop:
-	go run ./integration/demo -stop
+## bench: measure sync time, memory, load and latency on the real stack; writes BENCHMARKS.md
+bench: tools
+	go run ./integration/bench -out BENCHMARKS.md
 
 clean:
 	rm -rf bin/

@@ -2,19 +2,15 @@ package integration
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/integration/stack"
-	"github.com/ferry-secrets/ferry/internal/svidsource"
-	"github.com/ferry-secrets/ferry/writer/stream"
 )
 
 // Identities used across the end-to-end tests.
@@ -72,17 +68,5 @@ func ctxT(t *testing.T) context.Context {
 // dialBroker opens a gRPC connection to the broker as this test process's
 // writer SVID (see RegisterSelf), verifying the broker's SPIFFE ID.
 func dialBroker(t *testing.T, spire *stack.Spire, addr string) *grpc.ClientConn {
-	t.Helper()
-	cert, key, bundle := spire.SVIDFiles(t, writerID)
-	src, err := svidsource.New(context.Background(), svidsource.Config{Files: &svidsource.Files{Cert: cert, Key: key, Bundle: bundle}}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { src.Close() })
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(stream.Credentials(src, src, spiffeid.RequireFromString(brokerID))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
+	return ferrystack.DialBroker(t, spire, addr, writerID, brokerID)
 }

@@ -5,16 +5,22 @@
 package ferrystack
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 	rbacv1 "k8s.io/api/rbac/v1"
 
 	"github.com/ferry-secrets/ferry/integration/stack"
+	"github.com/ferry-secrets/ferry/internal/svidsource"
+	"github.com/ferry-secrets/ferry/writer/stream"
 )
 
 // Binaries are the built Ferry commands.
@@ -83,4 +89,27 @@ func WriteFile(t stack.TB, dir, name, content string) string {
 		t.Fatalf("ferrystack: %v", err)
 	}
 	return p
+}
+
+// DialBroker opens a gRPC connection to the broker at addr as the SPIFFE ID
+// id, with an SVID this process fetched from the SPIRE agent (register it
+// first with spire.RegisterSelf), accepting only the broker ID brokerID.
+func DialBroker(t stack.TB, spire *stack.Spire, addr, id, brokerID string) *grpc.ClientConn {
+	t.Helper()
+	cert, key, bundle := spire.SVIDFiles(t, id)
+	src, err := svidsource.New(context.Background(), svidsource.Config{Files: &svidsource.Files{Cert: cert, Key: key, Bundle: bundle}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("ferrystack: %v", err)
+	}
+	t.Cleanup(func() { src.Close() })
+	bid, err := spiffeid.FromString(brokerID)
+	if err != nil {
+		t.Fatalf("ferrystack: %v", err)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(stream.Credentials(src, src, bid)))
+	if err != nil {
+		t.Fatalf("ferrystack: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }

@@ -1,8 +1,10 @@
 package stack
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -47,3 +49,22 @@ func (p *Process) Logs() string {
 
 // LogContains reports whether the log contains s.
 func (p *Process) LogContains(s string) bool { return strings.Contains(p.Logs(), s) }
+
+// Pid is the process id.
+func (p *Process) Pid() int { return p.p.cmd.Process.Pid }
+
+// PeakRSS is the process's peak resident set size in bytes (VmHWM), read
+// from /proc while it runs.
+func (p *Process) PeakRSS() (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", p.Pid())
+}

@@ -1,0 +1,249 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/ferry-secrets/ferry/integration/ferrystack"
+	"github.com/ferry-secrets/ferry/integration/stack"
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+)
+
+const (
+	trustDomain = "ferry.bench"
+	brokerID    = "spiffe://ferry.bench/broker"
+	brokerDNS   = "broker.ferry.bench"
+	adminID     = "spiffe://ferry.bench/bench"
+	kvPrefix    = "bench/"
+)
+
+// env is one fresh stack with N secrets in Vault.
+type env struct {
+	r     *stack.Runner
+	dir   string
+	vault *stack.Vault
+	audit *stack.Audit
+	kube  *stack.Kube
+	spire *stack.Spire
+	bins  ferrystack.Binaries
+	vc    *vaultapi.Client
+	kc    kubernetes.Interface // admin, no client-side rate limit
+	n     int
+}
+
+func newEnv(r *stack.Runner, n int) *env {
+	e := &env{r: r, dir: r.TempDir(), n: n}
+	e.bins = ferrystack.Build(r, filepath.Join(e.dir, "bin"))
+	e.vault = stack.StartVault(r, stack.VaultOptions{TLS: true})
+	e.kube = stack.StartKube(r)
+	e.spire = stack.StartSpire(r, stack.SpireOptions{TrustDomain: trustDomain})
+	e.vc = e.vault.Client(r)
+	if t, ok := e.vc.CloneConfig().HttpClient.Transport.(*http.Transport); ok {
+		t.MaxIdleConnsPerHost = 64
+	}
+	cfg := e.kube.AdminConfig()
+	cfg.QPS, cfg.Burst = 1e6, 1e6
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		r.Fatalf("kube client: %v", err)
+	}
+	e.kc = kc
+	e.spire.RegisterSelf(r, adminID)
+	logf("populating Vault with %d secrets of ~1 KiB", n)
+	e.parallel(50, n, func(i int) {
+		if _, err := e.vc.KVv2("secret").Put(context.Background(), kvPath(i), payload(i, 0)); err != nil {
+			r.Fatalf("vault put: %v", err)
+		}
+	})
+	e.audit = e.vault.EnableFileAudit(r)
+	return e
+}
+
+func kvPath(i int) string { return fmt.Sprintf("%s%05d", kvPrefix, i) }
+
+// payload is secret i at version v: 8 keys of 128 characters (~1 KiB).
+func payload(i, v int) map[string]any {
+	rng := rand.New(rand.NewPCG(uint64(i), uint64(v)))
+	const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	m := make(map[string]any, 8)
+	for k := range 8 {
+		b := make([]byte, 128)
+		for j := range b {
+			b[j] = letters[rng.IntN(len(letters))]
+		}
+		m[fmt.Sprintf("key%d", k)] = string(b)
+	}
+	return m
+}
+
+// digest identifies Secret data independent of map order.
+func digest(data map[string][]byte) string {
+	keys := make([]string, 0, len(data))
+	for k := range data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	h := sha256.New()
+	for _, k := range keys {
+		fmt.Fprintf(h, "%d:%s=%d:", len(k), k, len(data[k]))
+		h.Write(data[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func payloadDigest(i, v int) string {
+	p := payload(i, v)
+	data := make(map[string][]byte, len(p))
+	for k, val := range p {
+		data[k] = []byte(val.(string))
+	}
+	return digest(data)
+}
+
+// parallel runs f(0..n-1) on workers goroutines.
+func (e *env) parallel(workers, n int, f func(i int)) {
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				f(i)
+			}
+		}()
+	}
+	for i := range n {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+}
+
+// bareLoop is the physical limit: workers goroutines that each read a path
+// from Vault and server-side-apply it as a Secret, nothing else.
+func (e *env) bareLoop(workers, namespaces int) time.Duration {
+	ctx := context.Background()
+	for j := range namespaces {
+		e.kube.CreateNamespace(e.r, fmt.Sprintf("bare-%d", j))
+	}
+	start := time.Now()
+	e.parallel(workers, e.n, func(i int) {
+		s, err := e.vc.KVv2("secret").Get(ctx, kvPath(i))
+		if err != nil {
+			e.r.Fatalf("bare loop: vault read: %v", err)
+		}
+		data := make(map[string][]byte, len(s.Data))
+		for k, v := range s.Data {
+			data[k] = []byte(v.(string))
+		}
+		cfg := corev1apply.Secret(fmt.Sprintf("s-%05d", i), fmt.Sprintf("bare-%d", i%namespaces)).WithData(data)
+		if _, err := e.kc.CoreV1().Secrets(fmt.Sprintf("bare-%d", i%namespaces)).Apply(ctx, cfg, metav1.ApplyOptions{FieldManager: "bench-bare", Force: true}); err != nil {
+			e.r.Fatalf("bare loop: apply: %v", err)
+		}
+	})
+	return time.Since(start)
+}
+
+// ferry is one broker and its writers, all bindings spread round-robin.
+type ferry struct {
+	e          *env
+	writers    int
+	addr       string
+	brokerCfg  string
+	brokerBin  string
+	broker     *stack.Process
+	writerProc []*stack.Process
+	start      func() // starts the broker, then the writers
+}
+
+func writerSPIFFEID(j int) string { return fmt.Sprintf("spiffe://ferry.bench/writer/%d", j) }
+func writerNS(j int) string       { return fmt.Sprintf("ferry-%d", j) }
+func secretName(i int) string     { return fmt.Sprintf("s-%05d", i) }
+
+// setupFerry registers identities and writes configs; nothing runs yet.
+func (e *env) setupFerry(writers int, refresh time.Duration) *ferry {
+	f := &ferry{e: e, writers: writers, addr: fmt.Sprintf("127.0.0.1:%d", stack.FreePort(e.r))}
+	brokerBin := stack.LinkBinary(e.r, e.bins.Broker, "ferry-broker")
+	e.spire.Register(e.r, stack.Entry{SPIFFEID: brokerID, Selectors: []string{"unix:path:" + brokerBin}, DNSNames: []string{brokerDNS}})
+	roleID, secretID := ferrystack.AppRole(e.r, e.vc, e.dir, "ferry-broker", "secret/data/"+kvPrefix+"*")
+
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, "listen: %s\nspiffe: {workload_api: \"unix://%s\"}\nvault:\n  address: %s\n  ca_file: %s\n  auth: {method: approle, role_id_file: %s, secret_id_file: %s}\ndebug: {admins: [%s]}\nwriters:\n",
+		f.addr, e.spire.AgentSocket, e.vault.Addr, e.vault.CAFile, roleID, secretID, adminID)
+	writerCfgs := make([]string, writers)
+	writerBins := make([]string, writers)
+	for j := range writers {
+		fmt.Fprintf(&cfg, "  - id: %s\n    secrets:\n", writerSPIFFEID(j))
+		for i := j; i < e.n; i += writers {
+			fmt.Fprintf(&cfg, "      - {name: %s, namespace: %s, refresh: %s, kv: {mount: secret, path: %s}}\n", secretName(i), writerNS(j), refresh, kvPath(i))
+		}
+		writerBins[j] = stack.LinkBinary(e.r, e.bins.Writer, "ferry-writer")
+		e.spire.Register(e.r, stack.Entry{SPIFFEID: writerSPIFFEID(j), Selectors: []string{"unix:path:" + writerBins[j]}})
+		token := e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", ferrystack.WriterRules)
+		writerCfgs[j] = ferrystack.WriteFile(e.r, e.dir, fmt.Sprintf("writer-%d.yaml", j), fmt.Sprintf(
+			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s}\nnamespaces: [%s]\nlog: {level: warn}\n",
+			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), writerNS(j)))
+	}
+	fmt.Fprintf(&cfg, "log: {level: warn}\n")
+	f.brokerCfg = ferrystack.WriteFile(e.r, e.dir, "broker.yaml", cfg.String())
+	f.start = func() {
+		f.broker = stack.StartProcess(e.r, "ferry-broker", e.dir, brokerBin, []string{"-config", f.brokerCfg})
+		for j := range writers {
+			f.writerProc = append(f.writerProc, stack.StartProcess(e.r, fmt.Sprintf("ferry-writer-%d", j), e.dir, writerBins[j], []string{"-config", writerCfgs[j]}))
+		}
+	}
+	f.brokerBin = brokerBin
+	return f
+}
+
+// vaultReads counts reads of the bench paths by the broker (AppRole token).
+func (e *env) vaultReads() int {
+	return len(e.audit.Responses(e.r, func(a stack.AuditEntry) bool {
+		return a.Request.Operation == "read" && strings.HasPrefix(a.Request.Path, "secret/data/"+kvPrefix) && a.Auth.DisplayName == "approle"
+	}))
+}
+
+// writerRequests counts the writers' requests on Secrets (and their writes).
+func (e *env) writerRequests() (all, writes int) {
+	for _, ev := range e.kube.SecretRequests(e.r, "") {
+		if !strings.HasPrefix(ev.User.Username, "system:serviceaccount:ferry-") {
+			continue
+		}
+		all++
+		switch ev.Verb {
+		case "create", "patch", "update", "delete":
+			writes++
+		}
+	}
+	return all, writes
+}
+
+// allDelivered reports whether the broker sees every binding applied at
+// its desired revision by a connected writer.
+func (f *ferry) allDelivered(ctx context.Context, debug ferryv1.DebugServiceClient) bool {
+	resp, err := debug.ListBindings(ctx, &ferryv1.ListBindingsRequest{})
+	if err != nil || len(resp.Bindings) != f.e.n {
+		return false
+	}
+	for _, b := range resp.Bindings {
+		if !b.WriterConnected || b.DesiredRevision == "" || b.AppliedRevision != b.DesiredRevision {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/ferry-secrets/ferry/integration/ferrystack"
+	"github.com/ferry-secrets/ferry/integration/stack"
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+)
+
+// syncResult is one row of the initial-sync table (and, when measured, of
+// the steady-state and restart tables).
+type syncResult struct {
+	n, writers       int
+	bare, ferry      time.Duration
+	brokerRSS        int64
+	writerRSSSum     int64
+	writerRSSMax     int64
+	vaultReads       int
+	writerRequests   int
+	steady           bool
+	cycles           int
+	readsPerCycle    float64
+	steadyWrites     int
+	restartRequests  int
+	restartWrites    int
+	restartConverged time.Duration
+}
+
+// syncScenario: N secrets over some writers on a fresh stack; the bare loop
+// first, then Ferry, then (if steady) steady state and a broker restart.
+func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool) syncResult {
+	e := newEnv(rr, n)
+	res := syncResult{n: n, writers: writers}
+
+	logf("N=%d: bare loop, %d workers", n, o.parallel)
+	res.bare = e.bareLoop(o.parallel, writers)
+	logf("N=%d: bare loop took %v", n, res.bare)
+
+	f := e.setupFerry(writers, o.refresh)
+	tr := newTracker()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := time.Now()
+	for i := range n {
+		tr.expect(writerNS(i%writers)+"/"+secretName(i), payloadDigest(i, 0), start)
+	}
+	go tr.run(ctx, e.kc)
+	logf("N=%d: Ferry, %d writers", n, writers)
+	f.start()
+	if !tr.wait(10 * time.Minute) {
+		rr.Fatalf("N=%d: Ferry did not deliver every Secret within 10 minutes", n)
+	}
+	res.ferry = time.Since(start)
+	logf("N=%d: Ferry took %v (%.2f× bare)", n, res.ferry, res.ferry.Seconds()/res.bare.Seconds())
+
+	res.vaultReads = e.vaultReads()
+	res.writerRequests, _ = e.writerRequests()
+	debug := ferryv1.NewDebugServiceClient(ferrystack.DialBroker(rr, e.spire, f.addr, adminID, brokerID))
+	waitDelivered(rr, f, debug, time.Minute)
+
+	if steady {
+		reads0 := e.vaultReads()
+		_, writes0 := e.writerRequests()
+		window := time.Duration(o.steadyCycles) * o.refresh
+		logf("N=%d: steady state for %d refresh cycles (%v)", n, o.steadyCycles, window)
+		time.Sleep(window)
+		res.steady, res.cycles = true, o.steadyCycles
+		res.readsPerCycle = float64(e.vaultReads()-reads0) / float64(o.steadyCycles)
+		_, writes1 := e.writerRequests()
+		res.steadyWrites = writes1 - writes0
+	}
+	res.brokerRSS, _ = f.broker.PeakRSS()
+	for _, w := range f.writerProc {
+		rss, _ := w.PeakRSS()
+		res.writerRSSSum += rss
+		res.writerRSSMax = max(res.writerRSSMax, rss)
+	}
+
+	if steady {
+		logf("N=%d: restarting the broker", n)
+		all0, writes0 := e.writerRequests()
+		f.broker.Stop()
+		restart := time.Now()
+		f.broker = startBroker(rr, f)
+		waitDelivered(rr, f, debug, 5*time.Minute)
+		res.restartConverged = time.Since(restart)
+		all1, writes1 := e.writerRequests()
+		res.restartRequests, res.restartWrites = all1-all0, writes1-writes0
+	}
+	return res
+}
+
+func waitDelivered(r *stack.Runner, f *ferry, debug ferryv1.DebugServiceClient, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for !f.allDelivered(context.Background(), debug) {
+		if time.Now().After(deadline) {
+			r.Fatalf("the broker did not see every binding applied within %v", timeout)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// latencyResult summarises propagation latency.
+type latencyResult struct {
+	changes       int
+	refresh       time.Duration
+	p50, p99, max time.Duration
+}
+
+// latencyScenario: 100 bindings, one writer, a 2s refresh; change every
+// path once at a random moment within 10 s and time each change from the
+// Vault write to the Secret holding the new data.
+func latencyScenario(r *stack.Runner, o options) latencyResult {
+	const refresh = 2 * time.Second
+	n := o.changes
+	e := newEnv(r, n)
+	f := e.setupFerry(1, refresh)
+	tr := newTracker()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	now := time.Now()
+	for i := range n {
+		tr.expect(writerNS(0)+"/"+secretName(i), payloadDigest(i, 0), now)
+	}
+	go tr.run(ctx, e.kc)
+	f.start()
+	if !tr.wait(2 * time.Minute) {
+		r.Fatalf("latency: initial sync incomplete")
+	}
+	logf("latency: %d changes, refresh %v", n, refresh)
+	lat := newTracker()
+	go lat.run(ctx, e.kc)
+	e.parallel(n, n, func(i int) {
+		time.Sleep(time.Duration(rand.Int64N(int64(10 * time.Second))))
+		lat.expect(writerNS(0)+"/"+secretName(i), payloadDigest(i, 1), time.Now())
+		if _, err := e.vc.KVv2("secret").Put(ctx, kvPath(i), payload(i, 1)); err != nil {
+			r.Fatalf("vault put: %v", err)
+		}
+	})
+	if !lat.wait(time.Minute) {
+		r.Fatalf("latency: not every change arrived within a minute")
+	}
+	d := lat.durations()
+	slices.Sort(d)
+	pct := func(p float64) time.Duration { return d[min(len(d)-1, int(p*float64(len(d))))] }
+	return latencyResult{changes: len(d), refresh: refresh, p50: pct(0.50), p99: pct(0.99), max: d[len(d)-1]}
+}
+
+func startBroker(r *stack.Runner, f *ferry) *stack.Process {
+	return stack.StartProcess(r, fmt.Sprintf("ferry-broker-%d", time.Now().UnixNano()), f.e.dir, f.brokerBin, []string{"-config", f.brokerCfg})
+}

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+)
+
+// tracker watches Ferry-managed Secrets on the apiserver and notes when
+// each one first holds the data expected of it: the benchmark's clock is
+// the Kubernetes API, not Ferry's own reports.
+type tracker struct {
+	mu        sync.Mutex
+	want      map[string]string    // namespace/name -> expected data digest
+	since     map[string]time.Time // when the expectation was set
+	took      map[string]time.Duration
+	remaining int
+	done      chan struct{}
+}
+
+func newTracker() *tracker {
+	return &tracker{want: map[string]string{}, since: map[string]time.Time{}, took: map[string]time.Duration{}}
+}
+
+// expect sets the digest key must reach; Wait returns once every expected
+// key reached its digest.
+func (t *tracker) expect(key, digest string, since time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, pending := t.want[key]; !pending || t.took[key] != 0 {
+		t.remaining++
+	}
+	t.want[key], t.since[key] = digest, since
+	delete(t.took, key)
+	if t.done == nil {
+		t.done = make(chan struct{})
+	}
+}
+
+func (t *tracker) observe(key, digest string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	want, ok := t.want[key]
+	if !ok || want != digest {
+		return
+	}
+	if _, seen := t.took[key]; seen {
+		return
+	}
+	t.took[key] = time.Since(t.since[key])
+	t.remaining--
+	if t.remaining == 0 && t.done != nil {
+		close(t.done)
+		t.done = nil
+	}
+}
+
+// wait blocks until every expectation is met or timeout passes.
+func (t *tracker) wait(timeout time.Duration) bool {
+	t.mu.Lock()
+	if t.remaining == 0 {
+		t.mu.Unlock()
+		return true
+	}
+	done := t.done
+	t.mu.Unlock()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+func (t *tracker) durations() []time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]time.Duration, 0, len(t.took))
+	for _, d := range t.took {
+		out = append(out, d)
+	}
+	return out
+}
+
+// run feeds the tracker from a watch on every Ferry-managed Secret until
+// ctx ends, re-opening the watch if the apiserver closes it.
+func (t *tracker) run(ctx context.Context, kc kubernetes.Interface) {
+	for ctx.Err() == nil {
+		w, err := kc.CoreV1().Secrets("").Watch(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=ferry"})
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		for ev := range w.ResultChan() {
+			if ev.Type != watch.Added && ev.Type != watch.Modified {
+				continue
+			}
+			if s, ok := ev.Object.(*corev1.Secret); ok {
+				t.observe(s.Namespace+"/"+s.Name, digest(s.Data))
+			}
+		}
+		w.Stop()
+	}
+}
