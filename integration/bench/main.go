@@ -40,6 +40,7 @@ func main() {
 	flag.IntVar(&o.changes, "changes", 100, "Vault writes measured for propagation latency")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "file to write the results table to ('' for stdout only)")
 	flag.BoolVar(&o.verbose, "v", false, "print the stack's progress")
+	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -55,7 +56,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
-	r.Verbose = o.verbose
+	r.Verbose, r.Keep = o.verbose, *keep
 	var report *report
 	ok := r.Run(func() { report = run(r, o) })
 	r.Close()

@@ -199,8 +199,11 @@ func (e *env) setupFerry(writers int, refresh time.Duration) *ferry {
 			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s}\nnamespaces: [%s]\nlog: {level: warn}\n",
 			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), writerNS(j)))
 	}
-	fmt.Fprintf(&cfg, "log: {level: warn}\n")
+	fmt.Fprintf(&cfg, "log: {level: info}\n")
 	f.brokerCfg = ferrystack.WriteFile(e.r, e.dir, "broker.yaml", cfg.String())
+	// Identities are provisioned before the clock starts, as in production:
+	// give the SPIRE agent time to sync the new entries (1 s interval).
+	time.Sleep(3 * time.Second)
 	f.start = func() {
 		f.broker = stack.StartProcess(e.r, "ferry-broker", e.dir, brokerBin, []string{"-config", f.brokerCfg})
 		for j := range writers {

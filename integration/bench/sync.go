@@ -20,6 +20,7 @@ type syncResult struct {
 	brokerRSS        int64
 	writerRSSSum     int64
 	writerRSSMax     int64
+	firstWrite       time.Duration // from start to the first Secret seen
 	vaultReads       int
 	writerRequests   int
 	steady           bool

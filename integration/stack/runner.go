@@ -14,6 +14,8 @@ type Runner struct {
 	// failure asks to keep the logs.
 	Dir     string
 	Verbose bool
+	// Keep keeps Dir (logs, configs) at Close even after success.
+	Keep bool
 
 	mu       sync.Mutex
 	failed   bool
@@ -57,7 +59,7 @@ func (r *Runner) Close() {
 	for i := len(cleanups) - 1; i >= 0; i-- {
 		cleanups[i]()
 	}
-	if r.Failed() {
+	if r.Failed() || r.Keep {
 		fmt.Fprintf(os.Stderr, "logs kept in %s\n", r.Dir)
 		return
 	}
