@@ -92,6 +92,22 @@ func TestVaultAuthMethods(t *testing.T) {
 	}
 	roleIDFile := ferrystack.WriteFile(t, dir, "role-id", roleID.Data["role_id"].(string))
 	secretIDFile := ferrystack.WriteFile(t, dir, "secret-id", secretID.Data["secret_id"].(string))
+	// A second AppRole mount whose tokens hit their max TTL after 8s, to
+	// see the broker log in again when renewal ends.
+	if err := vc.Sys().EnableAuthWithOptions("approle-short", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatal(err)
+	}
+	write("auth/approle-short/role/short", map[string]any{"token_policies": "team-approle", "token_ttl": "4s", "token_max_ttl": "8s"})
+	shortRoleID, err := vc.Logical().Read("auth/approle-short/role/short/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shortSecretID, err := vc.Logical().Write("auth/approle-short/role/short/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shortRoleIDFile := ferrystack.WriteFile(t, dir, "short-role-id", shortRoleID.Data["role_id"].(string))
+	shortSecretIDFile := ferrystack.WriteFile(t, dir, "short-secret-id", shortSecretID.Data["secret_id"].(string))
 	// cert: trust the SPIRE bundle, bind the broker's SPIFFE ID.
 	bundlePEM, err := os.ReadFile(spire.BundleFile(t))
 	if err != nil {
@@ -140,6 +156,7 @@ func TestVaultAuthMethods(t *testing.T) {
 		}
 		fmt.Fprintf(&bindings, "      - {name: %s, namespace: %s, vault_identity: %s, refresh: 2s, kv: {mount: secret, path: teams/%s}}\n", m, ns, identity, m)
 	}
+	fmt.Fprintf(&bindings, "      - {name: short-lived, namespace: %s, vault_identity: short-lived, refresh: 1s, kv: {mount: secret, path: teams/approle}}\n", ns)
 	// team-jwt pointed at team-approle's path: Vault must refuse it, for this binding only.
 	fmt.Fprintf(&bindings, "      - {name: jwt-reads-approle, namespace: %s, vault_identity: team-jwt, refresh: 2s, kv: {mount: secret, path: teams/approle}}\n", ns)
 	brokerCfg := ferrystack.WriteFile(t, dir, "broker.yaml", fmt.Sprintf(`
@@ -154,11 +171,12 @@ vault:
     team-cert: {method: cert, role: ferry-broker}
     team-jwt: {method: jwt, role: ferry-broker, audience: vault-ferry-test}
     team-kubernetes: {method: kubernetes, role: ferry-broker, token_file: %s}
+    short-lived: {method: approle, mount: approle-short, role_id_file: %s, secret_id_file: %s}
 log: {level: debug}
 writers:
   - id: %s
     secrets:
-%s`, brokerAddr, spire.AgentSocket, vault.Addr, vault.CAFile, tokenFile, roleIDFile, secretIDFile, saTokenFile, writerID, bindings.String()))
+%s`, brokerAddr, spire.AgentSocket, vault.Addr, vault.CAFile, tokenFile, roleIDFile, secretIDFile, saTokenFile, shortRoleIDFile, shortSecretIDFile, writerID, bindings.String()))
 	writerCfg := ferrystack.WriteFile(t, dir, "writer.yaml", fmt.Sprintf(`
 broker: {address: %s, spiffe_id: %s}
 spiffe: {workload_api: unix://%s}
@@ -241,7 +259,7 @@ namespaces: [%s]
 	t.Run("short-lived tokens are renewed, not replaced: one login per identity", func(t *testing.T) {
 		// Token TTL is 10s: run for 25s past start so each token is renewed twice or more.
 		time.Sleep(time.Until(start.Add(25 * time.Second)))
-		for _, mount := range []string{"approle", "cert", "jwt", "kubernetes"} {
+		for _, mount := range []string{"approle", "cert", "jwt", "kubernetes"} { // approle-short is expected to log in again
 			logins := audit.Responses(t, func(e stack.AuditEntry) bool { return e.Request.Path == "auth/"+mount+"/login" })
 			if len(logins) != 1 {
 				t.Errorf("auth/%s/login: %d logins, want 1", mount, len(logins))
@@ -252,6 +270,29 @@ namespaces: [%s]
 			t.Errorf("%d successful token renewals in %v, want ≥ %d", len(renewals), time.Since(start).Round(time.Second), 2*len(methods))
 		}
 		t.Logf("%d renewals, 1 login per identity, over %v", len(renewals), time.Since(start).Round(time.Second))
+	})
+
+	t.Run("when renewal ends at the max TTL the broker logs in again and reads go on", func(t *testing.T) {
+		logins := audit.Responses(t, func(e stack.AuditEntry) bool { return e.Request.Path == "auth/approle-short/login" && e.Error == "" })
+		if len(logins) < 3 {
+			t.Errorf("auth/approle-short/login: %d logins in %v with an 8s max TTL, want ≥ 3", len(logins), time.Since(start).Round(time.Second))
+		}
+		if _, err := vc.KVv2("secret").Put(ctx, "teams/approle", map[string]any{"owner": "approle", "rev": "2"}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "short-lived identity still reading", func() error {
+			s, err := admin.CoreV1().Secrets(ns).Get(ctx, "short-lived", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if string(s.Data["rev"]) != "2" {
+				return fmt.Errorf("rev = %q", s.Data["rev"])
+			}
+			return nil
+		})
+		if !broker.LogContains("max TTL; logging in again") {
+			t.Errorf("broker log does not say why it logged in again")
+		}
 	})
 
 	t.Run("no credential reaches the broker log", func(t *testing.T) {
