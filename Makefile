@@ -36,9 +36,12 @@ test: unit integration
 generate: tools
 	buf generate
 
-## generate-check: fail when the committed generated code differs from proto/
-generate-check: generate
-	@git diff --exit-code -- proto/ || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
+## generate-check: fail when the generated Go in proto/ differs from what the .proto files generate
+generate-check: tools
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && buf generate -o $$tmp && \
+	  for f in $$(cd $$tmp && find . -name '*.go'); do \
+	    cmp -s $$tmp/$$f $$f || { echo "generated code is stale: $$f (run 'make generate')"; exit 1; }; \
+	  done && echo "generated code is up to date"
 
 ## lint: vet, gofmt, buf lint and buf breaking against main
 lint: tools
