@@ -30,7 +30,7 @@ integration: tools
 	go test -count=1 -timeout $(INTEGRATION_TIMEOUT) -v ./integration/...
 
 ## test: everything
-test: unit integration
+test: generate-check unit integration
 
 ## generate: regenerate Go code from proto/
 generate: tools

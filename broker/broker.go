@@ -25,7 +25,11 @@ import (
 const shutdownGrace = 5 * time.Second
 
 // Run serves until ctx ends, then shuts down gracefully.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) error {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if cfg.Vault.AllowInsecureHTTP {
 		log.Warn("vault.allow_insecure_http is set: Vault traffic may be unencrypted; use only for local development", "vault_address", cfg.Vault.Address)
 	}
@@ -45,7 +49,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
-	vaultFor := func(identity string) source.KVReader {
+	vaultFor := func(identity string) source.Vault {
 		if c := vaults.Get(identity); c != nil {
 			return c
 		}
@@ -60,9 +64,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("broker: listen: %w", err)
 	}
 	log.Info("broker listening", "addr", lis.Addr().String(), "trust_domain", td.String(), "writers", len(cfg.Writers))
-	return task.Run(ctx, vaults.Run, poller.Run, func(ctx context.Context) error {
+	tasks := []task.Func{vaults.Run, poller.Run, func(ctx context.Context) error {
 		return serve(ctx, srv, lis, log)
-	})
+	}}
+	if o.configPath != "" {
+		running := *cfg
+		r := &reloader{path: o.configPath, cat: cat, sources: poller, log: log, running: &running}
+		tasks = append(tasks, r.run)
+	}
+	return task.Run(ctx, tasks...)
 }
 
 func serve(ctx context.Context, srv *server.Server, lis net.Listener, log *slog.Logger) error {

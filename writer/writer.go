@@ -5,7 +5,9 @@
 //
 // The writer links no Vault client and never reads Secrets back from the
 // Kubernetes API. Its subpackages are config (the YAML configuration), apply
-// (the Secret applier) and stream (the broker client loop).
+// (the Secret applier, with creation and deletion policies and periodic
+// resync), restart (rollout restarts through pod template annotations) and
+// stream (the broker client loop).
 package writer
 
 import (
@@ -22,8 +24,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ferry-secrets/ferry/internal/svidsource"
+	"github.com/ferry-secrets/ferry/internal/task"
 	"github.com/ferry-secrets/ferry/writer/apply"
 	"github.com/ferry-secrets/ferry/writer/config"
+	"github.com/ferry-secrets/ferry/writer/restart"
 	"github.com/ferry-secrets/ferry/writer/stream"
 )
 
@@ -49,8 +53,9 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("writer: kubernetes client: %w", err)
 	}
 
-	log.Info("ferry-writer starting", "version", version(), "broker", cfg.Broker.Address, "broker_id", brokerID.String(),
-		"namespaces", cfg.Namespaces, "parallelism", cfg.Kubernetes.Parallelism,
+	log.Info("ferry-writer starting", "version", version(), "broker", cfg.BrokerAddresses(), "broker_id", brokerID.String(),
+		"namespaces", cfg.Namespaces, "parallelism", cfg.Kubernetes.Parallelism, "resync", cfg.Resync.Duration.String(),
+		"deletion_enabled", cfg.Deletion.Enabled, "rollout_restart_targets", len(cfg.RolloutRestart.Targets),
 		"qps", cfg.Kubernetes.QPS, "burst", cfg.Kubernetes.Burst, "api_server", restCfg.Host)
 	src, err := svidsource.New(ctx, cfg.SPIFFE, log)
 	if err != nil {
@@ -64,10 +69,25 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		log.Info("SVID loaded", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
 	}
 
+	opts := []apply.Option{apply.WithLogger(log)}
+	if cfg.Deletion.Enabled {
+		opts = append(opts, apply.WithDelete())
+	}
+	var targets []restart.Workload
+	for _, w := range cfg.RolloutRestart.Targets {
+		targets = append(targets, restart.Workload{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name})
+	}
+	restarter := restart.New(kube.AppsV1(), targets, cfg.RolloutRestart.Delay.Duration, log)
+	if len(targets) > 0 {
+		opts = append(opts, apply.WithRestarter(restarter))
+	}
+	applier := apply.New(kube.CoreV1(), cfg.Namespaces, opts...)
+	addrs := cfg.BrokerAddresses()
 	client, err := stream.New(stream.Options{
-		Target:        cfg.Broker.Address,
+		Target:        addrs[0],
+		Fallbacks:     addrs[1:],
 		DialOptions:   stream.DialOptions(src, src, brokerID),
-		Applier:       apply.New(kube.CoreV1(), cfg.Namespaces),
+		Applier:       applier,
 		Parallelism:   cfg.Kubernetes.Parallelism,
 		WriterVersion: version(),
 		Log:           log,
@@ -75,7 +95,12 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("writer: %w", err)
 	}
-	if err := client.Run(ctx); err != nil {
+	// The stream returns only when ctx ends (or it cannot start); resync and
+	// restarts run beside it.
+	err = task.Run(ctx, client.Run, restarter.Run, func(ctx context.Context) error {
+		return applier.RunResync(ctx, cfg.Resync.Duration, cfg.Kubernetes.Parallelism)
+	})
+	if err != nil {
 		return fmt.Errorf("writer: %w", err)
 	}
 	return nil

@@ -45,6 +45,14 @@ func fakeAPIServer(t *testing.T) (url string, reqs chan request) {
 	reqs = make(chan request, 10)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
+		if r.Header.Get("Content-Type") == "application/json-patch+json" {
+			// The creation-policy check (a JSON patch of test operations):
+			// answer that the Secret does not exist yet.
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprint(w, `{"apiVersion":"v1","kind":"Status","status":"Failure","reason":"NotFound","code":404}`)
+			return
+		}
 		var body map[string]any
 		if err := json.Unmarshal(b, &body); err != nil {
 			t.Errorf("apply body is not JSON: %v", err)

@@ -21,6 +21,9 @@ import (
 type Catalog struct {
 	mu      sync.Mutex
 	writers map[string]*writer
+	meta    func(writerID string, b config.Binding) Meta
+	// changed is closed and replaced when the binding set changes (reload.go).
+	changed chan struct{}
 }
 
 type writer struct {
@@ -28,10 +31,16 @@ type writer struct {
 	bindings  map[string]*binding
 	subs      map[*Subscription]struct{}
 	connected int
+	// removed holds a delete message for each binding removed by a reload,
+	// sent to every stream after its snapshot (reload.go).
+	removed map[string]*ferryv1.SecretRef
+	// gone marks a writer removed from the configuration.
+	gone bool
 }
 
 type binding struct {
 	meta    Meta
+	cfg     config.Binding  // as configured; delivery policies come from it
 	desired *ferryv1.Secret // nil until the source was read once
 
 	vaultVersion int64
@@ -41,6 +50,8 @@ type binding struct {
 
 	applied  string
 	applyErr string
+
+	lease Lease // dynamic and PKI sources only
 }
 
 // Meta describes a binding without its data.
@@ -56,12 +67,12 @@ type Meta struct {
 // New returns a catalog with every binding of ws registered (and no data yet).
 // meta maps each binding to its source description.
 func New(ws []config.Writer, meta func(writerID string, b config.Binding) Meta) *Catalog {
-	c := &Catalog{writers: make(map[string]*writer, len(ws))}
+	c := &Catalog{writers: make(map[string]*writer, len(ws)), meta: meta, changed: make(chan struct{})}
 	for _, w := range ws {
-		st := &writer{bindings: make(map[string]*binding, len(w.Secrets)), subs: map[*Subscription]struct{}{}}
+		st := &writer{bindings: make(map[string]*binding, len(w.Secrets)), subs: map[*Subscription]struct{}{}, removed: map[string]*ferryv1.SecretRef{}}
 		for _, b := range w.Secrets {
 			st.order = append(st.order, b.Name)
-			st.bindings[b.Name] = &binding{meta: meta(w.ID, b)}
+			st.bindings[b.Name] = &binding{meta: meta(w.ID, b), cfg: b}
 		}
 		c.writers[w.ID] = st
 	}
@@ -72,8 +83,8 @@ func New(ws []config.Writer, meta func(writerID string, b config.Binding) Meta) 
 func (c *Catalog) Known(id string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	_, ok := c.writers[id]
-	return ok
+	w, ok := c.writers[id]
+	return ok && !w.gone
 }
 
 // SetDesired records a successful source read. Subscribers are notified
@@ -91,6 +102,7 @@ func (c *Catalog) SetDesired(writerID, name string, s *ferryv1.Secret, vaultVers
 	if b.desired != nil && b.desired.GetRevision() == s.GetRevision() {
 		return false
 	}
+	stampDelivery(s, b.cfg)
 	b.desired = s
 	for sub := range w.subs {
 		sub.mark(name)
@@ -124,7 +136,7 @@ func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) bool {
 	defer c.mu.Unlock()
 	_, b := c.lookup(writerID, r.GetBinding())
 	if b == nil {
-		return false
+		return c.removedLocked(writerID, r.GetBinding())
 	}
 	if r.GetError() != "" {
 		b.applyErr = r.GetError()
@@ -157,6 +169,9 @@ func (c *Catalog) Status(writerID string) []*ferryv1.BindingStatus {
 	var out []*ferryv1.BindingStatus
 	for _, id := range ids {
 		w := c.writers[id]
+		if w.gone {
+			continue
+		}
 		names := append([]string(nil), w.order...)
 		sort.Strings(names)
 		for _, n := range names {
@@ -181,6 +196,7 @@ func (c *Catalog) Status(writerID string) []*ferryv1.BindingStatus {
 			if !b.nextRefresh.IsZero() {
 				st.NextRefreshTime = timestamppb.New(b.nextRefresh)
 			}
+			b.lease.fill(st, time.Now())
 			out = append(out, st)
 		}
 	}
@@ -193,7 +209,8 @@ type Subscription struct {
 	c        *Catalog
 	writerID string
 	notify   chan struct{}
-	dirty    map[string]struct{} // guarded by c.mu
+	dirty    map[string]struct{}           // guarded by c.mu
+	deletes  map[string]*ferryv1.SecretRef // guarded by c.mu; see reload.go
 }
 
 // Subscribe opens a subscription for writerID and returns it with the
@@ -203,11 +220,14 @@ func (c *Catalog) Subscribe(writerID string) (*Subscription, []*ferryv1.Secret) 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	w := c.writers[writerID]
-	if w == nil {
+	if w == nil || w.gone {
 		return nil, nil
 	}
-	sub := &Subscription{c: c, writerID: writerID, notify: make(chan struct{}, 1), dirty: map[string]struct{}{}}
+	sub := &Subscription{c: c, writerID: writerID, notify: make(chan struct{}, 1), dirty: map[string]struct{}{}, deletes: map[string]*ferryv1.SecretRef{}}
 	w.subs[sub] = struct{}{}
+	for n, ref := range w.removed {
+		sub.markDeleted(n, ref)
+	}
 	w.connected++
 	snap := make([]*ferryv1.Secret, 0, len(w.order))
 	for _, n := range w.order {
@@ -238,8 +258,8 @@ func (s *Subscription) Next() []*ferryv1.Secret {
 	w := s.c.writers[s.writerID]
 	out := make([]*ferryv1.Secret, 0, len(s.dirty))
 	for n := range s.dirty {
-		if d := w.bindings[n].desired; d != nil {
-			out = append(out, d)
+		if b := w.bindings[n]; b != nil && b.desired != nil {
+			out = append(out, b.desired)
 		}
 		delete(s.dirty, n)
 	}

@@ -121,14 +121,12 @@ func (c *Config) SetDefaults() {
 			if b.SecretName == "" {
 				b.SecretName = b.Name
 			}
+			b.setSourceDefaults() // before the type default: PKI defaults to kubernetes.io/tls
 			if b.Type == "" {
 				b.Type = "Opaque"
 			}
 			if b.Refresh.Duration == 0 {
 				b.Refresh.Duration = DefaultRefresh
-			}
-			if b.KV != nil && b.KV.EngineVersion == 0 {
-				b.KV.EngineVersion = 2
 			}
 		}
 	}

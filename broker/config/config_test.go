@@ -79,3 +79,20 @@ func TestInsecureHTTPNeedsTheDevFlag(t *testing.T) {
 		t.Fatalf("http with allow_insecure_http: %v", err)
 	}
 }
+
+// FuzzParse checks that no input makes Parse panic, and that whatever it
+// accepts passes Validate again.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(valid))
+	f.Add([]byte("writers: [{id: x}]"))
+	f.Add([]byte("{}"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		c, err := Parse(raw)
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Parse accepted a config that Validate rejects: %v", err)
+		}
+	})
+}

@@ -34,6 +34,18 @@ type Binding struct {
 	Refresh Duration `json:"refresh,omitempty"`
 	// KV reads a key/value secret.
 	KV *KV `json:"kv,omitempty"`
+	// Dynamic reads a leased (or rotated) credential and keeps its lease alive.
+	Dynamic *Dynamic `json:"dynamic,omitempty"`
+	// PKI issues a certificate and re-issues it before it expires.
+	PKI *PKI `json:"pki,omitempty"`
+	// Creation is create (default), merge or takeover; see delivery.go.
+	Creation string `json:"creation,omitempty"`
+	// Deletion is retain (default) or delete: what the writer does when the
+	// binding is removed from this file.
+	Deletion string `json:"deletion,omitempty"`
+	// RolloutRestart names workloads in Namespace to restart when the
+	// Secret's content changes.
+	RolloutRestart []WorkloadRef `json:"rollout_restart,omitempty"`
 }
 
 func (b Binding) validate(f string) error {
@@ -54,6 +66,9 @@ func (b Binding) validate(f string) error {
 	}
 	if b.Refresh.Duration < MinRefresh {
 		return fmt.Errorf("%s.refresh: %s is below the minimum of %s", f, b.Refresh.Duration, MinRefresh)
+	}
+	if err := b.validateDelivery(f); err != nil {
+		return err
 	}
 	return b.validateSource(f)
 }

@@ -61,6 +61,12 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 			}
 			return err
 		case <-sub.Changed():
+			// Deletes of removed bindings go before the round's upserts.
+			for _, ref := range sub.Deletes() {
+				if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Delete{Delete: ref}}); err != nil {
+					return err
+				}
+			}
 			for _, sec := range sub.Next() {
 				if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}); err != nil {
 					return err

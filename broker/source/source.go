@@ -1,7 +1,14 @@
-// Package source reads each binding's secret from Vault on its refresh
-// schedule and publishes the resulting Kubernetes Secret into the catalog.
-// A read that fails leaves the last good Secret in place; a read that
-// returns the same content publishes nothing, so writers see no change.
+// Package source turns each binding's Vault source into the Kubernetes Secret
+// it should produce, and keeps it current in the catalog: KV secrets are
+// polled (one shared Vault read per path and refresh cycle), dynamic
+// credentials are renewed and replaced before their lease ends, and PKI
+// certificates are re-issued before they expire. A failed read leaves the
+// last good Secret in place; a read that returns the same content publishes
+// nothing, so writers see no change.
+//
+// Removing a binding (Poller.Remove) revokes its lease or certificate when
+// its config says so; the end of Run's context (a broker shutdown) never
+// revokes anything.
 package source
 
 import (
@@ -11,10 +18,12 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -24,36 +33,71 @@ import (
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
-// KVReader reads KV secrets; *vault.Client implements it.
-type KVReader interface {
-	ReadKV(ctx context.Context, mount, path string, engineVersion int, version int64) (*vault.KVSecret, error)
-}
+// Source kinds, as shown in the catalog and the debug RPC.
+const (
+	KindDynamic = "dynamic"
+	KindPKI     = "pki"
+)
 
 // Meta describes a binding's source for the catalog.
 func Meta(writerID string, b config.Binding) catalog.Meta {
 	m := catalog.Meta{WriterID: writerID, Name: b.Name, Namespace: b.Namespace, SecretName: b.SecretName}
-	if b.KV != nil {
+	switch {
+	case b.KV != nil:
 		m.SourceKind = fmt.Sprintf("kv-v%d", b.KV.EngineVersion)
 		m.VaultPath = vault.KVPath(b.KV.Mount, b.KV.Path, b.KV.EngineVersion)
+		if b.KV.Version > 0 {
+			m.VaultPath += "?version=" + strconv.FormatInt(b.KV.Version, 10)
+		}
+	case b.Dynamic != nil:
+		m.SourceKind = KindDynamic
+		m.VaultPath = trimSlashes(b.Dynamic.Path)
+	case b.PKI != nil:
+		m.SourceKind = KindPKI
+		m.VaultPath = trimSlashes(b.PKI.Mount) + "/issue/" + b.PKI.Role
 	}
 	return m
 }
 
+// ErrRemoved is the cause a binding's context ends with when the binding was
+// removed from the configuration (as opposed to a broker shutdown).
+var ErrRemoved = errors.New("source: binding removed")
+
+// revokeTimeout bounds the revocations done when a binding is removed.
+const revokeTimeout = 30 * time.Second
+
 // Vaults returns the Vault client of a named Vault identity, or nil if
 // there is none.
-type Vaults func(identity string) KVReader
+type Vaults func(identity string) Vault
 
-// Poller refreshes every configured binding.
+// Poller keeps every configured binding's Secret current.
 type Poller struct {
-	cat     *catalog.Catalog
-	vaults  Vaults
-	writers []config.Writer
-	log     *slog.Logger
+	cat    *catalog.Catalog
+	vaults Vaults
+	log    *slog.Logger
 	// ready, when set, is awaited before the first reads (Vault login).
 	ready <-chan struct{}
 	// key makes revisions HMACs of content, so a revision in a log or a debug
 	// RPC cannot be used to confirm a guessed secret value.
-	key []byte
+	key   []byte
+	cache *kvCache
+
+	mu       sync.Mutex
+	runCtx   context.Context // set once Run has started the bindings
+	wg       sync.WaitGroup
+	bindings map[bindingKey]*handle
+	order    []bindingKey
+}
+
+type bindingKey struct{ writerID, name string }
+
+// handle is one binding's running source.
+type handle struct {
+	writerID string
+	b        config.Binding
+	cancel   context.CancelCauseFunc // nil until started
+	done     chan struct{}
+	err      error // revocation error on removal; read after done
 }
 
 // NewPoller returns a poller for ws. ready may be nil.
@@ -62,10 +106,26 @@ func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-
 	if _, err := rand.Read(key); err != nil {
 		panic(err) // crypto/rand never fails on supported platforms
 	}
-	return &Poller{cat: cat, vaults: vaults, writers: ws, ready: ready, log: log, key: key}
+	p := &Poller{cat: cat, vaults: vaults, ready: ready, log: log, key: key, cache: newKVCache(), bindings: map[bindingKey]*handle{}}
+	for _, w := range ws {
+		for _, b := range w.Secrets {
+			p.register(w.ID, b)
+		}
+	}
+	return p
 }
 
-// Run polls until ctx ends.
+func (p *Poller) register(writerID string, b config.Binding) *handle {
+	k := bindingKey{writerID, b.Name}
+	h := &handle{writerID: writerID, b: b, done: make(chan struct{})}
+	p.bindings[k] = h
+	p.order = append(p.order, k)
+	return h
+}
+
+// Run runs every binding's source until ctx ends. The end of ctx stops the
+// sources without revoking anything: a restarted broker must not cut the
+// credentials its writers delivered.
 func (p *Poller) Run(ctx context.Context) error {
 	if p.ready != nil {
 		select {
@@ -74,65 +134,135 @@ func (p *Poller) Run(ctx context.Context) error {
 		case <-p.ready:
 		}
 	}
-	var wg sync.WaitGroup
-	for _, w := range p.writers {
-		for _, b := range w.Secrets {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.poll(ctx, w.ID, b)
-			}()
+	p.mu.Lock()
+	p.runCtx = ctx
+	for _, k := range p.order {
+		if h := p.bindings[k]; h != nil {
+			p.start(h)
 		}
 	}
-	wg.Wait()
+	p.mu.Unlock()
+	<-ctx.Done()
+	p.wg.Wait()
 	return nil
 }
 
-func (p *Poller) poll(ctx context.Context, writerID string, b config.Binding) {
-	log := p.log.With("writer_id", writerID, "binding", b.Name)
-	for {
-		p.refresh(ctx, log, writerID, b)
-		wait := jitter(b.Refresh.Duration)
-		p.cat.SetNextRefresh(writerID, b.Name, time.Now().Add(wait))
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+// start runs h's source; p.mu is held.
+func (p *Poller) start(h *handle) {
+	ctx, cancel := context.WithCancelCause(p.runCtx)
+	h.cancel = cancel
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(h.done)
+		h.err = p.runBinding(ctx, h.writerID, h.b)
+	}()
+}
+
+// Add starts the source of a binding added to the configuration. The
+// catalog must already know the binding.
+func (p *Poller) Add(writerID string, b config.Binding) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, dup := p.bindings[bindingKey{writerID, b.Name}]; dup {
+		return fmt.Errorf("source: binding %s of %s already exists", b.Name, writerID)
+	}
+	h := p.register(writerID, b)
+	if p.runCtx != nil && p.runCtx.Err() == nil {
+		p.start(h)
+	}
+	return nil
+}
+
+// Remove stops the source of a binding removed from the configuration and,
+// as its config says, revokes its lease (dynamic, revoke_on_delete, default
+// on) or its certificate (pki, revoke_on_delete, default off). It returns
+// when that is done, with the revocation's error, or when ctx ends.
+func (p *Poller) Remove(ctx context.Context, writerID, name string) error {
+	k := bindingKey{writerID, name}
+	p.mu.Lock()
+	h := p.bindings[k]
+	delete(p.bindings, k)
+	for i, o := range p.order {
+		if o == k {
+			p.order = append(p.order[:i:i], p.order[i+1:]...)
+			break
 		}
+	}
+	p.mu.Unlock()
+	if h == nil {
+		return fmt.Errorf("source: no binding %s of %s", name, writerID)
+	}
+	if h.cancel == nil {
+		return nil // never started: nothing was issued
+	}
+	h.cancel(ErrRemoved)
+	select {
+	case <-h.done:
+		return h.err
+	case <-ctx.Done():
+		return fmt.Errorf("source: remove %s of %s: %w", name, writerID, ctx.Err())
 	}
 }
 
-// refresh reads the binding's source once and publishes a change.
-func (p *Poller) refresh(ctx context.Context, log *slog.Logger, writerID string, b config.Binding) {
-	vc, err := p.vaultFor(writerID, b)
-	var kv *vault.KVSecret
-	if err == nil {
-		kv, err = vc.ReadKV(ctx, b.KV.Mount, b.KV.Path, b.KV.EngineVersion, 0)
-	}
+// runBinding runs one binding's source until ctx ends. When it ends because
+// the binding was removed, the source cleans up and reports its error.
+func (p *Poller) runBinding(ctx context.Context, writerID string, b config.Binding) error {
+	bc := &binding{p: p, writerID: writerID, b: b, log: p.log.With("writer_id", writerID, "binding", b.Name)}
+	v, err := p.vaultFor(writerID, b)
 	if err != nil {
-		if ctx.Err() != nil {
-			return
-		}
-		log.Warn("source read failed; keeping the last delivered Secret", "err", err)
-		p.cat.SetSourceError(writerID, b.Name, err)
-		return
+		// A configuration the validation should have refused: report it
+		// until the binding is removed.
+		bc.log.Error("binding has no Vault client", "err", err)
+		bc.sourceError(err)
+		<-ctx.Done()
+		return nil
 	}
-	s := p.render(b, kv.Data)
-	if p.cat.SetDesired(writerID, b.Name, s, kv.Version, time.Now()) {
-		log.Info("secret changed", "vault_version", kv.Version, "revision", s.Revision)
+	bc.v = v
+	switch {
+	case b.KV != nil:
+		runKV(ctx, bc)
+		return nil
+	case b.Dynamic != nil:
+		return newDynamic(bc).run(ctx)
+	case b.PKI != nil:
+		return newPKI(bc).run(ctx)
 	}
+	return nil
 }
 
 // vaultFor returns the client of the Vault identity the binding reads
-// through (its own vault_identity, else its writer's, else "default").
-func (p *Poller) vaultFor(writerID string, b config.Binding) (KVReader, error) {
+// through (its own vault_identity, else its writer's, else "default"). Every
+// Vault request of a binding goes through it; the shared KV cache keys on
+// the identity's name, so one identity's reads never serve another's
+// bindings.
+func (p *Poller) vaultFor(writerID string, b config.Binding) (access, error) {
 	vc := p.vaults(b.VaultIdentity)
 	if vc == nil {
-		return nil, fmt.Errorf("source: writer %s binding %s: no Vault identity %q", writerID, b.Name, b.VaultIdentity)
+		return access{}, fmt.Errorf("source: writer %s binding %s: no Vault identity %q", writerID, b.Name, b.VaultIdentity)
 	}
-	return vc, nil
+	return access{identity: b.VaultIdentity, Vault: vc}, nil
+}
+
+// binding is what every source needs of its binding.
+type binding struct {
+	p        *Poller
+	writerID string
+	b        config.Binding
+	v        access
+	log      *slog.Logger
+}
+
+// publish renders data as the binding's Secret and records it; it reports
+// whether the content changed.
+func (bc *binding) publish(data map[string][]byte, vaultVersion int64) (*ferryv1.Secret, bool) {
+	s := bc.p.render(bc.b, data)
+	return s, bc.p.cat.SetDesired(bc.writerID, bc.b.Name, s, vaultVersion, time.Now())
+}
+
+// sourceError records a failed read; the last good Secret stays.
+func (bc *binding) sourceError(err error) {
+	bc.p.cat.SetSourceError(bc.writerID, bc.b.Name, err)
 }
 
 // render builds the desired Secret for b with data and stamps its revision.
@@ -201,4 +331,43 @@ func jitter(d time.Duration) time.Duration {
 		return d
 	}
 	return d - time.Duration(spread/2) + time.Duration(mrand.Int64N(spread))
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// backoff is an exponential retry delay with jitter, from 1s to 30s.
+type backoff struct{ next time.Duration }
+
+func (b *backoff) delay() time.Duration {
+	if b.next == 0 {
+		b.next = time.Second
+	}
+	d := b.next
+	b.next = min(b.next*2, 30*time.Second)
+	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+}
+
+func (b *backoff) reset() { b.next = 0 }
+
+func trimSlashes(s string) string {
+	for len(s) > 0 && s[0] == '/' {
+		s = s[1:]
+	}
+	for len(s) > 0 && s[len(s)-1] == '/' {
+		s = s[:len(s)-1]
+	}
+	return s
 }

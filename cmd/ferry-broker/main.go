@@ -50,5 +50,7 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() { <-ctx.Done(); stop() }()
-	return broker.Run(ctx, cfg, log)
+	// SIGHUP re-reads the file's `writers` section (an invalid file is logged
+	// and ignored).
+	return broker.Run(ctx, cfg, log, broker.ReloadFrom(*path))
 }

@@ -1,8 +1,20 @@
 // Package apply writes Secrets to the Kubernetes API with server-side apply
 // under the field manager "ferry-writer". It needs only the create and patch
-// verbs on Secrets: it never reads a Secret back. It remembers the revision
-// it last applied to each Secret and skips the write when a revision comes
-// again, so unchanged content causes no request and no resourceVersion bump.
+// verbs on Secrets (and delete, for bindings whose deletion policy is
+// delete): it never gets, lists or watches a Secret.
+//
+// It remembers the revision it last applied to each Secret and skips the
+// write when that revision comes again, so unchanged content causes no
+// request. It also keeps each Secret's desired content so that Resync can
+// apply everything again periodically: a Secret deleted by hand comes back,
+// a value edited by hand is restored, and since a server-side apply of
+// identical content is a no-op in etcd, an untouched Secret's
+// resourceVersion never moves.
+//
+// Creation policies decide how a Secret that exists before Ferry first
+// writes it is treated (see Apply); deletion happens only through Forget,
+// for a binding the broker explicitly removed with the delete policy, never
+// because a peer is unreachable.
 //
 // Errors it returns never contain secret data: apiserver refusals are cut
 // down to their reason, code and message.
@@ -10,67 +22,138 @@ package apply
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+	"github.com/ferry-secrets/ferry/writer/restart"
 )
 
 // FieldManager is the server-side apply field manager of every write.
 const FieldManager = "ferry-writer"
 
 // Labels set on every Secret the writer applies; they override labels of
-// the same name sent by the broker.
+// the same name sent by the broker. A merged Secret (creation policy merge)
+// gets only LabelBinding: it belongs to someone else.
 const (
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	ManagedByValue = "ferry"
 	LabelBinding   = "ferry.dev/binding"
 )
 
-// DefaultTimeout bounds one apply request.
+// DefaultTimeout bounds one request.
 const DefaultTimeout = 30 * time.Second
 
-// ErrNamespaceNotAllowed is returned for a Secret outside the writer's
-// namespaces; nothing is written.
-var ErrNamespaceNotAllowed = errors.New("apply: namespace not allowed")
+var (
+	// ErrNamespaceNotAllowed is returned for a Secret outside the writer's
+	// namespaces; nothing is written.
+	ErrNamespaceNotAllowed = errors.New("apply: namespace not allowed")
+	// ErrNotOwned is returned when creation policy create meets an existing
+	// Secret that does not carry the binding's label; nothing is written.
+	ErrNotOwned = errors.New("apply: the Secret exists and was not created by this binding; set creation: merge or takeover to write into it")
+	// ErrMergeTargetMissing is returned when creation policy merge finds no
+	// Secret to merge into; nothing is written.
+	ErrMergeTargetMissing = errors.New("apply: creation policy merge: the Secret does not exist (merge never creates it)")
+	// ErrDeleteDisabled is returned for a delete message when deletion is
+	// not enabled in the writer's configuration; nothing is deleted.
+	ErrDeleteDisabled = errors.New("apply: binding removed with deletion policy delete, but the writer's deletion.enabled is false; Secret retained")
+)
 
-// Applier applies Secrets. It is safe for concurrent use; callers must not
-// apply the same namespace/name concurrently if they care which write wins.
+// Restarter is told about content changes of Secrets that name workloads to
+// restart; *restart.Restarter implements it.
+type Restarter interface {
+	Changed(namespace string, kinds, names []string, secretName, digest string) error
+}
+
+// Option configures an Applier.
+type Option func(*Applier)
+
+// WithDelete lets Forget delete Secrets whose binding's deletion policy is
+// delete.
+func WithDelete() Option { return func(a *Applier) { a.allowDelete = true } }
+
+// WithRestarter enables rollout restarts.
+func WithRestarter(r Restarter) Option { return func(a *Applier) { a.restarter = r } }
+
+// WithLogger sets the logger of Resync.
+func WithLogger(l *slog.Logger) Option { return func(a *Applier) { a.log = l } }
+
+// Applier applies Secrets. It is safe for concurrent use; applies, resyncs
+// and deletes of one namespace/name are serialized.
 type Applier struct {
-	secrets    corev1client.SecretsGetter
-	namespaces map[string]bool
-	timeout    time.Duration
+	secrets     corev1client.SecretsGetter
+	namespaces  map[string]bool
+	timeout     time.Duration
+	allowDelete bool
+	restarter   Restarter
+	log         *slog.Logger
 
 	mu      sync.Mutex
-	applied map[string]string // namespace/name -> last revision applied
+	entries map[string]*entry // namespace/name
+}
+
+// entry is what the writer knows of one Secret.
+type entry struct {
+	mu      sync.Mutex      // held while writing this Secret
+	desired *ferryv1.Secret // nil once forgotten
+	applied string          // revision last applied; "" when unknown
+	owned   bool            // creation policy create: ownership checked
 }
 
 // New returns an Applier that writes through secrets (typically a typed
 // clientset's CoreV1()) into the given namespaces only.
-func New(secrets corev1client.SecretsGetter, namespaces []string) *Applier {
+func New(secrets corev1client.SecretsGetter, namespaces []string, opts ...Option) *Applier {
 	a := &Applier{
 		secrets:    secrets,
 		namespaces: make(map[string]bool, len(namespaces)),
 		timeout:    DefaultTimeout,
-		applied:    make(map[string]string),
+		log:        slog.New(slog.DiscardHandler),
+		entries:    make(map[string]*entry),
 	}
 	for _, ns := range namespaces {
 		a.namespaces[ns] = true
 	}
+	for _, o := range opts {
+		o(a)
+	}
 	return a
 }
 
-// Apply server-side-applies s, forcing ownership of the fields it sets. It
-// reports unchanged=true, and writes nothing, when s.Revision is the
-// revision last applied to the same namespace/name.
+func (a *Applier) entry(k string) *entry {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.entries[k]
+	if e == nil {
+		e = &entry{}
+		a.entries[k] = e
+	}
+	return e
+}
+
+// Apply writes s with server-side apply, forcing ownership of the fields it
+// sets. It reports unchanged=true, and writes nothing, when s.Revision is
+// the revision last applied to the same namespace/name (a changed delivery
+// policy is still taken over).
+//
+// By s.Creation: create (the default) writes only a Secret that is absent
+// or carries this binding's label (checked once, with a JSON patch whose
+// only operation is a test, so no get is needed); merge writes only into an
+// existing Secret and owns only the keys it sets; takeover writes whatever
+// is there.
 func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool, err error) {
 	switch {
 	case s.GetNamespace() == "" || s.GetName() == "":
@@ -80,57 +163,284 @@ func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool,
 	case !a.namespaces[s.GetNamespace()]:
 		return false, fmt.Errorf("%w: %q is not one of the writer's namespaces", ErrNamespaceNotAllowed, s.GetNamespace())
 	}
-	k := key(s.GetNamespace(), s.GetName())
-	a.mu.Lock()
-	last, ok := a.applied[k]
-	a.mu.Unlock()
-	if ok && last == s.GetRevision() {
+	e := a.entry(key(s.GetNamespace(), s.GetName()))
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.desired = s
+	if e.applied == s.GetRevision() {
 		return true, nil
 	}
-
-	typ := corev1.SecretType(s.GetType())
-	if typ == "" {
-		typ = corev1.SecretTypeOpaque
+	e.applied = ""
+	uid, err := a.write(ctx, e, s)
+	if err != nil {
+		return false, err
 	}
+	e.applied = s.GetRevision()
+	if len(s.GetRolloutRestart()) > 0 && a.restarter != nil {
+		kinds, names := make([]string, 0, len(s.GetRolloutRestart())), make([]string, 0, len(s.GetRolloutRestart()))
+		for _, w := range s.GetRolloutRestart() {
+			kinds, names = append(kinds, w.GetKind()), append(names, w.GetName())
+		}
+		if err := a.restarter.Changed(s.GetNamespace(), kinds, names, s.GetName(), restart.Digest(uid, string(secretType(s)), s.GetData())); err != nil {
+			return false, fmt.Errorf("apply: %s/%s applied, but: %w", s.GetNamespace(), s.GetName(), err)
+		}
+	} else if len(s.GetRolloutRestart()) > 0 {
+		return false, fmt.Errorf("apply: %s/%s applied, but rollout restarts are not configured in this writer", s.GetNamespace(), s.GetName())
+	}
+	return false, nil
+}
+
+// write applies s according to its creation policy; e.mu is held.
+func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (types.UID, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	ns, name := s.GetNamespace(), s.GetName()
+	switch s.GetCreation() {
+	case ferryv1.CreationPolicy_CREATION_POLICY_MERGE:
+		// Every time: merge never creates, not even after a deletion by hand.
+		exists, _, err := a.test(ctx, ns, name, nil)
+		if err != nil {
+			return "", fmt.Errorf("apply: %s/%s: %w", ns, name, err)
+		}
+		if !exists {
+			return "", fmt.Errorf("%w: %s/%s", ErrMergeTargetMissing, ns, name)
+		}
+	case ferryv1.CreationPolicy_CREATION_POLICY_TAKEOVER:
+	default:
+		if !e.owned {
+			exists, ours, err := a.test(ctx, ns, name, labelTest(s.GetBinding()))
+			if err != nil {
+				return "", fmt.Errorf("apply: %s/%s: %w", ns, name, err)
+			}
+			if exists && !ours {
+				return "", fmt.Errorf("%w: %s/%s", ErrNotOwned, ns, name)
+			}
+			e.owned = true
+		}
+	}
+	got, err := a.secrets.Secrets(ns).Apply(ctx, applyConfig(s), metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+	if err != nil {
+		return "", fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
+	}
+	return got.GetUID(), nil
+}
+
+// applyConfig is the server-side apply configuration for s.
+func applyConfig(s *ferryv1.Secret) *corev1apply.SecretApplyConfiguration {
 	labels := make(map[string]string, len(s.GetLabels())+2)
 	for k, v := range s.GetLabels() {
 		labels[k] = v
 	}
-	labels[LabelManagedBy] = ManagedByValue
+	if s.GetCreation() != ferryv1.CreationPolicy_CREATION_POLICY_MERGE {
+		labels[LabelManagedBy] = ManagedByValue
+	}
 	labels[LabelBinding] = s.GetBinding()
 	cfg := corev1apply.Secret(s.GetName(), s.GetNamespace()).
-		WithType(typ).
 		WithLabels(labels).
-		WithAnnotations(s.GetAnnotations()).
 		WithData(s.GetData())
-
-	ctx, cancel := context.WithTimeout(ctx, a.timeout)
-	defer cancel()
-	_, err = a.secrets.Secrets(s.GetNamespace()).Apply(ctx, cfg, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err != nil {
-		// The Secret may or may not hold the new revision now: forget what
-		// we knew, so that the next upsert of any revision is written.
-		delete(a.applied, k)
-		return false, fmt.Errorf("apply: %s/%s: %w", s.GetNamespace(), s.GetName(), safeError(err))
+	if s.GetCreation() != ferryv1.CreationPolicy_CREATION_POLICY_MERGE {
+		cfg = cfg.WithType(secretType(s)) // a merged Secret keeps its own type
 	}
-	a.applied[k] = s.GetRevision()
-	return false, nil
+	if len(s.GetAnnotations()) > 0 {
+		cfg = cfg.WithAnnotations(s.GetAnnotations())
+	}
+	return cfg
 }
 
-// Forget handles a Secret removed from the writer's desired set. For now it
-// retains the Secret as it is (deletion policies come later) and forgets its
-// remembered revision, so that a later upsert is written even if its
-// revision is the same.
-func (a *Applier) Forget(_ context.Context, ref *ferryv1.SecretRef) error {
-	if !a.namespaces[ref.GetNamespace()] {
-		return fmt.Errorf("%w: %q is not one of the writer's namespaces", ErrNamespaceNotAllowed, ref.GetNamespace())
+func secretType(s *ferryv1.Secret) corev1.SecretType {
+	if s.GetType() == "" {
+		return corev1.SecretTypeOpaque
 	}
+	return corev1.SecretType(s.GetType())
+}
+
+// jsonPatchOp is one RFC 6902 operation.
+type jsonPatchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value string `json:"value"`
+}
+
+func labelTest(binding string) []jsonPatchOp {
+	return []jsonPatchOp{{Op: "test", Path: "/metadata/labels/" + strings.ReplaceAll(LabelBinding, "/", "~1"), Value: binding}}
+}
+
+// test sends a JSON patch made only of test operations (or none), which
+// never changes the Secret: it reports whether the Secret exists and
+// whether the tests held, and returns its UID. It uses the patch verb, not
+// get; the response body is dropped at once.
+func (a *Applier) test(ctx context.Context, ns, name string, ops []jsonPatchOp) (exists, ok bool, err error) {
+	if ops == nil {
+		ops = []jsonPatchOp{}
+	}
+	body, err := json.Marshal(ops)
+	if err != nil {
+		return false, false, err
+	}
+	_, err = a.secrets.Secrets(ns).Patch(ctx, name, types.JSONPatchType, body, metav1.PatchOptions{FieldManager: FieldManager})
+	switch {
+	case err == nil:
+		return true, true, nil
+	case apierrors.IsNotFound(err):
+		return false, false, nil
+	case isStatus(err, http.StatusUnprocessableEntity):
+		return true, false, nil // a test operation failed
+	}
+	return false, false, safeError(err)
+}
+
+// testUID is test that also returns the Secret's UID.
+func (a *Applier) testUID(ctx context.Context, ns, name string, ops []jsonPatchOp) (exists, ok bool, uid types.UID, err error) {
+	body, err := json.Marshal(ops)
+	if err != nil {
+		return false, false, "", err
+	}
+	got, err := a.secrets.Secrets(ns).Patch(ctx, name, types.JSONPatchType, body, metav1.PatchOptions{FieldManager: FieldManager})
+	switch {
+	case err == nil:
+		return true, true, got.GetUID(), nil
+	case apierrors.IsNotFound(err):
+		return false, false, "", nil
+	case isStatus(err, http.StatusUnprocessableEntity):
+		return true, false, "", nil
+	}
+	return false, false, "", safeError(err)
+}
+
+func isStatus(err error, code int32) bool {
+	var st apierrors.APIStatus
+	return errors.As(err, &st) && st.Status().Code == code
+}
+
+// Forget handles a binding the broker removed. With deletion policy delete
+// (and deletion enabled), it deletes the Secret — only if it still carries
+// the binding's label, and with a UID precondition — or, for a merged
+// binding, removes only the fields Ferry owns by applying an empty
+// configuration. Otherwise it retains the Secret. Either way it stops
+// resyncing it. It reports whether anything was deleted.
+func (a *Applier) Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted bool, err error) {
+	ns, name := ref.GetNamespace(), ref.GetName()
+	if !a.namespaces[ns] {
+		return false, fmt.Errorf("%w: %q is not one of the writer's namespaces", ErrNamespaceNotAllowed, ns)
+	}
+	k := key(ns, name)
+	e := a.entry(k)
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	a.mu.Lock()
-	delete(a.applied, key(ref.GetNamespace(), ref.GetName()))
+	delete(a.entries, k)
 	a.mu.Unlock()
-	return nil
+	e.desired, e.applied = nil, ""
+
+	if ref.GetDeletion() != ferryv1.DeletionPolicy_DELETION_POLICY_DELETE {
+		return false, nil
+	}
+	if !a.allowDelete {
+		return false, fmt.Errorf("%w: %s/%s", ErrDeleteDisabled, ns, name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	if ref.GetCreation() == ferryv1.CreationPolicy_CREATION_POLICY_MERGE {
+		exists, ours, err := a.test(ctx, ns, name, labelTest(ref.GetBinding()))
+		if err != nil || !exists || !ours {
+			return false, wrapForget(ns, name, err)
+		}
+		empty := corev1apply.Secret(name, ns)
+		if _, err := a.secrets.Secrets(ns).Apply(ctx, empty, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
+			return false, wrapForget(ns, name, safeError(err))
+		}
+		return true, nil
+	}
+	exists, ours, uid, err := a.testUID(ctx, ns, name, labelTest(ref.GetBinding()))
+	switch {
+	case err != nil:
+		return false, wrapForget(ns, name, err)
+	case !exists:
+		return false, nil
+	case !ours:
+		return false, fmt.Errorf("apply: %s/%s: not deleted: it no longer carries label %s=%s", ns, name, LabelBinding, ref.GetBinding())
+	}
+	err = a.secrets.Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return false, wrapForget(ns, name, safeError(err))
+	}
+	return err == nil, nil
+}
+
+func wrapForget(ns, name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("apply: delete %s/%s: %w", ns, name, err)
+}
+
+// Resync applies every Secret the writer holds again, at most parallelism
+// at a time, ignoring remembered revisions. It returns how many it applied
+// and how many failed; failures are logged (without values) and retried at
+// the next resync or update.
+func (a *Applier) Resync(ctx context.Context, parallelism int) (applied, failed int) {
+	a.mu.Lock()
+	keys := make([]string, 0, len(a.entries))
+	for k := range a.entries {
+		keys = append(keys, k)
+	}
+	a.mu.Unlock()
+	sort.Strings(keys)
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, max(parallelism, 1))
+	)
+	for _, k := range keys {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return applied, failed
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			a.mu.Lock()
+			e := a.entries[k]
+			a.mu.Unlock()
+			if e == nil {
+				return
+			}
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			s := e.desired
+			if s == nil || e.applied == "" {
+				return // never applied (or failing): the stream's own retries cover it
+			}
+			_, err := a.write(ctx, e, s)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed++
+				a.log.Warn("resync failed", "binding", s.GetBinding(), "namespace", s.GetNamespace(), "name", s.GetName(), "err", err)
+				return
+			}
+			applied++
+		})
+	}
+	wg.Wait()
+	return applied, failed
+}
+
+// RunResync calls Resync every interval until ctx ends.
+func (a *Applier) RunResync(ctx context.Context, interval time.Duration, parallelism int) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		start := time.Now()
+		applied, failed := a.Resync(ctx, parallelism)
+		a.log.Info("resync done", "applied", applied, "failed", failed, "took", time.Since(start).Round(time.Millisecond).String())
+	}
 }
 
 func key(namespace, name string) string { return namespace + "/" + name }

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -32,15 +33,20 @@ func testSecret(rev string) *ferryv1.Secret {
 	}
 }
 
-// applyActions counts the patch (apply) requests the fake clientset saw.
+// applyActions counts the server-side apply requests the fake clientset saw.
 func applyActions(cs *fake.Clientset) int {
 	n := 0
 	for _, a := range cs.Actions() {
-		if a.GetVerb() == "patch" && a.GetResource().Resource == "secrets" {
+		if isApply(a) {
 			n++
 		}
 	}
 	return n
+}
+
+func isApply(a k8stesting.Action) bool {
+	p, ok := a.(k8stesting.PatchAction)
+	return ok && a.GetResource().Resource == "secrets" && p.GetPatchType() == types.ApplyPatchType
 }
 
 func TestApplyAndSkipUnchanged(t *testing.T) {
@@ -103,8 +109,8 @@ func TestApplyAndSkipUnchanged(t *testing.T) {
 	}
 
 	// Forget: the same revision is written again.
-	if err := a.Forget(ctx, &ferryv1.SecretRef{Binding: "db", Namespace: "demo", Name: "db-creds"}); err != nil {
-		t.Fatal(err)
+	if deleted, err := a.Forget(ctx, &ferryv1.SecretRef{Binding: "db", Namespace: "demo", Name: "db-creds"}); err != nil || deleted {
+		t.Fatalf("forget: deleted=%v err=%v", deleted, err)
 	}
 	if unchanged, err = a.Apply(ctx, s); err != nil || unchanged {
 		t.Fatalf("after forget: unchanged=%v err=%v", unchanged, err)
@@ -118,7 +124,9 @@ func TestApplyUsesFieldManagerAndForce(t *testing.T) {
 	cs := fake.NewClientset()
 	var opts []metav1.PatchOptions
 	cs.PrependReactor("patch", "secrets", func(action k8stesting.Action) (bool, runtime.Object, error) {
-		opts = append(opts, action.(k8stesting.PatchActionImpl).PatchOptions)
+		if isApply(action) {
+			opts = append(opts, action.(k8stesting.PatchActionImpl).PatchOptions)
+		}
 		return false, nil, nil
 	})
 	if _, err := New(cs.CoreV1(), []string{"demo"}).Apply(context.Background(), testSecret("r1")); err != nil {
@@ -141,7 +149,7 @@ func TestApplyRefusesForeignNamespace(t *testing.T) {
 	if n := len(cs.Actions()); n != 0 {
 		t.Fatalf("%d requests sent for a refused namespace", n)
 	}
-	if err := a.Forget(context.Background(), &ferryv1.SecretRef{Namespace: "kube-system", Name: "x"}); !errors.Is(err, ErrNamespaceNotAllowed) {
+	if _, err := a.Forget(context.Background(), &ferryv1.SecretRef{Namespace: "kube-system", Name: "x"}); !errors.Is(err, ErrNamespaceNotAllowed) {
 		t.Fatalf("forget: err = %v", err)
 	}
 }
@@ -165,7 +173,7 @@ func TestApplyErrorIsSafe(t *testing.T) {
 	cs := fake.NewClientset()
 	fail := true
 	cs.PrependReactor("patch", "secrets", func(action k8stesting.Action) (bool, runtime.Object, error) {
-		if !fail {
+		if !fail || !isApply(action) {
 			return false, nil, nil
 		}
 		st := apierrors.NewInvalid(schema.GroupKind{Kind: "Secret"}, "db-creds", field.ErrorList{

@@ -1,7 +1,9 @@
 // Package config defines ferry-writer's configuration: where the broker is
 // and which SPIFFE ID it must present, where the writer's own SVID comes
-// from, how it talks to the Kubernetes API, and which namespaces it may
-// write. It is read from one YAML file; unknown fields are an error.
+// from, how it talks to the Kubernetes API, which namespaces it may write,
+// how often it re-asserts its Secrets, whether it may delete them, and which
+// workloads it may restart. It is read from one YAML file; unknown fields
+// are an error.
 package config
 
 import (
@@ -11,8 +13,10 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
@@ -25,6 +29,16 @@ const (
 	DefaultBurst       = 100
 	DefaultParallelism = 16
 	DefaultLogLevel    = "info"
+	// DefaultResync is how often every Secret is applied again to repair
+	// drift (hand edits, deletions). An apply of unchanged content is a
+	// no-op in etcd, but it is a request: 10,000 Secrets every 5 minutes is
+	// about 33 requests per second.
+	DefaultResync = 5 * time.Minute
+	// MinResync bounds resync from below.
+	MinResync = time.Second
+	// DefaultRestartDelay is how long rollout restarts wait to gather
+	// several Secret changes into one restart.
+	DefaultRestartDelay = 5 * time.Second
 )
 
 // maxParallelism bounds kubernetes.parallelism: far beyond what one
@@ -44,12 +58,49 @@ type Config struct {
 	Namespaces []string `json:"namespaces"`
 	// Log configures logging.
 	Log Log `json:"log"`
+	// Resync is how often the writer applies every Secret it holds again,
+	// which restores Secrets deleted or edited by hand (default 5m).
+	Resync metav1.Duration `json:"resync,omitempty"`
+	// Deletion says whether the writer may delete Secrets.
+	Deletion Deletion `json:"deletion,omitempty"`
+	// RolloutRestart lists the workloads the writer may restart.
+	RolloutRestart RolloutRestart `json:"rollout_restart,omitempty"`
+}
+
+// Deletion configures deletes.
+type Deletion struct {
+	// Enabled lets the writer delete a Secret when the broker says its
+	// binding was removed and its deletion policy is delete. It needs the
+	// delete verb on Secrets. The writer never deletes for any other reason.
+	Enabled bool `json:"enabled,omitempty"`
+}
+
+// RolloutRestart configures rollout restarts.
+type RolloutRestart struct {
+	// Delay gathers Secret changes for this long before one restart
+	// (default 5s).
+	Delay metav1.Duration `json:"delay,omitempty"`
+	// Targets are the only workloads the writer patches; a binding that
+	// names another workload gets an error. Each needs the patch verb on
+	// that workload by name.
+	Targets []Workload `json:"targets,omitempty"`
+}
+
+// Workload names one Deployment, StatefulSet or DaemonSet.
+type Workload struct {
+	Namespace string `json:"namespace"`
+	Kind      string `json:"kind"`
+	Name      string `json:"name"`
 }
 
 // Broker locates the broker and pins its identity.
 type Broker struct {
 	// Address is the broker's host:port.
-	Address string `json:"address"`
+	Address string `json:"address,omitempty"`
+	// Addresses lists several brokers (host:port) serving the same
+	// configuration; the writer connects to one and moves to the next when
+	// the stream breaks. Set Address or Addresses.
+	Addresses []string `json:"addresses,omitempty"`
 	// SPIFFEID is the only SPIFFE ID the writer accepts from the broker.
 	SPIFFEID string `json:"spiffe_id"`
 }
@@ -114,6 +165,20 @@ func (c *Config) SetDefaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = DefaultLogLevel
 	}
+	if c.Resync.Duration == 0 {
+		c.Resync.Duration = DefaultResync
+	}
+	if c.RolloutRestart.Delay.Duration == 0 {
+		c.RolloutRestart.Delay.Duration = DefaultRestartDelay
+	}
+}
+
+// BrokerAddresses returns the broker addresses to try, in order.
+func (c Config) BrokerAddresses() []string {
+	if c.Broker.Address != "" {
+		return append([]string{c.Broker.Address}, c.Broker.Addresses...)
+	}
+	return c.Broker.Addresses
 }
 
 // Validate reports the first problem with c, naming the field.
@@ -125,8 +190,19 @@ func (c Config) Validate() error {
 }
 
 func (c Config) validate() error {
-	if err := validateAddress(c.Broker.Address); err != nil {
-		return fmt.Errorf("broker.address: %w", err)
+	switch {
+	case c.Broker.Address != "" && len(c.Broker.Addresses) > 0:
+		return fmt.Errorf("broker: set address or addresses, not both")
+	case len(c.Broker.Addresses) > 0:
+		for i, a := range c.Broker.Addresses {
+			if err := validateAddress(a); err != nil {
+				return fmt.Errorf("broker.addresses[%d]: %w", i, err)
+			}
+		}
+	default:
+		if err := validateAddress(c.Broker.Address); err != nil {
+			return fmt.Errorf("broker.address: %w", err)
+		}
 	}
 	if c.Broker.SPIFFEID == "" {
 		return fmt.Errorf("broker.spiffe_id: required")
@@ -161,6 +237,31 @@ func (c Config) validate() error {
 	}
 	if _, err := parseLevel(c.Log.Level); err != nil {
 		return fmt.Errorf("log.level: %w", err)
+	}
+	if c.Resync.Duration < MinResync {
+		return fmt.Errorf("resync: %s is below the minimum of %s", c.Resync.Duration, MinResync)
+	}
+	if c.RolloutRestart.Delay.Duration < 0 {
+		return fmt.Errorf("rollout_restart.delay: %s is negative", c.RolloutRestart.Delay.Duration)
+	}
+	seenW := map[Workload]int{}
+	for i, w := range c.RolloutRestart.Targets {
+		f := fmt.Sprintf("rollout_restart.targets[%d]", i)
+		if !seen[w.Namespace] {
+			return fmt.Errorf("%s.namespace: %q is not one of namespaces", f, w.Namespace)
+		}
+		switch w.Kind {
+		case "Deployment", "StatefulSet", "DaemonSet":
+		default:
+			return fmt.Errorf("%s.kind: %q is not one of Deployment, StatefulSet, DaemonSet", f, w.Kind)
+		}
+		if errs := validation.IsDNS1123Subdomain(w.Name); len(errs) > 0 {
+			return fmt.Errorf("%s.name: %q is not a workload name: %s", f, w.Name, strings.Join(errs, "; "))
+		}
+		if j, dup := seenW[w]; dup {
+			return fmt.Errorf("%s: already listed at targets[%d]", f, j)
+		}
+		seenW[w] = i
 	}
 	return nil
 }

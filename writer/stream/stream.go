@@ -39,14 +39,18 @@ type Applier interface {
 	// Apply writes s; unchanged reports that s.Revision was already applied
 	// and nothing was written. The error must not contain secret data.
 	Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool, err error)
-	// Forget handles a Secret removed from the writer's desired set.
-	Forget(ctx context.Context, ref *ferryv1.SecretRef) error
+	// Forget handles a binding the broker removed, as its deletion policy
+	// says; it reports whether the Secret was deleted.
+	Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted bool, err error)
 }
 
 // Options configure a Client.
 type Options struct {
 	// Target is the broker's address (host:port, or any gRPC target).
 	Target string
+	// Fallbacks are further brokers serving the same configuration; after a
+	// broken or failed stream the client moves on to the next address.
+	Fallbacks []string
 	// DialOptions are passed to grpc.NewClient; they must include transport
 	// credentials, normally those of DialOptions (the function).
 	DialOptions []grpc.DialOption
@@ -126,15 +130,24 @@ func New(opts Options) (*Client, error) {
 // Run holds the stream open, reconnecting when it breaks, until ctx ends;
 // then it returns nil. It returns an error only if it cannot start.
 func (c *Client) Run(ctx context.Context) error {
-	conn, err := grpc.NewClient(c.opts.Target, c.opts.DialOptions...)
-	if err != nil {
-		return fmt.Errorf("stream: %w", err)
+	targets := append([]string{c.opts.Target}, c.opts.Fallbacks...)
+	apis := make([]ferryv1.WriterServiceClient, len(targets))
+	for i, t := range targets {
+		conn, err := grpc.NewClient(t, c.opts.DialOptions...)
+		if err != nil {
+			return fmt.Errorf("stream: %s: %w", t, err)
+		}
+		defer conn.Close()
+		apis[i] = ferryv1.NewWriterServiceClient(conn)
 	}
-	defer conn.Close()
-	api := ferryv1.NewWriterServiceClient(conn)
-	attempt := 0
+	attempt, next := 0, 0
 	for {
-		opened, lived, err := c.session(ctx, api)
+		api, log := apis[next], c.log
+		if len(targets) > 1 {
+			log = log.With("target", targets[next])
+		}
+		next = (next + 1) % len(apis)
+		opened, lived, err := c.session(ctx, api, log)
 		if ctx.Err() != nil {
 			c.log.Info("stopped")
 			return nil
@@ -152,7 +165,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if errors.Is(err, io.EOF) {
 			code = codes.OK // the broker ended the stream normally
 		}
-		c.log.Warn(msg, "code", code.String(), "err", err,
+		log.Warn(msg, "code", code.String(), "err", err,
 			"lived", lived.Round(time.Millisecond).String(), "retry_in", delay.Round(time.Millisecond).String())
 		t := time.NewTimer(delay)
 		select {
@@ -173,7 +186,7 @@ func (e *sendError) Unwrap() error { return e.err }
 
 // session runs one Sync stream until it breaks or ctx ends, and reports
 // whether the stream opened and for how long.
-func (c *Client) session(ctx context.Context, api ferryv1.WriterServiceClient) (opened bool, lived time.Duration, err error) {
+func (c *Client) session(ctx context.Context, api ferryv1.WriterServiceClient, log *slog.Logger) (opened bool, lived time.Duration, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	st, err := api.Sync(ctx)
@@ -181,10 +194,10 @@ func (c *Client) session(ctx context.Context, api ferryv1.WriterServiceClient) (
 		return false, 0, fmt.Errorf("stream: open: %w", err)
 	}
 	start := time.Now()
-	c.log.Info("connected to broker")
+	log.Info("connected to broker")
 
 	s := &session{
-		log:     c.log,
+		log:     log,
 		applier: c.opts.Applier,
 		out:     make(chan *ferryv1.SyncRequest, c.opts.Parallelism),
 		ready:   make(chan *queue, c.opts.Parallelism),
@@ -364,11 +377,16 @@ func (s *session) run(ctx context.Context, o op) []*ferryv1.ApplyResult {
 	if o.del != nil {
 		ref := o.del
 		r := &ferryv1.ApplyResult{Binding: ref.GetBinding()}
-		if err := s.applier.Forget(ctx, ref); err != nil {
+		attrs := []any{"binding", ref.GetBinding(), "namespace", ref.GetNamespace(), "name", ref.GetName(), "deletion", ref.GetDeletion().String()}
+		deleted, err := s.applier.Forget(ctx, ref)
+		switch {
+		case err != nil:
 			r.Error = err.Error()
-			s.log.Warn("delete failed", "binding", ref.GetBinding(), "namespace", ref.GetNamespace(), "name", ref.GetName(), "err", err)
-		} else {
-			s.log.Info("binding removed; Secret retained", "binding", ref.GetBinding(), "namespace", ref.GetNamespace(), "name", ref.GetName())
+			s.log.Warn("binding removed; delete failed", append(attrs, "err", err)...)
+		case deleted:
+			s.log.Info("binding removed; Secret deleted", attrs...)
+		default:
+			s.log.Info("binding removed; Secret retained", attrs...)
 		}
 		return []*ferryv1.ApplyResult{r}
 	}

@@ -110,13 +110,13 @@ func (f *fakeApplier) Apply(ctx context.Context, s *ferryv1.Secret) (bool, error
 	return false, nil
 }
 
-func (f *fakeApplier) Forget(_ context.Context, ref *ferryv1.SecretRef) error {
+func (f *fakeApplier) Forget(_ context.Context, ref *ferryv1.SecretRef) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	k := key(ref.Namespace, ref.Name)
 	f.forgotten = append(f.forgotten, k)
 	delete(f.last, k)
-	return nil
+	return ref.GetDeletion() == ferryv1.DeletionPolicy_DELETION_POLICY_DELETE, nil
 }
 
 // syncBuffer is a log sink safe for concurrent writes and reads.

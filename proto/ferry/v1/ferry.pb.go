@@ -14,6 +14,7 @@ package ferryv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -26,6 +27,120 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// CreationPolicy says how the writer treats a Secret of the same name that
+// exists before Ferry first writes it.
+type CreationPolicy int32
+
+const (
+	// Unspecified: the same as CREATION_POLICY_CREATE.
+	CreationPolicy_CREATION_POLICY_UNSPECIFIED CreationPolicy = 0
+	// Create the Secret and own it; an existing Secret that does not carry
+	// this binding's label is left untouched and reported as an error.
+	CreationPolicy_CREATION_POLICY_CREATE CreationPolicy = 1
+	// Merge Ferry's keys into an existing Secret (never create it), owning
+	// only those keys; keys written by others stay as they are.
+	CreationPolicy_CREATION_POLICY_MERGE CreationPolicy = 2
+	// Take over: create the Secret or force Ferry's content onto an existing
+	// one, whoever wrote it.
+	CreationPolicy_CREATION_POLICY_TAKEOVER CreationPolicy = 3
+)
+
+// Enum value maps for CreationPolicy.
+var (
+	CreationPolicy_name = map[int32]string{
+		0: "CREATION_POLICY_UNSPECIFIED",
+		1: "CREATION_POLICY_CREATE",
+		2: "CREATION_POLICY_MERGE",
+		3: "CREATION_POLICY_TAKEOVER",
+	}
+	CreationPolicy_value = map[string]int32{
+		"CREATION_POLICY_UNSPECIFIED": 0,
+		"CREATION_POLICY_CREATE":      1,
+		"CREATION_POLICY_MERGE":       2,
+		"CREATION_POLICY_TAKEOVER":    3,
+	}
+)
+
+func (x CreationPolicy) Enum() *CreationPolicy {
+	p := new(CreationPolicy)
+	*p = x
+	return p
+}
+
+func (x CreationPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CreationPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_ferry_proto_enumTypes[0].Descriptor()
+}
+
+func (CreationPolicy) Type() protoreflect.EnumType {
+	return &file_ferry_v1_ferry_proto_enumTypes[0]
+}
+
+func (x CreationPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CreationPolicy.Descriptor instead.
+func (CreationPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{0}
+}
+
+// DeletionPolicy says what the writer does when a binding is removed.
+type DeletionPolicy int32
+
+const (
+	// Unspecified: the same as DELETION_POLICY_RETAIN.
+	DeletionPolicy_DELETION_POLICY_UNSPECIFIED DeletionPolicy = 0
+	// Leave the Secret as it is.
+	DeletionPolicy_DELETION_POLICY_RETAIN DeletionPolicy = 1
+	// Delete the Secret (for a merged binding: remove only Ferry's keys).
+	DeletionPolicy_DELETION_POLICY_DELETE DeletionPolicy = 2
+)
+
+// Enum value maps for DeletionPolicy.
+var (
+	DeletionPolicy_name = map[int32]string{
+		0: "DELETION_POLICY_UNSPECIFIED",
+		1: "DELETION_POLICY_RETAIN",
+		2: "DELETION_POLICY_DELETE",
+	}
+	DeletionPolicy_value = map[string]int32{
+		"DELETION_POLICY_UNSPECIFIED": 0,
+		"DELETION_POLICY_RETAIN":      1,
+		"DELETION_POLICY_DELETE":      2,
+	}
+)
+
+func (x DeletionPolicy) Enum() *DeletionPolicy {
+	p := new(DeletionPolicy)
+	*p = x
+	return p
+}
+
+func (x DeletionPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeletionPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_ferry_proto_enumTypes[1].Descriptor()
+}
+
+func (DeletionPolicy) Type() protoreflect.EnumType {
+	return &file_ferry_v1_ferry_proto_enumTypes[1]
+}
+
+func (x DeletionPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeletionPolicy.Descriptor instead.
+func (DeletionPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{1}
+}
 
 // SyncRequest is one message from the writer on the Sync stream.
 type SyncRequest struct {
@@ -369,9 +484,19 @@ type Secret struct {
 	Annotations map[string]string `protobuf:"bytes,7,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Required: an opaque revision of this content. Equal revisions mean equal
 	// content; the writer skips writes of a revision it already applied.
-	Revision      string `protobuf:"bytes,8,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Revision string `protobuf:"bytes,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Optional: what the writer does when the Secret already exists and Ferry
+	// did not create it; unspecified means CREATION_POLICY_CREATE.
+	Creation CreationPolicy `protobuf:"varint,9,opt,name=creation,proto3,enum=ferry.v1.CreationPolicy" json:"creation,omitempty"`
+	// Optional: what the writer does when the binding is removed; unspecified
+	// means DELETION_POLICY_RETAIN. Repeated in the delete message itself.
+	Deletion DeletionPolicy `protobuf:"varint,10,opt,name=deletion,proto3,enum=ferry.v1.DeletionPolicy" json:"deletion,omitempty"`
+	// Optional: workloads in the Secret's namespace whose pod template the
+	// writer annotates with a digest of the Secret's content when it changes,
+	// so that they roll out with the new values.
+	RolloutRestart []*WorkloadRef `protobuf:"bytes,11,rep,name=rollout_restart,json=rolloutRestart,proto3" json:"rollout_restart,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Secret) Reset() {
@@ -460,6 +585,82 @@ func (x *Secret) GetRevision() string {
 	return ""
 }
 
+func (x *Secret) GetCreation() CreationPolicy {
+	if x != nil {
+		return x.Creation
+	}
+	return CreationPolicy_CREATION_POLICY_UNSPECIFIED
+}
+
+func (x *Secret) GetDeletion() DeletionPolicy {
+	if x != nil {
+		return x.Deletion
+	}
+	return DeletionPolicy_DELETION_POLICY_UNSPECIFIED
+}
+
+func (x *Secret) GetRolloutRestart() []*WorkloadRef {
+	if x != nil {
+		return x.RolloutRestart
+	}
+	return nil
+}
+
+// WorkloadRef names a workload in the Secret's namespace.
+type WorkloadRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required: "Deployment", "StatefulSet" or "DaemonSet" (group apps).
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Required: the workload's name.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadRef) Reset() {
+	*x = WorkloadRef{}
+	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRef) ProtoMessage() {}
+
+func (x *WorkloadRef) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRef.ProtoReflect.Descriptor instead.
+func (*WorkloadRef) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WorkloadRef) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *WorkloadRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // SecretRef names a Secret without its content.
 type SecretRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -468,14 +669,20 @@ type SecretRef struct {
 	// Required: the Secret's namespace.
 	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Required: the Secret's name.
-	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// Optional: in a delete message, the removed binding's deletion policy.
+	// The writer deletes only when it is DELETION_POLICY_DELETE.
+	Deletion DeletionPolicy `protobuf:"varint,4,opt,name=deletion,proto3,enum=ferry.v1.DeletionPolicy" json:"deletion,omitempty"`
+	// Optional: in a delete message, the removed binding's creation policy
+	// (a merged binding's delete removes only Ferry's keys).
+	Creation      CreationPolicy `protobuf:"varint,5,opt,name=creation,proto3,enum=ferry.v1.CreationPolicy" json:"creation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SecretRef) Reset() {
 	*x = SecretRef{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +694,7 @@ func (x *SecretRef) String() string {
 func (*SecretRef) ProtoMessage() {}
 
 func (x *SecretRef) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[5]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +707,7 @@ func (x *SecretRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretRef.ProtoReflect.Descriptor instead.
 func (*SecretRef) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SecretRef) GetBinding() string {
@@ -524,6 +731,20 @@ func (x *SecretRef) GetName() string {
 	return ""
 }
 
+func (x *SecretRef) GetDeletion() DeletionPolicy {
+	if x != nil {
+		return x.Deletion
+	}
+	return DeletionPolicy_DELETION_POLICY_UNSPECIFIED
+}
+
+func (x *SecretRef) GetCreation() CreationPolicy {
+	if x != nil {
+		return x.Creation
+	}
+	return CreationPolicy_CREATION_POLICY_UNSPECIFIED
+}
+
 // SnapshotComplete marks the end of the initial desired set.
 type SnapshotComplete struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -535,7 +756,7 @@ type SnapshotComplete struct {
 
 func (x *SnapshotComplete) Reset() {
 	*x = SnapshotComplete{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +768,7 @@ func (x *SnapshotComplete) String() string {
 func (*SnapshotComplete) ProtoMessage() {}
 
 func (x *SnapshotComplete) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[6]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +781,7 @@ func (x *SnapshotComplete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotComplete.ProtoReflect.Descriptor instead.
 func (*SnapshotComplete) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SnapshotComplete) GetCount() uint32 {
@@ -582,7 +803,7 @@ type ListBindingsRequest struct {
 
 func (x *ListBindingsRequest) Reset() {
 	*x = ListBindingsRequest{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +815,7 @@ func (x *ListBindingsRequest) String() string {
 func (*ListBindingsRequest) ProtoMessage() {}
 
 func (x *ListBindingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[7]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +828,7 @@ func (x *ListBindingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBindingsRequest.ProtoReflect.Descriptor instead.
 func (*ListBindingsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListBindingsRequest) GetWriterId() string {
@@ -628,7 +849,7 @@ type ListBindingsResponse struct {
 
 func (x *ListBindingsResponse) Reset() {
 	*x = ListBindingsResponse{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +861,7 @@ func (x *ListBindingsResponse) String() string {
 func (*ListBindingsResponse) ProtoMessage() {}
 
 func (x *ListBindingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[8]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +874,7 @@ func (x *ListBindingsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBindingsResponse.ProtoReflect.Descriptor instead.
 func (*ListBindingsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListBindingsResponse) GetBindings() []*BindingStatus {
@@ -695,13 +916,25 @@ type BindingStatus struct {
 	NextRefreshTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=next_refresh_time,json=nextRefreshTime,proto3" json:"next_refresh_time,omitempty"`
 	// Optional: whether a writer with this ID is connected now.
 	WriterConnected bool `protobuf:"varint,14,opt,name=writer_connected,json=writerConnected,proto3" json:"writer_connected,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Optional: the Vault lease ID of a dynamic secret's current credentials
+	// (an identifier, never the credentials themselves).
+	LeaseId string `protobuf:"bytes,15,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	// Optional: when the current lease or certificate expires.
+	LeaseExpireTime *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=lease_expire_time,json=leaseExpireTime,proto3" json:"lease_expire_time,omitempty"`
+	// Optional: time left until lease_expire_time, as of this response.
+	LeaseTtlRemaining *durationpb.Duration `protobuf:"bytes,17,opt,name=lease_ttl_remaining,json=leaseTtlRemaining,proto3" json:"lease_ttl_remaining,omitempty"`
+	// Optional: when the broker next renews the lease, or issues new
+	// credentials or a new certificate.
+	NextRenewalTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=next_renewal_time,json=nextRenewalTime,proto3" json:"next_renewal_time,omitempty"`
+	// Optional: the serial number of the current certificate (PKI sources).
+	CertificateSerial string `protobuf:"bytes,19,opt,name=certificate_serial,json=certificateSerial,proto3" json:"certificate_serial,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *BindingStatus) Reset() {
 	*x = BindingStatus{}
-	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +946,7 @@ func (x *BindingStatus) String() string {
 func (*BindingStatus) ProtoMessage() {}
 
 func (x *BindingStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_ferry_proto_msgTypes[9]
+	mi := &file_ferry_v1_ferry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +959,7 @@ func (x *BindingStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BindingStatus.ProtoReflect.Descriptor instead.
 func (*BindingStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_ferry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BindingStatus) GetWriterId() string {
@@ -827,11 +1060,46 @@ func (x *BindingStatus) GetWriterConnected() bool {
 	return false
 }
 
+func (x *BindingStatus) GetLeaseId() string {
+	if x != nil {
+		return x.LeaseId
+	}
+	return ""
+}
+
+func (x *BindingStatus) GetLeaseExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaseExpireTime
+	}
+	return nil
+}
+
+func (x *BindingStatus) GetLeaseTtlRemaining() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseTtlRemaining
+	}
+	return nil
+}
+
+func (x *BindingStatus) GetNextRenewalTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRenewalTime
+	}
+	return nil
+}
+
+func (x *BindingStatus) GetCertificateSerial() string {
+	if x != nil {
+		return x.CertificateSerial
+	}
+	return ""
+}
+
 var File_ferry_v1_ferry_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/ferry.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n" +
+	"\x14ferry/v1/ferry.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n" +
 	"\vSyncRequest\x12'\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0f.ferry.v1.HelloH\x00R\x05hello\x12/\n" +
 	"\x06result\x18\x02 \x01(\v2\x15.ferry.v1.ApplyResultH\x00R\x06resultB\t\n" +
@@ -850,7 +1118,7 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x06upsert\x18\x01 \x01(\v2\x10.ferry.v1.SecretH\x00R\x06upsert\x12-\n" +
 	"\x06delete\x18\x02 \x01(\v2\x13.ferry.v1.SecretRefH\x00R\x06delete\x12I\n" +
 	"\x11snapshot_complete\x18\x03 \x01(\v2\x1a.ferry.v1.SnapshotCompleteH\x00R\x10snapshotCompleteB\t\n" +
-	"\amessage\"\xe3\x03\n" +
+	"\amessage\"\x8f\x05\n" +
 	"\x06Secret\x12\x18\n" +
 	"\abinding\x18\x01 \x01(\tR\abinding\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
@@ -859,7 +1127,11 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x04data\x18\x05 \x03(\v2\x1a.ferry.v1.Secret.DataEntryR\x04data\x124\n" +
 	"\x06labels\x18\x06 \x03(\v2\x1c.ferry.v1.Secret.LabelsEntryR\x06labels\x12C\n" +
 	"\vannotations\x18\a \x03(\v2!.ferry.v1.Secret.AnnotationsEntryR\vannotations\x12\x1a\n" +
-	"\brevision\x18\b \x01(\tR\brevision\x1a7\n" +
+	"\brevision\x18\b \x01(\tR\brevision\x124\n" +
+	"\bcreation\x18\t \x01(\x0e2\x18.ferry.v1.CreationPolicyR\bcreation\x124\n" +
+	"\bdeletion\x18\n" +
+	" \x01(\x0e2\x18.ferry.v1.DeletionPolicyR\bdeletion\x12>\n" +
+	"\x0frollout_restart\x18\v \x03(\v2\x15.ferry.v1.WorkloadRefR\x0erolloutRestart\x1a7\n" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\x1a9\n" +
@@ -868,17 +1140,22 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"W\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"5\n" +
+	"\vWorkloadRef\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xc3\x01\n" +
 	"\tSecretRef\x12\x18\n" +
 	"\abinding\x18\x01 \x01(\tR\abinding\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\"(\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x124\n" +
+	"\bdeletion\x18\x04 \x01(\x0e2\x18.ferry.v1.DeletionPolicyR\bdeletion\x124\n" +
+	"\bcreation\x18\x05 \x01(\x0e2\x18.ferry.v1.CreationPolicyR\bcreation\"(\n" +
 	"\x10SnapshotComplete\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\"2\n" +
 	"\x13ListBindingsRequest\x12\x1b\n" +
 	"\twriter_id\x18\x01 \x01(\tR\bwriterId\"K\n" +
 	"\x14ListBindingsResponse\x123\n" +
-	"\bbindings\x18\x01 \x03(\v2\x17.ferry.v1.BindingStatusR\bbindings\"\xbf\x04\n" +
+	"\bbindings\x18\x01 \x03(\v2\x17.ferry.v1.BindingStatusR\bbindings\"\xe4\x06\n" +
 	"\rBindingStatus\x12\x1b\n" +
 	"\twriter_id\x18\x01 \x01(\tR\bwriterId\x12\x18\n" +
 	"\abinding\x18\x02 \x01(\tR\abinding\x12\x1c\n" +
@@ -898,7 +1175,21 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\fsource_error\x18\v \x01(\tR\vsourceError\x12F\n" +
 	"\x11last_refresh_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x0flastRefreshTime\x12F\n" +
 	"\x11next_refresh_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextRefreshTime\x12)\n" +
-	"\x10writer_connected\x18\x0e \x01(\bR\x0fwriterConnected2J\n" +
+	"\x10writer_connected\x18\x0e \x01(\bR\x0fwriterConnected\x12\x19\n" +
+	"\blease_id\x18\x0f \x01(\tR\aleaseId\x12F\n" +
+	"\x11lease_expire_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\x12I\n" +
+	"\x13lease_ttl_remaining\x18\x11 \x01(\v2\x19.google.protobuf.DurationR\x11leaseTtlRemaining\x12F\n" +
+	"\x11next_renewal_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextRenewalTime\x12-\n" +
+	"\x12certificate_serial\x18\x13 \x01(\tR\x11certificateSerial*\x86\x01\n" +
+	"\x0eCreationPolicy\x12\x1f\n" +
+	"\x1bCREATION_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16CREATION_POLICY_CREATE\x10\x01\x12\x19\n" +
+	"\x15CREATION_POLICY_MERGE\x10\x02\x12\x1c\n" +
+	"\x18CREATION_POLICY_TAKEOVER\x10\x03*i\n" +
+	"\x0eDeletionPolicy\x12\x1f\n" +
+	"\x1bDELETION_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16DELETION_POLICY_RETAIN\x10\x01\x12\x1a\n" +
+	"\x16DELETION_POLICY_DELETE\x10\x022J\n" +
 	"\rWriterService\x129\n" +
 	"\x04Sync\x12\x15.ferry.v1.SyncRequest\x1a\x16.ferry.v1.SyncResponse(\x010\x012]\n" +
 	"\fDebugService\x12M\n" +
@@ -916,44 +1207,57 @@ func file_ferry_v1_ferry_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_ferry_proto_rawDescData
 }
 
-var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_ferry_v1_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_ferry_v1_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_ferry_v1_ferry_proto_goTypes = []any{
-	(*SyncRequest)(nil),           // 0: ferry.v1.SyncRequest
-	(*Hello)(nil),                 // 1: ferry.v1.Hello
-	(*ApplyResult)(nil),           // 2: ferry.v1.ApplyResult
-	(*SyncResponse)(nil),          // 3: ferry.v1.SyncResponse
-	(*Secret)(nil),                // 4: ferry.v1.Secret
-	(*SecretRef)(nil),             // 5: ferry.v1.SecretRef
-	(*SnapshotComplete)(nil),      // 6: ferry.v1.SnapshotComplete
-	(*ListBindingsRequest)(nil),   // 7: ferry.v1.ListBindingsRequest
-	(*ListBindingsResponse)(nil),  // 8: ferry.v1.ListBindingsResponse
-	(*BindingStatus)(nil),         // 9: ferry.v1.BindingStatus
-	nil,                           // 10: ferry.v1.Secret.DataEntry
-	nil,                           // 11: ferry.v1.Secret.LabelsEntry
-	nil,                           // 12: ferry.v1.Secret.AnnotationsEntry
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(CreationPolicy)(0),           // 0: ferry.v1.CreationPolicy
+	(DeletionPolicy)(0),           // 1: ferry.v1.DeletionPolicy
+	(*SyncRequest)(nil),           // 2: ferry.v1.SyncRequest
+	(*Hello)(nil),                 // 3: ferry.v1.Hello
+	(*ApplyResult)(nil),           // 4: ferry.v1.ApplyResult
+	(*SyncResponse)(nil),          // 5: ferry.v1.SyncResponse
+	(*Secret)(nil),                // 6: ferry.v1.Secret
+	(*WorkloadRef)(nil),           // 7: ferry.v1.WorkloadRef
+	(*SecretRef)(nil),             // 8: ferry.v1.SecretRef
+	(*SnapshotComplete)(nil),      // 9: ferry.v1.SnapshotComplete
+	(*ListBindingsRequest)(nil),   // 10: ferry.v1.ListBindingsRequest
+	(*ListBindingsResponse)(nil),  // 11: ferry.v1.ListBindingsResponse
+	(*BindingStatus)(nil),         // 12: ferry.v1.BindingStatus
+	nil,                           // 13: ferry.v1.Secret.DataEntry
+	nil,                           // 14: ferry.v1.Secret.LabelsEntry
+	nil,                           // 15: ferry.v1.Secret.AnnotationsEntry
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
 }
 var file_ferry_v1_ferry_proto_depIdxs = []int32{
-	1,  // 0: ferry.v1.SyncRequest.hello:type_name -> ferry.v1.Hello
-	2,  // 1: ferry.v1.SyncRequest.result:type_name -> ferry.v1.ApplyResult
-	4,  // 2: ferry.v1.SyncResponse.upsert:type_name -> ferry.v1.Secret
-	5,  // 3: ferry.v1.SyncResponse.delete:type_name -> ferry.v1.SecretRef
-	6,  // 4: ferry.v1.SyncResponse.snapshot_complete:type_name -> ferry.v1.SnapshotComplete
-	10, // 5: ferry.v1.Secret.data:type_name -> ferry.v1.Secret.DataEntry
-	11, // 6: ferry.v1.Secret.labels:type_name -> ferry.v1.Secret.LabelsEntry
-	12, // 7: ferry.v1.Secret.annotations:type_name -> ferry.v1.Secret.AnnotationsEntry
-	9,  // 8: ferry.v1.ListBindingsResponse.bindings:type_name -> ferry.v1.BindingStatus
-	13, // 9: ferry.v1.BindingStatus.last_refresh_time:type_name -> google.protobuf.Timestamp
-	13, // 10: ferry.v1.BindingStatus.next_refresh_time:type_name -> google.protobuf.Timestamp
-	0,  // 11: ferry.v1.WriterService.Sync:input_type -> ferry.v1.SyncRequest
-	7,  // 12: ferry.v1.DebugService.ListBindings:input_type -> ferry.v1.ListBindingsRequest
-	3,  // 13: ferry.v1.WriterService.Sync:output_type -> ferry.v1.SyncResponse
-	8,  // 14: ferry.v1.DebugService.ListBindings:output_type -> ferry.v1.ListBindingsResponse
-	13, // [13:15] is the sub-list for method output_type
-	11, // [11:13] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	3,  // 0: ferry.v1.SyncRequest.hello:type_name -> ferry.v1.Hello
+	4,  // 1: ferry.v1.SyncRequest.result:type_name -> ferry.v1.ApplyResult
+	6,  // 2: ferry.v1.SyncResponse.upsert:type_name -> ferry.v1.Secret
+	8,  // 3: ferry.v1.SyncResponse.delete:type_name -> ferry.v1.SecretRef
+	9,  // 4: ferry.v1.SyncResponse.snapshot_complete:type_name -> ferry.v1.SnapshotComplete
+	13, // 5: ferry.v1.Secret.data:type_name -> ferry.v1.Secret.DataEntry
+	14, // 6: ferry.v1.Secret.labels:type_name -> ferry.v1.Secret.LabelsEntry
+	15, // 7: ferry.v1.Secret.annotations:type_name -> ferry.v1.Secret.AnnotationsEntry
+	0,  // 8: ferry.v1.Secret.creation:type_name -> ferry.v1.CreationPolicy
+	1,  // 9: ferry.v1.Secret.deletion:type_name -> ferry.v1.DeletionPolicy
+	7,  // 10: ferry.v1.Secret.rollout_restart:type_name -> ferry.v1.WorkloadRef
+	1,  // 11: ferry.v1.SecretRef.deletion:type_name -> ferry.v1.DeletionPolicy
+	0,  // 12: ferry.v1.SecretRef.creation:type_name -> ferry.v1.CreationPolicy
+	12, // 13: ferry.v1.ListBindingsResponse.bindings:type_name -> ferry.v1.BindingStatus
+	16, // 14: ferry.v1.BindingStatus.last_refresh_time:type_name -> google.protobuf.Timestamp
+	16, // 15: ferry.v1.BindingStatus.next_refresh_time:type_name -> google.protobuf.Timestamp
+	16, // 16: ferry.v1.BindingStatus.lease_expire_time:type_name -> google.protobuf.Timestamp
+	17, // 17: ferry.v1.BindingStatus.lease_ttl_remaining:type_name -> google.protobuf.Duration
+	16, // 18: ferry.v1.BindingStatus.next_renewal_time:type_name -> google.protobuf.Timestamp
+	2,  // 19: ferry.v1.WriterService.Sync:input_type -> ferry.v1.SyncRequest
+	10, // 20: ferry.v1.DebugService.ListBindings:input_type -> ferry.v1.ListBindingsRequest
+	5,  // 21: ferry.v1.WriterService.Sync:output_type -> ferry.v1.SyncResponse
+	11, // 22: ferry.v1.DebugService.ListBindings:output_type -> ferry.v1.ListBindingsResponse
+	21, // [21:23] is the sub-list for method output_type
+	19, // [19:21] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_ferry_proto_init() }
@@ -975,13 +1279,14 @@ func file_ferry_v1_ferry_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_ferry_proto_rawDesc), len(file_ferry_v1_ferry_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   13,
+			NumEnums:      2,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
 		GoTypes:           file_ferry_v1_ferry_proto_goTypes,
 		DependencyIndexes: file_ferry_v1_ferry_proto_depIdxs,
+		EnumInfos:         file_ferry_v1_ferry_proto_enumTypes,
 		MessageInfos:      file_ferry_v1_ferry_proto_msgTypes,
 	}.Build()
 	File_ferry_v1_ferry_proto = out.File

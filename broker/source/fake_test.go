@@ -1,0 +1,219 @@
+package source
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferry-secrets/ferry/broker/catalog"
+	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/vault"
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+)
+
+// fakeVault is a hand-written Vault: KV reads, leases with a TTL and a max
+// TTL like the database engine's, static-role credentials, and a PKI role.
+type fakeVault struct {
+	mu sync.Mutex
+
+	kvReads int
+	kvData  map[string][]byte
+
+	ttl, maxTTL   time.Duration
+	leases        map[string]*fakeLease
+	issued        int
+	renewals      int
+	refuseRenewal bool
+
+	staticPassword int
+	staticRotates  time.Time
+	staticPeriod   time.Duration
+
+	certTTL time.Duration
+	caKey   *ecdsa.PrivateKey
+	caCert  *x509.Certificate
+	caPEM   []byte
+	certs   []*x509.Certificate
+	revoked []string
+}
+
+type fakeLease struct {
+	user                  string
+	issued, expires, maxE time.Time
+	revoked               bool
+}
+
+func newFakeVault() *fakeVault {
+	return &fakeVault{kvData: map[string][]byte{"password": []byte("v1")}, leases: map[string]*fakeLease{},
+		ttl: 30 * time.Second, maxTTL: 120 * time.Second, staticPeriod: time.Minute, certTTL: time.Minute}
+}
+
+func (f *fakeVault) ReadKV(ctx context.Context, mount, path string, ev int, version int64) (*vault.KVSecret, error) {
+	time.Sleep(10 * time.Millisecond) // a read takes time: concurrent callers overlap
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.kvReads++
+	data := map[string][]byte{}
+	for k, v := range f.kvData {
+		data[k] = v
+	}
+	return &vault.KVSecret{Data: data, Version: int64(f.kvReads)}, nil
+}
+
+func (f *fakeVault) ReadLeased(ctx context.Context, method, path string, params map[string]any) (*vault.Leased, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	if path == "database/static-creds/app" {
+		if f.staticRotates.IsZero() || !now.Before(f.staticRotates) {
+			f.staticPassword++
+			f.staticRotates = now.Add(f.staticPeriod)
+		}
+		ttl := f.staticRotates.Sub(now)
+		return &vault.Leased{Data: map[string][]byte{
+			"username": []byte("static"), "password": []byte(fmt.Sprintf("p%d", f.staticPassword)),
+			"ttl": []byte(strconv.Itoa(int(ttl.Seconds()))),
+		}}, nil
+	}
+	f.issued++
+	id := fmt.Sprintf("database/creds/app/%d", f.issued)
+	l := &fakeLease{user: fmt.Sprintf("v-user-%d", f.issued), issued: now, expires: now.Add(f.ttl), maxE: now.Add(f.maxTTL)}
+	f.leases[id] = l
+	return &vault.Leased{LeaseID: id, LeaseDuration: f.ttl, Renewable: true,
+		Data: map[string][]byte{"username": []byte(l.user), "password": []byte("pw-" + l.user)}}, nil
+}
+
+func (f *fakeVault) RenewLease(ctx context.Context, id string, inc time.Duration) (*vault.Renewal, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	l := f.leases[id]
+	if l == nil || l.revoked || !now.Before(l.expires) || f.refuseRenewal {
+		return nil, fmt.Errorf("fake: %w", vault.ErrLeaseInvalid)
+	}
+	f.renewals++
+	d := min(inc, l.maxE.Sub(now).Truncate(time.Second))
+	l.expires = now.Add(d)
+	return &vault.Renewal{LeaseID: id, LeaseDuration: d, Renewable: true}, nil
+}
+
+func (f *fakeVault) RevokeLease(ctx context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if l := f.leases[id]; l != nil {
+		l.revoked = true
+	}
+	return nil
+}
+
+// valid reports whether user's lease is alive now.
+func (f *fakeVault) valid(user string) (bool, time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, l := range f.leases {
+		if l.user == user {
+			left := l.expires.Sub(time.Now())
+			return !l.revoked && left > 0, left
+		}
+	}
+	return false, 0
+}
+
+func (f *fakeVault) IssueCert(ctx context.Context, mount, role string, req vault.CertRequest) (*vault.Certificate, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	if f.caKey == nil {
+		f.caKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fake CA"},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(1000 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+			KeyUsage: x509.KeyUsageCertSign}
+		der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &f.caKey.PublicKey, f.caKey)
+		f.caCert, _ = x509.ParseCertificate(der)
+		f.caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(len(f.certs) + 2)), Subject: pkix.Name{CommonName: req.CommonName},
+		DNSNames: append([]string{req.CommonName}, req.AltNames...), NotBefore: now, NotAfter: now.Add(f.certTTL)}
+	for _, ip := range req.IPSANs {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, net.ParseIP(ip))
+	}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, f.caCert, &key.PublicKey, f.caKey)
+	leaf, _ := x509.ParseCertificate(der)
+	f.certs = append(f.certs, leaf)
+	kder, _ := x509.MarshalECPrivateKey(key)
+	return &vault.Certificate{
+		CertPEM:      pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		ChainPEM:     [][]byte{f.caPEM},
+		IssuingCAPEM: f.caPEM,
+		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
+		Serial:       leaf.SerialNumber.String(),
+		NotBefore:    leaf.NotBefore, NotAfter: leaf.NotAfter,
+	}, nil
+}
+
+func (f *fakeVault) RevokeCert(ctx context.Context, mount, serial string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.revoked = append(f.revoked, serial)
+	return nil
+}
+
+const testWriter = "spiffe://ferry.test/writer"
+
+// startPoller runs a poller over bindings bs (defaults applied) in the
+// current synctest bubble; stop ends it like a broker shutdown.
+func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *Poller, cat *catalog.Catalog, stop func()) {
+	t.Helper()
+	cfg := &config.Config{Writers: []config.Writer{{ID: testWriter, Secrets: bs}}}
+	cfg.SetDefaults()
+	ws := cfg.Writers
+	cat = catalog.New(ws, Meta)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(tWriter{t}, nil))
+	}
+	p = NewPoller(cat, func(string) Vault { return f }, ws, nil, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	return p, cat, func() { cancel(); <-done }
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
+
+// desired returns the catalog's current Secret for binding name.
+func desired(cat *catalog.Catalog, name string) *ferryv1.Secret {
+	sub, snap := cat.Subscribe(testWriter)
+	defer sub.Close()
+	for _, s := range snap {
+		if s.Binding == name {
+			return s
+		}
+	}
+	return nil
+}
+
+func status(cat *catalog.Catalog, name string) *ferryv1.BindingStatus {
+	for _, s := range cat.Status(testWriter) {
+		if s.Binding == name {
+			return s
+		}
+	}
+	return nil
+}

@@ -1,0 +1,148 @@
+package source
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	mrand "math/rand/v2"
+	"time"
+
+	"github.com/ferry-secrets/ferry/broker/catalog"
+	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/vault"
+)
+
+// Keys of a kubernetes.io/tls Secret.
+const (
+	keyTLSCert = "tls.crt"
+	keyTLSKey  = "tls.key"
+	keyCACert  = "ca.crt"
+)
+
+// pkiSource issues one binding's certificate and re-issues it renew_before
+// its expiry (or at renew_percent of its lifetime). A replaced certificate
+// is not revoked: it stays valid until it expires, for consumers that still
+// use it.
+type pkiSource struct {
+	*binding
+	cfg *config.PKI
+
+	serial   string
+	notAfter time.Time
+	next     time.Time
+	retry    backoff
+}
+
+func newPKI(bc *binding) *pkiSource { return &pkiSource{binding: bc, cfg: bc.b.PKI} }
+
+func (s *pkiSource) run(ctx context.Context) error {
+	s.next = time.Now()
+	for {
+		s.p.cat.SetLease(s.writerID, s.b.Name, catalog.Lease{Serial: s.serial, Expires: s.notAfter, NextRenewal: s.next})
+		s.p.cat.SetNextRefresh(s.writerID, s.b.Name, s.next)
+		if !sleep(ctx, time.Until(s.next)) {
+			if errors.Is(context.Cause(ctx), ErrRemoved) {
+				return s.removed(ctx)
+			}
+			return nil
+		}
+		s.issue(ctx)
+	}
+}
+
+func (s *pkiSource) issue(ctx context.Context) {
+	c, err := s.v.IssueCert(ctx, s.cfg.Mount, s.cfg.Role, vault.CertRequest{
+		CommonName: s.cfg.CommonName, AltNames: s.cfg.AltNames, IPSANs: s.cfg.IPSANs, TTL: s.cfg.TTL.Duration,
+	})
+	now := time.Now()
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		wait := s.retry.delay()
+		s.log.Warn("issuing a certificate failed; keeping the last delivered Secret", "err", err, "retry_in", wait, "serial", s.serial)
+		s.sourceError(err)
+		s.next = now.Add(wait)
+		return
+	}
+	s.retry.reset()
+	sec, _ := s.publish(tlsData(c), 0)
+	s.serial, s.notAfter = c.Serial, c.NotAfter
+	s.next = reissueAt(c.NotBefore, c.NotAfter, s.cfg.RenewBefore.Duration, s.cfg.RenewPercent, now)
+	s.log.Info("certificate issued", "serial", c.Serial, "not_after", c.NotAfter, "next_renewal", s.next, "revision", sec.Revision)
+}
+
+// reissueAt is when a certificate valid from notBefore to notAfter is
+// replaced: renewBefore ahead of notAfter, or at percent of its lifetime,
+// less up to 2% of the lifetime of jitter. It is never sooner than a tenth
+// of the lifetime after now, so a role that caps the TTL below renewBefore
+// cannot make the source issue in a loop.
+func reissueAt(notBefore, notAfter time.Time, renewBefore time.Duration, percent int, now time.Time) time.Time {
+	life := notAfter.Sub(notBefore)
+	var at time.Time
+	if renewBefore > 0 {
+		at = notAfter.Add(-renewBefore)
+	} else {
+		at = notBefore.Add(life * time.Duration(percent) / 100)
+	}
+	if spread := int64(life) / 50; spread > 0 {
+		at = at.Add(-time.Duration(mrand.Int64N(spread)))
+	}
+	if floor := now.Add(max(life/10, time.Second)); at.Before(floor) {
+		at = floor
+	}
+	return at
+}
+
+// tlsData lays out a certificate as a kubernetes.io/tls Secret: tls.crt is
+// the leaf followed by its chain without self-signed roots, ca.crt the
+// top-most CA of the chain, tls.key the private key.
+func tlsData(c *vault.Certificate) map[string][]byte {
+	var crt bytes.Buffer
+	crt.Write(c.CertPEM)
+	crt.WriteByte('\n')
+	for _, p := range c.ChainPEM {
+		if !selfSigned(p) {
+			crt.Write(p)
+			crt.WriteByte('\n')
+		}
+	}
+	ca := c.IssuingCAPEM
+	if n := len(c.ChainPEM); n > 0 {
+		ca = c.ChainPEM[n-1]
+	}
+	return map[string][]byte{
+		keyTLSCert: crt.Bytes(),
+		keyTLSKey:  append(bytes.TrimSpace(c.KeyPEM), '\n'),
+		keyCACert:  append(bytes.TrimSpace(ca), '\n'),
+	}
+}
+
+func selfSigned(p []byte) bool {
+	b, _ := pem.Decode(p)
+	if b == nil {
+		return false
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return false
+	}
+	return bytes.Equal(c.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(c) == nil
+}
+
+// removed revokes the current certificate when the config says so.
+func (s *pkiSource) removed(ctx context.Context) error {
+	if !s.cfg.RevokeOnDelete || s.serial == "" {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+	defer cancel()
+	if err := s.v.RevokeCert(rctx, s.cfg.Mount, s.serial); err != nil {
+		s.log.Error("binding removed; revoking its certificate failed", "serial", s.serial, "err", err)
+		return err
+	}
+	s.log.Info("binding removed; certificate revoked", "serial", s.serial)
+	return nil
+}

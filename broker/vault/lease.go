@@ -1,0 +1,126 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+)
+
+// ErrLeaseInvalid means Vault refused to renew a lease that no longer exists
+// or can no longer be renewed; the caller must issue new credentials.
+var ErrLeaseInvalid = errors.New("lease cannot be renewed")
+
+// Leased is the response of a path that issues credentials: its data as
+// Kubernetes Secret bytes and, when the response carries one, its lease.
+type Leased struct {
+	// LeaseID is empty for a lease-less response (e.g. static-role credentials).
+	LeaseID string
+	// LeaseDuration is the lease's TTL as issued.
+	LeaseDuration time.Duration
+	Renewable     bool
+	Data          map[string][]byte
+}
+
+// Renewal is the result of a lease renewal.
+type Renewal struct {
+	LeaseID string
+	// LeaseDuration is the TTL from now; Vault caps it at what the lease's max
+	// TTL leaves, so a value below the increment means the end is near.
+	LeaseDuration time.Duration
+	Renewable     bool
+}
+
+// loggedInAPI returns the API client once a login has succeeded.
+func (c *Client) loggedInAPI() (*vaultapi.Client, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.loggedIn {
+		return nil, ErrNotLoggedIn
+	}
+	return c.api, nil
+}
+
+// ReadLeased reads (GET) or writes (POST) path with params and returns the
+// response's data and lease. GET params become query parameters.
+func (c *Client) ReadLeased(ctx context.Context, method, path string, params map[string]any) (*Leased, error) {
+	api, err := c.loggedInAPI()
+	if err != nil {
+		return nil, err
+	}
+	path = strings.Trim(path, "/")
+	var s *vaultapi.Secret
+	switch method {
+	case http.MethodGet:
+		q := make(map[string][]string, len(params))
+		for k, v := range params {
+			q[k] = []string{fmt.Sprint(v)}
+		}
+		s, err = api.Logical().ReadWithDataWithContext(ctx, path, q)
+	case http.MethodPost:
+		s, err = api.Logical().WriteWithContext(ctx, path, params)
+	default:
+		return nil, fmt.Errorf("vault: %s %s: unsupported method", method, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("vault: %s %s: %w", method, path, redactErr(err))
+	}
+	if s == nil || s.Data == nil {
+		return nil, fmt.Errorf("vault: %s %s: %w", method, path, ErrNotFound)
+	}
+	out := &Leased{
+		LeaseID:       s.LeaseID,
+		LeaseDuration: time.Duration(s.LeaseDuration) * time.Second,
+		Renewable:     s.Renewable,
+		Data:          make(map[string][]byte, len(s.Data)),
+	}
+	for k, v := range s.Data {
+		b, err := valueBytes(v)
+		if err != nil {
+			return nil, fmt.Errorf("vault: %s %s: key %q: value is not encodable", method, path, k)
+		}
+		out.Data[k] = b
+	}
+	return out, nil
+}
+
+// RenewLease asks Vault to extend leaseID by increment (sys/leases/renew).
+// A refused renewal (unknown, expired or non-renewable lease) wraps
+// ErrLeaseInvalid.
+func (c *Client) RenewLease(ctx context.Context, leaseID string, increment time.Duration) (*Renewal, error) {
+	api, err := c.loggedInAPI()
+	if err != nil {
+		return nil, err
+	}
+	s, err := api.Logical().WriteWithContext(ctx, "sys/leases/renew", map[string]any{
+		"lease_id": leaseID, "increment": int(increment.Seconds()),
+	})
+	if err != nil {
+		var re *vaultapi.ResponseError
+		if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest {
+			return nil, fmt.Errorf("vault: renew lease %s: %w (HTTP 400)", leaseID, ErrLeaseInvalid)
+		}
+		return nil, fmt.Errorf("vault: renew lease %s: %w", leaseID, redactErr(err))
+	}
+	if s == nil {
+		return nil, fmt.Errorf("vault: renew lease %s: empty response", leaseID)
+	}
+	return &Renewal{LeaseID: s.LeaseID, LeaseDuration: time.Duration(s.LeaseDuration) * time.Second, Renewable: s.Renewable}, nil
+}
+
+// RevokeLease revokes leaseID now (sys/leases/revoke). Revoking an unknown
+// or already expired lease succeeds.
+func (c *Client) RevokeLease(ctx context.Context, leaseID string) error {
+	api, err := c.loggedInAPI()
+	if err != nil {
+		return err
+	}
+	if _, err := api.Logical().WriteWithContext(ctx, "sys/leases/revoke", map[string]any{"lease_id": leaseID}); err != nil {
+		return fmt.Errorf("vault: revoke lease %s: %w", leaseID, redactErr(err))
+	}
+	return nil
+}

@@ -1,0 +1,425 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes/scheme"
+
+	"github.com/ferry-secrets/ferry/integration/stack"
+	writerconfig "github.com/ferry-secrets/ferry/writer/config"
+)
+
+// chartDir is the writer's Helm chart, relative to this package.
+const chartDir = "../deploy/helm/ferry-writer"
+
+// helm runs the pinned helm binary with its cache, config and data homes in
+// temporary directories, and returns its combined output and error.
+func helm(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	home := t.TempDir()
+	cmd := exec.Command(stack.Bin(t, "helm"), args...)
+	cmd.Env = append(os.Environ(),
+		"HELM_CACHE_HOME="+filepath.Join(home, "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(home, "config"),
+		"HELM_DATA_HOME="+filepath.Join(home, "data"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func valuesFile(t *testing.T, values string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(p, []byte(values), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// rendered is the chart's output, decoded.
+type rendered struct {
+	objects []runtime.Object
+}
+
+// renderChart runs helm template with values into release namespace ns and
+// decodes every document strictly with client-go's scheme: an unknown field
+// or a wrong type fails the test.
+func renderChart(t *testing.T, ns, values string) rendered {
+	t.Helper()
+	out, err := helm(t, "template", "ferry", chartDir, "--namespace", ns, "-f", valuesFile(t, values))
+	if err != nil {
+		t.Fatalf("helm template: %v\n%s", err, out)
+	}
+	ser := kjson.NewSerializerWithOptions(kjson.DefaultMetaFactory, scheme.Scheme, scheme.Scheme,
+		kjson.SerializerOptions{Yaml: true, Strict: true})
+	var r rendered
+	rd := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
+	for {
+		doc, err := rd.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
+			continue
+		}
+		obj, gvk, err := ser.Decode(doc, nil, nil)
+		if err != nil {
+			t.Fatalf("strict decode of a rendered object: %v\n%s", err, doc)
+		}
+		if gvk.Kind == "" {
+			t.Fatalf("rendered object without kind:\n%s", doc)
+		}
+		r.objects = append(r.objects, obj)
+	}
+	if len(r.objects) == 0 {
+		t.Fatalf("helm template rendered nothing:\n%s", out)
+	}
+	return r
+}
+
+func stripComments(doc []byte) []byte {
+	var b bytes.Buffer
+	for _, l := range bytes.Split(doc, []byte("\n")) {
+		if !bytes.HasPrefix(bytes.TrimSpace(l), []byte("#")) {
+			b.Write(l)
+			b.WriteByte('\n')
+		}
+	}
+	return b.Bytes()
+}
+
+func ofType[T runtime.Object](r rendered) []T {
+	var out []T
+	for _, o := range r.objects {
+		if v, ok := o.(T); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// rolesByNamespace maps namespace -> the Role's rules.
+func rolesByNamespace(t *testing.T, r rendered) map[string][]rbacv1.PolicyRule {
+	t.Helper()
+	m := map[string][]rbacv1.PolicyRule{}
+	for _, role := range ofType[*rbacv1.Role](r) {
+		if _, dup := m[role.Namespace]; dup {
+			t.Errorf("two Roles in namespace %s", role.Namespace)
+		}
+		m[role.Namespace] = role.Rules
+	}
+	return m
+}
+
+const chartBaseValues = `
+broker: {addresses: ["broker.example.org:8443"], spiffeID: "spiffe://example.org/ferry/broker"}
+targetNamespaces: [payments, billing]
+networkPolicy: {brokerCIDRs: [203.0.113.10/32], apiServerCIDRs: [10.96.0.1/32]}
+`
+
+func secretsRule(verbs ...string) rbacv1.PolicyRule {
+	return rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: verbs}
+}
+
+func appsRule(resource string, names ...string) rbacv1.PolicyRule {
+	return rbacv1.PolicyRule{APIGroups: []string{"apps"}, Resources: []string{resource}, ResourceNames: names, Verbs: []string{"patch"}}
+}
+
+// TestChart lints the writer's chart and checks what it renders for several
+// value sets: every object decodes strictly, the RBAC is exactly the
+// documented minimum, the pod is hardened, and the rendered writer config
+// is one the writer accepts.
+func TestChart(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		values string
+		roles  map[string][]rbacv1.PolicyRule
+		netpol bool
+		check  func(t *testing.T, r rendered, cfg writerconfig.Config)
+	}{
+		{
+			name:   "minimal: create and patch on secrets only",
+			values: chartBaseValues,
+			roles: map[string][]rbacv1.PolicyRule{
+				"payments": {secretsRule("create", "patch")},
+				"billing":  {secretsRule("create", "patch")},
+			},
+			netpol: true,
+			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
+				if cfg.SPIFFE.WorkloadAPI != "unix:///run/spire/sockets/spire-agent.sock" || cfg.Deletion.Enabled || len(cfg.RolloutRestart.Targets) != 0 {
+					t.Errorf("writer config = %+v", cfg)
+				}
+				d := ofType[*appsv1.Deployment](r)[0]
+				if v := volume(d, "spire-agent-socket"); v == nil || v.CSI == nil || v.CSI.Driver != "csi.spiffe.io" {
+					t.Errorf("SPIFFE CSI volume = %+v", v)
+				}
+			},
+		},
+		{
+			name: "deletion and rollout restart targets add exactly their rules",
+			values: chartBaseValues + `
+deletion: {enabled: true}
+rolloutRestart:
+  targets:
+    - {namespace: payments, kind: Deployment, name: api}
+    - {namespace: payments, kind: Deployment, name: worker}
+    - {namespace: payments, kind: StatefulSet, name: db}
+    - {namespace: billing, kind: DaemonSet, name: agent}
+spiffe: {mode: hostPath, hostPath: {path: /run/spire/agent-sockets, socketName: api.sock}}
+networkPolicy: {enabled: false}
+writer: {qps: 200, burst: 400, parallelism: 64, resync: 2m}
+`,
+			roles: map[string][]rbacv1.PolicyRule{
+				"payments": {secretsRule("create", "patch", "delete"), appsRule("deployments", "api", "worker"), appsRule("statefulsets", "db")},
+				"billing":  {secretsRule("create", "patch", "delete"), appsRule("daemonsets", "agent")},
+			},
+			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
+				if !cfg.Deletion.Enabled || len(cfg.RolloutRestart.Targets) != 4 || cfg.Kubernetes.QPS != 200 || cfg.Kubernetes.Parallelism != 64 || cfg.Resync.Duration.String() != "2m0s" {
+					t.Errorf("writer config = %+v", cfg)
+				}
+				if cfg.SPIFFE.WorkloadAPI != "unix:///run/spire/sockets/api.sock" {
+					t.Errorf("workload_api = %q", cfg.SPIFFE.WorkloadAPI)
+				}
+				d := ofType[*appsv1.Deployment](r)[0]
+				if v := volume(d, "spire-agent-socket"); v == nil || v.HostPath == nil || v.HostPath.Path != "/run/spire/agent-sockets" {
+					t.Errorf("hostPath volume = %+v", v)
+				}
+			},
+		},
+		{
+			name: "SVID files from cert-manager's csi-driver-spiffe",
+			values: chartBaseValues + `
+targetNamespaces: [payments]
+spiffe:
+  mode: files
+  files: {volume: {csi: {driver: spiffe.csi.cert-manager.io, readOnly: true}}}
+`,
+			roles:  map[string][]rbacv1.PolicyRule{"payments": {secretsRule("create", "patch")}},
+			netpol: true,
+			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
+				if f := cfg.SPIFFE.Files; f == nil || f.Cert != "/run/ferry/svid/tls.crt" || f.Key != "/run/ferry/svid/tls.key" || f.Bundle != "/run/ferry/svid/ca.crt" {
+					t.Errorf("spiffe.files = %+v", cfg.SPIFFE.Files)
+				}
+				d := ofType[*appsv1.Deployment](r)[0]
+				if v := volume(d, "svid"); v == nil || v.CSI == nil || v.CSI.Driver != "spiffe.csi.cert-manager.io" {
+					t.Errorf("svid volume = %+v", v)
+				}
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if out, err := helm(t, "lint", "--strict", chartDir, "-f", valuesFile(t, tc.values)); err != nil {
+				t.Fatalf("helm lint --strict: %v\n%s", err, out)
+			}
+			r := renderChart(t, "ferry-system", tc.values)
+			checkOnlyNamespacedRBAC(t, r)
+			if got := rolesByNamespace(t, r); !equalRoles(got, tc.roles) {
+				t.Errorf("Roles:\n got %+v\nwant %+v", got, tc.roles)
+			}
+			sas := ofType[*corev1.ServiceAccount](r)
+			if len(sas) != 1 || sas[0].AutomountServiceAccountToken == nil || *sas[0].AutomountServiceAccountToken {
+				t.Fatalf("want one ServiceAccount with automount off, got %+v", sas)
+			}
+			rbs := ofType[*rbacv1.RoleBinding](r)
+			if len(rbs) != len(tc.roles) {
+				t.Errorf("%d RoleBindings for %d namespaces", len(rbs), len(tc.roles))
+			}
+			for _, rb := range rbs {
+				if rb.RoleRef.Kind != "Role" || len(rb.Subjects) != 1 || rb.Subjects[0].Kind != "ServiceAccount" ||
+					rb.Subjects[0].Name != sas[0].Name || rb.Subjects[0].Namespace != "ferry-system" {
+					t.Errorf("RoleBinding %s/%s = %+v %+v", rb.Namespace, rb.Name, rb.RoleRef, rb.Subjects)
+				}
+			}
+			deps := ofType[*appsv1.Deployment](r)
+			if len(deps) != 1 {
+				t.Fatalf("%d Deployments", len(deps))
+			}
+			checkHardened(t, deps[0])
+			if nps := ofType[*networkingv1.NetworkPolicy](r); (len(nps) == 1) != tc.netpol {
+				t.Errorf("NetworkPolicies = %d, want present=%v", len(nps), tc.netpol)
+			} else if tc.netpol {
+				checkNetworkPolicy(t, nps[0])
+			}
+			cms := ofType[*corev1.ConfigMap](r)
+			if len(cms) != 1 {
+				t.Fatalf("%d ConfigMaps", len(cms))
+			}
+			cfg, err := writerconfig.Parse([]byte(cms[0].Data["writer.yaml"]))
+			if err != nil {
+				t.Fatalf("the rendered writer.yaml is refused by the writer: %v\n%s", err, cms[0].Data["writer.yaml"])
+			}
+			want := make([]string, 0, len(tc.roles))
+			for ns := range tc.roles {
+				want = append(want, ns)
+			}
+			if !sameSet(cfg.Namespaces, want) || cfg.BrokerAddresses()[0] != "broker.example.org:8443" {
+				t.Errorf("writer config namespaces %v, brokers %v", cfg.Namespaces, cfg.BrokerAddresses())
+			}
+			tc.check(t, r, cfg)
+		})
+	}
+
+	t.Run("bad values are refused", func(t *testing.T) {
+		for name, values := range map[string]string{
+			"no broker":                    "targetNamespaces: [a]\nnetworkPolicy: {enabled: false}\n",
+			"unknown key":                  chartBaseValues + "rbac: {clusterWide: true}\n",
+			"restart target outside scope": chartBaseValues + "rolloutRestart: {targets: [{namespace: kube-system, kind: Deployment, name: x}]}\n",
+			"network policy without CIDRs": strings.Replace(chartBaseValues, "networkPolicy: {brokerCIDRs: [203.0.113.10/32], apiServerCIDRs: [10.96.0.1/32]}", "", 1),
+			"token expiry below minimum":   chartBaseValues + "serviceAccount: {tokenExpirationSeconds: 60}\n",
+			"bad kind":                     chartBaseValues + "rolloutRestart: {targets: [{namespace: payments, kind: Pod, name: x}]}\n",
+		} {
+			if out, err := helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, values)); err == nil {
+				t.Errorf("%s: helm template succeeded:\n%s", name, out)
+			}
+		}
+	})
+}
+
+func volume(d *appsv1.Deployment, name string) *corev1.Volume {
+	for i, v := range d.Spec.Template.Spec.Volumes {
+		if v.Name == name {
+			return &d.Spec.Template.Spec.Volumes[i]
+		}
+	}
+	return nil
+}
+
+func equalRoles(got, want map[string][]rbacv1.PolicyRule) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for ns, w := range want {
+		g := got[ns]
+		if len(g) != len(w) {
+			return false
+		}
+		for i := range w {
+			if !slices.Equal(g[i].APIGroups, w[i].APIGroups) || !slices.Equal(g[i].Resources, w[i].Resources) ||
+				!slices.Equal(g[i].ResourceNames, w[i].ResourceNames) || !slices.Equal(g[i].Verbs, w[i].Verbs) ||
+				len(g[i].NonResourceURLs) != 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
+
+// checkOnlyNamespacedRBAC fails on any cluster-wide grant, wildcard, read
+// of Secrets, token minting, or workload rule without resource names.
+func checkOnlyNamespacedRBAC(t *testing.T, r rendered) {
+	t.Helper()
+	for _, o := range r.objects {
+		switch o.(type) {
+		case *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
+			t.Errorf("the chart renders a cluster-wide %T", o)
+		}
+	}
+	for ns, rules := range rolesByNamespace(t, r) {
+		for _, rule := range rules {
+			for _, v := range rule.Verbs {
+				if v == "*" || v == "get" || v == "list" || v == "watch" || v == "update" || v == "escalate" || v == "bind" || v == "impersonate" {
+					t.Errorf("%s: rule %+v has verb %q", ns, rule, v)
+				}
+			}
+			for _, res := range rule.Resources {
+				if res == "*" || strings.HasPrefix(res, "serviceaccounts") {
+					t.Errorf("%s: rule %+v names resource %q", ns, rule, res)
+				}
+			}
+			if slices.Contains(rule.APIGroups, "apps") && len(rule.ResourceNames) == 0 {
+				t.Errorf("%s: workload rule without resourceNames: %+v", ns, rule)
+			}
+		}
+	}
+}
+
+func checkHardened(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	pod := d.Spec.Template.Spec
+	psc := pod.SecurityContext
+	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.RunAsUser == nil || *psc.RunAsUser == 0 ||
+		psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("pod securityContext = %+v", psc)
+	}
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Error("the pod automounts the long-lived ServiceAccount token")
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	sc := c.SecurityContext
+	if sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.ReadOnlyRootFilesystem == nil ||
+		!*sc.ReadOnlyRootFilesystem || sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
+		len(sc.Capabilities.Add) != 0 || (sc.Privileged != nil && *sc.Privileged) {
+		t.Errorf("container securityContext = %+v", sc)
+	}
+	v := volume(d, "kube-api-access")
+	if v == nil || v.Projected == nil {
+		t.Fatal("no projected kube-api-access volume")
+	}
+	var exp int64
+	for _, s := range v.Projected.Sources {
+		if s.ServiceAccountToken != nil {
+			exp = *s.ServiceAccountToken.ExpirationSeconds
+		}
+	}
+	if exp == 0 || exp > 3600 {
+		t.Errorf("projected token expirationSeconds = %d, want a short expiry", exp)
+	}
+	mounted := false
+	for _, m := range c.VolumeMounts {
+		mounted = mounted || (m.Name == "kube-api-access" && m.MountPath == "/var/run/secrets/kubernetes.io/serviceaccount" && m.ReadOnly)
+		if !m.ReadOnly {
+			t.Errorf("volume %s is mounted writable", m.Name)
+		}
+	}
+	if !mounted {
+		t.Error("the projected token is not mounted where client-go's in-cluster config reads it")
+	}
+	if c.Resources.Limits.Memory().IsZero() {
+		t.Error("no memory limit")
+	}
+}
+
+func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy) {
+	t.Helper()
+	if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) || !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) || len(np.Spec.Ingress) != 0 {
+		t.Errorf("policy types %v, ingress %v", np.Spec.PolicyTypes, np.Spec.Ingress)
+	}
+	var cidrs []string
+	for _, e := range np.Spec.Egress {
+		for _, p := range e.To {
+			if p.IPBlock != nil {
+				cidrs = append(cidrs, p.IPBlock.CIDR+":"+e.Ports[0].Port.String())
+			}
+		}
+	}
+	if !sameSet(cidrs, []string{"203.0.113.10/32:8443", "10.96.0.1/32:6443"}) {
+		t.Errorf("egress ipBlocks = %v", cidrs)
+	}
+}
