@@ -53,6 +53,10 @@ type Client struct {
 	deps      Deps
 	log       *slog.Logger
 
+	// slots bounds the requests in flight: thousands of bindings starting
+	// at once queue here instead of opening thousands of connections.
+	slots chan struct{}
+
 	mu        sync.Mutex
 	loggedIn  bool
 	ready     chan struct{} // closed at the first successful login
@@ -78,7 +82,7 @@ func New(name string, conn config.Vault, auth config.VaultAuth, deps Deps, log *
 		return nil, errors.New("vault: unexpected HTTP transport")
 	}
 	// One identity serves many bindings: keep enough warm connections.
-	t.MaxIdleConnsPerHost = 64
+	t.MaxIdleConnsPerHost = MaxInFlight
 	t.TLSClientConfig.MinVersion = tls.VersionTLS12
 	if auth.Method == config.AuthCert {
 		if deps.SVID == nil {
@@ -98,7 +102,29 @@ func New(name string, conn config.Vault, auth config.VaultAuth, deps Deps, log *
 		name: name, api: api, transport: t, auth: auth, deps: deps,
 		log:   log.With("vault_identity", name, "vault_auth", auth.Method, "vault_mount", auth.Mount),
 		ready: make(chan struct{}), attempted: make(chan struct{}),
+		slots: make(chan struct{}, MaxInFlight),
 	}, nil
+}
+
+// MaxInFlight bounds one identity's concurrent Vault requests (reads,
+// renewals, revocations). The idle connection pool keeps as many warm.
+const MaxInFlight = 64
+
+// begin waits for a request slot and returns the logged-in API client and
+// the function that frees the slot.
+func (c *Client) begin(ctx context.Context) (*vaultapi.Client, func(), error) {
+	c.mu.Lock()
+	loggedIn := c.loggedIn
+	c.mu.Unlock()
+	if !loggedIn {
+		return nil, nil, ErrNotLoggedIn
+	}
+	select {
+	case c.slots <- struct{}{}:
+		return c.api, func() { <-c.slots }, nil
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
 }
 
 // Name is the identity's name.

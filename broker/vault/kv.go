@@ -27,18 +27,17 @@ func KVPath(mount, path string, engineVersion int) string {
 // ReadKV reads a KV v1 or v2 secret. For v2, version 0 means the latest.
 // String values become their bytes; other JSON values their JSON encoding.
 func (c *Client) ReadKV(ctx context.Context, mount, path string, engineVersion int, version int64) (*KVSecret, error) {
-	c.mu.Lock()
-	loggedIn := c.loggedIn
-	c.mu.Unlock()
-	if !loggedIn {
-		return nil, ErrNotLoggedIn
+	api, done, err := c.begin(ctx)
+	if err != nil {
+		return nil, err
 	}
+	defer done()
 	p := KVPath(mount, path, engineVersion)
 	var params map[string][]string
 	if engineVersion == 2 && version > 0 {
 		params = map[string][]string{"version": {strconv.FormatInt(version, 10)}}
 	}
-	s, err := c.api.Logical().ReadWithDataWithContext(ctx, p, params)
+	s, err := api.Logical().ReadWithDataWithContext(ctx, p, params)
 	if err != nil {
 		return nil, fmt.Errorf("vault: read %s: %w", p, redactErr(err))
 	}

@@ -35,23 +35,14 @@ type Renewal struct {
 	Renewable     bool
 }
 
-// loggedInAPI returns the API client once a login has succeeded.
-func (c *Client) loggedInAPI() (*vaultapi.Client, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.loggedIn {
-		return nil, ErrNotLoggedIn
-	}
-	return c.api, nil
-}
-
 // ReadLeased reads (GET) or writes (POST) path with params and returns the
 // response's data and lease. GET params become query parameters.
 func (c *Client) ReadLeased(ctx context.Context, method, path string, params map[string]any) (*Leased, error) {
-	api, err := c.loggedInAPI()
+	api, done, err := c.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
+	defer done()
 	path = strings.Trim(path, "/")
 	var s *vaultapi.Secret
 	switch method {
@@ -92,10 +83,11 @@ func (c *Client) ReadLeased(ctx context.Context, method, path string, params map
 // A refused renewal (unknown, expired or non-renewable lease) wraps
 // ErrLeaseInvalid.
 func (c *Client) RenewLease(ctx context.Context, leaseID string, increment time.Duration) (*Renewal, error) {
-	api, err := c.loggedInAPI()
+	api, done, err := c.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
+	defer done()
 	s, err := api.Logical().WriteWithContext(ctx, "sys/leases/renew", map[string]any{
 		"lease_id": leaseID, "increment": int(increment.Seconds()),
 	})
@@ -115,10 +107,11 @@ func (c *Client) RenewLease(ctx context.Context, leaseID string, increment time.
 // RevokeLease revokes leaseID now (sys/leases/revoke). Revoking an unknown
 // or already expired lease succeeds.
 func (c *Client) RevokeLease(ctx context.Context, leaseID string) error {
-	api, err := c.loggedInAPI()
+	api, done, err := c.begin(ctx)
 	if err != nil {
 		return err
 	}
+	defer done()
 	if _, err := api.Logical().WriteWithContext(ctx, "sys/leases/revoke", map[string]any{"lease_id": leaseID}); err != nil {
 		return fmt.Errorf("vault: revoke lease %s: %w", leaseID, redactErr(err))
 	}

@@ -35,10 +35,11 @@ type Certificate struct {
 
 // IssueCert issues a certificate from <mount>/issue/<role>.
 func (c *Client) IssueCert(ctx context.Context, mount, role string, req CertRequest) (*Certificate, error) {
-	api, err := c.loggedInAPI()
+	api, done, err := c.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
+	defer done()
 	path := strings.Trim(mount, "/") + "/issue/" + role
 	body := map[string]any{"common_name": req.CommonName, "format": "pem"}
 	if len(req.AltNames) > 0 {
@@ -91,10 +92,11 @@ func (c *Client) IssueCert(ctx context.Context, mount, role string, req CertRequ
 
 // RevokeCert revokes a certificate by serial number (<mount>/revoke).
 func (c *Client) RevokeCert(ctx context.Context, mount, serial string) error {
-	api, err := c.loggedInAPI()
+	api, done, err := c.begin(ctx)
 	if err != nil {
 		return err
 	}
+	defer done()
 	path := strings.Trim(mount, "/") + "/revoke"
 	if _, err := api.Logical().WriteWithContext(ctx, path, map[string]any{"serial_number": serial}); err != nil {
 		return fmt.Errorf("vault: revoke certificate %s: %w", serial, redactErr(err))

@@ -27,6 +27,7 @@ type options struct {
 	changes      int
 	out          string
 	verbose      bool
+	writerKube   string // extra writer kubernetes config, e.g. "qps: 500, burst: 1000"
 }
 
 func main() {
@@ -40,6 +41,7 @@ func main() {
 	flag.IntVar(&o.changes, "changes", 100, "Vault writes measured for propagation latency")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "file to write the results table to ('' for stdout only)")
 	flag.BoolVar(&o.verbose, "v", false, "print the stack's progress")
+	flag.StringVar(&o.writerKube, "writer-kube", "", "extra writer kubernetes settings, e.g. 'qps: 500, burst: 1000, parallelism: 32' (default: the writer's defaults)")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
 	for _, s := range strings.Split(*sizes, ",") {

@@ -73,6 +73,13 @@ func newEnv(r *stack.Runner, n int) *env {
 	return e
 }
 
+func commaPrefixed(s string) string {
+	if s == "" {
+		return ""
+	}
+	return ", " + s
+}
+
 func kvPath(i int) string { return fmt.Sprintf("%s%05d", kvPrefix, i) }
 
 // payload is secret i at version v: 8 keys of 128 characters (~1 KiB).
@@ -176,7 +183,7 @@ func writerNS(j int) string       { return fmt.Sprintf("ferry-%d", j) }
 func secretName(i int) string     { return fmt.Sprintf("s-%05d", i) }
 
 // setupFerry registers identities and writes configs; nothing runs yet.
-func (e *env) setupFerry(writers int, refresh time.Duration) *ferry {
+func (e *env) setupFerry(writers int, refresh time.Duration, writerKube string) *ferry {
 	f := &ferry{e: e, writers: writers, addr: fmt.Sprintf("127.0.0.1:%d", stack.FreePort(e.r))}
 	brokerBin := stack.LinkBinary(e.r, e.bins.Broker, "ferry-broker")
 	e.spire.Register(e.r, stack.Entry{SPIFFEID: brokerID, Selectors: []string{"unix:path:" + brokerBin}, DNSNames: []string{brokerDNS}})
@@ -196,8 +203,8 @@ func (e *env) setupFerry(writers int, refresh time.Duration) *ferry {
 		e.spire.Register(e.r, stack.Entry{SPIFFEID: writerSPIFFEID(j), Selectors: []string{"unix:path:" + writerBins[j]}})
 		token := e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", ferrystack.WriterRules)
 		writerCfgs[j] = ferrystack.WriteFile(e.r, e.dir, fmt.Sprintf("writer-%d.yaml", j), fmt.Sprintf(
-			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s}\nnamespaces: [%s]\nlog: {level: warn}\n",
-			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), writerNS(j)))
+			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s}\nnamespaces: [%s]\nlog: {level: warn}\n",
+			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), commaPrefixed(writerKube), writerNS(j)))
 	}
 	fmt.Fprintf(&cfg, "log: {level: info}\n")
 	f.brokerCfg = ferrystack.WriteFile(e.r, e.dir, "broker.yaml", cfg.String())

@@ -42,7 +42,7 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool) sync
 	res.bare = e.bareLoop(o.parallel, writers)
 	logf("N=%d: bare loop took %v", n, res.bare)
 
-	f := e.setupFerry(writers, o.refresh)
+	f := e.setupFerry(writers, o.refresh, o.writerKube)
 	tr := newTracker()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -57,7 +57,10 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool) sync
 		rr.Fatalf("N=%d: Ferry did not deliver every Secret within 10 minutes", n)
 	}
 	res.ferry = time.Since(start)
-	logf("N=%d: Ferry took %v (%.2f× bare)", n, res.ferry, res.ferry.Seconds()/res.bare.Seconds())
+	d := tr.durations()
+	slices.Sort(d)
+	res.firstWrite = d[0]
+	logf("N=%d: Ferry took %v (%.2f× bare); first Secret after %v, half after %v", n, res.ferry, res.ferry.Seconds()/res.bare.Seconds(), d[0], d[len(d)/2])
 
 	res.vaultReads = e.vaultReads()
 	res.writerRequests, _ = e.writerRequests()
@@ -120,7 +123,7 @@ func latencyScenario(r *stack.Runner, o options) latencyResult {
 	const refresh = 2 * time.Second
 	n := o.changes
 	e := newEnv(r, n)
-	f := e.setupFerry(1, refresh)
+	f := e.setupFerry(1, refresh, o.writerKube)
 	tr := newTracker()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
