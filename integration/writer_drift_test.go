@@ -79,7 +79,9 @@ rolloutRestart: {delay: %s, targets: [{namespace: %s, kind: Deployment, name: ap
 	broker := s.startBroker("ferry-broker")
 	writer := s.startWriter("ferry-writer", r, token)
 
-	get := func(name string) (*corev1.Secret, error) { return admin.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}) }
+	get := func(name string) (*corev1.Secret, error) {
+		return admin.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	}
 	holds := func(name, key, want string) func() error {
 		return func() error {
 			sec, err := get(name)

@@ -1,0 +1,90 @@
+package catalog
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ferry-secrets/ferry/broker/config"
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+)
+
+const wid = "spiffe://ferry.test/writer"
+
+func meta(writerID string, b config.Binding) Meta {
+	return Meta{WriterID: writerID, Name: b.Name, Namespace: b.Namespace, SecretName: b.SecretName}
+}
+
+func cfgBinding(name, deletion string) config.Binding {
+	return config.Binding{Name: name, Namespace: "demo", SecretName: name, Deletion: deletion, KV: &config.KV{Mount: "secret", Path: name}}
+}
+
+func TestUpdateSendsDeletesAndKeepsTheSnapshotContract(t *testing.T) {
+	c := New([]config.Writer{{ID: wid, Secrets: []config.Binding{cfgBinding("a", "delete"), cfgBinding("b", "")}}}, meta)
+	for _, n := range []string{"a", "b"} {
+		c.SetDesired(wid, n, &ferryv1.Secret{Binding: n, Namespace: "demo", Name: n, Revision: "r-" + n}, 1, time.Now())
+	}
+	sub, snap := c.Subscribe(wid)
+	if len(snap) != 2 || snap[0].GetDeletion() != ferryv1.DeletionPolicy_DELETION_POLICY_DELETE || snap[1].GetDeletion() != ferryv1.DeletionPolicy_DELETION_POLICY_RETAIN {
+		t.Fatalf("snapshot = %v", snap)
+	}
+	_, changed := c.Bindings()
+
+	// a is removed, b gains a rollout restart, c is added.
+	b := cfgBinding("b", "")
+	b.RolloutRestart = []config.WorkloadRef{{Kind: "Deployment", Name: "api"}}
+	ch := c.Update([]config.Writer{{ID: wid, Secrets: []config.Binding{b, cfgBinding("c", "")}}})
+	if ch.Added != 1 || ch.Removed != 1 || ch.Updated != 1 {
+		t.Fatalf("changes = %+v", ch)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Bindings' channel not closed by Update")
+	}
+	if bs, _ := c.Bindings(); len(bs) != 2 || bs[0].Config.Name != "b" || bs[1].Config.Name != "c" {
+		t.Fatalf("bindings after update = %+v", bs)
+	}
+	select {
+	case <-sub.Changed():
+	default:
+		t.Fatal("subscriber not notified")
+	}
+	dels := sub.Deletes()
+	if len(dels) != 1 || dels[0].GetBinding() != "a" || dels[0].GetDeletion() != ferryv1.DeletionPolicy_DELETION_POLICY_DELETE {
+		t.Fatalf("deletes = %v", dels)
+	}
+	next := sub.Next()
+	if len(next) != 1 || next[0].GetBinding() != "b" || len(next[0].GetRolloutRestart()) != 1 || next[0].GetRevision() != "r-b" {
+		t.Fatalf("next = %v", next)
+	}
+	if !c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a"}) {
+		t.Error("the result of a removed binding's delete is not accepted")
+	}
+
+	// A stream that connects later gets b in its snapshot, then a's delete.
+	sub2, snap2 := c.Subscribe(wid)
+	if len(snap2) != 1 || snap2[0].GetBinding() != "b" {
+		t.Fatalf("later snapshot = %v", snap2)
+	}
+	if d := sub2.Deletes(); len(d) != 1 || d[0].GetBinding() != "a" {
+		t.Fatalf("later deletes = %v", d)
+	}
+
+	// Adding a binding for a's destination drops the pending delete.
+	c.Update([]config.Writer{{ID: wid, Secrets: []config.Binding{b, cfgBinding("c", ""), cfgBinding("a", "")}}})
+	if _, snap3 := c.Subscribe(wid); len(snap3) != 1 {
+		t.Fatalf("snapshot after re-add = %v", snap3)
+	}
+	if sub3, _ := c.Subscribe(wid); len(sub3.Deletes()) != 0 {
+		t.Fatal("a re-added binding is still deleted on connect")
+	}
+
+	// A writer removed from the config is no longer known; its bindings are deleted.
+	c.Update(nil)
+	if c.Known(wid) {
+		t.Error("removed writer still known")
+	}
+	if d := sub.Deletes(); len(d) != 3 {
+		t.Errorf("deletes after removing the writer = %d, want 3", len(d))
+	}
+}
