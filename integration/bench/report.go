@@ -33,6 +33,10 @@ func (r *report) markdown(command string) string {
 		fmt.Fprintf(&b, "| %d | %d | %.2f s | %.2f s | %.2f | %s | %s / %s | %d | %d |\n", s.n, s.writers, s.bare.Seconds(), s.ferry.Seconds(),
 			s.ferry.Seconds()/s.bare.Seconds(), mib(s.brokerRSS), mib(s.writerRSSSum), mib(s.writerRSSMax), s.vaultReads, s.writerRequests)
 	}
+	fmt.Fprintf(&b, "\nCPU time by process during each (2 cores, so at most 2 s of CPU per second):\n\n| secrets | writers | bare loop | Ferry |\n|---:|---:|---|---|\n")
+	for _, s := range r.syncs {
+		fmt.Fprintf(&b, "| %d | %d | %s | %s |\n", s.n, s.writers, s.bareCPU, s.ferryCPU)
+	}
 	fmt.Fprintf(&b, "\n## Steady state: %d refresh cycles of %v with nothing changing\n\n", r.opts.steadyCycles, r.opts.refresh)
 	fmt.Fprintf(&b, "| secrets (distinct paths) | writers | Vault reads per cycle | Kubernetes writes |\n|---:|---:|---:|---:|\n")
 	for _, s := range r.syncs {

@@ -15,21 +15,22 @@ import (
 // syncResult is one row of the initial-sync table (and, when measured, of
 // the steady-state and restart tables).
 type syncResult struct {
-	n, writers       int
-	bare, ferry      time.Duration
-	brokerRSS        int64
-	writerRSSSum     int64
-	writerRSSMax     int64
-	firstWrite       time.Duration // from start to the first Secret seen
-	vaultReads       int
-	writerRequests   int
-	steady           bool
-	cycles           int
-	readsPerCycle    float64
-	steadyWrites     int
-	restartRequests  int
-	restartWrites    int
-	restartConverged time.Duration
+	n, writers        int
+	bare, ferry       time.Duration
+	brokerRSS         int64
+	writerRSSSum      int64
+	writerRSSMax      int64
+	firstWrite        time.Duration // from start to the first Secret seen
+	bareCPU, ferryCPU string        // CPU time by component during each
+	vaultReads        int
+	writerRequests    int
+	steady            bool
+	cycles            int
+	readsPerCycle     float64
+	steadyWrites      int
+	restartRequests   int
+	restartWrites     int
+	restartConverged  time.Duration
 }
 
 // syncScenario: N secrets over some writers on a fresh stack; the bare loop
@@ -39,13 +40,16 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool) sync
 	res := syncResult{n: n, writers: writers}
 
 	logf("N=%d: bare loop, %d workers", n, o.parallel)
+	cpu0 := cpuSeconds()
 	res.bare = e.bareLoop(o.parallel, writers)
-	logf("N=%d: bare loop took %v", n, res.bare)
+	res.bareCPU = cpuDelta(cpu0, cpuSeconds())
+	logf("N=%d: bare loop took %v (CPU: %s)", n, res.bare, res.bareCPU)
 
 	f := e.setupFerry(writers, o.refresh, o.writerKube)
 	tr := newTracker()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	cpu0 = cpuSeconds()
 	start := time.Now()
 	for i := range n {
 		tr.expect(writerNS(i%writers)+"/"+secretName(i), payloadDigest(i, 0), start)
@@ -57,10 +61,11 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool) sync
 		rr.Fatalf("N=%d: Ferry did not deliver every Secret within 10 minutes", n)
 	}
 	res.ferry = time.Since(start)
+	res.ferryCPU = cpuDelta(cpu0, cpuSeconds())
 	d := tr.durations()
 	slices.Sort(d)
 	res.firstWrite = d[0]
-	logf("N=%d: Ferry took %v (%.2f× bare); first Secret after %v, half after %v", n, res.ferry, res.ferry.Seconds()/res.bare.Seconds(), d[0], d[len(d)/2])
+	logf("N=%d: Ferry took %v (%.2f× bare); first Secret after %v, half after %v (CPU: %s)", n, res.ferry, res.ferry.Seconds()/res.bare.Seconds(), d[0], d[len(d)/2], res.ferryCPU)
 
 	res.vaultReads = e.vaultReads()
 	res.writerRequests, _ = e.writerRequests()

@@ -21,12 +21,15 @@
 package apply
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -38,6 +41,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 	"github.com/ferry-secrets/ferry/writer/restart"
@@ -166,8 +170,13 @@ func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool,
 	e := a.entry(key(s.GetNamespace(), s.GetName()))
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	prev := e.desired
 	e.desired = s
-	if e.applied == s.GetRevision() {
+	// Skip when the revision was applied, or when the content is what was
+	// last applied under another revision (a restarted broker re-keys its
+	// revisions; the content, not the label, decides whether to write).
+	if e.applied != "" && (e.applied == s.GetRevision() || (prev != nil && e.applied == prev.GetRevision() && sameContent(prev, s))) {
+		e.applied = s.GetRevision()
 		return true, nil
 	}
 	e.applied = ""
@@ -472,4 +481,14 @@ func safeError(err error) error {
 		return &APIError{Reason: s.Reason, Code: s.Code, Message: s.Message}
 	}
 	return err
+}
+
+// sameContent reports whether a and b would write the same Secret: every
+// field but the revision.
+func sameContent(a, b *ferryv1.Secret) bool {
+	return a.GetBinding() == b.GetBinding() && a.GetNamespace() == b.GetNamespace() && a.GetName() == b.GetName() &&
+		a.GetType() == b.GetType() && a.GetCreation() == b.GetCreation() && a.GetDeletion() == b.GetDeletion() &&
+		maps.EqualFunc(a.GetData(), b.GetData(), bytes.Equal) &&
+		maps.Equal(a.GetLabels(), b.GetLabels()) && maps.Equal(a.GetAnnotations(), b.GetAnnotations()) &&
+		slices.EqualFunc(a.GetRolloutRestart(), b.GetRolloutRestart(), func(x, y *ferryv1.WorkloadRef) bool { return proto.Equal(x, y) })
 }

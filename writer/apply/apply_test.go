@@ -212,3 +212,29 @@ func keys(m map[string][]byte) []string {
 	}
 	return ks
 }
+
+// A restarted broker re-keys its revisions: the same content under a new
+// revision must cause no request, and changed content still must.
+func TestSameContentUnderNewRevisionIsNotWritten(t *testing.T) {
+	ctx := context.Background()
+	cs := fake.NewClientset()
+	a := New(cs.CoreV1(), []string{"demo"})
+	if _, err := a.Apply(ctx, testSecret("broker1-r1")); err != nil {
+		t.Fatal(err)
+	}
+	unchanged, err := a.Apply(ctx, testSecret("broker2-r1"))
+	if err != nil || !unchanged {
+		t.Fatalf("same content, new revision: unchanged=%v err=%v, want unchanged", unchanged, err)
+	}
+	if n := len(cs.Actions()); n != 2 { // the ownership test and the first apply
+		t.Fatalf("requests = %d, want 2", n)
+	}
+	changed := testSecret("broker2-r2")
+	changed.Labels = map[string]string{"team": "search"}
+	if unchanged, err := a.Apply(ctx, changed); err != nil || unchanged {
+		t.Fatalf("changed labels: unchanged=%v err=%v, want a write", unchanged, err)
+	}
+	if n := applyActions(cs); n != 2 {
+		t.Fatalf("apply requests = %d, want 2", n)
+	}
+}
