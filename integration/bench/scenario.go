@@ -142,13 +142,20 @@ func (e *env) parallel(workers, n int, f func(i int)) {
 }
 
 // bareLoop is the physical limit: workers goroutines that each read a path
-// from Vault and server-side-apply it as a Secret, nothing else.
+// from Vault and server-side-apply it as a Secret, nothing else. Its clock
+// stops, like Ferry's, when the apiserver watch has seen every Secret.
 func (e *env) bareLoop(workers, namespaces int) time.Duration {
-	ctx := context.Background()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	for j := range namespaces {
 		e.kube.CreateNamespace(e.r, fmt.Sprintf("bare-%d", j))
 	}
+	tr := newTracker()
 	start := time.Now()
+	for i := range e.n {
+		tr.expect(fmt.Sprintf("bare-%d/s-%05d", i%namespaces, i), payloadDigest(i, 0), start)
+	}
+	go tr.run(ctx, e.kc)
 	e.parallel(workers, e.n, func(i int) {
 		s, err := e.vc.KVv2("secret").Get(ctx, kvPath(i))
 		if err != nil {
@@ -163,6 +170,9 @@ func (e *env) bareLoop(workers, namespaces int) time.Duration {
 			e.r.Fatalf("bare loop: apply: %v", err)
 		}
 	})
+	if !tr.wait(time.Minute) {
+		e.r.Fatalf("bare loop: the watch did not see every Secret")
+	}
 	return time.Since(start)
 }
 

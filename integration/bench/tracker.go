@@ -87,20 +87,33 @@ func (t *tracker) durations() []time.Duration {
 	return out
 }
 
-// run feeds the tracker from a watch on every Ferry-managed Secret until
-// ctx ends, re-opening the watch if the apiserver closes it.
+// run feeds the tracker from a watch on every Secret until ctx ends,
+// re-opening the watch if the apiserver closes it. The same watch times the
+// bare loop and Ferry, so both pay for it.
 func (t *tracker) run(ctx context.Context, kc kubernetes.Interface) {
+	// Start at the current resourceVersion: no replay of existing Secrets.
+	rv := ""
+	for ctx.Err() == nil && rv == "" {
+		list, err := kc.CoreV1().Secrets("").List(ctx, metav1.ListOptions{Limit: 1})
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		rv = list.ResourceVersion
+	}
 	for ctx.Err() == nil {
-		w, err := kc.CoreV1().Secrets("").Watch(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/managed-by=ferry"})
+		w, err := kc.CoreV1().Secrets("").Watch(ctx, metav1.ListOptions{ResourceVersion: rv, AllowWatchBookmarks: true})
 		if err != nil {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
 		for ev := range w.ResultChan() {
-			if ev.Type != watch.Added && ev.Type != watch.Modified {
+			s, ok := ev.Object.(*corev1.Secret)
+			if !ok {
 				continue
 			}
-			if s, ok := ev.Object.(*corev1.Secret); ok {
+			rv = s.ResourceVersion
+			if ev.Type == watch.Added || ev.Type == watch.Modified {
 				t.observe(s.Namespace+"/"+s.Name, digest(s.Data))
 			}
 		}
