@@ -238,7 +238,9 @@ func (e *env) vaultReads() int {
 	}))
 }
 
-// writerRequests counts the writers' requests on Secrets (and their writes).
+// writerRequests counts the writers' requests on Secrets, and those with
+// a writing verb (a server-side apply of unchanged content is a patch
+// request but writes nothing: the watch counts real writes).
 func (e *env) writerRequests() (all, writes int) {
 	for _, ev := range e.kube.SecretRequests(e.r, "") {
 		if !strings.HasPrefix(ev.User.Username, "system:serviceaccount:ferry-") {

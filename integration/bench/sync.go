@@ -27,7 +27,8 @@ type syncResult struct {
 	steady            bool
 	cycles            int
 	readsPerCycle     float64
-	steadyWrites      int
+	steadyWrites      int // Secrets changed (watch events), not requests
+	steadyRequests    int
 	restartRequests   int
 	restartWrites     int
 	restartConverged  time.Duration
@@ -74,14 +75,15 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool) sync
 
 	if steady {
 		reads0 := e.vaultReads()
-		_, writes0 := e.writerRequests()
+		requests0, _ := e.writerRequests()
+		writes0 := tr.writes()
 		window := time.Duration(o.steadyCycles) * o.refresh
 		logf("N=%d: steady state for %d refresh cycles (%v)", n, o.steadyCycles, window)
 		time.Sleep(window)
 		res.steady, res.cycles = true, o.steadyCycles
 		res.readsPerCycle = float64(e.vaultReads()-reads0) / float64(o.steadyCycles)
-		_, writes1 := e.writerRequests()
-		res.steadyWrites = writes1 - writes0
+		requests1, _ := e.writerRequests()
+		res.steadyRequests, res.steadyWrites = requests1-requests0, tr.writes()-writes0
 	}
 	res.brokerRSS, _ = f.broker.PeakRSS()
 	for _, w := range f.writerProc {
@@ -92,14 +94,15 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool) sync
 
 	if steady {
 		logf("N=%d: restarting the broker", n)
-		all0, writes0 := e.writerRequests()
+		all0, _ := e.writerRequests()
+		writes0 := tr.writes()
 		f.broker.Stop()
 		restart := time.Now()
 		f.broker = startBroker(rr, f)
 		waitDelivered(rr, f, debug, 5*time.Minute)
 		res.restartConverged = time.Since(restart)
-		all1, writes1 := e.writerRequests()
-		res.restartRequests, res.restartWrites = all1-all0, writes1-writes0
+		all1, _ := e.writerRequests()
+		res.restartRequests, res.restartWrites = all1-all0, tr.writes()-writes0
 	}
 	return res
 }

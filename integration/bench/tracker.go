@@ -21,6 +21,7 @@ type tracker struct {
 	took      map[string]time.Duration
 	remaining int
 	done      chan struct{}
+	changes   int // Secret creations, updates and deletions seen: real writes
 }
 
 func newTracker() *tracker {
@@ -77,6 +78,13 @@ func (t *tracker) wait(timeout time.Duration) bool {
 	}
 }
 
+// writes is how many times a Secret was created, changed or deleted.
+func (t *tracker) writes() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changes
+}
+
 func (t *tracker) durations() []time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -113,6 +121,11 @@ func (t *tracker) run(ctx context.Context, kc kubernetes.Interface) {
 				continue
 			}
 			rv = s.ResourceVersion
+			if ev.Type != watch.Bookmark {
+				t.mu.Lock()
+				t.changes++
+				t.mu.Unlock()
+			}
 			if ev.Type == watch.Added || ev.Type == watch.Modified {
 				t.observe(s.Namespace+"/"+s.Name, digest(s.Data))
 			}
