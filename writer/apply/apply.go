@@ -35,13 +35,13 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
-	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 	"github.com/ferry-secrets/ferry/writer/restart"

@@ -25,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -84,6 +85,13 @@ func DialOptions(svid x509svid.Source, bundle x509bundle.Source, brokerID spiffe
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(Credentials(svid, bundle, brokerID)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}),
+		// The connection's own reconnect backoff starts at 1 s in grpc-go;
+		// the stream's Backoff already paces sessions, so reconnect to a
+		// restarted broker quickly.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 	}
 }
 
