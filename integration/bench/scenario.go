@@ -1,13 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -72,6 +75,10 @@ func newEnv(r *stack.Runner, n int) *env {
 	e.audit = e.vault.EnableFileAudit(r)
 	return e
 }
+
+// writerLogLevel is the writers' log level; FERRY_BENCH_WRITER_LOG=debug
+// logs every apply, for finding where time goes.
+var writerLogLevel = cmp.Or(os.Getenv("FERRY_BENCH_WRITER_LOG"), "warn")
 
 func commaPrefixed(s string) string {
 	if s == "" {
@@ -150,6 +157,17 @@ func (e *env) bareLoop(workers, namespaces int) time.Duration {
 	for j := range namespaces {
 		e.kube.CreateNamespace(e.r, fmt.Sprintf("bare-%d", j))
 	}
+	// Read as Ferry does: with a least-privilege AppRole token, not root.
+	vc, err := e.vc.Clone()
+	if err != nil {
+		e.r.Fatalf("vault client: %v", err)
+	}
+	roleIDFile, secretIDFile := ferrystack.AppRole(e.r, e.vc, e.dir, "bench-bare", "secret/data/"+kvPrefix+"*")
+	login, err := vc.Logical().Write("auth/approle/login", map[string]any{"role_id": readFile(e.r, roleIDFile), "secret_id": readFile(e.r, secretIDFile)})
+	if err != nil {
+		e.r.Fatalf("vault login: %v", err)
+	}
+	vc.SetToken(login.Auth.ClientToken)
 	tr := newTracker()
 	start := time.Now()
 	for i := range e.n {
@@ -157,7 +175,7 @@ func (e *env) bareLoop(workers, namespaces int) time.Duration {
 	}
 	go tr.run(ctx, e.kc)
 	e.parallel(workers, e.n, func(i int) {
-		s, err := e.vc.KVv2("secret").Get(ctx, kvPath(i))
+		s, err := vc.KVv2("secret").Get(ctx, kvPath(i))
 		if err != nil {
 			e.r.Fatalf("bare loop: vault read: %v", err)
 		}
@@ -213,8 +231,8 @@ func (e *env) setupFerry(writers int, refresh time.Duration, writerKube string) 
 		e.spire.Register(e.r, stack.Entry{SPIFFEID: writerSPIFFEID(j), Selectors: []string{"unix:path:" + writerBins[j]}})
 		token := e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", ferrystack.WriterRules)
 		writerCfgs[j] = ferrystack.WriteFile(e.r, e.dir, fmt.Sprintf("writer-%d.yaml", j), fmt.Sprintf(
-			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s}\nnamespaces: [%s]\nlog: {level: warn}\n",
-			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), commaPrefixed(writerKube), writerNS(j)))
+			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s}\nnamespaces: [%s]\nlog: {level: %s}\n",
+			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), commaPrefixed(writerKube), writerNS(j), writerLogLevel))
 	}
 	fmt.Fprintf(&cfg, "log: {level: info}\n")
 	f.brokerCfg = ferrystack.WriteFile(e.r, e.dir, "broker.yaml", cfg.String())
@@ -231,10 +249,18 @@ func (e *env) setupFerry(writers int, refresh time.Duration, writerKube string) 
 	return f
 }
 
+func readFile(r *stack.Runner, path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
 // vaultReads counts reads of the bench paths by the broker (AppRole token).
 func (e *env) vaultReads() int {
 	return len(e.audit.Responses(e.r, func(a stack.AuditEntry) bool {
-		return a.Request.Operation == "read" && strings.HasPrefix(a.Request.Path, "secret/data/"+kvPrefix) && a.Auth.DisplayName == "approle"
+		return a.Request.Operation == "read" && strings.HasPrefix(a.Request.Path, "secret/data/"+kvPrefix) && slices.Contains(a.Auth.Policies, "ferry-broker")
 	}))
 }
 
