@@ -59,9 +59,16 @@ func (c *Client) login(ctx context.Context) (*vaultapi.Secret, error) {
 
 // loginWith posts body to auth/<mount>/login and adopts the token.
 func (c *Client) loginWith(ctx context.Context, body map[string]any) (*vaultapi.Secret, error) {
-	// A login must not carry an old token.
-	c.api.ClearToken()
-	s, err := c.api.Logical().WriteWithContext(ctx, "auth/"+strings.Trim(c.auth.Mount, "/")+"/login", body)
+	// Log in on a clone without a token (a login must not carry an old
+	// one), so reads in flight keep the current token until the new one
+	// is adopted. The clone shares the HTTP client, and with it the TLS
+	// client certificate of method cert.
+	login, err := c.api.Clone()
+	if err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	login.ClearToken()
+	s, err := login.Logical().WriteWithContext(ctx, "auth/"+strings.Trim(c.auth.Mount, "/")+"/login", body)
 	if err != nil {
 		return nil, fmt.Errorf("vault: %s login at auth/%s: %w", c.auth.Method, c.auth.Mount, redactErr(err))
 	}

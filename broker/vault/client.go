@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -218,13 +219,20 @@ func redactErr(err error) error {
 	if errors.As(err, &re) {
 		switch re.StatusCode {
 		case http.StatusForbidden:
-			return fmt.Errorf("%w (HTTP 403 from %s %s)", ErrPermissionDenied, re.HTTPMethod, re.URL)
+			return fmt.Errorf("%w (HTTP 403 from %s %s)", ErrPermissionDenied, re.HTTPMethod, withoutQuery(re.URL))
 		case http.StatusNotFound:
-			return fmt.Errorf("%w (HTTP 404 from %s %s)", ErrNotFound, re.HTTPMethod, re.URL)
+			return fmt.Errorf("%w (HTTP 404 from %s %s)", ErrNotFound, re.HTTPMethod, withoutQuery(re.URL))
 		}
-		return fmt.Errorf("HTTP %d from %s %s", re.StatusCode, re.HTTPMethod, re.URL)
+		return fmt.Errorf("HTTP %d from %s %s", re.StatusCode, re.HTTPMethod, withoutQuery(re.URL))
 	}
 	return err
+}
+
+// withoutQuery drops a URL's query string: GET parameters of a dynamic
+// secret may be sensitive.
+func withoutQuery(u string) string {
+	base, _, _ := strings.Cut(u, "?")
+	return base
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
