@@ -44,6 +44,20 @@ func ferryBinaries(t *testing.T) (broker, writer string) {
 	return built.Broker, built.Writer
 }
 
+// registeredBinaries builds the Ferry binaries, gives each a path of its own
+// so SPIRE's unix:path selector tells them apart, and registers them as
+// brokerID (with brokerDNS) and writerID, with X.509-SVIDs of svidTTL (0:
+// SPIRE's default). It returns the linked paths.
+func registeredBinaries(t *testing.T, spire *stack.Spire, svidTTL time.Duration) (broker, writer string) {
+	t.Helper()
+	broker, writer = ferryBinaries(t)
+	broker = stack.LinkBinary(t, broker, "ferry-broker")
+	writer = stack.LinkBinary(t, writer, "ferry-writer")
+	spire.Register(t, stack.Entry{SPIFFEID: brokerID, Selectors: []string{"unix:path:" + broker}, DNSNames: []string{brokerDNS}, X509SVIDTTL: svidTTL})
+	spire.Register(t, stack.Entry{SPIFFEID: writerID, Selectors: []string{"unix:path:" + writer}, X509SVIDTTL: svidTTL})
+	return broker, writer
+}
+
 // eventually polls cond every 100ms until it returns nil or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()

@@ -27,21 +27,17 @@ func TestWalkingSkeleton(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
 	}
-	brokerBin, writerBin := ferryBinaries(t)
 	vault := stack.StartVault(t, stack.VaultOptions{TLS: true})
 	kube := stack.StartKube(t)
 	spire := stack.StartSpire(t, stack.SpireOptions{TrustDomain: trustDomain})
 	dir := t.TempDir()
 	ctx := ctxT(t)
 
-	// Each binary gets its own path, so SPIRE's unix:path selector tells them apart.
-	brokerBin = stack.LinkBinary(t, brokerBin, "ferry-broker")
-	writerBin = stack.LinkBinary(t, writerBin, "ferry-writer")
-	rogueBin := stack.LinkBinary(t, writerBin, "ferry-writer")
 	const svidTTL = 30 * time.Second // SPIRE rotates at half of it: several rotations per test
-	spire.Register(t, stack.Entry{SPIFFEID: brokerID, Selectors: []string{"unix:path:" + brokerBin}, DNSNames: []string{brokerDNS}, X509SVIDTTL: svidTTL})
-	spire.Register(t, stack.Entry{SPIFFEID: writerID, Selectors: []string{"unix:path:" + writerBin}, X509SVIDTTL: svidTTL})
+	brokerBin, writerBin := registeredBinaries(t, spire, svidTTL)
 	spire.RegisterSelf(t, writerID) // the test itself, for grpcurl's SVID files
+	// The same writer binary at a path of its own, registered as an ID the broker does not know.
+	rogueBin := stack.LinkBinary(t, writerBin, "ferry-writer")
 	spire.Register(t, stack.Entry{SPIFFEID: rogueID, Selectors: []string{"unix:path:" + rogueBin}, X509SVIDTTL: svidTTL})
 
 	// Vault: the secret, and a broker AppRole that may read only it.
@@ -64,32 +60,22 @@ func TestWalkingSkeleton(t *testing.T) {
 	const refresh = 2 * time.Second
 	brokerPort := stack.FreePort(t)
 	brokerAddr := fmt.Sprintf("127.0.0.1:%d", brokerPort)
-	brokerCfg := ferrystack.WriteFile(t, dir, "broker.yaml", fmt.Sprintf(`
-listen: %s
-spiffe: {workload_api: unix://%s}
-vault:
-  address: %s
-  ca_file: %s
-  auth: {method: approle, role_id_file: %s, secret_id_file: %s}
-log: {level: debug}
-writers:
-  - id: %s
-    secrets:
-      - name: payments-db
+	brokerCfg := ferrystack.BrokerConfig{
+		Listen: brokerAddr, AgentSocket: spire.AgentSocket,
+		VaultAddr: vault.Addr, VaultCAFile: vault.CAFile, RoleIDFile: roleID, SecretIDFile: secretID,
+		WriterID: writerID, Bindings: fmt.Sprintf(`      - name: payments-db
         namespace: %s
         secret_name: db-credentials
         labels: {team: payments}
         refresh: %s
         kv: {mount: secret, path: apps/payments}
-`, brokerAddr, spire.AgentSocket, vault.Addr, vault.CAFile, roleID, secretID, writerID, ns, refresh))
+`, ns, refresh),
+	}.Write(t, dir)
 	writerCfg := func(name, namespace, tok string) string {
-		return ferrystack.WriteFile(t, dir, name+".yaml", fmt.Sprintf(`
-broker: {address: %s, spiffe_id: %s}
-spiffe: {workload_api: unix://%s}
-kubernetes: {kubeconfig: %s}
-namespaces: [%s]
-log: {level: debug}
-`, brokerAddr, brokerID, spire.AgentSocket, kube.Kubeconfig(t, tok), namespace))
+		return ferrystack.WriterConfig{
+			Name: name, BrokerAddr: brokerAddr, BrokerID: brokerID, AgentSocket: spire.AgentSocket,
+			Kubeconfig: kube.Kubeconfig(t, tok), Namespaces: []string{namespace}, LogLevel: "debug",
+		}.Write(t, dir)
 	}
 
 	if out, err := exec.Command(brokerBin, "validate", "-config", brokerCfg).CombinedOutput(); err != nil {

@@ -27,20 +27,21 @@ import (
 // and a PKI root; kube-apiserver; SPIRE; one ferry-broker and one
 // ferry-writer.
 type sourcesEnv struct {
-	vault    *stack.Vault
-	vc       *vaultapi.Client
-	audit    *stack.Audit
-	pg       *stack.Postgres
-	admin    kubernetes.Interface
-	spire    *stack.Spire
-	broker   *stack.Process
-	writer   *stack.Process
-	addr     string
-	ns       string
-	dir      string
-	cfgPath  string
-	bindings map[string]string // binding name → YAML flow mapping (without name)
-	ctx      context.Context
+	vault     *stack.Vault
+	vc        *vaultapi.Client
+	audit     *stack.Audit
+	pg        *stack.Postgres
+	admin     kubernetes.Interface
+	spire     *stack.Spire
+	broker    *stack.Process
+	writer    *stack.Process
+	addr      string
+	ns        string
+	dir       string
+	cfgPath   string
+	brokerCfg ferrystack.BrokerConfig // Bindings rendered from bindings
+	bindings  map[string]string       // binding name → YAML flow mapping (without name)
+	ctx       context.Context
 }
 
 // Fan-out: bindings on one KV path.
@@ -57,7 +58,6 @@ const (
 
 func startSourcesEnv(t *testing.T) *sourcesEnv {
 	t.Helper()
-	brokerBin, writerBin := ferryBinaries(t)
 	e := &sourcesEnv{ns: "apps", dir: t.TempDir(), ctx: ctxT(t)}
 	e.vault = stack.StartVault(t, stack.VaultOptions{TLS: true})
 	e.pg = stack.StartPostgres(t)
@@ -67,10 +67,7 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	e.vc = e.vault.Client(t)
 	e.admin = kube.Admin(t)
 
-	brokerBin = stack.LinkBinary(t, brokerBin, "ferry-broker")
-	writerBin = stack.LinkBinary(t, writerBin, "ferry-writer")
-	e.spire.Register(t, stack.Entry{SPIFFEID: brokerID, Selectors: []string{"unix:path:" + brokerBin}, DNSNames: []string{brokerDNS}})
-	e.spire.Register(t, stack.Entry{SPIFFEID: writerID, Selectors: []string{"unix:path:" + writerBin}})
+	brokerBin, writerBin := registeredBinaries(t, e.spire, 0)
 	e.spire.RegisterSelf(t, writerID)
 
 	e.setupVault(t)
@@ -78,6 +75,11 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	token := kube.ServiceAccount(t, e.ns, "ferry-writer", ferrystack.WriterRules)
 
 	e.addr = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
+	e.brokerCfg = ferrystack.BrokerConfig{
+		Listen: e.addr, AgentSocket: e.spire.AgentSocket,
+		VaultAddr: e.vault.Addr, VaultCAFile: e.vault.CAFile, RoleIDFile: roleID, SecretIDFile: secretID,
+		Admins: []string{writerID}, WriterID: writerID,
+	}
 	e.bindings = map[string]string{
 		"kv1":        fmt.Sprintf(`refresh: 2s, kv: {mount: kv1, path: apps/config, engine_version: 1}`),
 		"kv2":        `refresh: 2s, kv: {mount: secret, path: apps/config}`,
@@ -89,17 +91,14 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	for i := range fanoutBindings {
 		e.bindings[fmt.Sprintf("shared-%02d", i)] = fmt.Sprintf(`refresh: %s, kv: {mount: secret, path: apps/shared}`, fanoutRefresh)
 	}
-	e.cfgPath = e.writeBrokerConfig(t, roleID, secretID)
+	e.cfgPath = e.writeBrokerConfig(t)
 	if out, err := exec.Command(brokerBin, "validate", "-config", e.cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("ferry-broker validate: %v\n%s", err, out)
 	}
-	writerCfg := ferrystack.WriteFile(t, e.dir, "writer.yaml", fmt.Sprintf(`
-broker: {address: %s, spiffe_id: %s}
-spiffe: {workload_api: unix://%s}
-kubernetes: {kubeconfig: %s}
-namespaces: [%s]
-log: {level: debug}
-`, e.addr, brokerID, e.spire.AgentSocket, kube.Kubeconfig(t, token), e.ns))
+	writerCfg := ferrystack.WriterConfig{
+		Name: "writer", BrokerAddr: e.addr, BrokerID: brokerID, AgentSocket: e.spire.AgentSocket,
+		Kubeconfig: kube.Kubeconfig(t, token), Namespaces: []string{e.ns}, LogLevel: "debug",
+	}.Write(t, e.dir)
 	e.broker = stack.StartProcess(t, "ferry-broker", e.dir, brokerBin, []string{"-config", e.cfgPath})
 	e.writer = stack.StartProcess(t, "ferry-writer", e.dir, writerBin, []string{"-config", writerCfg})
 	return e
@@ -188,27 +187,16 @@ path "pki/issue/web"                    { capabilities = ["update"] }
 	return roleID, secretID
 }
 
-// writeBrokerConfig writes broker.yaml with the bindings in e.bindings.
-func (e *sourcesEnv) writeBrokerConfig(t *testing.T, roleID, secretID string) string {
+// writeBrokerConfig writes broker.yaml with the bindings in e.bindings and
+// returns its path.
+func (e *sourcesEnv) writeBrokerConfig(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, `
-listen: %s
-spiffe: {workload_api: unix://%s}
-vault:
-  address: %s
-  ca_file: %s
-  auth: {method: approle, role_id_file: %s, secret_id_file: %s}
-log: {level: debug}
-debug: {admins: [%s]}
-writers:
-  - id: %s
-    secrets:
-`, e.addr, e.spire.AgentSocket, e.vault.Addr, e.vault.CAFile, roleID, secretID, writerID, writerID)
 	for _, name := range sortedKeys(e.bindings) {
 		fmt.Fprintf(&b, "      - {name: %s, namespace: %s, %s}\n", name, e.ns, e.bindings[name])
 	}
-	return ferrystack.WriteFile(t, e.dir, "broker.yaml", b.String())
+	e.brokerCfg.Bindings = b.String()
+	return e.brokerCfg.Write(t, e.dir)
 }
 
 // removeBinding rewrites the broker's config without name and makes the
@@ -216,8 +204,7 @@ writers:
 func (e *sourcesEnv) removeBinding(t *testing.T, name string) {
 	t.Helper()
 	delete(e.bindings, name)
-	roleID, secretID := e.dir+"/ferry-broker.role-id", e.dir+"/ferry-broker.secret-id"
-	e.writeBrokerConfig(t, roleID, secretID)
+	e.writeBrokerConfig(t)
 	if err := syscall.Kill(e.broker.Pid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,6 @@ func TestVaultAuthMethods(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
 	}
-	brokerBin, writerBin := ferryBinaries(t)
 	vault := stack.StartVault(t, stack.VaultOptions{TLS: true})
 	kube := stack.StartKube(t)
 	spire := stack.StartSpire(t, stack.SpireOptions{TrustDomain: trustDomain})
@@ -37,10 +36,7 @@ func TestVaultAuthMethods(t *testing.T) {
 	ctx := ctxT(t)
 	vc := vault.Client(t)
 
-	brokerBin = stack.LinkBinary(t, brokerBin, "ferry-broker")
-	writerBin = stack.LinkBinary(t, writerBin, "ferry-writer")
-	spire.Register(t, stack.Entry{SPIFFEID: brokerID, Selectors: []string{"unix:path:" + brokerBin}, DNSNames: []string{brokerDNS}})
-	spire.Register(t, stack.Entry{SPIFFEID: writerID, Selectors: []string{"unix:path:" + writerBin}})
+	brokerBin, writerBin := registeredBinaries(t, spire, 0)
 	spire.RegisterSelf(t, writerID)
 
 	// One path and one policy per identity; tokens live 10s (renewable up to 5m).
@@ -177,12 +173,10 @@ writers:
   - id: %s
     secrets:
 %s`, brokerAddr, spire.AgentSocket, vault.Addr, vault.CAFile, tokenFile, roleIDFile, secretIDFile, saTokenFile, shortRoleIDFile, shortSecretIDFile, writerID, bindings.String()))
-	writerCfg := ferrystack.WriteFile(t, dir, "writer.yaml", fmt.Sprintf(`
-broker: {address: %s, spiffe_id: %s}
-spiffe: {workload_api: unix://%s}
-kubernetes: {kubeconfig: %s}
-namespaces: [%s]
-`, brokerAddr, brokerID, spire.AgentSocket, kube.Kubeconfig(t, writerToken), ns))
+	writerCfg := ferrystack.WriterConfig{
+		Name: "writer", BrokerAddr: brokerAddr, BrokerID: brokerID, AgentSocket: spire.AgentSocket,
+		Kubeconfig: kube.Kubeconfig(t, writerToken), Namespaces: []string{ns},
+	}.Write(t, dir)
 
 	t.Run("an http:// Vault address is refused without the dev flag", func(t *testing.T) {
 		cfg := ferrystack.WriteFile(t, dir, "plain.yaml", strings.Replace(mustRead(t, brokerCfg), vault.Addr, strings.Replace(vault.Addr, "https://", "http://", 1), 1))

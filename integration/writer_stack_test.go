@@ -3,8 +3,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -26,17 +24,16 @@ import (
 // kube-apiserver, SPIRE with entries for the broker and the writer, and
 // the Ferry binaries.
 type writerStack struct {
-	t                *testing.T
-	vault            *stack.Vault
-	vc               *vaultapi.Client
-	kube             *stack.Kube
-	spire            *stack.Spire
-	dir              string
-	brokerBin        string
-	writerBin        string
-	brokerAddr       string
-	roleID, secretID string
-	brokerCfg        string
+	t             *testing.T
+	vault         *stack.Vault
+	vc            *vaultapi.Client
+	kube          *stack.Kube
+	spire         *stack.Spire
+	dir           string
+	brokerBin     string
+	writerBin     string
+	brokerCfg     ferrystack.BrokerConfig // its Bindings set by writeBrokerConfig
+	brokerCfgFile string
 }
 
 func startWriterStack(t *testing.T) *writerStack {
@@ -44,19 +41,18 @@ func startWriterStack(t *testing.T) *writerStack {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
 	}
-	brokerBin, writerBin := ferryBinaries(t)
 	s := &writerStack{t: t, dir: t.TempDir()}
 	s.vault = stack.StartVault(t, stack.VaultOptions{TLS: true})
 	s.kube = stack.StartKube(t)
 	s.spire = stack.StartSpire(t, stack.SpireOptions{TrustDomain: trustDomain})
-	s.brokerBin = stack.LinkBinary(t, brokerBin, "ferry-broker")
-	s.writerBin = stack.LinkBinary(t, writerBin, "ferry-writer")
-	s.spire.Register(t, stack.Entry{SPIFFEID: brokerID, Selectors: []string{"unix:path:" + s.brokerBin}, DNSNames: []string{brokerDNS}})
-	s.spire.Register(t, stack.Entry{SPIFFEID: writerID, Selectors: []string{"unix:path:" + s.writerBin}})
+	s.brokerBin, s.writerBin = registeredBinaries(t, s.spire, 0)
 	s.vc = s.vault.Client(t)
-	s.roleID, s.secretID = ferrystack.AppRole(t, s.vc, s.dir, "ferry-broker", "secret/data/apps/*")
-	s.brokerAddr = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
-	s.brokerCfg = filepath.Join(s.dir, "broker.yaml")
+	roleID, secretID := ferrystack.AppRole(t, s.vc, s.dir, "ferry-broker", "secret/data/apps/*")
+	s.brokerCfg = ferrystack.BrokerConfig{
+		Listen: fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t)), AgentSocket: s.spire.AgentSocket,
+		VaultAddr: s.vault.Addr, VaultCAFile: s.vault.CAFile, RoleIDFile: roleID, SecretIDFile: secretID,
+		WriterID: writerID,
+	}
 	return s
 }
 
@@ -71,30 +67,14 @@ func (s *writerStack) putKV(ctx context.Context, path string, data map[string]an
 // bindings (YAML list items, indented by six spaces).
 func (s *writerStack) writeBrokerConfig(bindings string) {
 	s.t.Helper()
-	cfg := fmt.Sprintf(`
-listen: %s
-spiffe: {workload_api: unix://%s}
-vault:
-  address: %s
-  ca_file: %s
-  auth: {method: approle, role_id_file: %s, secret_id_file: %s}
-log: {level: debug}
-writers:
-  - id: %s
-    secrets:
-%s`, s.brokerAddr, s.spire.AgentSocket, s.vault.Addr, s.vault.CAFile, s.roleID, s.secretID, writerID, bindings)
-	tmp := s.brokerCfg + ".tmp"
-	if err := os.WriteFile(tmp, []byte(cfg), 0o600); err != nil {
-		s.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, s.brokerCfg); err != nil { // atomic, like a ConfigMap update
-		s.t.Fatal(err)
-	}
+	s.brokerCfg.Bindings = bindings
+	s.brokerCfgFile = s.brokerCfg.Write(s.t, s.dir)
 }
 
+// startBroker runs ferry-broker with the config writeBrokerConfig wrote.
 func (s *writerStack) startBroker(name string) *stack.Process {
 	s.t.Helper()
-	return stack.StartProcess(s.t, name, s.dir, s.brokerBin, []string{"-config", s.brokerCfg})
+	return stack.StartProcess(s.t, name, s.dir, s.brokerBin, []string{"-config", s.brokerCfgFile})
 }
 
 // chartValues are values for the writer's chart pointing at this stack's
@@ -103,7 +83,7 @@ func (s *writerStack) chartValues(extra string) string {
 	return fmt.Sprintf(`
 broker: {addresses: [%q], spiffeID: %q}
 networkPolicy: {enabled: false}
-%s`, s.brokerAddr, brokerID, extra)
+%s`, s.brokerCfg.Listen, brokerID, extra)
 }
 
 // installChart renders the chart with values into release namespace ns and

@@ -1,7 +1,6 @@
 package writer
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 
+	"github.com/ferry-secrets/ferry/internal/logtest"
 	"github.com/ferry-secrets/ferry/internal/spiffetest"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -128,7 +127,7 @@ func TestRun(t *testing.T) {
 		Namespaces: []string{"demo"},
 	}
 	cfg.SetDefaults()
-	var logs syncBuffer
+	var logs logtest.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -204,20 +203,3 @@ type syncServer struct {
 }
 
 func (s *syncServer) Sync(st ferryv1.WriterService_SyncServer) error { return s.sync(st) }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}

@@ -28,10 +28,29 @@ func TestParseValidAppliesDefaults(t *testing.T) {
 	}
 }
 
+// edit is a config with one change applied, and what Parse must then say.
+type edit struct{ name, from, to, want string }
+
+// testEdits applies each edit to base in turn and checks that Parse fails
+// with an error containing the edit's want.
+func testEdits(t *testing.T, base string, edits []edit) {
+	t.Helper()
+	for _, tc := range edits {
+		t.Run(tc.name, func(t *testing.T) {
+			src := strings.Replace(base, tc.from, tc.to, 1)
+			if src == base {
+				t.Fatalf("test case did not change the config (from %q)", tc.from)
+			}
+			_, err := Parse([]byte(src))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestValidateNamesTheBadField(t *testing.T) {
-	for _, tc := range []struct {
-		name, from, to, want string
-	}{
+	testEdits(t, valid, []edit{
 		{"unknown field", "listen:", "lisen:", `unknown field "lisen"`},
 		{"bad listen", "127.0.0.1:8443", "nowhere", "listen:"},
 		{"plain http", "https://127.0.0.1:8200", "http://127.0.0.1:8200", "vault.address: \"http://127.0.0.1:8200\" is plain http"},
@@ -46,18 +65,7 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"bad refresh", "refresh: 30s", "refresh: soon", "invalid duration"},
 		{"no spiffe", "spiffe: {workload_api: unix:///tmp/agent.sock}", "", "spiffe: set workload_api or files"},
 		{"bad log level", "listen:", "log: {level: loud}\nlisten:", "log.level:"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			src := strings.Replace(valid, tc.from, tc.to, 1)
-			if src == valid {
-				t.Fatalf("test case did not change the config (from %q)", tc.from)
-			}
-			_, err := Parse([]byte(src))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Parse error = %v, want it to contain %q", err, tc.want)
-			}
-		})
-	}
+	})
 }
 
 func TestValidateRejectsDuplicates(t *testing.T) {

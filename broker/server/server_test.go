@@ -1,13 +1,11 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +23,7 @@ import (
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/server"
 	"github.com/ferry-secrets/ferry/broker/source"
+	"github.com/ferry-secrets/ferry/internal/logtest"
 	"github.com/ferry-secrets/ferry/internal/spiffetest"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
@@ -39,29 +38,11 @@ const (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type fixture struct {
 	ca   *spiffetest.CA
 	addr string
 	cat  *catalog.Catalog
-	logs *syncBuffer
+	logs *logtest.Buffer
 }
 
 func start(t *testing.T) *fixture {
@@ -72,7 +53,7 @@ func start(t *testing.T) *fixture {
 		KV: &config.KV{Mount: "secret", Path: "app", EngineVersion: 2},
 	}}}}
 	cat := catalog.New(writers, source.Meta)
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	src := ca.Source(t, brokerID, "broker.ferry.test")
 	srv := server.New(cat, []string{adminID}, server.TransportCredentials(src, ca.TD), log)

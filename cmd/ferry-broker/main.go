@@ -5,41 +5,28 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/ferry-secrets/ferry/broker"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/internal/command"
 	"github.com/ferry-secrets/ferry/internal/logging"
 )
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "ferry-broker:", err)
-		os.Exit(1)
-	}
-}
+func main() { command.Main("ferry-broker", run) }
 
 func run(args []string) error {
-	validateOnly := len(args) > 0 && args[0] == "validate"
-	if validateOnly {
-		args = args[1:]
-	}
-	fs := flag.NewFlagSet("ferry-broker", flag.ContinueOnError)
-	path := fs.String("config", "/etc/ferry/broker.yaml", "path of the broker config file")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	cfg, err := config.Load(*path)
+	line, err := command.Parse("ferry-broker", "/etc/ferry/broker.yaml", "path of the broker config file", args)
 	if err != nil {
 		return err
 	}
-	if validateOnly {
-		fmt.Printf("%s: valid (%d writers)\n", *path, len(cfg.Writers))
+	cfg, err := config.Load(line.Config)
+	if err != nil {
+		return err
+	}
+	if line.Validate {
+		fmt.Printf("%s: valid (%d writers)\n", line.Config, len(cfg.Writers))
 		return nil
 	}
 	log, err := logging.New(os.Stderr, cfg.Log.Level)
@@ -47,10 +34,9 @@ func run(args []string) error {
 		return err
 	}
 	// The first SIGTERM/interrupt starts a graceful stop; a second one kills.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := command.SignalContext()
 	defer stop()
-	go func() { <-ctx.Done(); stop() }()
 	// SIGHUP re-reads the file's `writers` section (an invalid file is logged
 	// and ignored).
-	return broker.Run(ctx, cfg, log, broker.ReloadFrom(*path))
+	return broker.Run(ctx, cfg, log, broker.ReloadFrom(line.Config))
 }

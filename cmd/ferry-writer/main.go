@@ -6,53 +6,36 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
+	"github.com/ferry-secrets/ferry/internal/command"
 	"github.com/ferry-secrets/ferry/internal/logging"
 	"github.com/ferry-secrets/ferry/writer"
 	"github.com/ferry-secrets/ferry/writer/config"
 )
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "ferry-writer:", err)
-		os.Exit(1)
-	}
-}
+func main() { command.Main("ferry-writer", run) }
 
 func run(args []string) error {
-	validate := len(args) > 0 && args[0] == "validate"
-	if validate {
-		args = args[1:]
-	}
-	fs := flag.NewFlagSet("ferry-writer", flag.ContinueOnError)
-	path := fs.String("config", "/etc/ferry/writer.yaml", "configuration file (YAML)")
-	if err := fs.Parse(args); err != nil {
+	line, err := command.Parse("ferry-writer", "/etc/ferry/writer.yaml", "configuration file (YAML)", args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	cfg, err := config.Load(*path)
-	if err != nil || validate {
-		if err == nil {
-			fmt.Println(*path + ": ok")
-		}
+	cfg, err := config.Load(line.Config)
+	if err != nil {
 		return err
+	}
+	if line.Validate {
+		fmt.Println(line.Config + ": ok")
+		return nil
 	}
 	log, err := logging.New(os.Stderr, cfg.Log.Level)
 	if err != nil {
 		return err
 	}
-	// The first signal cancels ctx; stop then restores the default handling,
-	// so a second one ends the process at once.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGTERM/interrupt starts a graceful stop; a second one kills.
+	ctx, stop := command.SignalContext()
 	defer stop()
-	context.AfterFunc(ctx, stop)
 	return writer.Run(ctx, cfg, log)
 }

@@ -113,3 +113,68 @@ func DialBroker(t stack.TB, spire *stack.Spire, addr, id, brokerID string) *grpc
 	t.Cleanup(func() { conn.Close() })
 	return conn
 }
+
+// BrokerConfig is a ferry-broker config for a test stack: one writer, whose
+// bindings are given as YAML, served from Vault with an AppRole login.
+type BrokerConfig struct {
+	Listen                   string // the broker's gRPC address
+	AgentSocket              string // the SPIRE agent's Workload API socket path
+	VaultAddr, VaultCAFile   string
+	RoleIDFile, SecretIDFile string   // the broker's AppRole credentials
+	Admins                   []string // SPIFFE IDs for debug.admins; none: no debug section
+	WriterID                 string
+	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
+}
+
+// Write writes the config, logging at debug level, to dir/broker.yaml and
+// returns the path. It replaces an existing file atomically, as a ConfigMap
+// update would, so a running broker may re-read it at any time.
+func (c BrokerConfig) Write(t stack.TB, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, `
+listen: %s
+spiffe: {workload_api: unix://%s}
+vault:
+  address: %s
+  ca_file: %s
+  auth: {method: approle, role_id_file: %s, secret_id_file: %s}
+log: {level: debug}
+`, c.Listen, c.AgentSocket, c.VaultAddr, c.VaultCAFile, c.RoleIDFile, c.SecretIDFile)
+	if len(c.Admins) > 0 {
+		fmt.Fprintf(&b, "debug: {admins: [%s]}\n", strings.Join(c.Admins, ", "))
+	}
+	fmt.Fprintf(&b, "writers:\n  - id: %s\n    secrets:\n%s", c.WriterID, c.Bindings)
+	path := filepath.Join(dir, "broker.yaml")
+	tmp := WriteFile(t, dir, "broker.yaml.tmp", b.String())
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatalf("ferrystack: %v", err)
+	}
+	return path
+}
+
+// WriterConfig is a ferry-writer config for a test stack.
+type WriterConfig struct {
+	Name                 string // the file is dir/Name.yaml
+	BrokerAddr, BrokerID string
+	AgentSocket          string // the SPIRE agent's Workload API socket path
+	Kubeconfig           string
+	Namespaces           []string
+	LogLevel             string // empty: the writer's default
+}
+
+// Write writes the config to dir/Name.yaml and returns the path.
+func (c WriterConfig) Write(t stack.TB, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, `
+broker: {address: %s, spiffe_id: %s}
+spiffe: {workload_api: unix://%s}
+kubernetes: {kubeconfig: %s}
+namespaces: [%s]
+`, c.BrokerAddr, c.BrokerID, c.AgentSocket, c.Kubeconfig, strings.Join(c.Namespaces, ", "))
+	if c.LogLevel != "" {
+		fmt.Fprintf(&b, "log: {level: %s}\n", c.LogLevel)
+	}
+	return WriteFile(t, dir, c.Name+".yaml", b.String())
+}

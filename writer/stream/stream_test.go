@@ -1,7 +1,6 @@
 package stream
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/ferry-secrets/ferry/internal/logtest"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
@@ -119,29 +119,11 @@ func (f *fakeApplier) Forget(_ context.Context, ref *ferryv1.SecretRef) (bool, e
 	return ref.GetDeletion() == ferryv1.DeletionPolicy_DELETION_POLICY_DELETE, nil
 }
 
-// syncBuffer is a log sink safe for concurrent writes and reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type harness struct {
 	t       *testing.T
 	broker  *fakeBroker
 	applier *fakeApplier
-	logs    *syncBuffer
+	logs    *logtest.Buffer
 	stop    func() // stops the client; idempotent
 }
 
@@ -157,7 +139,7 @@ func start(t *testing.T, syncFn func(call int, st ferryv1.WriterService_SyncServ
 	}
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
-	h := &harness{t: t, broker: &fakeBroker{sync: syncFn}, applier: applier, logs: &syncBuffer{}}
+	h := &harness{t: t, broker: &fakeBroker{sync: syncFn}, applier: applier, logs: &logtest.Buffer{}}
 	ferryv1.RegisterWriterServiceServer(srv, h.broker)
 	go srv.Serve(lis)
 	t.Cleanup(func() { srv.Stop(); lis.Close() })
