@@ -3,9 +3,13 @@
 //
 //	ferry-writer -config FILE            run until SIGINT/SIGTERM
 //	ferry-writer validate -config FILE   check the configuration, exit 0 or 1
+//
+// -kube-qps, -kube-burst and -parallelism override the file's
+// kubernetes.qps, kubernetes.burst and kubernetes.parallelism.
 package main
 
 import (
+	"flag"
 	"fmt"
 	"os"
 
@@ -18,12 +22,30 @@ import (
 func main() { command.Main("ferry-writer", run) }
 
 func run(args []string) error {
-	line, err := command.Parse("ferry-writer", "/etc/ferry/writer.yaml", "configuration file (YAML)", args)
+	var qps float64
+	var burst, parallelism int
+	line, err := command.Parse("ferry-writer", "/etc/ferry/writer.yaml", "configuration file (YAML)", args, func(fs *flag.FlagSet) {
+		fs.Float64Var(&qps, "kube-qps", 0, "Kubernetes client requests per second (overrides kubernetes.qps)")
+		fs.IntVar(&burst, "kube-burst", 0, "Kubernetes client burst (overrides kubernetes.burst)")
+		fs.IntVar(&parallelism, "parallelism", 0, "applies in flight (overrides kubernetes.parallelism)")
+	})
 	if err != nil {
 		return err
 	}
 	cfg, err := config.Load(line.Config)
 	if err != nil {
+		return err
+	}
+	if qps > 0 {
+		cfg.Kubernetes.QPS = float32(qps)
+	}
+	if burst > 0 {
+		cfg.Kubernetes.Burst = burst
+	}
+	if parallelism > 0 {
+		cfg.Kubernetes.Parallelism = parallelism
+	}
+	if err := cfg.Validate(); err != nil {
 		return err
 	}
 	if line.Validate {

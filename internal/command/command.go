@@ -28,16 +28,19 @@ type Line struct {
 }
 
 // Parse parses args, `[validate] -config FILE`, for the command name.
-// defaultConfig is the -config default and usage its help text. Arguments
-// after the flags are an error, so a misplaced "validate" never starts the
-// service.
-func Parse(name, defaultConfig, usage string, args []string) (Line, error) {
+// defaultConfig is the -config default and usage its help text; extra, if
+// given, registers more flags. Arguments after the flags are an error, so a
+// misplaced "validate" never starts the service.
+func Parse(name, defaultConfig, usage string, args []string, extra ...func(*flag.FlagSet)) (Line, error) {
 	var l Line
 	if len(args) > 0 && args[0] == "validate" {
 		l.Validate, args = true, args[1:]
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.StringVar(&l.Config, "config", defaultConfig, usage)
+	for _, f := range extra {
+		f(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		return Line{}, err
 	}

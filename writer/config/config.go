@@ -25,9 +25,9 @@ import (
 
 // Defaults applied by SetDefaults to fields left empty.
 const (
-	DefaultQPS         = 50
-	DefaultBurst       = 100
-	DefaultParallelism = 16
+	DefaultQPS         = 500
+	DefaultBurst       = 1000
+	DefaultParallelism = 32
 	DefaultLogLevel    = "info"
 	// DefaultResync is how often every Secret is applied again to repair
 	// drift (hand edits, deletions). An apply of unchanged content is a
@@ -109,11 +109,11 @@ type Broker struct {
 type Kubernetes struct {
 	// Kubeconfig is a kubeconfig file; empty means the in-cluster config.
 	Kubeconfig string `json:"kubeconfig,omitempty"`
-	// QPS is the client's sustained request rate (default 50).
+	// QPS is the client's sustained request rate (default 500).
 	QPS float32 `json:"qps,omitempty"`
-	// Burst is the client's request burst (default 100).
+	// Burst is the client's request burst (default 1000).
 	Burst int `json:"burst,omitempty"`
-	// Parallelism is the maximum number of applies in flight (default 16).
+	// Parallelism is the maximum number of applies in flight (default 32).
 	Parallelism int `json:"parallelism,omitempty"`
 }
 

@@ -57,7 +57,7 @@ type Options struct {
 	DialOptions []grpc.DialOption
 	// Applier applies upserts and deletes.
 	Applier Applier
-	// Parallelism is the maximum number of applies in flight (default 16).
+	// Parallelism is the maximum number of applies in flight (default 32).
 	Parallelism int
 	// Backoff paces reconnects; the zero value means DefaultBackoff.
 	Backoff Backoff
@@ -69,7 +69,7 @@ type Options struct {
 }
 
 // DefaultParallelism is the default maximum number of applies in flight.
-const DefaultParallelism = 16
+const DefaultParallelism = 32
 
 // keepaliveTime is just above grpc-go servers' default keepalive
 // EnforcementPolicy.MinTime (5 minutes), so the broker never answers our
