@@ -27,7 +27,7 @@ func (c *Catalog) SetLease(writerID, name string, l Lease) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, b := c.lookup(writerID, name); b != nil {
-		b.lease = l
+		b.lease = &l
 	}
 }
 

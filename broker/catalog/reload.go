@@ -31,7 +31,7 @@ func (c *Catalog) Bindings() ([]Binding, <-chan struct{}) {
 	for _, id := range ids {
 		w := c.writers[id]
 		for _, n := range w.order {
-			out = append(out, Binding{WriterID: id, Config: w.bindings[n].cfg})
+			out = append(out, Binding{WriterID: id, Config: *w.bindings[n].cfg})
 		}
 	}
 	return out, c.changed
@@ -50,7 +50,8 @@ type Changes struct {
 // Secret changed, becomes a delete message carrying its deletion policy,
 // sent to every connected stream of its writer and, after the snapshot, to
 // every stream that connects later. A binding whose delivery policy changed
-// is sent again. Desired Secrets of unchanged bindings are kept.
+// is sent again. Desired Secrets of unchanged bindings are kept. As with New,
+// the catalog keeps pointers into ws's bindings.
 func (c *Catalog) Update(ws []config.Writer) Changes {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -88,7 +89,8 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 			}
 		}
 		w.order = w.order[:0]
-		for _, b := range cw.Secrets {
+		for i := range cw.Secrets {
+			b := &cw.Secrets[i]
 			w.order = append(w.order, b.Name)
 			old := w.bindings[b.Name]
 			if old != nil && (old.cfg.Namespace != b.Namespace || old.cfg.SecretName != b.SecretName) {
@@ -97,21 +99,22 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 				old = nil
 			}
 			if old == nil {
-				w.add(b.Name, &binding{meta: c.meta(cw.ID, b), cfg: b})
+				w.add(b.Name, &binding{meta: c.meta(cw.ID, *b), cfg: b})
 				ch.Added++
 				continue
 			}
-			if reflect.DeepEqual(old.cfg, b) {
+			if reflect.DeepEqual(*old.cfg, *b) {
+				old.cfg = b // the running configuration's, not an old one's
 				continue
 			}
 			ch.Updated++
 			deliveryChanged := old.cfg.CreationPolicy() != b.CreationPolicy() ||
 				old.cfg.DeletionPolicy() != b.DeletionPolicy() ||
 				!reflect.DeepEqual(old.cfg.RolloutRestart, b.RolloutRestart)
-			old.cfg, old.meta = b, c.meta(cw.ID, b)
+			old.cfg, old.meta = b, c.meta(cw.ID, *b)
 			if deliveryChanged && old.desired != nil {
 				d := proto.Clone(old.desired).(*ferryv1.Secret)
-				stampDelivery(d, b)
+				stampDelivery(d, *b)
 				old.desired = d
 				for sub := range w.subs {
 					sub.mark(b.Name)

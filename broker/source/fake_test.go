@@ -29,8 +29,11 @@ import (
 type fakeVault struct {
 	mu sync.Mutex
 
-	kvReads int
-	kvData  map[string][]byte
+	kvReads   int
+	kvData    map[string][]byte
+	kvPaths   map[string]int // reads per mount/path
+	kvErr     error          // when set, KV reads fail with it
+	kvVersion int64          // when set, the version every KV read returns
 
 	ttl, maxTTL   time.Duration
 	leases        map[string]*fakeLease
@@ -66,11 +69,22 @@ func (f *fakeVault) ReadKV(ctx context.Context, mount, path string, ev int, vers
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.kvReads++
+	if f.kvPaths == nil {
+		f.kvPaths = map[string]int{}
+	}
+	f.kvPaths[mount+"/"+path]++
+	if f.kvErr != nil {
+		return nil, f.kvErr
+	}
 	data := map[string][]byte{}
 	for k, v := range f.kvData {
 		data[k] = v
 	}
-	return &vault.KVSecret{Data: data, Version: int64(f.kvReads)}, nil
+	v := int64(f.kvReads)
+	if f.kvVersion != 0 {
+		v = f.kvVersion
+	}
+	return &vault.KVSecret{Data: data, Version: v}, nil
 }
 
 func (f *fakeVault) ReadLeased(ctx context.Context, method, path string, params map[string]any) (*vault.Leased, error) {

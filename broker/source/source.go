@@ -70,7 +70,9 @@ const revokeTimeout = 30 * time.Second
 // there is none.
 type Vaults func(identity string) Vault
 
-// Poller keeps every configured binding's Secret current.
+// Poller keeps every configured binding's Secret current. KV bindings are
+// read per distinct path by one scheduler (kv.go); dynamic and PKI bindings
+// each run their own source goroutine.
 type Poller struct {
 	cat    *catalog.Catalog
 	vaults Vaults
@@ -79,8 +81,8 @@ type Poller struct {
 	ready <-chan struct{}
 	// key makes revisions HMACs of content, so a revision in a log or a debug
 	// RPC cannot be used to confirm a guessed secret value.
-	key   []byte
-	cache *kvCache
+	key []byte
+	kv  *kvScheduler
 
 	mu       sync.Mutex
 	runCtx   context.Context // set once Run has started the bindings
@@ -91,33 +93,45 @@ type Poller struct {
 
 type bindingKey struct{ writerID, name string }
 
-// handle is one binding's running source.
+// handle is one binding's running source. b points into the configuration
+// the binding came from (never modified once loaded), not a copy: at 10,000
+// bindings every copy of every binding costs megabytes.
 type handle struct {
 	writerID string
-	b        config.Binding
-	cancel   context.CancelCauseFunc // nil until started
-	done     chan struct{}
-	err      error // revocation error on removal; read after done
+	b        *config.Binding
+	// kv is a KV binding's place in the scheduler (kv.go).
+	kv kvMember
+	// A dynamic or PKI binding's goroutine; nil otherwise.
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+	err    error // revocation error on removal; read after done
 }
 
-// NewPoller returns a poller for ws. ready may be nil.
+// NewPoller returns a poller for ws. ready may be nil. The poller keeps
+// pointers into ws's bindings: the caller must not modify them.
 func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-chan struct{}, log *slog.Logger) *Poller {
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		panic(err) // crypto/rand never fails on supported platforms
 	}
-	p := &Poller{cat: cat, vaults: vaults, ready: ready, log: log, key: key, cache: newKVCache(), bindings: map[bindingKey]*handle{}}
+	n := 0
 	for _, w := range ws {
-		for _, b := range w.Secrets {
-			p.register(w.ID, b)
+		n += len(w.Secrets)
+	}
+	p := &Poller{cat: cat, vaults: vaults, ready: ready, log: log, key: key,
+		bindings: make(map[bindingKey]*handle, n), order: make([]bindingKey, 0, n)}
+	p.kv = newKVScheduler(p, vault.MaxInFlight)
+	for _, w := range ws {
+		for i := range w.Secrets {
+			p.register(w.ID, &w.Secrets[i])
 		}
 	}
 	return p
 }
 
-func (p *Poller) register(writerID string, b config.Binding) *handle {
+func (p *Poller) register(writerID string, b *config.Binding) *handle {
 	k := bindingKey{writerID, b.Name}
-	h := &handle{writerID: writerID, b: b, done: make(chan struct{})}
+	h := &handle{writerID: writerID, b: b}
 	p.bindings[k] = h
 	p.order = append(p.order, k)
 	return h
@@ -136,7 +150,12 @@ func (p *Poller) Run(ctx context.Context) error {
 	}
 	p.mu.Lock()
 	p.runCtx = ctx
-	for _, k := range p.order {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.kv.run(ctx)
+	}()
+	for _, k := range interleaved(p.order) {
 		if h := p.bindings[k]; h != nil {
 			p.start(h)
 		}
@@ -147,15 +166,51 @@ func (p *Poller) Run(ctx context.Context) error {
 	return nil
 }
 
+// interleaved orders bindings round-robin over their writers, each
+// writer's in configuration order, so that the first reads (which queue for
+// the KV readers in start order) reach every writer's stream from the start
+// rather than one writer after another.
+func interleaved(order []bindingKey) []bindingKey {
+	var writers []string
+	byWriter := map[string][]bindingKey{}
+	for _, k := range order {
+		if byWriter[k.writerID] == nil {
+			writers = append(writers, k.writerID)
+		}
+		byWriter[k.writerID] = append(byWriter[k.writerID], k)
+	}
+	out := make([]bindingKey, 0, len(order))
+	for i := 0; len(out) < len(order); i++ {
+		for _, w := range writers {
+			if ks := byWriter[w]; i < len(ks) {
+				out = append(out, ks[i])
+			}
+		}
+	}
+	return out
+}
+
 // start runs h's source; p.mu is held.
 func (p *Poller) start(h *handle) {
+	v, err := p.vaultFor(h.writerID, *h.b)
+	if err != nil {
+		// A configuration the validation should have refused: report it
+		// until the binding is removed.
+		p.log.Error("binding has no Vault client", "writer_id", h.writerID, "binding", h.b.Name, "err", err)
+		p.cat.SetSourceError(h.writerID, h.b.Name, err)
+		return
+	}
+	if h.b.KV != nil {
+		p.kv.add(h, v)
+		return
+	}
 	ctx, cancel := context.WithCancelCause(p.runCtx)
-	h.cancel = cancel
+	h.cancel, h.done = cancel, make(chan struct{})
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		defer close(h.done)
-		h.err = p.runBinding(ctx, h.writerID, h.b)
+		h.err = p.runBinding(ctx, h.writerID, *h.b, v)
 	}()
 }
 
@@ -167,7 +222,7 @@ func (p *Poller) Add(writerID string, b config.Binding) error {
 	if _, dup := p.bindings[bindingKey{writerID, b.Name}]; dup {
 		return fmt.Errorf("source: binding %s of %s already exists", b.Name, writerID)
 	}
-	h := p.register(writerID, b)
+	h := p.register(writerID, &b)
 	if p.runCtx != nil && p.runCtx.Err() == nil {
 		p.start(h)
 	}
@@ -177,7 +232,8 @@ func (p *Poller) Add(writerID string, b config.Binding) error {
 // Remove stops the source of a binding removed from the configuration and,
 // as its config says, revokes its lease (dynamic, revoke_on_delete, default
 // on) or its certificate (pki, revoke_on_delete, default off). It returns
-// when that is done, with the revocation's error, or when ctx ends.
+// when that is done, with the revocation's error, or when ctx ends. Once it
+// has returned, the source publishes nothing more for the binding.
 func (p *Poller) Remove(ctx context.Context, writerID, name string) error {
 	k := bindingKey{writerID, name}
 	p.mu.Lock()
@@ -190,11 +246,14 @@ func (p *Poller) Remove(ctx context.Context, writerID, name string) error {
 		}
 	}
 	p.mu.Unlock()
-	if h == nil {
+	switch {
+	case h == nil:
 		return fmt.Errorf("source: no binding %s of %s", name, writerID)
-	}
-	if h.cancel == nil {
-		return nil // never started: nothing was issued
+	case h.kv.path != nil:
+		p.kv.remove(h)
+		return nil
+	case h.cancel == nil:
+		return nil // never started, or without a Vault client: nothing was issued
 	}
 	h.cancel(ErrRemoved)
 	select {
@@ -205,24 +264,12 @@ func (p *Poller) Remove(ctx context.Context, writerID, name string) error {
 	}
 }
 
-// runBinding runs one binding's source until ctx ends. When it ends because
-// the binding was removed, the source cleans up and reports its error.
-func (p *Poller) runBinding(ctx context.Context, writerID string, b config.Binding) error {
-	bc := &binding{p: p, writerID: writerID, b: b, log: p.log.With("writer_id", writerID, "binding", b.Name)}
-	v, err := p.vaultFor(writerID, b)
-	if err != nil {
-		// A configuration the validation should have refused: report it
-		// until the binding is removed.
-		bc.log.Error("binding has no Vault client", "err", err)
-		bc.sourceError(err)
-		<-ctx.Done()
-		return nil
-	}
-	bc.v = v
+// runBinding runs one dynamic or PKI binding's source until ctx ends. When
+// it ends because the binding was removed, the source cleans up and reports
+// its error.
+func (p *Poller) runBinding(ctx context.Context, writerID string, b config.Binding, v access) error {
+	bc := &binding{p: p, writerID: writerID, b: b, v: v, log: p.log.With("writer_id", writerID, "binding", b.Name)}
 	switch {
-	case b.KV != nil:
-		runKV(ctx, bc)
-		return nil
 	case b.Dynamic != nil:
 		return newDynamic(bc).run(ctx)
 	case b.PKI != nil:
@@ -233,9 +280,9 @@ func (p *Poller) runBinding(ctx context.Context, writerID string, b config.Bindi
 
 // vaultFor returns the client of the Vault identity the binding reads
 // through (its own vault_identity, else its writer's, else "default"). Every
-// Vault request of a binding goes through it; the shared KV cache keys on
-// the identity's name, so one identity's reads never serve another's
-// bindings.
+// Vault request of a binding goes through it; KV reads are shared only
+// between bindings of one identity, so one identity's reads never serve
+// another's bindings.
 func (p *Poller) vaultFor(writerID string, b config.Binding) (access, error) {
 	vc := p.vaults(b.VaultIdentity)
 	if vc == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -286,4 +287,106 @@ func TestReissueAt(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKVPathScheduling: KV reads are scheduled per path. A binding added to
+// a path read moments ago gets that read without another; a path is read at
+// the shortest refresh of its bindings; a failed read is a source error on
+// every binding of the path and keeps their Secrets; a removed binding gets
+// nothing more, and a path with no binding left is not read again.
+func TestKVPathScheduling(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeVault()
+		f.kvVersion = 3
+		kv := func(name, path string, refresh time.Duration) config.Binding {
+			return config.Binding{Name: name, Namespace: "ns", Refresh: dur(refresh), KV: &config.KV{Mount: "secret", Path: path}}
+		}
+		p, cat, stop := startPoller(t, f, kv("a", "x", time.Minute))
+		defer stop()
+		time.Sleep(time.Second)
+		reads := func(path string) int {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.kvPaths["secret/"+path]
+		}
+		if reads("x") != 1 || desired(cat, "a") == nil {
+			t.Fatalf("after 1s: %d reads of x, Secret %v", reads("x"), desired(cat, "a"))
+		}
+		// Shares the read of 1s ago (< refresh/2) and refreshes the path every ~10s.
+		// A reload registers the binding in the catalog, then starts its source.
+		ws := []config.Writer{{ID: testWriter, Secrets: []config.Binding{kv("a", "x", time.Minute), kv("b", "x", 10*time.Second)}}}
+		(&config.Config{Writers: ws}).SetDefaults()
+		cat.Update(ws)
+		if err := p.Add(testWriter, ws[0].Secrets[1]); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if reads("x") != 1 {
+			t.Errorf("a binding joining a fresh path caused a read: %d reads", reads("x"))
+		}
+		sb := desired(cat, "b")
+		if sb == nil || string(sb.Data["password"]) != "v1" {
+			t.Fatalf("joining binding has Secret %v", sb)
+		}
+		if st := status(cat, "b"); st.GetNextRefreshTime() == nil || st.GetLastRefreshTime() == nil {
+			t.Errorf("joining binding's status lacks refresh times: %v", st)
+		}
+		time.Sleep(45 * time.Second)
+		synctest.Wait()
+		if n := reads("x"); n < 5 || n > 6 {
+			t.Errorf("%d reads of x in 46s with refreshes 60s and 10s; want 5–6 (every ~10s)", n)
+		}
+		next := status(cat, "a").GetNextRefreshTime().AsTime()
+		if d := next.Sub(time.Now()); d <= 0 || d > 11*time.Second {
+			t.Errorf("a's next refresh in %v, want within the path's 10s ±10%%", d)
+		}
+		if desired(cat, "b") != sb {
+			t.Errorf("unchanged data replaced b's Secret")
+		}
+
+		// A failed read: a source error on both, the Secrets stay.
+		f.mu.Lock()
+		f.kvErr = errors.New("fake: vault sealed")
+		f.mu.Unlock()
+		time.Sleep(12 * time.Second)
+		synctest.Wait()
+		for _, n := range []string{"a", "b"} {
+			if st := status(cat, n); !strings.Contains(st.GetSourceError(), "sealed") || desired(cat, n) == nil {
+				t.Errorf("%s after a failed read: source error %q, Secret %v", n, st.GetSourceError(), desired(cat, n))
+			}
+		}
+		f.mu.Lock()
+		f.kvErr = nil
+		f.kvData = map[string][]byte{"password": []byte("v2")}
+		f.mu.Unlock()
+		time.Sleep(12 * time.Second)
+		synctest.Wait()
+		for _, n := range []string{"a", "b"} {
+			if st := status(cat, n); st.GetSourceError() != "" || string(desired(cat, n).Data["password"]) != "v2" {
+				t.Errorf("%s after recovery: source error %q, password %q", n, st.GetSourceError(), desired(cat, n).Data["password"])
+			}
+		}
+
+		// Removing b: a is refreshed at its own 60s again; removing a: x is not read.
+		if err := p.Remove(context.Background(), testWriter, "b"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(70 * time.Second) // the next read, due ≤11s ahead, then one at ~60s
+		synctest.Wait()
+		before := reads("x")
+		time.Sleep(50 * time.Second)
+		synctest.Wait()
+		if n := reads("x") - before; n > 1 {
+			t.Errorf("%d reads of x in 50s after the 10s binding left; want ≤ 1 (refresh 60s)", n)
+		}
+		if err := p.Remove(context.Background(), testWriter, "a"); err != nil {
+			t.Fatal(err)
+		}
+		before = reads("x")
+		time.Sleep(3 * time.Minute)
+		synctest.Wait()
+		if n := reads("x") - before; n != 0 {
+			t.Errorf("%d reads of a path with no binding left", n)
+		}
+	})
 }

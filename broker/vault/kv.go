@@ -1,11 +1,15 @@
 package vault
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"unicode/utf8"
 )
 
 // KVSecret is one KV read: the data as Kubernetes Secret bytes, and for KV v2
@@ -26,6 +30,10 @@ func KVPath(mount, path string, engineVersion int) string {
 
 // ReadKV reads a KV v1 or v2 secret. For v2, version 0 means the latest.
 // String values become their bytes; other JSON values their JSON encoding.
+//
+// The response is decoded straight into the data's bytes (through a pooled
+// body buffer), not through vault/api's map[string]any Secret: at thousands
+// of reads per refresh cycle that garbage is most of the broker's allocation.
 func (c *Client) ReadKV(ctx context.Context, mount, path string, engineVersion int, version int64) (*KVSecret, error) {
 	api, done, err := c.begin(ctx)
 	if err != nil {
@@ -37,35 +45,116 @@ func (c *Client) ReadKV(ctx context.Context, mount, path string, engineVersion i
 	if engineVersion == 2 && version > 0 {
 		params = map[string][]string{"version": {strconv.FormatInt(version, 10)}}
 	}
-	s, err := api.Logical().ReadWithDataWithContext(ctx, p, params)
-	if err != nil {
+	if t := api.ClientTimeout(); t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	resp, err := api.Logical().ReadRawWithDataWithContext(ctx, p, params)
+	if resp != nil {
+		defer resp.Body.Close()
+	}
+	// A 404 may still carry a body: KV v2 answers a deleted version with
+	// its metadata.
+	if err != nil && (resp == nil || resp.StatusCode != http.StatusNotFound) {
 		return nil, fmt.Errorf("vault: read %s: %w", p, redactErr(err))
 	}
-	if s == nil || s.Data == nil {
+	buf := bodyPool.Get().(*bytes.Buffer)
+	defer putBody(buf)
+	buf.Reset()
+	if _, err := buf.ReadFrom(resp.Body); err != nil {
+		return nil, fmt.Errorf("vault: read %s: %w", p, err)
+	}
+	if len(bytes.TrimSpace(buf.Bytes())) == 0 {
 		return nil, fmt.Errorf("vault: read %s: %w", p, ErrNotFound)
 	}
-	raw := s.Data
+	var raw map[string]kvValue
 	out := &KVSecret{}
 	if engineVersion == 2 {
-		inner, _ := s.Data["data"].(map[string]any)
-		if inner == nil {
+		var r kvV2Response
+		if err := json.Unmarshal(buf.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("vault: read %s: decode: %w", p, err)
+		}
+		if r.Data == nil {
+			return nil, fmt.Errorf("vault: read %s: %w", p, ErrNotFound)
+		}
+		if r.Data.Data == nil {
 			// A deleted or destroyed version reads as data: null.
 			return nil, fmt.Errorf("vault: read %s: %w (version deleted or destroyed)", p, ErrNotFound)
 		}
-		raw = inner
-		if md, ok := s.Data["metadata"].(map[string]any); ok {
-			out.Version = jsonInt(md["version"])
+		raw = r.Data.Data
+		if r.Data.Metadata != nil {
+			out.Version, _ = r.Data.Metadata.Version.Int64()
 		}
+	} else {
+		var r kvV1Response
+		if err := json.Unmarshal(buf.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("vault: read %s: decode: %w", p, err)
+		}
+		if r.Data == nil {
+			return nil, fmt.Errorf("vault: read %s: %w", p, ErrNotFound)
+		}
+		raw = r.Data
 	}
 	out.Data = make(map[string][]byte, len(raw))
 	for k, v := range raw {
-		b, err := valueBytes(v)
-		if err != nil {
+		if v.err != nil {
 			return nil, fmt.Errorf("vault: read %s: key %q: value is not encodable", p, k)
 		}
-		out.Data[k] = b
+		out.Data[k] = v.b
 	}
 	return out, nil
+}
+
+// kvV2Response and kvV1Response are the parts of a KV read's response the
+// broker uses.
+type kvV2Response struct {
+	Data *struct {
+		Data     map[string]kvValue `json:"data"`
+		Metadata *struct {
+			Version json.Number `json:"version"`
+		} `json:"metadata"`
+	} `json:"data"`
+}
+
+type kvV1Response struct {
+	Data map[string]kvValue `json:"data"`
+}
+
+// kvValue is one KV value as Secret bytes: a string's bytes, nil for null,
+// the JSON encoding of anything else (as valueBytes makes it).
+type kvValue struct {
+	b   []byte
+	err error
+}
+
+func (v *kvValue) UnmarshalJSON(b []byte) error {
+	// b is valid JSON (Unmarshal checks the whole input first). A string
+	// without escapes and of valid UTF-8 is its bytes as they are.
+	if len(b) >= 2 && b[0] == '"' && bytes.IndexByte(b, '\\') < 0 && utf8.Valid(b) {
+		v.b = append(make([]byte, 0, len(b)-2), b[1:len(b)-1]...)
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var x any
+	if err := dec.Decode(&x); err != nil {
+		return err
+	}
+	v.b, v.err = valueBytes(x)
+	return nil
+}
+
+// bodyPool holds response buffers; ones grown past maxPooledBody are left
+// to the GC so one huge secret does not stay pinned.
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+const maxPooledBody = 64 << 10
+
+func putBody(b *bytes.Buffer) {
+	if b.Cap() <= maxPooledBody {
+		bodyPool.Put(b)
+	}
 }
 
 func valueBytes(v any) ([]byte, error) {
@@ -77,17 +166,4 @@ func valueBytes(v any) ([]byte, error) {
 	default:
 		return json.Marshal(x)
 	}
-}
-
-func jsonInt(v any) int64 {
-	switch x := v.(type) {
-	case json.Number:
-		n, _ := x.Int64()
-		return n
-	case float64:
-		return int64(x)
-	case int64:
-		return x
-	}
-	return 0
 }
