@@ -28,6 +28,7 @@ type options struct {
 	out          string
 	verbose      bool
 	writerKube   string // extra writer kubernetes config, e.g. "qps: 500, burst: 1000"
+	takeover     bool
 }
 
 func main() {
@@ -42,6 +43,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "file to write the results table to ('' for stdout only)")
 	flag.BoolVar(&o.verbose, "v", false, "print the stack's progress")
 	flag.StringVar(&o.writerKube, "writer-kube", "", "extra writer kubernetes settings, e.g. 'qps: 500, burst: 1000, parallelism: 32' (default: the writer's defaults)")
+	flag.BoolVar(&o.takeover, "takeover", true, "also measure the smallest size with creation: takeover (no ownership check)")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
 	for _, s := range strings.Split(*sizes, ",") {
@@ -80,9 +82,14 @@ func main() {
 func run(r *stack.Runner, o options) *report {
 	rep := &report{started: time.Now(), opts: o}
 	for i, n := range o.sizes {
-		rep.syncs = append(rep.syncs, syncScenario(r, o, n, o.writers, true))
+		rep.syncs = append(rep.syncs, syncScenario(r, o, n, o.writers, true, "create"))
+		if i == 0 && o.takeover {
+			// What the default policy's ownership check costs: creation
+			// takeover skips it (one apiserver request per new Secret).
+			rep.syncs = append(rep.syncs, syncScenario(r, o, n, o.writers, false, "takeover"))
+		}
 		if i == len(o.sizes)-1 && o.manyWriters > 0 {
-			rep.syncs = append(rep.syncs, syncScenario(r, o, n, o.manyWriters, false))
+			rep.syncs = append(rep.syncs, syncScenario(r, o, n, o.manyWriters, false, "create"))
 		}
 	}
 	if o.changes > 0 {

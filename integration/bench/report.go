@@ -28,9 +28,9 @@ func (r *report) markdown(command string) string {
 
 	fmt.Fprintf(&b, "## Initial sync: time until every Secret holds the right data\n\n")
 	fmt.Fprintf(&b, "Each secret is a distinct KV v2 path of ~1 KiB (8 keys × 128 characters). The clock runs from starting the broker until a watch on the apiserver has seen every Secret with the expected data. The bare loop is the physical limit, measured in the same run on the same stack: %d goroutines that each read a path from Vault and server-side-apply it, with no client-side rate limit.\n\n", r.opts.parallel)
-	fmt.Fprintf(&b, "| secrets | writers | bare loop | Ferry | Ferry ÷ bare | broker peak RSS | writers peak RSS (sum / max) | Vault reads by the broker | apiserver requests by the writers |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| secrets | writers | creation policy | bare loop | Ferry | Ferry ÷ bare | broker peak RSS | writers peak RSS (sum / max) | Vault reads by the broker | apiserver requests by the writers |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.syncs {
-		fmt.Fprintf(&b, "| %d | %d | %.2f s | %.2f s | %.2f | %s | %s / %s | %d | %d |\n", s.n, s.writers, s.bare.Seconds(), s.ferry.Seconds(),
+		fmt.Fprintf(&b, "| %d | %d | %s | %.2f s | %.2f s | %.2f | %s | %s / %s | %d | %d |\n", s.n, s.writers, s.creation, s.bare.Seconds(), s.ferry.Seconds(),
 			s.ferry.Seconds()/s.bare.Seconds(), mib(s.brokerRSS), mib(s.writerRSSSum), mib(s.writerRSSMax), s.vaultReads, s.writerRequests)
 	}
 	fmt.Fprintf(&b, "\nCPU time by process during each (2 cores, so at most 2 s of CPU per second):\n\n| secrets | writers | bare loop | Ferry |\n|---:|---:|---|---|\n")

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/kubernetes"
@@ -168,6 +169,7 @@ func (e *env) bareLoop(workers, namespaces int) time.Duration {
 		e.r.Fatalf("vault login: %v", err)
 	}
 	vc.SetToken(login.Auth.ClientToken)
+	kc := e.bareKubeClient()
 	tr := newTracker()
 	start := time.Now()
 	for i := range e.n {
@@ -184,7 +186,7 @@ func (e *env) bareLoop(workers, namespaces int) time.Duration {
 			data[k] = []byte(v.(string))
 		}
 		cfg := corev1apply.Secret(fmt.Sprintf("s-%05d", i), fmt.Sprintf("bare-%d", i%namespaces)).WithData(data)
-		if _, err := e.kc.CoreV1().Secrets(fmt.Sprintf("bare-%d", i%namespaces)).Apply(ctx, cfg, metav1.ApplyOptions{FieldManager: "bench-bare", Force: true}); err != nil {
+		if _, err := kc.CoreV1().Secrets(fmt.Sprintf("bare-%d", i%namespaces)).Apply(ctx, cfg, metav1.ApplyOptions{FieldManager: "bench-bare", Force: true}); err != nil {
 			e.r.Fatalf("bare loop: apply: %v", err)
 		}
 	})
@@ -192,6 +194,43 @@ func (e *env) bareLoop(workers, namespaces int) time.Duration {
 		e.r.Fatalf("bare loop: the watch did not see every Secret")
 	}
 	return time.Since(start)
+}
+
+// bareKubeClient authenticates like a writer (a ServiceAccount token, so
+// the apiserver pays the same authentication cost) and may only create and
+// patch Secrets, with no client-side rate limit.
+func (e *env) bareKubeClient() kubernetes.Interface {
+	ctx := context.Background()
+	token := e.kube.ServiceAccount(e.r, "bare-0", "bench-bare", nil)
+	admin := e.kube.Admin(e.r)
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "bench-bare"}, Rules: ferrystack.WriterRules}
+	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		e.r.Fatalf("bare loop: %v", err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "bench-bare"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "bench-bare"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "bench-bare", Namespace: "bare-0"}},
+	}
+	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		e.r.Fatalf("bare loop: %v", err)
+	}
+	cfg := e.kube.ConfigForToken(token)
+	cfg.QPS, cfg.Burst = 1e6, 1e6
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		e.r.Fatalf("bare loop: %v", err)
+	}
+	// Wait until RBAC has caught up with the binding.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, err := kc.CoreV1().Secrets("bare-0").Apply(ctx, corev1apply.Secret("probe", "bare-0"), metav1.ApplyOptions{FieldManager: "bench-bare", Force: true})
+		if err == nil {
+			return kc
+		}
+		if time.Now().After(deadline) {
+			e.r.Fatalf("bare loop: the ServiceAccount still may not apply: %v", err)
+		}
+	}
 }
 
 // ferry is one broker and its writers, all bindings spread round-robin.
@@ -211,7 +250,7 @@ func writerNS(j int) string       { return fmt.Sprintf("ferry-%d", j) }
 func secretName(i int) string     { return fmt.Sprintf("s-%05d", i) }
 
 // setupFerry registers identities and writes configs; nothing runs yet.
-func (e *env) setupFerry(writers int, refresh time.Duration, writerKube string) *ferry {
+func (e *env) setupFerry(writers int, refresh time.Duration, writerKube, creation string) *ferry {
 	f := &ferry{e: e, writers: writers, addr: fmt.Sprintf("127.0.0.1:%d", stack.FreePort(e.r))}
 	brokerBin := stack.LinkBinary(e.r, e.bins.Broker, "ferry-broker")
 	e.spire.Register(e.r, stack.Entry{SPIFFEID: brokerID, Selectors: []string{"unix:path:" + brokerBin}, DNSNames: []string{brokerDNS}})
@@ -225,7 +264,7 @@ func (e *env) setupFerry(writers int, refresh time.Duration, writerKube string) 
 	for j := range writers {
 		fmt.Fprintf(&cfg, "  - id: %s\n    secrets:\n", writerSPIFFEID(j))
 		for i := j; i < e.n; i += writers {
-			fmt.Fprintf(&cfg, "      - {name: %s, namespace: %s, refresh: %s, kv: {mount: secret, path: %s}}\n", secretName(i), writerNS(j), refresh, kvPath(i))
+			fmt.Fprintf(&cfg, "      - {name: %s, namespace: %s, refresh: %s, creation: %s, kv: {mount: secret, path: %s}}\n", secretName(i), writerNS(j), refresh, creation, kvPath(i))
 		}
 		writerBins[j] = stack.LinkBinary(e.r, e.bins.Writer, "ferry-writer")
 		e.spire.Register(e.r, stack.Entry{SPIFFEID: writerSPIFFEID(j), Selectors: []string{"unix:path:" + writerBins[j]}})

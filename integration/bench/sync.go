@@ -16,6 +16,7 @@ import (
 // the steady-state and restart tables).
 type syncResult struct {
 	n, writers        int
+	creation          string // the bindings' creation policy
 	bare, ferry       time.Duration
 	brokerRSS         int64
 	writerRSSSum      int64
@@ -36,9 +37,9 @@ type syncResult struct {
 
 // syncScenario: N secrets over some writers on a fresh stack; the bare loop
 // first, then Ferry, then (if steady) steady state and a broker restart.
-func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool) syncResult {
+func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool, creation string) syncResult {
 	e := newEnv(rr, n)
-	res := syncResult{n: n, writers: writers}
+	res := syncResult{n: n, writers: writers, creation: creation}
 
 	logf("N=%d: bare loop, %d workers", n, o.parallel)
 	cpu0 := cpuSeconds()
@@ -46,7 +47,7 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool) sync
 	res.bareCPU = cpuDelta(cpu0, cpuSeconds())
 	logf("N=%d: bare loop took %v (CPU: %s)", n, res.bare, res.bareCPU)
 
-	f := e.setupFerry(writers, o.refresh, o.writerKube)
+	f := e.setupFerry(writers, o.refresh, o.writerKube, creation)
 	tr := newTracker()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -131,7 +132,7 @@ func latencyScenario(r *stack.Runner, o options) latencyResult {
 	const refresh = 2 * time.Second
 	n := o.changes
 	e := newEnv(r, n)
-	f := e.setupFerry(1, refresh, o.writerKube)
+	f := e.setupFerry(1, refresh, o.writerKube, "create")
 	tr := newTracker()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
