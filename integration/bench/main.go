@@ -67,7 +67,7 @@ func main() {
 	if !ok {
 		os.Exit(1)
 	}
-	text := report.markdown(strings.Join(os.Args, " "))
+	text := report.markdown(strings.TrimSpace("go run ./integration/bench " + strings.Join(os.Args[1:], " ")))
 	fmt.Println(text)
 	if o.out != "" {
 		if err := os.WriteFile(o.out, []byte(text), 0o644); err != nil {
