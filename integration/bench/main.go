@@ -78,25 +78,45 @@ func main() {
 	}
 }
 
-// run measures every scenario, each on a fresh stack.
+// run measures every scenario, each on a fresh stack that is stopped before
+// the next one starts (so no idle stack's polling lands in another's
+// figures).
 func run(r *stack.Runner, o options) *report {
 	rep := &report{started: time.Now(), opts: o}
+	sync := func(n, writers int, steady bool, creation string) {
+		isolated(r, o, func(sr *stack.Runner) { rep.syncs = append(rep.syncs, syncScenario(sr, o, n, writers, steady, creation)) })
+	}
 	for i, n := range o.sizes {
-		rep.syncs = append(rep.syncs, syncScenario(r, o, n, o.writers, true, "create"))
+		sync(n, o.writers, true, "create")
 		if i == 0 && o.takeover {
 			// What the default policy's ownership check costs: creation
 			// takeover skips it (one apiserver request per new Secret).
-			rep.syncs = append(rep.syncs, syncScenario(r, o, n, o.writers, false, "takeover"))
+			sync(n, o.writers, false, "takeover")
 		}
 		if i == len(o.sizes)-1 && o.manyWriters > 0 {
-			rep.syncs = append(rep.syncs, syncScenario(r, o, n, o.manyWriters, false, "create"))
+			sync(n, o.manyWriters, false, "create")
 		}
 	}
 	if o.changes > 0 {
-		rep.latency = latencyScenario(r, o)
+		isolated(r, o, func(sr *stack.Runner) { rep.latency = latencyScenario(sr, o) })
 	}
 	rep.took = time.Since(rep.started)
 	return rep
+}
+
+// isolated runs f with a runner of its own, stops everything f started,
+// and fails r if f failed.
+func isolated(r *stack.Runner, o options, f func(*stack.Runner)) {
+	sr, err := stack.NewRunner("ferry-bench-")
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	sr.Verbose, sr.Keep = o.verbose, r.Keep
+	ok := sr.Run(func() { f(sr) })
+	sr.Close()
+	if !ok {
+		r.Fatalf("scenario failed; see the errors above")
+	}
 }
 
 func logf(format string, args ...any) {
