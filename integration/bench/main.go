@@ -84,7 +84,9 @@ func main() {
 func run(r *stack.Runner, o options) *report {
 	rep := &report{started: time.Now(), opts: o}
 	sync := func(n, writers int, steady bool, creation string) {
-		isolated(r, o, func(sr *stack.Runner) { rep.syncs = append(rep.syncs, syncScenario(sr, o, n, writers, steady, creation)) })
+		isolated(r, o, func(sr *stack.Runner) {
+			rep.syncs = append(rep.syncs, syncScenario(sr, o, n, writers, steady, creation))
+		})
 	}
 	for i, n := range o.sizes {
 		sync(n, o.writers, true, "create")
