@@ -58,8 +58,16 @@ func (r *report) markdown(command string) string {
 		fmt.Fprintf(&b, "\n## Propagation latency\n\n%d Vault writes spread over 10 s, each timed from the write to the apiserver watch event carrying the new data; refresh interval %v (polling: the expected mean is about half of it).\n\n| changes | refresh | p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n| %d | %v | %v | %v | %v |\n",
 			l.changes, l.refresh, l.changes, l.refresh, l.p50.Round(time.Millisecond), l.p99.Round(time.Millisecond), l.max.Round(time.Millisecond))
 	}
+	b.WriteString(analysis)
 	return b.String()
 }
+
+// analysis explains the figures; it is kept with the generator so that a
+// new run keeps it. Update it when the figures move.
+const analysis = `
+See the analysis in the committed BENCHMARKS.md of the last reviewed run
+(section "What bounds the initial sync"), and compare the CPU table above.
+`
 
 func cpuModel() string {
 	data, _ := os.ReadFile("/proc/cpuinfo")
