@@ -1,6 +1,7 @@
 package main
 
 import (
+	_ "embed"
 	"fmt"
 	"os"
 	"os/exec"
@@ -62,12 +63,11 @@ func (r *report) markdown(command string) string {
 	return b.String()
 }
 
-// analysis explains the figures; it is kept with the generator so that a
-// new run keeps it. Update it when the figures move.
-const analysis = `
-See the analysis in the committed BENCHMARKS.md of the last reviewed run
-(section "What bounds the initial sync"), and compare the CPU table above.
-`
+// analysis explains what bounds the figures; it is appended to every
+// report. Update analysis.md when the figures move.
+//
+//go:embed analysis.md
+var analysis string
 
 func cpuModel() string {
 	data, _ := os.ReadFile("/proc/cpuinfo")
