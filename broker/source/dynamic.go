@@ -10,6 +10,7 @@ import (
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/vault"
+	"github.com/ferry-secrets/ferry/internal/task"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
@@ -91,7 +92,7 @@ func (d *dynamicSource) run(ctx context.Context) error {
 			}
 		}
 		d.status()
-		if !sleep(ctx, time.Until(at)) {
+		if !task.Sleep(ctx, time.Until(at)) {
 			if errors.Is(context.Cause(ctx), ErrRemoved) {
 				return d.removed(ctx)
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/vault"
+	"github.com/ferry-secrets/ferry/internal/task"
 )
 
 // Keys of a kubernetes.io/tls Secret.
@@ -42,7 +43,7 @@ func (s *pkiSource) run(ctx context.Context) error {
 	for {
 		s.p.cat.SetLease(s.writerID, s.b.Name, catalog.Lease{Serial: s.serial, Expires: s.notAfter, NextRenewal: s.next})
 		s.p.cat.SetNextRefresh(s.writerID, s.b.Name, s.next)
-		if !sleep(ctx, time.Until(s.next)) {
+		if !task.Sleep(ctx, time.Until(s.next)) {
 			if errors.Is(context.Cause(ctx), ErrRemoved) {
 				return s.removed(ctx)
 			}

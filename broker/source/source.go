@@ -380,21 +380,6 @@ func jitter(d time.Duration) time.Duration {
 	return d - time.Duration(spread/2) + time.Duration(mrand.Int64N(spread))
 }
 
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // backoff is an exponential retry delay with jitter, from 1s to 30s.
 type backoff struct{ next time.Duration }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/internal/task"
 )
 
 // Sentinel errors callers branch on.
@@ -154,7 +155,7 @@ func (c *Client) Run(ctx context.Context) error {
 				break
 			}
 			c.log.Error("vault login failed", "err", err, "retry_in", backoff)
-			if !sleep(ctx, backoff+time.Duration(rand.Int64N(int64(backoff)))) {
+			if !task.Sleep(ctx, backoff+time.Duration(rand.Int64N(int64(backoff)))) {
 				break
 			}
 			backoff = min(backoff*2, 30*time.Second)
@@ -176,7 +177,7 @@ func (c *Client) Run(ctx context.Context) error {
 			if ttl > 0 {
 				wait = ttl * 4 / 5
 			}
-			if !sleep(ctx, wait) {
+			if !task.Sleep(ctx, wait) {
 				break
 			}
 			continue
@@ -233,15 +234,4 @@ func redactErr(err error) error {
 func withoutQuery(u string) string {
 	base, _, _ := strings.Cut(u, "?")
 	return base
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -1,4 +1,5 @@
-// Package task runs a process's long-lived parts together: each is a
+// Package task runs a process's long-lived parts together (and lets them
+// wait without outliving their context): each is a
 // func(ctx) error, and the first one to return an error (or return at all)
 // cancels the others. Run returns when all have returned.
 package task
@@ -6,6 +7,7 @@ package task
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // Func is one long-lived part; it returns when ctx ends or it fails.
@@ -32,4 +34,19 @@ func Run(ctx context.Context, fns ...Func) error {
 	}
 	wg.Wait()
 	return first
+}
+
+// Sleep waits d or until ctx ends; it reports whether d passed.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
