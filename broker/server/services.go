@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
+	"sort"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -122,5 +125,45 @@ func (d *debugService) ListBindings(ctx context.Context, req *ferryv1.ListBindin
 	case admin && !d.s.cat.Known(id):
 		target = "" // an admin that is not a writer sees every writer
 	}
-	return &ferryv1.ListBindingsResponse{Bindings: d.s.cat.Status(target)}, nil
+	return page(d.s.cat.Status(target), req.GetPageSize(), req.GetPageToken())
+}
+
+// Page sizes of ListBindings: a response of 5000 bindings stays well under
+// gRPC's default 4 MiB message limit.
+const (
+	defaultPageSize = 1000
+	maxPageSize     = 5000
+)
+
+// page cuts one page out of all (sorted by writer ID, then binding). The
+// token names the last binding of the previous page, so a page stays
+// correct when bindings are added or removed between calls.
+func page(all []*ferryv1.BindingStatus, size int32, token string) (*ferryv1.ListBindingsResponse, error) {
+	switch {
+	case size < 0:
+		return nil, status.Error(codes.InvalidArgument, "page_size must not be negative")
+	case size == 0:
+		size = defaultPageSize
+	case size > maxPageSize:
+		size = maxPageSize
+	}
+	start := 0
+	if token != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(token)
+		writer, binding, ok := strings.Cut(string(raw), "\x00")
+		if err != nil || !ok {
+			return nil, status.Error(codes.InvalidArgument, "page_token is not a token this broker issued")
+		}
+		start = sort.Search(len(all), func(i int) bool {
+			b := all[i]
+			return b.WriterId > writer || (b.WriterId == writer && b.Binding > binding)
+		})
+	}
+	end := min(start+int(size), len(all))
+	resp := &ferryv1.ListBindingsResponse{Bindings: all[start:end]}
+	if end < len(all) {
+		last := all[end-1]
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(last.WriterId + "\x00" + last.Binding))
+	}
+	return resp, nil
 }

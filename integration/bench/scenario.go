@@ -17,7 +17,6 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
-	"google.golang.org/grpc"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
@@ -324,14 +323,20 @@ func (e *env) writerRequests() (all, writes int) {
 // allDelivered reports whether the broker sees every binding applied at
 // its desired revision by a connected writer.
 func (f *ferry) allDelivered(ctx context.Context, debug ferryv1.DebugServiceClient) bool {
-	resp, err := debug.ListBindings(ctx, &ferryv1.ListBindingsRequest{}, grpc.MaxCallRecvMsgSize(256<<20))
-	if err != nil || len(resp.Bindings) != f.e.n {
-		return false
-	}
-	for _, b := range resp.Bindings {
-		if !b.WriterConnected || b.DesiredRevision == "" || b.AppliedRevision != b.DesiredRevision {
+	seen, token := 0, ""
+	for {
+		resp, err := debug.ListBindings(ctx, &ferryv1.ListBindingsRequest{PageSize: 5000, PageToken: token})
+		if err != nil {
 			return false
 		}
+		for _, b := range resp.Bindings {
+			if !b.WriterConnected || b.DesiredRevision == "" || b.AppliedRevision != b.DesiredRevision {
+				return false
+			}
+		}
+		seen += len(resp.Bindings)
+		if token = resp.NextPageToken; token == "" {
+			return seen == f.e.n
+		}
 	}
-	return true
 }

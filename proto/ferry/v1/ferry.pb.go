@@ -796,7 +796,11 @@ type ListBindingsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional: with `debug.admins` rights, list this writer's bindings
 	// instead of the caller's; empty means the caller's own.
-	WriterId      string `protobuf:"bytes,1,opt,name=writer_id,json=writerId,proto3" json:"writer_id,omitempty"`
+	WriterId string `protobuf:"bytes,1,opt,name=writer_id,json=writerId,proto3" json:"writer_id,omitempty"`
+	// Optional: the most bindings to return; 0 means 1000, at most 5000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Optional: the next_page_token of the previous response, to continue.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -838,11 +842,27 @@ func (x *ListBindingsRequest) GetWriterId() string {
 	return ""
 }
 
+func (x *ListBindingsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListBindingsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 // ListBindingsResponse lists bindings and their delivery state.
 type ListBindingsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required: one entry per binding, sorted by writer ID then binding name.
-	Bindings      []*BindingStatus `protobuf:"bytes,1,rep,name=bindings,proto3" json:"bindings,omitempty"`
+	Bindings []*BindingStatus `protobuf:"bytes,1,rep,name=bindings,proto3" json:"bindings,omitempty"`
+	// Optional: set when more bindings follow; pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -882,6 +902,13 @@ func (x *ListBindingsResponse) GetBindings() []*BindingStatus {
 		return x.Bindings
 	}
 	return nil
+}
+
+func (x *ListBindingsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // BindingStatus is the metadata of one binding: where it comes from, where it
@@ -1151,11 +1178,15 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\bdeletion\x18\x04 \x01(\x0e2\x18.ferry.v1.DeletionPolicyR\bdeletion\x124\n" +
 	"\bcreation\x18\x05 \x01(\x0e2\x18.ferry.v1.CreationPolicyR\bcreation\"(\n" +
 	"\x10SnapshotComplete\x12\x14\n" +
-	"\x05count\x18\x01 \x01(\rR\x05count\"2\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\"n\n" +
 	"\x13ListBindingsRequest\x12\x1b\n" +
-	"\twriter_id\x18\x01 \x01(\tR\bwriterId\"K\n" +
+	"\twriter_id\x18\x01 \x01(\tR\bwriterId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"s\n" +
 	"\x14ListBindingsResponse\x123\n" +
-	"\bbindings\x18\x01 \x03(\v2\x17.ferry.v1.BindingStatusR\bbindings\"\xe4\x06\n" +
+	"\bbindings\x18\x01 \x03(\v2\x17.ferry.v1.BindingStatusR\bbindings\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe4\x06\n" +
 	"\rBindingStatus\x12\x1b\n" +
 	"\twriter_id\x18\x01 \x01(\tR\bwriterId\x12\x18\n" +
 	"\abinding\x18\x02 \x01(\tR\abinding\x12\x1c\n" +
