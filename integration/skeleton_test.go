@@ -27,6 +27,7 @@ func TestWalkingSkeleton(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
 	}
+	top := t // for processes that must outlive the subtest that starts them
 	vault := stack.StartVault(t, stack.VaultOptions{TLS: true})
 	kube := stack.StartKube(t)
 	spire := stack.StartSpire(t, stack.SpireOptions{TrustDomain: trustDomain})
@@ -225,8 +226,33 @@ func TestWalkingSkeleton(t *testing.T) {
 		// …and a broker restart makes the writer reconnect with its rotated SVID.
 		broker.Stop()
 		putKV(value1)
-		broker = stack.StartProcess(t, "ferry-broker-2", dir, brokerBin, []string{"-config", brokerCfg})
+		// Started on the parent test, so it outlives this subtest.
+		broker = stack.StartProcess(top, "ferry-broker-2", dir, brokerBin, []string{"-config", brokerCfg})
 		eventually(t, 60*time.Second, "delivery after reconnect", secretHolds(value1))
+	})
+
+	t.Run("a Vault outage keeps the Secret as it is and is reported on the binding", func(t *testing.T) {
+		before, err := admin.CoreV1().Secrets(ns).Get(ctx, "db-credentials", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vault.Stop()
+		eventually(t, 10*refresh, "source error in ListBindings", func() error {
+			for _, b := range listBindings(t, spire, brokerAddr) {
+				if b.Binding == "payments-db" && b.SourceError != "" && b.DesiredRevision != "" {
+					return nil
+				}
+			}
+			return fmt.Errorf("no source error reported yet")
+		})
+		time.Sleep(2 * refresh)
+		after, err := admin.CoreV1().Secrets(ns).Get(ctx, "db-credentials", metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("the Secret is gone during a Vault outage: %v", err)
+		}
+		if after.ResourceVersion != before.ResourceVersion || string(after.Data["password"]) != string(before.Data["password"]) {
+			t.Errorf("the Secret changed during a Vault outage (resourceVersion %s → %s)", before.ResourceVersion, after.ResourceVersion)
+		}
 	})
 
 	t.Run("secret values never reach the logs", func(t *testing.T) {

@@ -28,6 +28,7 @@ type Vault struct {
 	Dir    string
 
 	logFile string
+	proc    *proc
 }
 
 // StartVault starts `vault server -dev` (with TLS if opts.TLS) and waits until
@@ -65,6 +66,7 @@ func StartVault(t TB, opts VaultOptions) *Vault {
 		env: []string{"GODEBUG=x509negativeserial=1"},
 	})
 	var client *vaultapi.Client
+	v.proc = p
 	took := p.waitReady(t, start, 60*time.Second, func() error {
 		if client == nil {
 			// In TLS mode the CA file appears only once Vault has generated it.
@@ -127,3 +129,7 @@ func (v *Vault) newClient() (*vaultapi.Client, error) {
 
 // LogFile is the path of Vault's log (its stdout and stderr).
 func (v *Vault) LogFile() string { return v.logFile }
+
+// Stop stops the server (a dev server's data is gone with it), for tests of
+// what happens when Vault is unreachable.
+func (v *Vault) Stop() { v.proc.stop() }
