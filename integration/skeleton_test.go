@@ -147,6 +147,32 @@ func TestWalkingSkeleton(t *testing.T) {
 		t.Logf("change delivered in %v (refresh %v)", took.Round(time.Millisecond), refresh)
 	})
 
+	// The first write was a create-only server-side apply: the writer owns
+	// every key as an Apply manager, so a key gone from Vault goes from the
+	// Secret (a POST create would have left it owned by an Update entry).
+	t.Run("a key removed in Vault is removed from the Secret", func(t *testing.T) {
+		if _, err := vc.KVv2("secret").Put(ctx, "apps/payments", map[string]any{"password": value2}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, refresh*11/10+3*time.Second, "username key removed", func() error {
+			s, err := admin.CoreV1().Secrets(ns).Get(ctx, "db-credentials", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if _, ok := s.Data["username"]; ok || string(s.Data["password"]) != value2 {
+				return fmt.Errorf("keys %d, username present %v", len(s.Data), ok)
+			}
+			for _, m := range s.ManagedFields {
+				if m.Manager == writerFields && m.Operation != metav1.ManagedFieldsOperationApply {
+					return fmt.Errorf("managedFields has a %s entry for %s", m.Operation, writerFields)
+				}
+			}
+			return nil
+		})
+		putKV(value2)
+		eventually(t, refresh*11/10+3*time.Second, "username key back", secretHolds(value2))
+	})
+
 	t.Run("an unlisted writer ID gets nothing and the broker logs the denial", func(t *testing.T) {
 		eventually(t, 30*time.Second, "denial in broker log", func() error {
 			if !strings.Contains(broker.Logs(), `"msg":"authorization denied"`) || !strings.Contains(broker.Logs(), rogueID) {

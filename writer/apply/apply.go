@@ -154,8 +154,10 @@ func (a *Applier) entry(k string) *entry {
 // policy is still taken over).
 //
 // By s.Creation: create (the default) writes only a Secret that is absent
-// or carries this binding's label (checked once, with a JSON patch whose
-// only operation is a test, so no get is needed); merge writes only into an
+// or carries this binding's label: the first write of a Secret in this
+// process is a create-only apply (one request for a new Secret); when the
+// Secret exists, a JSON patch whose only operation is a test checks the
+// label (so no get is needed) before the apply. Merge writes only into an
 // existing Secret and owns only the keys it sets; takeover writes whatever
 // is there.
 func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool, err error) {
@@ -217,6 +219,17 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (types
 	case ferryv1.CreationPolicy_CREATION_POLICY_TAKEOVER:
 	default:
 		if !e.owned {
+			// Most Secrets are new: try to create it, in one request that
+			// fails if the Secret exists (see createOnly). Only an existing
+			// one costs an ownership check and a second apply.
+			got, err := a.secrets.Secrets(ns).Apply(ctx, createOnly(applyConfig(s)), metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+			if err == nil {
+				e.owned = true
+				return got.GetUID(), nil
+			}
+			if !apierrors.IsConflict(err) {
+				return "", fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
+			}
 			exists, ours, err := a.test(ctx, ns, name, labelTest(s.GetBinding()))
 			if err != nil {
 				return "", fmt.Errorf("apply: %s/%s: %w", ns, name, err)
@@ -232,6 +245,21 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (types
 		return "", fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
 	}
 	return got.GetUID(), nil
+}
+
+// impossibleResourceVersion is a resourceVersion no stored object has:
+// etcd revisions count up from 1 and would need centuries of writes to
+// reach it.
+const impossibleResourceVersion = "9223372036854775807"
+
+// createOnly makes cfg a create-if-absent: a server-side apply whose
+// resourceVersion is set is refused with 409 Conflict unless the stored
+// object has that resourceVersion, and an absent object has none to
+// compare, so the apply creates it (with server-side apply field
+// ownership, which a POST would not give). kube-apiserver ignores the
+// resourceVersion of an object it creates.
+func createOnly(cfg *corev1apply.SecretApplyConfiguration) *corev1apply.SecretApplyConfiguration {
+	return cfg.WithResourceVersion(impossibleResourceVersion)
 }
 
 // applyConfig is the server-side apply configuration for s.

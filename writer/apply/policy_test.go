@@ -14,16 +14,38 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"sigs.k8s.io/yaml"
 
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
 // newClientset is a fake clientset that, like kube-apiserver, answers a
 // JSON patch whose test operation fails with 422 Unprocessable Entity (the
-// fake itself returns a plain error).
-func newClientset() *fake.Clientset {
-	cs := fake.NewClientset()
+// fake itself returns a plain error), and refuses a server-side apply that
+// carries a resourceVersion when the Secret exists (409 Conflict; the fake
+// ignores the precondition). The real apiserver's behaviour is checked by
+// the integration tests.
+func newClientset(objects ...runtime.Object) *fake.Clientset {
+	cs := fake.NewClientset(objects...)
 	react := k8stesting.ObjectReaction(cs.Tracker())
+	cs.PrependReactor("patch", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		p, ok := a.(k8stesting.PatchAction)
+		if !ok || p.GetPatchType() != types.ApplyPatchType {
+			return false, nil, nil
+		}
+		var body struct {
+			Metadata struct {
+				ResourceVersion string `json:"resourceVersion"`
+			} `json:"metadata"`
+		}
+		if err := yaml.Unmarshal(p.GetPatch(), &body); err != nil || body.Metadata.ResourceVersion == "" {
+			return false, nil, nil
+		}
+		if _, err := cs.Tracker().Get(a.GetResource(), a.GetNamespace(), p.GetName()); err == nil {
+			return true, nil, apierrors.NewConflict(schema.GroupResource{Resource: "secrets"}, p.GetName(), errors.New("the object has been modified"))
+		}
+		return false, nil, nil
+	})
 	cs.PrependReactor("patch", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		if p, ok := a.(k8stesting.PatchAction); !ok || p.GetPatchType() != types.JSONPatchType {
 			return false, nil, nil
@@ -83,8 +105,8 @@ func TestCreationPolicies(t *testing.T) {
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
-			if tc.wantErr != nil && applyActions(cs) != 0 {
-				t.Errorf("%d apply requests despite the refusal", applyActions(cs))
+			if tc.wantErr != nil && writingApplies(cs) != 0 {
+				t.Errorf("%d apply requests despite the refusal", writingApplies(cs))
 			}
 			got, err := cs.CoreV1().Secrets("demo").Get(ctx, "db-creds", metav1.GetOptions{})
 			if tc.wantKeys == nil {
