@@ -29,7 +29,27 @@ type Vault struct {
 	// with its own login (and so its own token, policies and audit entity).
 	// Writers and bindings choose one with vault_identity.
 	Identities map[string]VaultAuth `json:"identities,omitempty"`
+	// State, when set, is where the broker keeps what it needs to carry on
+	// after a restart without issuing anything new: each dynamic binding's
+	// lease and credentials, each PKI binding's certificate, and each
+	// identity's token (leases die with the token that created them). It
+	// lives in Vault itself, never on the broker's disk. Optional: without
+	// it a restarted broker issues new credentials and certificates.
+	State *VaultState `json:"state,omitempty"`
 }
+
+// VaultState is a KV v2 location for the broker's state. Each Vault identity
+// reads and writes only its own subtree, <mount>/data/<path>/<identity>/,
+// with its own token, so one identity's state never serves another.
+type VaultState struct {
+	// Mount is a KV version 2 mount. Required.
+	Mount string `json:"mount"`
+	// Path is the prefix under the mount. Default "ferry-broker".
+	Path string `json:"path,omitempty"`
+}
+
+// DefaultStatePath is vault.state.path's default.
+const DefaultStatePath = "ferry-broker"
 
 // DefaultIdentity is the name of the identity configured by vault.auth.
 const DefaultIdentity = "default"
@@ -91,6 +111,13 @@ func (v Vault) Identity(name string) (VaultAuth, bool) {
 
 func (v *Vault) setDefaults() {
 	v.Auth.setDefaults()
+	if v.State != nil {
+		v.State.Mount = strings.Trim(v.State.Mount, "/")
+		v.State.Path = strings.Trim(v.State.Path, "/")
+		if v.State.Path == "" {
+			v.State.Path = DefaultStatePath
+		}
+	}
 	for n, a := range v.Identities {
 		a.setDefaults()
 		v.Identities[n] = a
@@ -137,6 +164,9 @@ func (v Vault) validate(workloadAPI bool) error {
 	}
 	if (v.ClientCertFile == "") != (v.ClientKeyFile == "") {
 		return fmt.Errorf("vault.client_cert_file and vault.client_key_file: set both or neither")
+	}
+	if v.State != nil && v.State.Mount == "" {
+		return fmt.Errorf("vault.state.mount: required (a KV version 2 mount)")
 	}
 	if err := v.Auth.validate("vault.auth", workloadAPI); err != nil {
 		return err

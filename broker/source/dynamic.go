@@ -84,6 +84,7 @@ func renewDelay(ttl time.Duration, percent int) time.Duration {
 
 func (d *dynamicSource) run(ctx context.Context) error {
 	d.next, d.act = time.Now(), actIssue
+	d.restore(ctx)
 	for {
 		at := d.next
 		for _, o := range d.old {
@@ -151,6 +152,7 @@ func (d *dynamicSource) issue(ctx context.Context) {
 	if prev != nil {
 		d.retire(prev, now)
 	}
+	d.saveLeases(ctx)
 }
 
 // publishLeaseless handles a response without a lease (static-role
@@ -179,6 +181,7 @@ func (d *dynamicSource) publishLeaseless(l *vault.Leased, now time.Time) {
 	if d.cur != nil { // the path used to return a lease
 		d.retire(d.cur, now)
 		d.cur = nil
+		d.forget(context.Background())
 	}
 }
 
@@ -295,6 +298,7 @@ func (d *dynamicSource) removed(ctx context.Context) error {
 		}
 		d.log.Info("binding removed; lease revoked", "lease_id", id)
 	}
+	d.forget(rctx)
 	return errors.Join(errs...)
 }
 

@@ -51,6 +51,8 @@ type fakeVault struct {
 	caPEM   []byte
 	certs   []*x509.Certificate
 	revoked []string
+
+	state map[string][]byte // the state store; nil: not configured
 }
 
 type fakeLease struct {
@@ -122,6 +124,52 @@ func (f *fakeVault) RenewLease(ctx context.Context, id string, inc time.Duration
 	d := min(inc, l.maxE.Sub(now).Truncate(time.Second))
 	l.expires = now.Add(d)
 	return &vault.Renewal{LeaseID: id, LeaseDuration: d, Renewable: true}, nil
+}
+
+func (f *fakeVault) LookupLease(ctx context.Context, id string) (*vault.LeaseInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.leases[id]
+	if l == nil || l.revoked || !time.Now().Before(l.expires) {
+		return nil, fmt.Errorf("fake: %w", vault.ErrLeaseInvalid)
+	}
+	return &vault.LeaseInfo{TTL: time.Until(l.expires), Renewable: true}, nil
+}
+
+// The state store: on once state is non-nil.
+func (f *fakeVault) HasState() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state != nil
+}
+
+func (f *fakeVault) LoadState(ctx context.Context, key string) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.state == nil {
+		return nil, vault.ErrNoState
+	}
+	return f.state[key], nil
+}
+
+func (f *fakeVault) SaveState(ctx context.Context, key string, value []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.state == nil {
+		return vault.ErrNoState
+	}
+	f.state[key] = value
+	return nil
+}
+
+func (f *fakeVault) DeleteState(ctx context.Context, key string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.state == nil {
+		return vault.ErrNoState
+	}
+	delete(f.state, key)
+	return nil
 }
 
 func (f *fakeVault) RevokeLease(ctx context.Context, id string) error {

@@ -40,6 +40,7 @@ func newPKI(bc *binding) *pkiSource { return &pkiSource{binding: bc, cfg: bc.b.P
 
 func (s *pkiSource) run(ctx context.Context) error {
 	s.next = time.Now()
+	s.restore(ctx)
 	for {
 		s.p.cat.SetLease(s.writerID, s.b.Name, catalog.Lease{Serial: s.serial, Expires: s.notAfter, NextRenewal: s.next})
 		s.p.cat.SetNextRefresh(s.writerID, s.b.Name, s.next)
@@ -69,8 +70,10 @@ func (s *pkiSource) issue(ctx context.Context) {
 		return
 	}
 	s.retry.reset()
-	sec, _ := s.publish(tlsData(c), 0)
+	data := tlsData(c)
+	sec, _ := s.publish(data, 0)
 	s.serial, s.notAfter = c.Serial, c.NotAfter
+	s.saveCert(ctx, data, c.NotBefore)
 	s.next = reissueAt(c.NotBefore, c.NotAfter, s.cfg.RenewBefore.Duration, s.cfg.RenewPercent, now)
 	s.log.Info("certificate issued", "serial", c.Serial, "not_after", c.NotAfter, "next_renewal", s.next, "revision", sec.Revision)
 }
@@ -135,6 +138,7 @@ func selfSigned(p []byte) bool {
 
 // removed revokes the current certificate when the config says so.
 func (s *pkiSource) removed(ctx context.Context) error {
+	s.forget(ctx)
 	if !s.cfg.RevokeOnDelete || s.serial == "" {
 		return nil
 	}

@@ -17,6 +17,7 @@ type LeaseClient interface {
 	ReadLeased(ctx context.Context, method, path string, params map[string]any) (*vault.Leased, error)
 	RenewLease(ctx context.Context, leaseID string, increment time.Duration) (*vault.Renewal, error)
 	RevokeLease(ctx context.Context, leaseID string) error
+	LookupLease(ctx context.Context, leaseID string) (*vault.LeaseInfo, error)
 }
 
 // CertIssuer issues and revokes PKI certificates.
@@ -30,6 +31,7 @@ type Vault interface {
 	KVReader
 	LeaseClient
 	CertIssuer
+	StateStore
 }
 
 // access is the Vault a binding reads through, and the name of the Vault

@@ -52,6 +52,7 @@ type Client struct {
 	api       *vaultapi.Client
 	transport *http.Transport
 	auth      config.VaultAuth
+	state     *config.VaultState // nil: no state store
 	deps      Deps
 	log       *slog.Logger
 
@@ -101,7 +102,7 @@ func New(name string, conn config.Vault, auth config.VaultAuth, deps Deps, log *
 	api.ClearToken() // never pick up VAULT_TOKEN from the environment
 	api.SetNamespace("")
 	return &Client{
-		name: name, api: api, transport: t, auth: auth, deps: deps,
+		name: name, api: api, transport: t, auth: auth, deps: deps, state: conn.State,
 		log:   log.With("vault_identity", name, "vault_auth", auth.Method, "vault_mount", auth.Mount),
 		ready: make(chan struct{}), attempted: make(chan struct{}),
 		slots: make(chan struct{}, MaxInFlight),
@@ -162,6 +163,7 @@ func (c *Client) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = 500 * time.Millisecond
+		secret = c.adoptSavedToken(ctx, secret)
 		c.mu.Lock()
 		if !c.loggedIn {
 			c.loggedIn = true

@@ -1,0 +1,100 @@
+package source
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/ferry-secrets/ferry/broker/config"
+)
+
+func pkiBinding() config.Binding {
+	return config.Binding{Name: "tls", Namespace: "ns", Refresh: dur(time.Minute), PKI: &config.PKI{
+		Role: "web", CommonName: "api.ns.svc", TTL: dur(time.Minute), RenewBefore: dur(20 * time.Second)}}
+}
+
+// TestRestartCarriesOnWithSavedLeaseAndCert: with a state store, a second
+// poller (a restarted broker) publishes the same credentials and
+// certificate, issues nothing, and keeps renewing the saved lease; a
+// removed binding's state is deleted.
+func TestRestartCarriesOnWithSavedLeaseAndCert(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeVault()
+		f.state = map[string][]byte{}
+		_, cat, stop := startPoller(t, f, dynamicBinding("db", time.Second), pkiBinding())
+		time.Sleep(time.Second)
+		synctest.Wait()
+		user := string(desired(cat, "db").Data["username"])
+		cert := desired(cat, "tls").Data["tls.crt"]
+		stop()
+		if len(f.state) != 2 {
+			t.Fatalf("%d state entries after issuing, want 2", len(f.state))
+		}
+		for _, v := range f.state {
+			if !bytes.Contains(v, []byte(`"source"`)) {
+				t.Errorf("state entry without a source fingerprint: %d bytes", len(v))
+			}
+		}
+		issued, certs := f.issued, len(f.certs)
+
+		time.Sleep(5 * time.Second) // the broker is down for a while
+		p, cat, stop := startPoller(t, f, dynamicBinding("db", time.Second), pkiBinding())
+		defer stop()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := string(desired(cat, "db").Data["username"]); got != user {
+			t.Errorf("after restart the Secret holds %s, want the saved %s", got, user)
+		}
+		if got := desired(cat, "tls").Data["tls.crt"]; !bytes.Equal(got, cert) {
+			t.Errorf("after restart the certificate changed")
+		}
+		if f.issued != issued || len(f.certs) != certs {
+			t.Errorf("restart issued %d leases and %d certificates, want 0", f.issued-issued, len(f.certs)-certs)
+		}
+		renewals := f.renewals
+		time.Sleep(30 * time.Second) // TTL 30s: renewed on the way
+		synctest.Wait()
+		if ok, _ := f.valid(user); !ok || f.renewals == renewals {
+			t.Errorf("the restored lease was not kept alive (valid %v, renewals %d -> %d)", ok, renewals, f.renewals)
+		}
+		for _, name := range []string{"db", "tls"} {
+			if err := p.Remove(context.Background(), testWriter, name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(f.state) != 0 {
+			t.Errorf("%d state entries left after removing both bindings", len(f.state))
+		}
+	})
+}
+
+// TestRestartIgnoresStateOfAnotherSource: state saved for another path is
+// not reused; without a store, a restart issues anew.
+func TestRestartIgnoresStateOfAnotherSource(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeVault()
+		f.state = map[string][]byte{}
+		_, cat, stop := startPoller(t, f, dynamicBinding("db", time.Second))
+		time.Sleep(time.Second)
+		user := string(desired(cat, "db").Data["username"])
+		stop()
+		moved := dynamicBinding("db", time.Second)
+		moved.Dynamic.Path = "database/creds/other"
+		_, cat, stop = startPoller(t, f, moved)
+		time.Sleep(time.Second)
+		if got := string(desired(cat, "db").Data["username"]); got == user {
+			t.Errorf("a binding whose path changed reused the saved credentials")
+		}
+		stop()
+
+		f.state = nil
+		_, cat, stop = startPoller(t, f, moved)
+		defer stop()
+		time.Sleep(time.Second)
+		if desired(cat, "db") == nil {
+			t.Fatal("no Secret without a state store")
+		}
+	})
+}
