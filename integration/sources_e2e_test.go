@@ -27,6 +27,7 @@ func TestSources(t *testing.T) {
 		t.Run("static-role credentials follow Vault's rotation", func(t *testing.T) { t.Parallel(); testStatic(t, e, seen) })
 		t.Run("PKI certificate with SANs and chain, re-issued before expiry", func(t *testing.T) { t.Parallel(); testPKI(t, e) })
 	})
+	t.Run("a restarted broker carries on with its token, leases and certificates (vault.state)", func(t *testing.T) { testRestartState(t, e, seen) })
 	t.Run("secret values and keys never reach the logs", func(t *testing.T) {
 		for _, p := range []interface {
 			Logs() string

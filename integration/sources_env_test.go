@@ -39,6 +39,7 @@ type sourcesEnv struct {
 	ns        string
 	dir       string
 	cfgPath   string
+	brokerBin string
 	brokerCfg ferrystack.BrokerConfig // Bindings rendered from bindings
 	bindings  map[string]string       // binding name → YAML flow mapping (without name)
 	ctx       context.Context
@@ -78,8 +79,9 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	e.brokerCfg = ferrystack.BrokerConfig{
 		Listen: e.addr, AgentSocket: e.spire.AgentSocket,
 		VaultAddr: e.vault.Addr, VaultCAFile: e.vault.CAFile, RoleIDFile: roleID, SecretIDFile: secretID,
-		Admins: []string{writerID}, WriterID: writerID,
+		Admins: []string{writerID}, WriterID: writerID, StateMount: "secret",
 	}
+	e.brokerBin = brokerBin
 	e.bindings = map[string]string{
 		"kv1":        fmt.Sprintf(`refresh: 2s, kv: {mount: kv1, path: apps/config, engine_version: 1}`),
 		"kv2":        `refresh: 2s, kv: {mount: secret, path: apps/config}`,
@@ -175,6 +177,9 @@ path "database/static-creds/static-app" { capabilities = ["read"] }
 path "sys/leases/renew"                 { capabilities = ["update"] }
 path "sys/leases/revoke"                { capabilities = ["update"] }
 path "pki/issue/web"                    { capabilities = ["update"] }
+path "sys/leases/lookup"                { capabilities = ["update"] }
+path "secret/data/ferry-broker/default/*"     { capabilities = ["create", "update", "read"] }
+path "secret/metadata/ferry-broker/default/*" { capabilities = ["delete"] }
 `
 	if err := e.vc.Sys().PutPolicy("ferry-broker", policy); err != nil {
 		t.Fatal(err)
@@ -197,6 +202,17 @@ func (e *sourcesEnv) writeBrokerConfig(t *testing.T) string {
 	}
 	e.brokerCfg.Bindings = b.String()
 	return e.brokerCfg.Write(t, e.dir)
+}
+
+// addBinding rewrites the broker's config with binding name (a YAML flow
+// mapping without the name) and makes the broker reload it (SIGHUP).
+func (e *sourcesEnv) addBinding(t *testing.T, name, spec string) {
+	t.Helper()
+	e.bindings[name] = spec
+	e.writeBrokerConfig(t)
+	if err := syscall.Kill(e.broker.Pid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // removeBinding rewrites the broker's config without name and makes the

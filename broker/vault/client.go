@@ -147,7 +147,17 @@ func (c *Client) Run(ctx context.Context) error {
 	first := true
 	for ctx.Err() == nil {
 		secret, err := c.login(ctx)
+		if err == nil {
+			secret = c.adoptSavedToken(ctx, secret)
+			c.mu.Lock()
+			if !c.loggedIn {
+				c.loggedIn = true
+				close(c.ready)
+			}
+			c.mu.Unlock()
+		}
 		if first {
+			// After the login is usable: first reads wait for this.
 			first = false
 			close(c.attempted)
 		}
@@ -163,13 +173,6 @@ func (c *Client) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = 500 * time.Millisecond
-		secret = c.adoptSavedToken(ctx, secret)
-		c.mu.Lock()
-		if !c.loggedIn {
-			c.loggedIn = true
-			close(c.ready)
-		}
-		c.mu.Unlock()
 		ttl := time.Duration(secret.Auth.LeaseDuration) * time.Second
 		c.log.Info("vault login succeeded", "token_ttl", ttl, "renewable", secret.Auth.Renewable)
 		if !secret.Auth.Renewable || ttl == 0 {

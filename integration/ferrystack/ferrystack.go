@@ -121,6 +121,7 @@ type BrokerConfig struct {
 	AgentSocket              string // the SPIRE agent's Workload API socket path
 	VaultAddr, VaultCAFile   string
 	RoleIDFile, SecretIDFile string   // the broker's AppRole credentials
+	StateMount               string   // a KV v2 mount for vault.state; empty: no state store
 	Admins                   []string // SPIFFE IDs for debug.admins; none: no debug section
 	WriterID                 string
 	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
@@ -139,8 +140,11 @@ vault:
   address: %s
   ca_file: %s
   auth: {method: approle, role_id_file: %s, secret_id_file: %s}
-log: {level: debug}
 `, c.Listen, c.AgentSocket, c.VaultAddr, c.VaultCAFile, c.RoleIDFile, c.SecretIDFile)
+	if c.StateMount != "" {
+		fmt.Fprintf(&b, "  state: {mount: %s}\n", c.StateMount)
+	}
+	b.WriteString("log: {level: debug}\n")
 	if len(c.Admins) > 0 {
 		fmt.Fprintf(&b, "debug: {admins: [%s]}\n", strings.Join(c.Admins, ", "))
 	}

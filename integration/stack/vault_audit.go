@@ -65,13 +65,13 @@ func (a *Audit) Entries(t TB) []AuditEntry {
 	return out
 }
 
-// Responses returns the "response" entries for which match is true: one per
-// request Vault answered.
+// Responses returns the "response" entries for which match is true (all of
+// them when match is nil): one per request Vault answered.
 func (a *Audit) Responses(t TB, match func(AuditEntry) bool) []AuditEntry {
 	t.Helper()
 	var out []AuditEntry
 	for _, e := range a.Entries(t) {
-		if e.Type == "response" && match(e) {
+		if e.Type == "response" && (match == nil || match(e)) {
 			out = append(out, e)
 		}
 	}
