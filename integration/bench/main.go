@@ -2,7 +2,8 @@
 // (Vault, etcd + kube-apiserver, SPIRE, real broker and writer processes) —
 // initial sync time against a bare client-go loop doing the same work in the
 // same run, memory, Vault and apiserver requests, steady-state load,
-// propagation latency and the cost of a broker restart — and writes the
+// propagation latency, the cost of a broker restart, and paths shared by
+// many writers next to dynamic database and PKI secrets — and writes the
 // table to BENCHMARKS.md.
 package main
 
@@ -29,6 +30,9 @@ type options struct {
 	verbose      bool
 	writerKube   string // extra writer kubernetes config, e.g. "qps: 500, burst: 1000"
 	takeover     bool
+	shared       bool // run the shared-paths and dynamic-secrets scenario
+	dynamic      int  // its dynamic database bindings
+	state        bool // its broker keeps lease state in Vault (vault.state)
 }
 
 func main() {
@@ -37,13 +41,16 @@ func main() {
 	flag.IntVar(&o.writers, "writers", 10, "writers the secrets are spread over")
 	flag.IntVar(&o.manyWriters, "many-writers", 100, "writers of the extra variant at the largest size (0: skip)")
 	flag.IntVar(&o.parallel, "parallel", 50, "workers of the bare loop (the physical limit)")
-	flag.DurationVar(&o.refresh, "refresh", 10*time.Second, "refresh interval of every binding")
+	flag.DurationVar(&o.refresh, "refresh", 30*time.Second, "refresh interval of every binding")
 	flag.IntVar(&o.steadyCycles, "steady-cycles", 10, "refresh cycles measured in steady state")
 	flag.IntVar(&o.changes, "changes", 100, "Vault writes measured for propagation latency")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "file to write the results table to ('' for stdout only)")
 	flag.BoolVar(&o.verbose, "v", false, "print the stack's progress")
 	flag.StringVar(&o.writerKube, "writer-kube", "", "extra writer kubernetes settings, e.g. 'qps: 500, burst: 1000, parallelism: 32' (default: the writer's defaults)")
 	flag.BoolVar(&o.takeover, "takeover", true, "also measure the smallest size with creation: takeover (no ownership check)")
+	flag.BoolVar(&o.shared, "shared", true, "measure shared paths (every writer binds every path of the first size) with dynamic database and PKI bindings, and a broker restart")
+	flag.IntVar(&o.dynamic, "dynamic", 20, "dynamic database bindings of the -shared scenario")
+	flag.BoolVar(&o.state, "state", true, "the -shared scenario's broker keeps lease state in Vault (vault.state: {mount: secret, path: ferry-broker})")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
 	for _, s := range strings.Split(*sizes, ",") {
@@ -98,6 +105,12 @@ func run(r *stack.Runner, o options) *report {
 		if i == len(o.sizes)-1 && o.manyWriters > 0 {
 			sync(n, o.manyWriters, false, "create")
 		}
+	}
+	if o.shared {
+		isolated(r, o, func(sr *stack.Runner) {
+			res := sharedScenario(sr, o)
+			rep.shared = &res
+		})
 	}
 	if o.changes > 0 {
 		isolated(r, o, func(sr *stack.Runner) { rep.latency = latencyScenario(sr, o) })

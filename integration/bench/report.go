@@ -15,6 +15,7 @@ type report struct {
 	started time.Time
 	took    time.Duration
 	syncs   []syncResult
+	shared  *sharedResult // nil: not measured
 	latency latencyResult
 }
 
@@ -39,11 +40,11 @@ func (r *report) markdown(command string) string {
 		fmt.Fprintf(&b, "| %d | %d | %s | %s |\n", s.n, s.writers, s.bareCPU, s.ferryCPU)
 	}
 	fmt.Fprintf(&b, "\n## Steady state: %d refresh cycles of %v with nothing changing\n\n", r.opts.steadyCycles, r.opts.refresh)
-	fmt.Fprintf(&b, "Vault reads counted in Vault's audit log; Kubernetes writes are Secret changes seen by the apiserver watch; requests are the writers' requests on Secrets in the apiserver's audit log (a periodic drift-repair re-apply of unchanged content is a request but no write).\n\n")
-	fmt.Fprintf(&b, "| secrets (distinct paths) | writers | Vault reads per cycle | Kubernetes writes | writer requests |\n|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "Vault reads counted in Vault's audit log (paths read: distinct paths read at least once during the whole window); Kubernetes writes are Secret changes seen by the apiserver watch; requests are the writers' requests on Secrets in the apiserver's audit log (a periodic drift-repair re-apply of unchanged content is a request but no write).\n\n")
+	fmt.Fprintf(&b, "| secrets (distinct paths) | writers | Vault reads per cycle | paths read | Kubernetes writes | writer requests |\n|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.syncs {
 		if s.steady {
-			fmt.Fprintf(&b, "| %d | %d | %.1f | %d | %d |\n", s.n, s.writers, s.readsPerCycle, s.steadyWrites, s.steadyRequests)
+			fmt.Fprintf(&b, "| %d | %d | %.1f | %d | %d | %d |\n", s.n, s.writers, s.readsPerCycle, s.pathsRead, s.steadyWrites, s.steadyRequests)
 		}
 	}
 	fmt.Fprintf(&b, "\n## Broker restart after the sync\n\n")
@@ -54,6 +55,9 @@ func (r *report) markdown(command string) string {
 			fmt.Fprintf(&b, "| %d | %d | %d | %d | %.1f s |\n", s.n, s.writers, s.restartRequests, s.restartWrites, s.restartConverged.Seconds())
 		}
 	}
+	if r.shared != nil {
+		r.shared.markdown(&b, r.opts.refresh)
+	}
 	if r.latency.changes > 0 {
 		l := r.latency
 		fmt.Fprintf(&b, "\n## Propagation latency\n\n%d Vault writes spread over 10 s, each timed from the write to the apiserver watch event carrying the new data; refresh interval %v (polling: the expected mean is about half of it).\n\n| changes | refresh | p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n| %d | %v | %v | %v | %v |\n",
@@ -61,6 +65,27 @@ func (r *report) markdown(command string) string {
 	}
 	b.WriteString(analysis)
 	return b.String()
+}
+
+// markdown writes the section of the shared-paths scenario.
+func (s *sharedResult) markdown(b *strings.Builder, refresh time.Duration) {
+	state := "does not keep lease state (no `vault.state`)"
+	if s.state {
+		state = "keeps its lease state in Vault KV (`vault.state: {mount: secret, path: ferry-broker}`)"
+	}
+	fmt.Fprintf(b, "\n## Shared paths, dynamic secrets and a broker restart\n\n")
+	fmt.Fprintf(b, "%d distinct KV v2 paths, each bound by all %d writers (%d KV bindings: %d Secrets per path, one in each writer's namespace), refresh %v; plus %d dynamic database bindings (`database/creds/%s` on PostgreSQL, lease TTL 1 h, max 24 h) and %d PKI bindings (`pki/issue/%s`, TTL 1 h), spread round-robin over the writers, so nothing is due for renewal during the run. The broker's AppRole token is periodic; the broker %s. After the initial sync, %d refresh cycles with nothing changing, then the broker is stopped (SIGTERM) and started again while the writers stay up.\n\n",
+		s.paths, s.writers, s.kvBindings, s.writers, refresh, s.dynamic, dbRole, s.pki, pkiRole, state, s.cycles)
+	fmt.Fprintf(b, "* **initial sync**: from starting the broker until the apiserver watch has seen every KV Secret with the right data and every dynamic and PKI Secret exists with data.\n")
+	fmt.Fprintf(b, "* **Vault reads per cycle** and **paths read**: the broker's reads of the KV paths in Vault's audit log during the steady-state window, per refresh cycle, and how many distinct paths they read (one read per path and cycle serves every writer bound to it).\n")
+	fmt.Fprintf(b, "* **steady Kubernetes writes** and **steady writer requests**: Secret changes seen by the apiserver watch, and the writers' requests on Secrets in the apiserver's audit log, during the steady-state window.\n")
+	fmt.Fprintf(b, "* **restart: writer requests** and **restart: Secret writes**: the same two counts from stopping the broker until every binding is reported applied again; in brackets, the writes on the dynamic and PKI Secrets.\n")
+	fmt.Fprintf(b, "* **new DB leases**, **new certificates** and **leases revoked**: successful `database/creds/%s` reads, `pki/issue/%s` requests and `sys/leases/revoke` requests by the broker in Vault's audit log over the same restart window.\n", dbRole, pkiRole)
+	fmt.Fprintf(b, "* **applied again after**: from stopping the broker until its `ListBindings` reports every binding applied at its desired revision by a connected writer.\n\n")
+	fmt.Fprintf(b, "| paths | writers | KV bindings | dynamic + PKI bindings | initial sync | Vault reads per cycle | paths read | steady Kubernetes writes | steady writer requests | restart: writer requests | restart: Secret writes (dynamic + PKI) | new DB leases | new certificates | leases revoked | applied again after |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(b, "| %d | %d | %d | %d + %d | %.1f s | %.1f | %d | %d | %d | %d | %d (%d) | %d | %d | %d | %.1f s |\n",
+		s.paths, s.writers, s.kvBindings, s.dynamic, s.pki, s.sync.Seconds(), s.readsPerCycle, s.pathsRead, s.steadyWrites, s.steadyRequests,
+		s.restartRequests, s.restartWrites, s.restartLeaseWrites, s.restartVault.dbLeases, s.restartVault.certs, s.restartVault.revokes, s.restartConverged.Seconds())
 }
 
 // analysis explains what bounds the figures; it is appended to every

@@ -233,10 +233,11 @@ func (e *env) bareKubeClient() kubernetes.Interface {
 	}
 }
 
-// ferry is one broker and its writers, all bindings spread round-robin.
+// ferry is one broker and its writers.
 type ferry struct {
 	e          *env
 	writers    int
+	bindings   int // every writer's bindings together
 	addr       string
 	brokerCfg  string
 	brokerBin  string
@@ -249,29 +250,62 @@ func writerSPIFFEID(j int) string { return fmt.Sprintf("spiffe://ferry.bench/wri
 func writerNS(j int) string       { return fmt.Sprintf("ferry-%d", j) }
 func secretName(i int) string     { return fmt.Sprintf("s-%05d", i) }
 
-// setupFerry registers identities and writes configs; nothing runs yet.
+// ferrySpec is what setupFerryWith deploys.
+type ferrySpec struct {
+	writers    int
+	writerKube string // extra writer kubernetes settings
+	// secrets returns writer j's bindings, each a YAML flow mapping; the
+	// writer delivers into namespace writerNS(j).
+	secrets func(j int) []string
+	// vaultExtra is appended to the broker's vault section: YAML lines
+	// indented by two spaces, each ending in a newline.
+	vaultExtra string
+}
+
+// kvBinding is a KV v2 binding of secret path into Secret ns/name.
+func kvBinding(name, ns string, refresh time.Duration, creation, path string) string {
+	return fmt.Sprintf("{name: %s, namespace: %s, refresh: %s, creation: %s, kv: {mount: secret, path: %s}}", name, ns, refresh, creation, path)
+}
+
+// setupFerry spreads the env's N paths round-robin over writers, one
+// binding each.
 func (e *env) setupFerry(writers int, refresh time.Duration, writerKube, creation string) *ferry {
+	return e.setupFerryWith(ferrySpec{writers: writers, writerKube: writerKube, secrets: func(j int) []string {
+		var out []string
+		for i := j; i < e.n; i += writers {
+			out = append(out, kvBinding(secretName(i), writerNS(j), refresh, creation, kvPath(i)))
+		}
+		return out
+	}})
+}
+
+// setupFerryWith registers identities and writes configs; nothing runs yet.
+// The broker logs in with AppRole ferry-broker, allowed to read the bench's
+// KV paths.
+func (e *env) setupFerryWith(spec ferrySpec) *ferry {
+	writers := spec.writers
 	f := &ferry{e: e, writers: writers, addr: fmt.Sprintf("127.0.0.1:%d", stack.FreePort(e.r))}
 	brokerBin := stack.LinkBinary(e.r, e.bins.Broker, "ferry-broker")
 	e.spire.Register(e.r, stack.Entry{SPIFFEID: brokerID, Selectors: []string{"unix:path:" + brokerBin}, DNSNames: []string{brokerDNS}})
 	roleID, secretID := ferrystack.AppRole(e.r, e.vc, e.dir, "ferry-broker", "secret/data/"+kvPrefix+"*")
 
 	var cfg strings.Builder
-	fmt.Fprintf(&cfg, "listen: %s\nspiffe: {workload_api: \"unix://%s\"}\nvault:\n  address: %s\n  ca_file: %s\n  auth: {method: approle, role_id_file: %s, secret_id_file: %s}\ndebug: {admins: [%s]}\nwriters:\n",
-		f.addr, e.spire.AgentSocket, e.vault.Addr, e.vault.CAFile, roleID, secretID, adminID)
+	fmt.Fprintf(&cfg, "listen: %s\nspiffe: {workload_api: \"unix://%s\"}\nvault:\n  address: %s\n  ca_file: %s\n  auth: {method: approle, role_id_file: %s, secret_id_file: %s}\n%sdebug: {admins: [%s]}\nwriters:\n",
+		f.addr, e.spire.AgentSocket, e.vault.Addr, e.vault.CAFile, roleID, secretID, spec.vaultExtra, adminID)
 	writerCfgs := make([]string, writers)
 	writerBins := make([]string, writers)
 	for j := range writers {
 		fmt.Fprintf(&cfg, "  - id: %s\n    secrets:\n", writerSPIFFEID(j))
-		for i := j; i < e.n; i += writers {
-			fmt.Fprintf(&cfg, "      - {name: %s, namespace: %s, refresh: %s, creation: %s, kv: {mount: secret, path: %s}}\n", secretName(i), writerNS(j), refresh, creation, kvPath(i))
+		for _, b := range spec.secrets(j) {
+			fmt.Fprintf(&cfg, "      - %s\n", b)
+			f.bindings++
 		}
 		writerBins[j] = stack.LinkBinary(e.r, e.bins.Writer, "ferry-writer")
 		e.spire.Register(e.r, stack.Entry{SPIFFEID: writerSPIFFEID(j), Selectors: []string{"unix:path:" + writerBins[j]}})
 		token := e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", ferrystack.WriterRules)
 		writerCfgs[j] = ferrystack.WriteFile(e.r, e.dir, fmt.Sprintf("writer-%d.yaml", j), fmt.Sprintf(
 			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s}\nnamespaces: [%s]\nlog: {level: %s}\n",
-			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), commaPrefixed(writerKube), writerNS(j), writerLogLevel))
+			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), commaPrefixed(spec.writerKube), writerNS(j), writerLogLevel))
 	}
 	fmt.Fprintf(&cfg, "log: {level: info}\n")
 	f.brokerCfg = ferrystack.WriteFile(e.r, e.dir, "broker.yaml", cfg.String())
@@ -298,9 +332,35 @@ func readFile(r *stack.Runner, path string) string {
 
 // vaultReads counts reads of the bench paths by the broker (AppRole token).
 func (e *env) vaultReads() int {
-	return len(e.audit.Responses(e.r, func(a stack.AuditEntry) bool {
+	n := 0
+	for _, c := range e.kvReads() {
+		n += c
+	}
+	return n
+}
+
+// kvReads counts the broker's reads of each bench path so far, from
+// Vault's audit log.
+func (e *env) kvReads() map[string]int {
+	reads := map[string]int{}
+	for _, a := range e.audit.Responses(e.r, func(a stack.AuditEntry) bool {
 		return a.Request.Operation == "read" && strings.HasPrefix(a.Request.Path, "secret/data/"+kvPrefix) && slices.Contains(a.Auth.Policies, "ferry-broker")
-	}))
+	}) {
+		reads[a.Request.Path]++
+	}
+	return reads
+}
+
+// readsBetween returns the reads between two kvReads snapshots and how
+// many distinct paths they read.
+func readsBetween(before, after map[string]int) (reads, paths int) {
+	for p, n := range after {
+		if d := n - before[p]; d > 0 {
+			reads += d
+			paths++
+		}
+	}
+	return reads, paths
 }
 
 // writerRequests counts the writers' requests on Secrets, and those with
@@ -336,7 +396,7 @@ func (f *ferry) allDelivered(ctx context.Context, debug ferryv1.DebugServiceClie
 		}
 		seen += len(resp.Bindings)
 		if token = resp.NextPageToken; token == "" {
-			return seen == f.e.n
+			return seen == f.bindings
 		}
 	}
 }

@@ -28,6 +28,7 @@ type syncResult struct {
 	steady            bool
 	cycles            int
 	readsPerCycle     float64
+	pathsRead         int // distinct paths read during the steady-state window
 	steadyWrites      int // Secrets changed (watch events), not requests
 	steadyRequests    int
 	restartRequests   int
@@ -75,14 +76,15 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool, crea
 	waitDelivered(rr, f, debug, time.Minute)
 
 	if steady {
-		reads0 := e.vaultReads()
+		reads0 := e.kvReads()
 		requests0, _ := e.writerRequests()
 		writes0 := tr.writes()
 		window := time.Duration(o.steadyCycles) * o.refresh
 		logf("N=%d: steady state for %d refresh cycles (%v)", n, o.steadyCycles, window)
 		time.Sleep(window)
 		res.steady, res.cycles = true, o.steadyCycles
-		res.readsPerCycle = float64(e.vaultReads()-reads0) / float64(o.steadyCycles)
+		reads, paths := readsBetween(reads0, e.kvReads())
+		res.readsPerCycle, res.pathsRead = float64(reads)/float64(o.steadyCycles), paths
 		requests1, _ := e.writerRequests()
 		res.steadyRequests, res.steadyWrites = requests1-requests0, tr.writes()-writes0
 	}

@@ -21,11 +21,12 @@ type tracker struct {
 	took      map[string]time.Duration
 	remaining int
 	done      chan struct{}
-	changes   int // Secret creations, updates and deletions seen: real writes
+	changes   int            // Secret creations, updates and deletions seen: real writes
+	keyWrites map[string]int // changes by namespace/name
 }
 
 func newTracker() *tracker {
-	return &tracker{want: map[string]string{}, since: map[string]time.Time{}, took: map[string]time.Duration{}}
+	return &tracker{want: map[string]string{}, since: map[string]time.Time{}, took: map[string]time.Duration{}, keyWrites: map[string]int{}}
 }
 
 // expect sets the digest key must reach; Wait returns once every expected
@@ -85,6 +86,18 @@ func (t *tracker) writes() int {
 	return t.changes
 }
 
+// writesTo is how many times the Secrets keys (namespace/name) were
+// created, changed or deleted.
+func (t *tracker) writesTo(keys []string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, k := range keys {
+		n += t.keyWrites[k]
+	}
+	return n
+}
+
 func (t *tracker) durations() []time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -124,6 +137,7 @@ func (t *tracker) run(ctx context.Context, kc kubernetes.Interface) {
 			if ev.Type != watch.Bookmark {
 				t.mu.Lock()
 				t.changes++
+				t.keyWrites[s.Namespace+"/"+s.Name]++
 				t.mu.Unlock()
 			}
 			if ev.Type == watch.Added || ev.Type == watch.Modified {
