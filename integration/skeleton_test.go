@@ -170,7 +170,52 @@ func TestWalkingSkeleton(t *testing.T) {
 			return nil
 		})
 		putKV(value2)
-		eventually(t, refresh*11/10+3*time.Second, "username key back", secretHolds(value2))
+		eventually(t, refresh*11/10+3*time.Second, "username key back", func() error {
+			s, err := admin.CoreV1().Secrets(ns).Get(ctx, "db-credentials", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if string(s.Data["username"]) != "payments" {
+				return fmt.Errorf("no username key yet")
+			}
+			return nil
+		})
+	})
+
+	// A restarted writer knows nothing; the broker tells it (applied_before)
+	// that it applied the Secret before, so it checks ownership and applies:
+	// two requests, and no write since the content is the same.
+	t.Run("a restarted writer re-applies with two requests and writes nothing", func(t *testing.T) {
+		before, err := admin.CoreV1().Secrets(ns).Get(ctx, "db-credentials", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		writerUser := "system:serviceaccount:" + ns + ":ferry-writer"
+		requests := len(kube.SecretRequests(t, writerUser))
+		writer.Stop()
+		// Started on the parent test, so it outlives this subtest.
+		writer = stack.StartProcess(top, "ferry-writer-restarted", dir, writerBin, []string{"-config", writerCfg("writer", ns, token)})
+		eventually(t, 30*time.Second, "the restarted writer's apply", func() error {
+			if n := len(kube.SecretRequests(t, writerUser)) - requests; n < 2 {
+				return fmt.Errorf("%d requests so far", n)
+			}
+			return nil
+		})
+		time.Sleep(2 * refresh)
+		var verbs []string
+		for _, ev := range kube.SecretRequests(t, writerUser)[requests:] {
+			verbs = append(verbs, ev.Verb)
+		}
+		if len(verbs) != 2 {
+			t.Errorf("the restarted writer sent %d requests on Secrets (%v), want 2: the ownership test and the apply", len(verbs), verbs)
+		}
+		after, err := admin.CoreV1().Secrets(ns).Get(ctx, "db-credentials", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after.ResourceVersion != before.ResourceVersion {
+			t.Errorf("resourceVersion moved from %s to %s across a writer restart", before.ResourceVersion, after.ResourceVersion)
+		}
 	})
 
 	t.Run("an unlisted writer ID gets nothing and the broker logs the denial", func(t *testing.T) {

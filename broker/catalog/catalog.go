@@ -285,6 +285,19 @@ func (c *Catalog) Subscribe(writerID string) (*Subscription, []*ferryv1.Secret) 
 	return sub, snap
 }
 
+// WasApplied reports whether writerID has reported binding name applied
+// (at any revision) since this catalog was built.
+func (c *Catalog) WasApplied(writerID, name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.writers[writerID]
+	if w == nil {
+		return false
+	}
+	b := w.bindings[name]
+	return b != nil && b.applied != ""
+}
+
 // mark queues a binding name; called with c.mu held.
 func (s *Subscription) mark(name string) {
 	s.dirty[name] = struct{}{}

@@ -108,6 +108,9 @@ func TestSyncDeliversSnapshotThenChanges(t *testing.T) {
 	if got := m.GetUpsert(); got.GetRevision() != first.Revision || string(got.GetData()["password"]) != value {
 		t.Fatalf("first message = %v, want upsert of revision %s", prototext.Format(m), first.Revision)
 	}
+	if m.GetAppliedBefore() {
+		t.Errorf("first stream's snapshot upsert says applied_before")
+	}
 	m, err = stream.Recv()
 	if err != nil || m.GetSnapshotComplete().GetCount() != 1 {
 		t.Fatalf("second message = %v, %v; want snapshot_complete{count:1}", m, err)
@@ -126,6 +129,18 @@ func TestSyncDeliversSnapshotThenChanges(t *testing.T) {
 		st := f.cat.Status(writerA)
 		return len(st) == 1 && st[0].AppliedRevision == first.Revision
 	})
+	// A second stream (a restarted writer) hears that it applied the
+	// binding before.
+	again, err := ferryv1.NewWriterServiceClient(f.dial(t, f.ca, writerA)).Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := again.Recv(); err != nil || m.GetUpsert() == nil || !m.GetAppliedBefore() {
+		t.Fatalf("second stream's snapshot upsert = %v, %v; want applied_before", m, err)
+	}
 	resp, err := ferryv1.NewDebugServiceClient(f.dial(t, f.ca, writerA)).ListBindings(ctx, &ferryv1.ListBindingsRequest{})
 	if err != nil {
 		t.Fatal(err)

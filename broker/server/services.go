@@ -44,7 +44,8 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 	go func() { recvErr <- w.receiveResults(stream, id) }()
 
 	for _, sec := range snapshot {
-		if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}); err != nil {
+		msg := &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}, AppliedBefore: w.s.cat.WasApplied(id, sec.GetBinding())}
+		if err := stream.Send(msg); err != nil {
 			return err
 		}
 	}

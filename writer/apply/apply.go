@@ -116,6 +116,10 @@ type entry struct {
 	desired *ferryv1.Secret // nil once forgotten
 	applied string          // revision last applied; "" when unknown
 	owned   bool            // creation policy create: ownership checked
+	// existing: the broker says this writer identity applied it before, so
+	// the Secret most likely exists: check ownership first, skip the
+	// create-only apply.
+	existing bool
 }
 
 // New returns an Applier that writes through secrets (typically a typed
@@ -146,6 +150,20 @@ func (a *Applier) entry(k string) *entry {
 		a.entries[k] = e
 	}
 	return e
+}
+
+// ExpectExisting notes that the broker has seen this writer identity apply
+// s before (a writer restart): the Secret most likely exists, so its first
+// write checks ownership before applying instead of trying a create first
+// (two requests instead of three).
+func (a *Applier) ExpectExisting(s *ferryv1.Secret) {
+	if !a.namespaces[s.GetNamespace()] {
+		return
+	}
+	e := a.entry(key(s.GetNamespace(), s.GetName()))
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.existing = true
 }
 
 // Apply writes s with server-side apply, forcing ownership of the fields it
@@ -221,14 +239,17 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (types
 		if !e.owned {
 			// Most Secrets are new: try to create it, in one request that
 			// fails if the Secret exists (see createOnly). Only an existing
-			// one costs an ownership check and a second apply.
-			got, err := a.secrets.Secrets(ns).Apply(ctx, createOnly(applyConfig(s)), metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
-			if err == nil {
-				e.owned = true
-				return got.GetUID(), nil
-			}
-			if !apierrors.IsConflict(err) {
-				return "", fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
+			// one costs an ownership check and a second apply. When the
+			// broker says it exists, the check comes first.
+			if !e.existing {
+				got, err := a.secrets.Secrets(ns).Apply(ctx, createOnly(applyConfig(s)), metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+				if err == nil {
+					e.owned = true
+					return got.GetUID(), nil
+				}
+				if !apierrors.IsConflict(err) {
+					return "", fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
+				}
 			}
 			exists, ours, err := a.test(ctx, ns, name, labelTest(s.GetBinding()))
 			if err != nil {

@@ -252,3 +252,36 @@ func TestSameContentUnderNewRevisionIsNotWritten(t *testing.T) {
 		t.Fatalf("apply requests = %d, want 2", n)
 	}
 }
+
+// A restarted writer told by the broker that it applied a Secret before
+// checks ownership first: a test patch and an apply, no create-only apply.
+// Without the hint an existing Secret costs three requests.
+func TestExpectExistingChecksOwnershipFirst(t *testing.T) {
+	ctx := context.Background()
+	for _, hinted := range []bool{true, false} {
+		cs := newClientset()
+		if _, err := New(cs.CoreV1(), []string{"demo"}).Apply(ctx, testSecret("r1")); err != nil {
+			t.Fatal(err)
+		}
+		cs.ClearActions()
+		restarted := New(cs.CoreV1(), []string{"demo"})
+		s := testSecret("r2")
+		s.Data = map[string][]byte{"password": []byte("rotated")}
+		if hinted {
+			restarted.ExpectExisting(s)
+		}
+		if _, err := restarted.Apply(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		want := 3
+		if hinted {
+			want = 2
+		}
+		if n := len(cs.Actions()); n != want {
+			t.Errorf("hinted=%v: %d requests, want %d", hinted, n, want)
+		}
+		if hinted && applyActions(cs) != writingApplies(cs) {
+			t.Errorf("hinted: a create-only apply was sent")
+		}
+	}
+}

@@ -43,6 +43,9 @@ type Applier interface {
 	// Forget handles a binding the broker removed, as its deletion policy
 	// says; it reports whether the Secret was deleted.
 	Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted bool, err error)
+	// ExpectExisting is told, before the upsert of s is applied, that the
+	// broker has seen this writer identity apply it before.
+	ExpectExisting(s *ferryv1.Secret)
 }
 
 // Options configure a Client.
@@ -297,6 +300,9 @@ func (s *session) receive(ctx context.Context, st ferryv1.WriterService_SyncClie
 				continue
 			}
 			upserts++
+			if msg.GetAppliedBefore() {
+				s.applier.ExpectExisting(m.Upsert)
+			}
 			if err := s.submit(ctx, op{upsert: m.Upsert}); err != nil {
 				return err
 			}

@@ -71,6 +71,8 @@ func (f *fakeApplier) gate(k, rev string) chan struct{} {
 	return c
 }
 
+func (f *fakeApplier) ExpectExisting(*ferryv1.Secret) {}
+
 func (f *fakeApplier) Apply(ctx context.Context, s *ferryv1.Secret) (bool, error) {
 	k := key(s.Namespace, s.Name)
 	f.mu.Lock()

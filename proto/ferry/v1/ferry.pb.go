@@ -371,7 +371,12 @@ type SyncResponse struct {
 	//	*SyncResponse_Upsert
 	//	*SyncResponse_Delete
 	//	*SyncResponse_SnapshotComplete
-	Message       isSyncResponse_Message `protobuf_oneof:"message"`
+	Message isSyncResponse_Message `protobuf_oneof:"message"`
+	// Optional, with an upsert: this broker process has seen the caller apply
+	// this binding before (on an earlier stream), so the Secret most likely
+	// exists and the writer checks ownership before writing rather than
+	// trying to create it first. A hint only: either order is safe.
+	AppliedBefore bool `protobuf:"varint,4,opt,name=applied_before,json=appliedBefore,proto3" json:"applied_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -438,6 +443,13 @@ func (x *SyncResponse) GetSnapshotComplete() *SnapshotComplete {
 		}
 	}
 	return nil
+}
+
+func (x *SyncResponse) GetAppliedBefore() bool {
+	if x != nil {
+		return x.AppliedBefore
+	}
+	return false
 }
 
 type isSyncResponse_Message interface {
@@ -1140,11 +1152,12 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\tunchanged\x18\x04 \x01(\bR\tunchanged\x12\x1e\n" +
 	"\n" +
 	"superseded\x18\x05 \x01(\bR\n" +
-	"superseded\"\xbf\x01\n" +
+	"superseded\"\xe6\x01\n" +
 	"\fSyncResponse\x12*\n" +
 	"\x06upsert\x18\x01 \x01(\v2\x10.ferry.v1.SecretH\x00R\x06upsert\x12-\n" +
 	"\x06delete\x18\x02 \x01(\v2\x13.ferry.v1.SecretRefH\x00R\x06delete\x12I\n" +
-	"\x11snapshot_complete\x18\x03 \x01(\v2\x1a.ferry.v1.SnapshotCompleteH\x00R\x10snapshotCompleteB\t\n" +
+	"\x11snapshot_complete\x18\x03 \x01(\v2\x1a.ferry.v1.SnapshotCompleteH\x00R\x10snapshotComplete\x12%\n" +
+	"\x0eapplied_before\x18\x04 \x01(\bR\rappliedBeforeB\t\n" +
 	"\amessage\"\x8f\x05\n" +
 	"\x06Secret\x12\x18\n" +
 	"\abinding\x18\x01 \x01(\tR\abinding\x12\x1c\n" +
