@@ -86,6 +86,7 @@ func serve(ctx context.Context, srv *server.Server, lis net.Listener, log *slog.
 	case <-ctx.Done():
 	}
 	srv.Health.Shutdown()
+	srv.Drain()
 	stopped := make(chan struct{})
 	go func() { srv.GRPC.GracefulStop(); close(stopped) }()
 	select {

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"slices"
+	"sync"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -41,6 +42,16 @@ type Server struct {
 	cat    *catalog.Catalog
 	admins []string
 	log    *slog.Logger
+
+	draining  chan struct{} // closed by Drain
+	drainOnce sync.Once
+}
+
+// Drain ends every open Sync stream with Unavailable, so that a graceful
+// stop does not wait for streams that never end on their own and writers
+// reconnect (to this broker once restarted, or another) at once.
+func (s *Server) Drain() {
+	s.drainOnce.Do(func() { close(s.draining) })
 }
 
 // TransportCredentials returns mTLS server credentials (TLS 1.3 only) that
@@ -55,7 +66,7 @@ func TransportCredentials(src svidsource.Source, td spiffeid.TrustDomain) creden
 // New builds the server. creds may be nil in tests that use their own
 // transport (then no peer has an ID and every authorized RPC is denied).
 func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCredentials, log *slog.Logger) *Server {
-	s := &Server{cat: cat, admins: admins, log: log, Health: health.NewServer()}
+	s := &Server{cat: cat, admins: admins, log: log, Health: health.NewServer(), draining: make(chan struct{})}
 	authFn := s.authorize
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(

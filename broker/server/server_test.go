@@ -43,6 +43,7 @@ type fixture struct {
 	addr string
 	cat  *catalog.Catalog
 	logs *logtest.Buffer
+	srv  *server.Server
 }
 
 func start(t *testing.T) *fixture {
@@ -63,7 +64,7 @@ func start(t *testing.T) *fixture {
 	}
 	go func() { _ = srv.GRPC.Serve(lis) }()
 	t.Cleanup(srv.GRPC.Stop)
-	return &fixture{ca: ca, addr: lis.Addr().String(), cat: cat, logs: logs}
+	return &fixture{ca: ca, addr: lis.Addr().String(), cat: cat, logs: logs, srv: srv}
 }
 
 func (f *fixture) publish(t *testing.T, v string) *ferryv1.Secret {
@@ -219,5 +220,37 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A stopping broker ends open Sync streams with Unavailable, so a graceful
+// stop does not wait out its grace period for streams that never end.
+func TestDrainEndsSyncStreams(t *testing.T) {
+	f := start(t)
+	f.publish(t, value)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := ferryv1.NewWriterServiceClient(f.dial(t, f.ca, writerA)).Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the upsert and snapshot_complete
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.srv.Drain()
+	stopped := make(chan struct{})
+	go func() { f.srv.GRPC.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(3 * time.Second):
+		t.Fatal("GracefulStop still waiting 3s after Drain")
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("stream ended with %v, want Unavailable", err)
 	}
 }

@@ -58,6 +58,9 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-w.s.draining:
+			log.Info("broker stopping; closing the writer's stream")
+			return status.Error(codes.Unavailable, "broker stopping")
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				log.Info("writer closed the stream")

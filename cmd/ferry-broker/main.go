@@ -36,6 +36,11 @@ func run(args []string) error {
 	// The first SIGTERM/interrupt starts a graceful stop; a second one kills.
 	ctx, stop := command.SignalContext()
 	defer stop()
+	stopProfile, err := line.StartProfile()
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	// SIGHUP re-reads the file's `writers` section (an invalid file is logged
 	// and ignored).
 	return broker.Run(ctx, cfg, log, broker.ReloadFrom(line.Config))

@@ -59,5 +59,10 @@ func run(args []string) error {
 	// The first SIGTERM/interrupt starts a graceful stop; a second one kills.
 	ctx, stop := command.SignalContext()
 	defer stop()
+	stopProfile, err := line.StartProfile()
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	return writer.Run(ctx, cfg, log)
 }

@@ -77,6 +77,18 @@ func newEnv(r *stack.Runner, n int) *env {
 	return e
 }
 
+// profileDir, from FERRY_BENCH_PROFILE, makes the broker and the writers
+// write CPU profiles there (NAME-TIME.prof), for `go tool pprof`.
+var profileDir = os.Getenv("FERRY_BENCH_PROFILE")
+
+// profiled returns args, with -cpuprofile when profileDir is set.
+func profiled(name string, args ...string) []string {
+	if profileDir == "" {
+		return args
+	}
+	return append([]string{"-cpuprofile", filepath.Join(profileDir, fmt.Sprintf("%s-%d.prof", name, time.Now().UnixNano()))}, args...)
+}
+
 // writerLogLevel is the writers' log level; FERRY_BENCH_WRITER_LOG=debug
 // logs every apply, for finding where time goes.
 var writerLogLevel = cmp.Or(os.Getenv("FERRY_BENCH_WRITER_LOG"), "warn")
@@ -313,9 +325,9 @@ func (e *env) setupFerryWith(spec ferrySpec) *ferry {
 	// give the SPIRE agent time to sync the new entries (1 s interval).
 	time.Sleep(3 * time.Second)
 	f.start = func() {
-		f.broker = stack.StartProcess(e.r, "ferry-broker", e.dir, brokerBin, []string{"-config", f.brokerCfg})
+		f.broker = stack.StartProcess(e.r, "ferry-broker", e.dir, brokerBin, profiled("ferry-broker", "-config", f.brokerCfg))
 		for j := range writers {
-			f.writerProc = append(f.writerProc, stack.StartProcess(e.r, fmt.Sprintf("ferry-writer-%d", j), e.dir, writerBins[j], []string{"-config", writerCfgs[j]}))
+			f.writerProc = append(f.writerProc, stack.StartProcess(e.r, fmt.Sprintf("ferry-writer-%d", j), e.dir, writerBins[j], profiled(fmt.Sprintf("ferry-writer-%d", j), "-config", writerCfgs[j])))
 		}
 	}
 	f.brokerBin = brokerBin

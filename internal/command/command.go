@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 )
 
@@ -23,8 +24,27 @@ func Main(name string, run func(args []string) error) {
 
 // Line is a parsed command line.
 type Line struct {
-	Config   string // path of the config file (-config)
-	Validate bool   // "validate": check the config and exit
+	Config     string // path of the config file (-config)
+	Validate   bool   // "validate": check the config and exit
+	CPUProfile string // -cpuprofile: where to write a CPU profile; "" for none
+}
+
+// StartProfile starts the CPU profile asked for with -cpuprofile (for
+// performance work; `go tool pprof` reads it) and returns the function that
+// writes it out. Without -cpuprofile it does nothing.
+func (l Line) StartProfile() (stop func(), err error) {
+	if l.CPUProfile == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(l.CPUProfile)
+	if err != nil {
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // Parse parses args, `[validate] -config FILE`, for the command name.
@@ -38,6 +58,7 @@ func Parse(name, defaultConfig, usage string, args []string, extra ...func(*flag
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.StringVar(&l.Config, "config", defaultConfig, usage)
+	fs.StringVar(&l.CPUProfile, "cpuprofile", "", "write a CPU profile to this file until the process stops")
 	for _, f := range extra {
 		f(fs)
 	}
