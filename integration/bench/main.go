@@ -30,6 +30,7 @@ type options struct {
 	verbose      bool
 	writerKube   string // extra writer kubernetes config, e.g. "qps: 500, burst: 1000"
 	takeover     bool
+	reps         int  // repetitions of each initial sync, bare loop and Ferry taking turns
 	shared       bool // run the shared-paths and dynamic-secrets scenario
 	dynamic      int  // its dynamic database bindings
 	state        bool // its broker keeps lease state in Vault (vault.state)
@@ -41,6 +42,7 @@ func main() {
 	flag.IntVar(&o.writers, "writers", 10, "writers the secrets are spread over")
 	flag.IntVar(&o.manyWriters, "many-writers", 100, "writers of the extra variant at the largest size (0: skip)")
 	flag.IntVar(&o.parallel, "parallel", 50, "workers of the bare loop (the physical limit)")
+	flag.IntVar(&o.reps, "reps", 3, "repetitions of each initial sync (bare loop and Ferry take turns; medians are reported)")
 	flag.DurationVar(&o.refresh, "refresh", 30*time.Second, "refresh interval of every binding")
 	flag.IntVar(&o.steadyCycles, "steady-cycles", 10, "refresh cycles measured in steady state")
 	flag.IntVar(&o.changes, "changes", 100, "Vault writes measured for propagation latency")
@@ -53,6 +55,10 @@ func main() {
 	flag.BoolVar(&o.state, "state", true, "the -shared scenario's broker keeps lease state in Vault (vault.state: {mount: secret, path: ferry-broker})")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
+	if o.reps < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -reps must be at least 1")
+		os.Exit(2)
+	}
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n <= 0 {

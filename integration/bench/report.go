@@ -19,6 +19,15 @@ type report struct {
 	latency latencyResult
 }
 
+// seconds lists durations as "1.52, 1.61, 1.58".
+func seconds(d []time.Duration) string {
+	s := make([]string, len(d))
+	for i, v := range d {
+		s[i] = fmt.Sprintf("%.2f", v.Seconds())
+	}
+	return strings.Join(s, ", ")
+}
+
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 
 func (r *report) markdown(command string) string {
@@ -29,13 +38,13 @@ func (r *report) markdown(command string) string {
 	fmt.Fprintf(&b, "Machine: %s, %d cores, %s; %s.\n\n", cpuModel(), runtime.NumCPU(), memTotal(), goVersion())
 
 	fmt.Fprintf(&b, "## Initial sync: time until every Secret holds the right data\n\n")
-	fmt.Fprintf(&b, "Each secret is a distinct KV v2 path of ~1 KiB (8 keys × 128 characters). The clock runs from starting the broker until a watch on the apiserver has seen every Secret with the expected data. The bare loop is the physical limit, measured in the same run on the same stack: %d goroutines that each read a path from Vault and server-side-apply it, with no client-side rate limit.\n\n", r.opts.parallel)
-	fmt.Fprintf(&b, "| secrets | writers | creation policy | bare loop | Ferry | Ferry ÷ bare | broker peak RSS | writers peak RSS (sum / max) | Vault reads by the broker | apiserver requests by the writers |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "Each secret is a distinct KV v2 path of ~1 KiB (8 keys × 128 characters). The clock runs from starting the broker until a watch on the apiserver has seen every Secret with the expected data. The bare loop is the physical limit, measured in the same run on the same stack: %d goroutines that each read a path from Vault and server-side-apply it, with no client-side rate limit. The bare loop and Ferry take turns, %d times each, on fresh Secrets (Ferry's broker and writers are restarted each time), so that the machine's noise lands on both; the table gives the medians and every run. Requests, reads and CPU are those of the last run.\n\n", r.opts.parallel, r.opts.reps)
+	fmt.Fprintf(&b, "| secrets | writers | creation policy | bare loop (median) | Ferry (median) | Ferry ÷ bare | runs: bare / Ferry | broker peak RSS | writers peak RSS (sum / max) | Vault reads by the broker | apiserver requests by the writers |\n|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|\n")
 	for _, s := range r.syncs {
-		fmt.Fprintf(&b, "| %d | %d | %s | %.2f s | %.2f s | %.2f | %s | %s / %s | %d | %d |\n", s.n, s.writers, s.creation, s.bare.Seconds(), s.ferry.Seconds(),
-			s.ferry.Seconds()/s.bare.Seconds(), mib(s.brokerRSS), mib(s.writerRSSSum), mib(s.writerRSSMax), s.vaultReads, s.writerRequests)
+		fmt.Fprintf(&b, "| %d | %d | %s | %.2f s | %.2f s | %.2f | %s / %s | %s | %s / %s | %d | %d |\n", s.n, s.writers, s.creation, s.bare.Seconds(), s.ferry.Seconds(),
+			s.ferry.Seconds()/s.bare.Seconds(), seconds(s.bareRuns), seconds(s.ferryRuns), mib(s.brokerRSS), mib(s.writerRSSSum), mib(s.writerRSSMax), s.vaultReads, s.writerRequests)
 	}
-	fmt.Fprintf(&b, "\nCPU time by process during each (2 cores, so at most 2 s of CPU per second):\n\n| secrets | writers | bare loop | Ferry |\n|---:|---:|---|---|\n")
+	fmt.Fprintf(&b, "\nCPU time by process during the last run of each (2 cores, so at most 2 s of CPU per second):\n\n| secrets | writers | bare loop | Ferry |\n|---:|---:|---|---|\n")
 	for _, s := range r.syncs {
 		fmt.Fprintf(&b, "| %d | %d | %s | %s |\n", s.n, s.writers, s.bareCPU, s.ferryCPU)
 	}

@@ -161,27 +161,67 @@ func (e *env) parallel(workers, n int, f func(i int)) {
 	wg.Wait()
 }
 
-// bareLoop is the physical limit: workers goroutines that each read a path
-// from Vault and server-side-apply it as a Secret, nothing else. Its clock
-// stops, like Ferry's, when the apiserver watch has seen every Secret.
-func (e *env) bareLoop(workers, namespaces int) time.Duration {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+// bare is the physical limit: workers goroutines that each read a path
+// from Vault and server-side-apply it as a Secret, nothing else.
+type bare struct {
+	e                        *env
+	workers                  int
+	namespaces               int
+	roleIDFile, secretIDFile string
+	kc                       kubernetes.Interface
+}
+
+// setupBare creates the bare loop's namespaces and clients; nothing is
+// timed yet.
+func (e *env) setupBare(workers, namespaces int) *bare {
 	for j := range namespaces {
 		e.kube.CreateNamespace(e.r, fmt.Sprintf("bare-%d", j))
 	}
 	// Read as Ferry does: with a least-privilege AppRole token, not root.
-	vc, err := e.vc.Clone()
-	if err != nil {
-		e.r.Fatalf("vault client: %v", err)
-	}
 	roleIDFile, secretIDFile := ferrystack.AppRole(e.r, e.vc, e.dir, "bench-bare", "secret/data/"+kvPrefix+"*")
-	login, err := vc.Logical().Write("auth/approle/login", map[string]any{"role_id": readFile(e.r, roleIDFile), "secret_id": readFile(e.r, secretIDFile)})
+	return &bare{e: e, workers: workers, namespaces: namespaces, roleIDFile: roleIDFile, secretIDFile: secretIDFile, kc: e.bareKubeClient()}
+}
+
+// login returns a Vault client logged in with the bare loop's AppRole.
+func (b *bare) login() *vaultapi.Client {
+	vc, err := b.e.vc.Clone()
 	if err != nil {
-		e.r.Fatalf("vault login: %v", err)
+		b.e.r.Fatalf("vault client: %v", err)
+	}
+	login, err := vc.Logical().Write("auth/approle/login", map[string]any{"role_id": readFile(b.e.r, b.roleIDFile), "secret_id": readFile(b.e.r, b.secretIDFile)})
+	if err != nil {
+		b.e.r.Fatalf("vault login: %v", err)
 	}
 	vc.SetToken(login.Auth.ClientToken)
-	kc := e.bareKubeClient()
+	return vc
+}
+
+// deleteSecrets deletes every Secret in the namespaces (untimed, between
+// repetitions), then lets the apiserver and etcd settle.
+func (e *env) deleteSecrets(namespaces ...string) {
+	for _, ns := range namespaces {
+		if err := e.kc.CoreV1().Secrets(ns).DeleteCollection(context.Background(), metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			e.r.Fatalf("delete Secrets in %s: %v", ns, err)
+		}
+	}
+	time.Sleep(settle)
+}
+
+// settle is the pause after setup work, so that the apiserver's and etcd's
+// follow-up work (watch events, compaction) does not land in a timed run.
+const settle = 3 * time.Second
+
+// run times one pass of the bare loop over fresh namespaces. Its clock
+// stops, like Ferry's, when the apiserver watch has seen every Secret.
+func (b *bare) run() time.Duration {
+	e, workers, namespaces, vc, kc := b.e, b.workers, b.namespaces, b.login(), b.kc
+	ns := make([]string, namespaces)
+	for j := range ns {
+		ns[j] = fmt.Sprintf("bare-%d", j)
+	}
+	e.deleteSecrets(ns...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	tr := newTracker()
 	start := time.Now()
 	for i := range e.n {
@@ -332,6 +372,24 @@ func (e *env) setupFerryWith(spec ferrySpec) *ferry {
 	}
 	f.brokerBin = brokerBin
 	return f
+}
+
+// stop stops the broker and every writer (between repetitions).
+func (f *ferry) stop() {
+	for _, w := range f.writerProc {
+		w.Stop()
+	}
+	f.writerProc = nil
+	f.broker.Stop()
+}
+
+// namespaces are the writers' namespaces.
+func (f *ferry) namespaces() []string {
+	ns := make([]string, f.writers)
+	for j := range ns {
+		ns[j] = writerNS(j)
+	}
+	return ns
 }
 
 func readFile(r *stack.Runner, path string) string {

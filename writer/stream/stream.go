@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
@@ -142,23 +143,24 @@ func New(opts Options) (*Client, error) {
 // then it returns nil. It returns an error only if it cannot start.
 func (c *Client) Run(ctx context.Context) error {
 	targets := append([]string{c.opts.Target}, c.opts.Fallbacks...)
-	apis := make([]ferryv1.WriterServiceClient, len(targets))
+	conns := make([]*grpc.ClientConn, len(targets))
 	for i, t := range targets {
 		conn, err := grpc.NewClient(t, c.opts.DialOptions...)
 		if err != nil {
 			return fmt.Errorf("stream: %s: %w", t, err)
 		}
 		defer conn.Close()
-		apis[i] = ferryv1.NewWriterServiceClient(conn)
+		conns[i] = conn
 	}
 	attempt, next := 0, 0
 	for {
-		api, log := apis[next], c.log
+		conn, log := conns[next], c.log
 		if len(targets) > 1 {
 			log = log.With("target", targets[next])
 		}
-		next = (next + 1) % len(apis)
-		opened, lived, err := c.session(ctx, api, log)
+		next = (next + 1) % len(conns)
+		waitReady(ctx, conn, connectWait)
+		opened, lived, err := c.session(ctx, ferryv1.NewWriterServiceClient(conn), log)
 		if ctx.Err() != nil {
 			c.log.Info("stopped")
 			return nil
@@ -185,6 +187,26 @@ func (c *Client) Run(ctx context.Context) error {
 			c.log.Info("stopped")
 			return nil
 		case <-t.C:
+		}
+	}
+}
+
+// connectWait bounds how long a stream waits for its connection before it
+// is opened anyway (and fails, if the broker is still unreachable, with the
+// reason in the log).
+const connectWait = 5 * time.Second
+
+// waitReady waits, up to d, until conn is connected. The connection
+// retries at gRPC's connect backoff (from 100 ms), much sooner than the
+// stream's own backoff after a failed open, so a broker that is starting
+// (or restarting) is reached as soon as it listens.
+func waitReady(ctx context.Context, conn *grpc.ClientConn, d time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	conn.Connect()
+	for s := conn.GetState(); s != connectivity.Ready; s = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, s) {
+			return
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -479,5 +480,59 @@ func TestBackoff(t *testing.T) {
 	}
 	if avg := sum / 1000; avg < 700*time.Millisecond || avg > 1300*time.Millisecond {
 		t.Errorf("mean Delay(3) = %v, want about 1s (full jitter)", avg)
+	}
+}
+
+// TestWaitsForAStartingBroker: a writer started before its broker listens
+// opens its stream once the broker is up, without a failed open (which
+// would cost the stream's own, slower, backoff).
+func TestWaitsForAStartingBroker(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	lis := bufconn.Listen(1 << 20)
+	var up atomic.Bool
+	opened := make(chan struct{})
+	srv := grpc.NewServer()
+	ferryv1.RegisterWriterServiceServer(srv, &fakeBroker{sync: func(_ int, st ferryv1.WriterService_SyncServer) error {
+		close(opened)
+		<-st.Context().Done()
+		return nil
+	}})
+	go srv.Serve(lis)
+	defer func() { srv.Stop(); lis.Close() }()
+	logs := &logtest.Buffer{}
+	c, err := New(Options{
+		Target: "passthrough:///bufnet",
+		DialOptions: []grpc.DialOption{
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+				if !up.Load() {
+					return nil, errors.New("connection refused")
+				}
+				return lis.DialContext(ctx)
+			}),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, MaxDelay: 50 * time.Millisecond}}),
+		},
+		Applier: newFakeApplier(t),
+		Log:     slog.New(slog.NewJSONHandler(logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	time.Sleep(300 * time.Millisecond) // several refused connects
+	up.Store(true)
+	select {
+	case <-opened:
+	case <-time.After(connectWait):
+		t.Fatal("no stream within connectWait of the broker coming up")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "cannot open stream") {
+		t.Errorf("a failed open was logged while the broker was starting:\n%s", logs)
 	}
 }
