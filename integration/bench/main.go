@@ -42,7 +42,7 @@ func main() {
 	flag.IntVar(&o.writers, "writers", 10, "writers the secrets are spread over")
 	flag.IntVar(&o.manyWriters, "many-writers", 100, "writers of the extra variant at the largest size (0: skip)")
 	flag.IntVar(&o.parallel, "parallel", 50, "workers of the bare loop (the physical limit)")
-	flag.IntVar(&o.reps, "reps", 3, "repetitions of each initial sync (bare loop and Ferry take turns; medians are reported)")
+	flag.IntVar(&o.reps, "reps", 5, "repetitions of each initial sync (bare loop and Ferry take turns; medians are reported)")
 	flag.DurationVar(&o.refresh, "refresh", 30*time.Second, "refresh interval of every binding")
 	flag.IntVar(&o.steadyCycles, "steady-cycles", 10, "refresh cycles measured in steady state")
 	flag.IntVar(&o.changes, "changes", 100, "Vault writes measured for propagation latency")

@@ -179,6 +179,10 @@ func (e *env) setupBare(workers, namespaces int) *bare {
 	}
 	// Read as Ferry does: with a least-privilege AppRole token, not root.
 	roleIDFile, secretIDFile := ferrystack.AppRole(e.r, e.vc, e.dir, "bench-bare", "secret/data/"+kvPrefix+"*")
+	// The loop does not renew its token: let it outlive a 10,000-path run.
+	if _, err := e.vc.Logical().Write("auth/approle/role/bench-bare", map[string]any{"token_ttl": "10m", "token_max_ttl": "10m"}); err != nil {
+		e.r.Fatalf("vault: %v", err)
+	}
 	return &bare{e: e, workers: workers, namespaces: namespaces, roleIDFile: roleIDFile, secretIDFile: secretIDFile, kc: e.bareKubeClient()}
 }
 
@@ -214,12 +218,13 @@ const settle = 3 * time.Second
 // run times one pass of the bare loop over fresh namespaces. Its clock
 // stops, like Ferry's, when the apiserver watch has seen every Secret.
 func (b *bare) run() time.Duration {
-	e, workers, namespaces, vc, kc := b.e, b.workers, b.namespaces, b.login(), b.kc
+	e, workers, namespaces, kc := b.e, b.workers, b.namespaces, b.kc
 	ns := make([]string, namespaces)
 	for j := range ns {
 		ns[j] = fmt.Sprintf("bare-%d", j)
 	}
 	e.deleteSecrets(ns...)
+	vc := b.login()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	tr := newTracker()
