@@ -3,6 +3,7 @@ package source
 import (
 	"container/heap"
 	"context"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -217,9 +218,16 @@ func (s *kvScheduler) deliver(m *handle, val *vault.KVSecret, err error, at, nex
 	case m.kv.published == val && cat.SetRefreshed(m.writerID, m.b.Name, val.Version, at, next):
 		return // same data as the desired Secret: nothing to render
 	default:
+		first := m.kv.published == nil
 		sec := s.p.render(*m.b, val.Data)
 		if cat.SetDesired(m.writerID, m.b.Name, sec, val.Version, at) {
-			s.p.log.Info("secret changed", "writer_id", m.writerID, "binding", m.b.Name, "vault_version", val.Version, "revision", sec.Revision)
+			// The first read of each binding is at debug: a large config
+			// would log one line per binding at every start.
+			level := slog.LevelInfo
+			if first {
+				level = slog.LevelDebug
+			}
+			s.p.log.Log(context.Background(), level, "secret changed", "writer_id", m.writerID, "binding", m.b.Name, "vault_version", val.Version, "revision", sec.Revision, "first_read", first)
 		}
 		m.kv.published = val
 	}
