@@ -215,9 +215,10 @@ func (e *env) deleteSecrets(namespaces ...string) {
 // follow-up work (watch events, compaction) does not land in a timed run.
 const settle = 3 * time.Second
 
-// run times one pass of the bare loop over fresh namespaces. Its clock
-// stops, like Ferry's, when the apiserver watch has seen every Secret.
-func (b *bare) run() time.Duration {
+// run times one pass of the bare loop over fresh namespaces, and returns
+// the CPU time each process spent meanwhile. Its clock stops, like
+// Ferry's, when the apiserver watch has seen every Secret.
+func (b *bare) run() (time.Duration, string) {
 	e, workers, namespaces, kc := b.e, b.workers, b.namespaces, b.kc
 	ns := make([]string, namespaces)
 	for j := range ns {
@@ -228,6 +229,7 @@ func (b *bare) run() time.Duration {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	tr := newTracker()
+	cpu0 := cpuSeconds()
 	start := time.Now()
 	for i := range e.n {
 		tr.expect(fmt.Sprintf("bare-%d/s-%05d", i%namespaces, i), payloadDigest(i, 0), start)
@@ -250,7 +252,7 @@ func (b *bare) run() time.Duration {
 	if !tr.wait(time.Minute) {
 		e.r.Fatalf("bare loop: the watch did not see every Secret")
 	}
-	return time.Since(start)
+	return time.Since(start), cpuDelta(cpu0, cpuSeconds())
 }
 
 // bareKubeClient authenticates like a writer (a ServiceAccount token, so

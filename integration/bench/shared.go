@@ -11,9 +11,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/integration/stack"
-	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
 // The shared-paths scenario's Vault roles and its number of PKI bindings.
@@ -87,11 +85,10 @@ func sharedScenario(r *stack.Runner, o options) sharedResult {
 	e.waitFilled(leases.keys(), time.Minute)
 	res.sync = time.Since(start)
 	logf("shared: every Secret delivered after %v", res.sync)
-	debug := ferryv1.NewDebugServiceClient(ferrystack.DialBroker(r, e.spire, f.addr, adminID, brokerID))
-	waitDelivered(r, f, debug, time.Minute)
+	waitDelivered(r, f, time.Minute)
 
 	e.measureSharedSteady(o, tr, &res)
-	e.measureSharedRestart(f, debug, tr, leases.keys(), &res)
+	e.measureSharedRestart(f, tr, leases.keys(), &res)
 	return res
 }
 
@@ -114,7 +111,7 @@ func (e *env) measureSharedSteady(o options, tr *tracker, res *sharedResult) {
 // measureSharedRestart stops the broker (SIGTERM), starts it again and
 // waits until every binding is reported applied again; it counts what the
 // restart cost the apiserver and Vault's dynamic engines.
-func (e *env) measureSharedRestart(f *ferry, debug ferryv1.DebugServiceClient, tr *tracker, leaseKeys []string, res *sharedResult) {
+func (e *env) measureSharedRestart(f *ferry, tr *tracker, leaseKeys []string, res *sharedResult) {
 	logf("shared: restarting the broker")
 	requests0, _ := e.writerRequests()
 	writes0, leaseWrites0 := tr.writes(), tr.writesTo(leaseKeys)
@@ -122,7 +119,7 @@ func (e *env) measureSharedRestart(f *ferry, debug ferryv1.DebugServiceClient, t
 	f.broker.Stop()
 	restart := time.Now()
 	f.broker = startBroker(e.r, f)
-	waitDelivered(e.r, f, debug, 5*time.Minute)
+	waitDelivered(e.r, f, 5*time.Minute)
 	res.restartConverged = time.Since(restart)
 	// The writers report an apply once the apiserver answered; give the
 	// watch a moment to deliver the matching events.

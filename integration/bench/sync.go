@@ -59,9 +59,7 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool, crea
 			e.deleteSecrets(f.namespaces()...)
 		}
 		logf("N=%d: bare loop, %d workers (%d/%d)", n, o.parallel, rep+1, o.reps)
-		cpu0 := cpuSeconds()
-		bt := b.run()
-		bareCPU := cpuDelta(cpu0, cpuSeconds())
+		bt, bareCPU := b.run()
 		logf("N=%d: bare loop took %v (CPU: %s)", n, bt, bareCPU)
 
 		reads0 := e.vaultReads()
@@ -70,7 +68,7 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool, crea
 		watchCtx, cancelWatch := context.WithCancel(ctx)
 		stopWatch = cancelWatch
 		defer cancelWatch()
-		cpu0 = cpuSeconds()
+		cpu0 := cpuSeconds()
 		start := time.Now()
 		for i := range n {
 			tr.expect(writerNS(i%writers)+"/"+secretName(i), payloadDigest(i, 0), start)
@@ -93,8 +91,7 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool, crea
 		res.vaultReads, res.writerRequests = e.vaultReads()-reads0, requests1-requests0
 	}
 	res.bare, res.ferry = median(res.bareRuns), median(res.ferryRuns)
-	debug := ferryv1.NewDebugServiceClient(ferrystack.DialBroker(rr, e.spire, f.addr, adminID, brokerID))
-	waitDelivered(rr, f, debug, time.Minute)
+	waitDelivered(rr, f, time.Minute)
 
 	if steady {
 		reads0 := e.kvReads()
@@ -123,7 +120,7 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool, crea
 		f.broker.Stop()
 		restart := time.Now()
 		f.broker = startBroker(rr, f)
-		waitDelivered(rr, f, debug, 5*time.Minute)
+		waitDelivered(rr, f, 5*time.Minute)
 		res.restartConverged = time.Since(restart)
 		all1, _ := e.writerRequests()
 		res.restartRequests, res.restartWrites = all1-all0, tr.writes()-writes0
@@ -131,7 +128,12 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool, crea
 	return res
 }
 
-func waitDelivered(r *stack.Runner, f *ferry, debug ferryv1.DebugServiceClient, timeout time.Duration) {
+// waitDelivered waits until the broker reports every binding applied. It
+// dials the broker afresh: the bench's SVID files live 2 minutes (SPIRE's
+// default in the stack), shorter than a steady-state window, and a broker
+// restart needs a new handshake.
+func waitDelivered(r *stack.Runner, f *ferry, timeout time.Duration) {
+	debug := ferryv1.NewDebugServiceClient(ferrystack.DialBroker(r, f.e.spire, f.addr, adminID, brokerID))
 	deadline := time.Now().Add(timeout)
 	for !f.allDelivered(context.Background(), debug) {
 		if time.Now().After(deadline) {
