@@ -108,6 +108,7 @@ func StartKube(t TB) *Kube {
 			"--audit-policy-file=" + filepath.Join(k.Dir, "audit-policy.yaml"),
 			"--audit-log-path=" + k.AuditLog,
 			"--audit-log-mode=blocking",
+			"--audit-log-maxsize=100000", // MB: never rotate (counts read the one file)
 		},
 	})
 	hc := k.adminHTTPClient(t)
