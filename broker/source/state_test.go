@@ -29,6 +29,7 @@ func TestRestartCarriesOnWithSavedLeaseAndCert(t *testing.T) {
 		user := string(desired(cat, "db").Data["username"])
 		cert := desired(cat, "tls").Data["tls.crt"]
 		stop()
+		f.mu.Lock()
 		if len(f.state) != 2 {
 			t.Fatalf("%d state entries after issuing, want 2", len(f.state))
 		}
@@ -38,6 +39,7 @@ func TestRestartCarriesOnWithSavedLeaseAndCert(t *testing.T) {
 			}
 		}
 		issued, certs := f.issued, len(f.certs)
+		f.mu.Unlock()
 
 		time.Sleep(5 * time.Second) // the broker is down for a while
 		p, cat, stop := startPoller(t, f, dynamicBinding("db", time.Second), pkiBinding())
@@ -50,22 +52,31 @@ func TestRestartCarriesOnWithSavedLeaseAndCert(t *testing.T) {
 		if got := desired(cat, "tls").Data["tls.crt"]; !bytes.Equal(got, cert) {
 			t.Errorf("after restart the certificate changed")
 		}
+		f.mu.Lock()
 		if f.issued != issued || len(f.certs) != certs {
 			t.Errorf("restart issued %d leases and %d certificates, want 0", f.issued-issued, len(f.certs)-certs)
 		}
 		renewals := f.renewals
+		f.mu.Unlock()
 		time.Sleep(30 * time.Second) // TTL 30s: renewed on the way
 		synctest.Wait()
-		if ok, _ := f.valid(user); !ok || f.renewals == renewals {
-			t.Errorf("the restored lease was not kept alive (valid %v, renewals %d -> %d)", ok, renewals, f.renewals)
+		ok, _ := f.valid(user)
+		f.mu.Lock()
+		renewedAfter := f.renewals
+		f.mu.Unlock()
+		if !ok || renewedAfter == renewals {
+			t.Errorf("the restored lease was not kept alive (valid %v, renewals %d -> %d)", ok, renewals, renewedAfter)
 		}
 		for _, name := range []string{"db", "tls"} {
 			if err := p.Remove(context.Background(), testWriter, name); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if len(f.state) != 0 {
-			t.Errorf("%d state entries left after removing both bindings", len(f.state))
+		f.mu.Lock()
+		left := len(f.state)
+		f.mu.Unlock()
+		if left != 0 {
+			t.Errorf("%d state entries left after removing both bindings", left)
 		}
 	})
 }
@@ -89,7 +100,9 @@ func TestRestartIgnoresStateOfAnotherSource(t *testing.T) {
 		}
 		stop()
 
+		f.mu.Lock()
 		f.state = nil
+		f.mu.Unlock()
 		_, cat, stop = startPoller(t, f, moved)
 		defer stop()
 		time.Sleep(time.Second)

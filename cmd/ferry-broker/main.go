@@ -2,6 +2,8 @@
 //
 //	ferry-broker -config broker.yaml            run
 //	ferry-broker validate -config broker.yaml   check the config and exit
+//
+// -cpuprofile FILE writes a CPU profile until the process stops.
 package main
 
 import (

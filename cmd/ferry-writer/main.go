@@ -5,7 +5,8 @@
 //	ferry-writer validate -config FILE   check the configuration, exit 0 or 1
 //
 // -kube-qps, -kube-burst and -parallelism override the file's
-// kubernetes.qps, kubernetes.burst and kubernetes.parallelism.
+// kubernetes.qps, kubernetes.burst and kubernetes.parallelism;
+// -cpuprofile FILE writes a CPU profile until the process stops.
 package main
 
 import (

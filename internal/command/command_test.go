@@ -1,6 +1,8 @@
 package command
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -29,5 +31,24 @@ func TestParse(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("Parse(%q) = %+v, %v; want %+v", tc.args, got, err, tc.want)
 		}
+	}
+}
+
+func TestCPUProfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cpu.prof")
+	l, err := Parse("x", "/etc/x.yaml", "", []string{"-cpuprofile", path, "-config", "a.yaml"})
+	if err != nil || l.CPUProfile != path {
+		t.Fatalf("Parse = %+v, %v", l, err)
+	}
+	stop, err := l.StartProfile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		t.Fatalf("profile not written: %v", err)
+	}
+	if stop, err := (Line{}).StartProfile(); err != nil || stop == nil {
+		t.Fatalf("without -cpuprofile: %v", err)
 	}
 }
