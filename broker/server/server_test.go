@@ -90,11 +90,9 @@ func (f *fixture) dial(t *testing.T, ca *spiffetest.CA, id string) *grpc.ClientC
 	return conn
 }
 
-func TestSyncDeliversSnapshotThenChanges(t *testing.T) {
-	f := start(t)
-	first := f.publish(t, value)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+// openSync opens a Sync stream as writerA and sends its hello.
+func (f *fixture) openSync(t *testing.T, ctx context.Context) ferryv1.WriterService_SyncClient {
+	t.Helper()
 	stream, err := ferryv1.NewWriterServiceClient(f.dial(t, f.ca, writerA)).Sync(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -102,6 +100,15 @@ func TestSyncDeliversSnapshotThenChanges(t *testing.T) {
 	if err := stream.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}}); err != nil {
 		t.Fatal(err)
 	}
+	return stream
+}
+
+func TestSyncDeliversSnapshotThenChanges(t *testing.T) {
+	f := start(t)
+	first := f.publish(t, value)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream := f.openSync(t, ctx)
 	m, err := stream.Recv()
 	if err != nil {
 		t.Fatal(err)
@@ -132,13 +139,7 @@ func TestSyncDeliversSnapshotThenChanges(t *testing.T) {
 	})
 	// A second stream (a restarted writer) hears that it applied the
 	// binding before.
-	again, err := ferryv1.NewWriterServiceClient(f.dial(t, f.ca, writerA)).Sync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := again.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}}); err != nil {
-		t.Fatal(err)
-	}
+	again := f.openSync(t, ctx)
 	if m, err := again.Recv(); err != nil || m.GetUpsert() == nil || !m.GetAppliedBefore() {
 		t.Fatalf("second stream's snapshot upsert = %v, %v; want applied_before", m, err)
 	}
@@ -230,13 +231,7 @@ func TestDrainEndsSyncStreams(t *testing.T) {
 	f.publish(t, value)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	stream, err := ferryv1.NewWriterServiceClient(f.dial(t, f.ca, writerA)).Sync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}}); err != nil {
-		t.Fatal(err)
-	}
+	stream := f.openSync(t, ctx)
 	for range 2 { // the upsert and snapshot_complete
 		if _, err := stream.Recv(); err != nil {
 			t.Fatal(err)

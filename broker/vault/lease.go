@@ -117,3 +117,52 @@ func (c *Client) RevokeLease(ctx context.Context, leaseID string) error {
 	}
 	return nil
 }
+
+// LeaseInfo is what Vault says of a lease (sys/leases/lookup).
+type LeaseInfo struct {
+	TTL       time.Duration
+	Renewable bool
+}
+
+// LookupLease asks Vault about leaseID. An unknown or expired lease wraps
+// ErrLeaseInvalid.
+func (c *Client) LookupLease(ctx context.Context, leaseID string) (*LeaseInfo, error) {
+	api, done, err := c.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	s, err := api.Logical().WriteWithContext(ctx, "sys/leases/lookup", map[string]any{"lease_id": leaseID})
+	if err != nil {
+		var re *vaultapi.ResponseError
+		if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest {
+			return nil, fmt.Errorf("vault: look up lease %s: %w (HTTP 400)", leaseID, ErrLeaseInvalid)
+		}
+		return nil, fmt.Errorf("vault: look up lease %s: %w", leaseID, redactErr(err))
+	}
+	if s == nil || s.Data == nil {
+		return nil, fmt.Errorf("vault: look up lease %s: %w", leaseID, ErrLeaseInvalid)
+	}
+	info := &LeaseInfo{}
+	if r, ok := s.Data["renewable"].(bool); ok {
+		info.Renewable = r
+	}
+	if ttl, err := parseSeconds(s.Data["ttl"]); err == nil {
+		info.TTL = ttl
+	}
+	if info.TTL <= 0 {
+		return nil, fmt.Errorf("vault: look up lease %s: %w (expired)", leaseID, ErrLeaseInvalid)
+	}
+	return info, nil
+}
+
+// parseSeconds reads a JSON number of seconds (vault/api decodes numbers as
+// json.Number).
+func parseSeconds(v any) (time.Duration, error) {
+	s := strings.TrimSpace(fmt.Sprint(v))
+	d, err := time.ParseDuration(s + "s")
+	if err != nil {
+		return 0, fmt.Errorf("not a number of seconds: %q", s)
+	}
+	return d, nil
+}

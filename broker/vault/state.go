@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
-	"strings"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -33,12 +31,17 @@ func (c *Client) statePaths(key string) (data, metadata string) {
 	return c.state.Mount + "/data/" + rel, c.state.Mount + "/metadata/" + rel
 }
 
+// beginState is begin for the state methods: ErrNoState without a store.
+func (c *Client) beginState(ctx context.Context) (*vaultapi.Client, func(), error) {
+	if c.state == nil {
+		return nil, nil, ErrNoState
+	}
+	return c.begin(ctx)
+}
+
 // LoadState returns the value saved under key, or nil if there is none.
 func (c *Client) LoadState(ctx context.Context, key string) ([]byte, error) {
-	if c.state == nil {
-		return nil, ErrNoState
-	}
-	api, done, err := c.begin(ctx)
+	api, done, err := c.beginState(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -68,10 +71,7 @@ func (c *Client) loadState(ctx context.Context, api *vaultapi.Client, key string
 
 // SaveState saves value under key, replacing what was there.
 func (c *Client) SaveState(ctx context.Context, key string, value []byte) error {
-	if c.state == nil {
-		return ErrNoState
-	}
-	api, done, err := c.begin(ctx)
+	api, done, err := c.beginState(ctx)
 	if err != nil {
 		return err
 	}
@@ -89,10 +89,7 @@ func (c *Client) saveState(ctx context.Context, api *vaultapi.Client, key string
 
 // DeleteState removes key and every version of it.
 func (c *Client) DeleteState(ctx context.Context, key string) error {
-	if c.state == nil {
-		return ErrNoState
-	}
-	api, done, err := c.begin(ctx)
+	api, done, err := c.beginState(ctx)
 	if err != nil {
 		return err
 	}
@@ -169,53 +166,4 @@ func (c *Client) revokeToken(ctx context.Context, tok string) {
 	if err := api.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
 		c.log.Warn("vault state: revoking the unused new token failed; it expires on its own", "err", redactErr(err))
 	}
-}
-
-// LeaseInfo is what Vault says of a lease (sys/leases/lookup).
-type LeaseInfo struct {
-	TTL       time.Duration
-	Renewable bool
-}
-
-// LookupLease asks Vault about leaseID. An unknown or expired lease wraps
-// ErrLeaseInvalid.
-func (c *Client) LookupLease(ctx context.Context, leaseID string) (*LeaseInfo, error) {
-	api, done, err := c.begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer done()
-	s, err := api.Logical().WriteWithContext(ctx, "sys/leases/lookup", map[string]any{"lease_id": leaseID})
-	if err != nil {
-		var re *vaultapi.ResponseError
-		if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest {
-			return nil, fmt.Errorf("vault: look up lease %s: %w (HTTP 400)", leaseID, ErrLeaseInvalid)
-		}
-		return nil, fmt.Errorf("vault: look up lease %s: %w", leaseID, redactErr(err))
-	}
-	if s == nil || s.Data == nil {
-		return nil, fmt.Errorf("vault: look up lease %s: %w", leaseID, ErrLeaseInvalid)
-	}
-	info := &LeaseInfo{}
-	if r, ok := s.Data["renewable"].(bool); ok {
-		info.Renewable = r
-	}
-	if ttl, err := parseSeconds(s.Data["ttl"]); err == nil {
-		info.TTL = ttl
-	}
-	if info.TTL <= 0 {
-		return nil, fmt.Errorf("vault: look up lease %s: %w (expired)", leaseID, ErrLeaseInvalid)
-	}
-	return info, nil
-}
-
-// parseSeconds reads a JSON number of seconds (vault/api decodes numbers as
-// json.Number).
-func parseSeconds(v any) (time.Duration, error) {
-	s := strings.TrimSpace(fmt.Sprint(v))
-	d, err := time.ParseDuration(s + "s")
-	if err != nil {
-		return 0, fmt.Errorf("not a number of seconds: %q", s)
-	}
-	return d, nil
 }
