@@ -21,9 +21,10 @@ recipe() {
   case $1 in
     go)    echo "go build -trimpath -ldflags='-s -w' -o \"\$out/\" github.com/bufbuild/buf/cmd/buf google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc github.com/fullstorydev/grpcurl/cmd/grpcurl helm.sh/helm/v3/cmd/helm" ;;
     etcd)  echo "go build -trimpath -ldflags='-s -w' -o \"\$out/etcd\" go.etcd.io/etcd/server/v3" ;;
-    kube)  echo "CGO_ENABLED=0 go build -trimpath -ldflags='$kube_ldflags' -o \"\$out/\" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl" ;;
+    kube)  echo "CGO_ENABLED=0 go build -trimpath -ldflags='$kube_ldflags' -o \"\$out/\" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl" ;;
     vault) echo "go build -trimpath -ldflags='-s -w' -o \"\$out/vault\" github.com/hashicorp/vault" ;;
     spire) echo "go build -trimpath -ldflags='-s -w' -o \"\$out/\" github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent" ;;
+    prom)  echo "go build -trimpath -ldflags='-s -w' -o \"\$out/promtool\" github.com/prometheus/prometheus/cmd/promtool" ;;
     *) echo "unknown tool group: $1" >&2; return 1 ;;
   esac
 }
@@ -46,6 +47,6 @@ build_group() {
 }
 
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(go etcd kube vault spire)
+[ ${#groups[@]} -gt 0 ] || groups=(go etcd kube vault spire prom)
 for g in "${groups[@]}"; do build_group "$g"; done
 echo "$dir/bin"
