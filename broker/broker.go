@@ -8,10 +8,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/ferry-secrets/ferry/broker/audit"
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/server"
@@ -56,9 +60,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		}
 		return nil
 	}
+	aud, err := audit.Open(cfg.Audit.File, log)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	defer aud.Close()
 	cat := catalog.New(cfg.Writers, source.Meta)
 	poller := source.NewPoller(cat, vaultFor, cfg.Writers, vaults.Settled(), log)
-	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td), log)
+	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td, aud), log, server.WithAudit(aud))
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -67,6 +76,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	log.Info("broker listening", "addr", lis.Addr().String(), "trust_domain", td.String(), "writers", len(cfg.Writers))
 	tasks := []task.Func{vaults.Run, poller.Run, func(ctx context.Context) error {
 		return serve(ctx, srv, lis, log)
+	}, func(ctx context.Context) error {
+		return reopenOnHangup(ctx, aud, log)
 	}}
 	if o.configPath != "" {
 		running := *cfg
@@ -96,4 +107,23 @@ func serve(ctx context.Context, srv *server.Server, lis net.Listener, log *slog.
 		srv.GRPC.Stop()
 	}
 	return nil
+}
+
+// reopenOnHangup reopens the audit log file on every SIGHUP until ctx ends,
+// so that lines go to a new file after log rotation (logrotate's
+// postrotate, or `systemctl reload`) moved the old one away.
+func reopenOnHangup(ctx context.Context, aud *audit.Log, log *slog.Logger) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+			if err := aud.Reopen(); err != nil {
+				log.Error("audit log not reopened; writing on to the old file", "err", err)
+			}
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -30,6 +31,8 @@ type Config struct {
 	Log Log `json:"log"`
 	// Debug configures the debug RPCs.
 	Debug Debug `json:"debug"`
+	// Audit configures the audit log.
+	Audit Audit `json:"audit"`
 	// Writers grants secrets to writer SPIFFE IDs. An ID not listed gets nothing.
 	Writers []Writer `json:"writers"`
 }
@@ -38,6 +41,14 @@ type Config struct {
 type Log struct {
 	// Level is debug, info, warn or error. Default info.
 	Level string `json:"level,omitempty"`
+}
+
+// Audit configures the audit log (package broker/audit).
+type Audit struct {
+	// File is the audit log's path, an absolute path; the broker appends to
+	// it and opens it again on SIGHUP (log rotation). Empty: stderr, in
+	// lines marked "log":"audit".
+	File string `json:"file,omitempty"`
 }
 
 // Debug configures the debug RPCs.
@@ -155,6 +166,9 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if c.Audit.File != "" && !filepath.IsAbs(c.Audit.File) {
+		return fmt.Errorf("audit.file: %q is not an absolute path", c.Audit.File)
 	}
 	for i, id := range c.Debug.Admins {
 		if _, err := spiffeid.FromString(id); err != nil {

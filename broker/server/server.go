@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferry-secrets/ferry/broker/audit"
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -42,6 +43,7 @@ type Server struct {
 	cat    *catalog.Catalog
 	admins []string
 	log    *slog.Logger
+	audit  *audit.Log // nil: no audit log (audit.go)
 
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
@@ -57,16 +59,28 @@ func (s *Server) Drain() {
 // TransportCredentials returns mTLS server credentials (TLS 1.3 only) that
 // present src's current SVID and accept clients with an SVID from td. Which
 // ID may call what is decided per RPC by the authorization interceptor.
-func TransportCredentials(src svidsource.Source, td spiffeid.TrustDomain) credentials.TransportCredentials {
+// Every refused handshake is recorded in aud (handshake.go).
+func TransportCredentials(src svidsource.Source, td spiffeid.TrustDomain, aud *audit.Log) credentials.TransportCredentials {
 	cfg := tlsconfig.MTLSServerConfig(src, src, tlsconfig.AuthorizeMemberOf(td))
 	cfg.MinVersion = tls.VersionTLS13
-	return credentials.NewTLS(cfg)
+	return auditHandshakes(cfg, td, aud)
 }
+
+// Option configures New.
+type Option func(*Server)
+
+// WithAudit records stream opens and closes, deliveries, apply results and
+// authorization denials in a. (Refused handshakes are recorded by the
+// transport credentials.)
+func WithAudit(a *audit.Log) Option { return func(s *Server) { s.audit = a } }
 
 // New builds the server. creds may be nil in tests that use their own
 // transport (then no peer has an ID and every authorized RPC is denied).
-func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCredentials, log *slog.Logger) *Server {
+func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCredentials, log *slog.Logger, options ...Option) *Server {
 	s := &Server{cat: cat, admins: admins, log: log, Health: health.NewServer(), draining: make(chan struct{})}
+	for _, o := range options {
+		o(s)
+	}
 	authFn := s.authorize
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(

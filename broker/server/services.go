@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferry-secrets/ferry/broker/audit"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
@@ -21,7 +22,7 @@ type writerService struct {
 
 // Sync streams the caller's desired Secrets: the snapshot, its end marker,
 // then every change; it records the writer's apply results.
-func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
+func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) (err error) {
 	ctx := stream.Context()
 	id := callerID(ctx)
 	log := w.s.log.With("spiffe_id", id)
@@ -34,18 +35,26 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 		return status.Error(codes.InvalidArgument, "the first message must be hello")
 	}
 	sub, snapshot := w.s.cat.Subscribe(id)
-	if sub == nil {
+	if sub == nil { // removed by a reload since authorization
+		w.s.auditDenied(ctx, id, ferryv1.WriterService_Sync_FullMethodName, "unknown writer")
 		return status.Error(codes.PermissionDenied, "unknown writer")
 	}
 	defer sub.Close()
+	w.s.auditStream(ctx, audit.StreamOpen, id, nil)
+	defer func() { w.s.auditStream(ctx, audit.StreamClose, id, err) }()
+	send := func(m *ferryv1.SyncResponse, snapshot bool) error {
+		err := stream.Send(m)
+		w.s.auditSent(ctx, id, m, snapshot, err)
+		return err
+	}
 	log.Info("writer connected", "writer_version", first.GetHello().GetWriterVersion(), "snapshot", len(snapshot))
 
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- w.receiveResults(stream, id) }()
+	go func() { recvErr <- w.receiveResults(ctx, stream, id) }()
 
 	for _, sec := range snapshot {
 		msg := &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}, AppliedBefore: w.s.cat.WasApplied(id, sec.GetBinding())}
-		if err := stream.Send(msg); err != nil {
+		if err := send(msg, true); err != nil {
 			return err
 		}
 	}
@@ -70,12 +79,12 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 		case <-sub.Changed():
 			// Deletes of removed bindings go before the round's upserts.
 			for _, ref := range sub.Deletes() {
-				if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Delete{Delete: ref}}); err != nil {
+				if err := send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Delete{Delete: ref}}, false); err != nil {
 					return err
 				}
 			}
 			for _, sec := range sub.Next() {
-				if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}); err != nil {
+				if err := send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}, false); err != nil {
 					return err
 				}
 			}
@@ -84,7 +93,7 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 }
 
 // receiveResults records apply results until the stream ends.
-func (w *writerService) receiveResults(stream ferryv1.WriterService_SyncServer, id string) error {
+func (w *writerService) receiveResults(ctx context.Context, stream ferryv1.WriterService_SyncServer, id string) error {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -95,13 +104,16 @@ func (w *writerService) receiveResults(stream ferryv1.WriterService_SyncServer, 
 			return status.Error(codes.InvalidArgument, "expected an apply result")
 		}
 		if r.GetSuperseded() {
+			w.s.auditResult(ctx, id, r, superseded)
 			w.s.log.Debug("writer skipped a superseded revision", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision())
 			continue
 		}
 		if !w.s.cat.RecordResult(id, r) {
+			w.s.auditResult(ctx, id, r, unknownBinding)
 			w.s.log.Warn("apply result for an unknown binding", "spiffe_id", id, "binding", r.GetBinding())
 			continue
 		}
+		w.s.auditResult(ctx, id, r, resultOutcome(r))
 		if r.GetError() != "" {
 			w.s.log.Warn("writer failed to apply", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision(), "err", r.GetError())
 		} else {
@@ -123,6 +135,7 @@ func (d *debugService) ListBindings(ctx context.Context, req *ferryv1.ListBindin
 	switch {
 	case req.GetWriterId() != "" && req.GetWriterId() != id:
 		if !admin {
+			d.s.auditDenied(ctx, id, ferryv1.DebugService_ListBindings_FullMethodName, "only debug admins may list another writer's bindings")
 			return nil, status.Error(codes.PermissionDenied, "only debug admins may list another writer's bindings")
 		}
 		target = req.GetWriterId()
