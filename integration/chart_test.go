@@ -79,6 +79,10 @@ func renderChart(t *testing.T, ns, values string) rendered {
 		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
 			continue
 		}
+		if obj, ok := monitoringObject(t, doc); ok { // monitoring_test.go
+			r.objects = append(r.objects, obj)
+			continue
+		}
 		obj, gvk, err := ser.Decode(doc, nil, nil)
 		if err != nil {
 			t.Fatalf("strict decode of a rendered object: %v\n%s", err, doc)
