@@ -2,9 +2,14 @@ package catalog
 
 // Origin says where a binding's current Secret comes from, for the audit
 // log: the binding's metadata, the Vault version last read, and the lease
-// ID or certificate serial its source holds. It never holds data.
+// ID or certificate serial its source holds. It never holds data. Sources
+// record a new lease or certificate before they publish the Secret that
+// carries it.
 type Origin struct {
 	Meta
+	// Revision is the current desired Secret's revision ("" before the
+	// first read): the version, lease and serial describe that Secret.
+	Revision          string
 	VaultVersion      int64
 	LeaseID           string
 	CertificateSerial string
@@ -19,7 +24,7 @@ func (c *Catalog) Origin(writerID, name string) (Origin, bool) {
 	if b == nil {
 		return Origin{}, false
 	}
-	o := Origin{Meta: b.meta, VaultVersion: b.vaultVersion}
+	o := Origin{Meta: b.meta, Revision: b.desired.GetRevision(), VaultVersion: b.vaultVersion}
 	if b.lease != nil {
 		o.LeaseID, o.CertificateSerial = b.lease.ID, b.lease.Serial
 	}

@@ -54,8 +54,12 @@ func (s *Server) auditSent(ctx context.Context, id string, m *ferryv1.SyncRespon
 		sec := m.GetUpsert()
 		e.Action, e.Binding, e.Namespace, e.Name, e.Revision = audit.ActionUpsert, sec.GetBinding(), sec.GetNamespace(), sec.GetName(), sec.GetRevision()
 		if o, ok := s.cat.Origin(id, sec.GetBinding()); ok {
-			e.SourceKind, e.VaultPath, e.VaultVersion = o.SourceKind, o.VaultPath, o.VaultVersion
-			e.LeaseID, e.CertificateSerial = o.LeaseID, o.CertificateSerial
+			e.SourceKind, e.VaultPath = o.SourceKind, o.VaultPath
+			// A newer Secret may have replaced the one sent since it was
+			// taken from the catalog: then its version and lease are not this one's.
+			if o.Revision == sec.GetRevision() {
+				e.VaultVersion, e.LeaseID, e.CertificateSerial = o.VaultVersion, o.LeaseID, o.CertificateSerial
+			}
 		}
 	case m.GetDelete() != nil:
 		ref := m.GetDelete()

@@ -142,11 +142,12 @@ func (d *dynamicSource) issue(ctx context.Context) {
 		d.publishLeaseless(l, now)
 		return
 	}
-	s, _ := d.publish(l.Data, 0)
-	d.secret = s
 	prev := d.cur
 	d.cur = &heldLease{id: l.LeaseID, period: l.LeaseDuration, renewable: l.Renewable, expires: now.Add(l.LeaseDuration)}
 	d.scheduleAfterGrant(now, l.LeaseDuration)
+	d.status() // before the Secret: its delivery's audit line names this lease
+	s, _ := d.publish(l.Data, 0)
+	d.secret = s
 	d.log.Info("credentials issued", "lease_id", l.LeaseID, "ttl", l.LeaseDuration, "renewable", l.Renewable,
 		"next_renewal", d.next, "renew", d.act == actRenew, "revision", s.Revision)
 	if prev != nil {
@@ -165,6 +166,12 @@ func (d *dynamicSource) publishLeaseless(l *vault.Leased, now time.Time) {
 		}
 		delete(l.Data, ttlKey)
 	}
+	if d.cur != nil { // the path used to return a lease
+		d.retire(d.cur, now)
+		d.cur = nil
+		d.forget(context.Background())
+	}
+	d.status() // before the Secret: its delivery's audit line must not name the retired lease
 	s, changed := d.publish(l.Data, 0)
 	d.secret = s
 	d.next, d.act, d.expires = now.Add(jitter(d.b.Refresh.Duration)), actIssue, time.Time{}
@@ -177,11 +184,6 @@ func (d *dynamicSource) publishLeaseless(l *vault.Leased, now time.Time) {
 	}
 	if changed {
 		d.log.Info("credentials changed", "rotates_at", d.expires, "next_read", d.next, "revision", s.Revision)
-	}
-	if d.cur != nil { // the path used to return a lease
-		d.retire(d.cur, now)
-		d.cur = nil
-		d.forget(context.Background())
 	}
 }
 

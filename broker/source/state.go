@@ -167,12 +167,13 @@ func (d *dynamicSource) restore(ctx context.Context) bool {
 	}
 	now := time.Now()
 	d.cur = &heldLease{id: st.Lease.ID, period: st.Lease.Period, renewable: info.Renewable, expires: now.Add(info.TTL)}
-	d.secret, _ = d.publish(st.Data, 0)
 	if info.TTL <= replaceLead(d.cur.period) {
 		d.next, d.act = now, actIssue
 	} else {
 		d.scheduleAfterGrant(now, info.TTL)
 	}
+	d.status() // before the Secret: its delivery's audit line names this lease
+	d.secret, _ = d.publish(st.Data, 0)
 	d.log.Info("vault state: carrying on with the lease of the previous broker process", "lease_id", d.cur.id,
 		"ttl", info.TTL, "next", d.next, "renew", d.act == actRenew, "revision", d.secret.GetRevision())
 	return true
@@ -194,8 +195,9 @@ func (s *pkiSource) restore(ctx context.Context) bool {
 	if !at.After(time.Now()) {
 		return false
 	}
-	sec, _ := s.publish(st.Data, 0)
 	s.serial, s.notAfter, s.next = st.Cert.Serial, st.Cert.NotAfter, at
+	s.status() // before the Secret: its delivery's audit line names this serial
+	sec, _ := s.publish(st.Data, 0)
 	s.log.Info("vault state: carrying on with the certificate of the previous broker process", "serial", s.serial,
 		"not_after", s.notAfter, "next_renewal", s.next, "revision", sec.GetRevision())
 	return true

@@ -123,6 +123,7 @@ type BrokerConfig struct {
 	RoleIDFile, SecretIDFile string   // the broker's AppRole credentials
 	StateMount               string   // a KV v2 mount for vault.state; empty: no state store
 	Admins                   []string // SPIFFE IDs for debug.admins; none: no debug section
+	AuditFile                string   // audit.file; empty: audit lines go to stderr
 	WriterID                 string
 	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
 }
@@ -145,6 +146,9 @@ vault:
 		fmt.Fprintf(&b, "  state: {mount: %s}\n", c.StateMount)
 	}
 	b.WriteString("log: {level: debug}\n")
+	if c.AuditFile != "" {
+		fmt.Fprintf(&b, "audit: {file: %s}\n", c.AuditFile)
+	}
 	if len(c.Admins) > 0 {
 		fmt.Fprintf(&b, "debug: {admins: [%s]}\n", strings.Join(c.Admins, ", "))
 	}
