@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -31,7 +32,11 @@ func (s *Server) auditDenied(ctx context.Context, id, method, reason string) {
 func (s *Server) auditStream(ctx context.Context, event, id string, err error) {
 	e := audit.Event{Event: event, SPIFFEID: id, Peer: peerAddr(ctx), Outcome: audit.OutcomeOK}
 	if event == audit.StreamClose {
-		e.Reason = status.Code(err).String()
+		code := status.Code(err)
+		if code == codes.Unknown { // the stream's context ended
+			code = status.FromContextError(err).Code()
+		}
+		e.Reason = code.String()
 		if err != nil {
 			e.Outcome, e.Error = audit.OutcomeError, err.Error()
 		}

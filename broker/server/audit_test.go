@@ -186,6 +186,18 @@ func TestAuditStreamDeliveriesResults(t *testing.T) {
 			t.Errorf("apply result lacks the binding's path and destination: %+v", e)
 		}
 	}
+	// A writer that goes away mid-stream: the close line says Canceled.
+	gone, stop := context.WithCancel(ctx)
+	second := f.openSync(t, gone)
+	for range 2 {
+		recvUpsert(t, second)
+	}
+	stop()
+	closes := f.waitEvents(t, 2, func(e audit.Event) bool { return e.Event == audit.StreamClose })
+	if c := closes[1]; c.Reason != "Canceled" || c.Outcome != audit.OutcomeError {
+		t.Errorf("close of a cancelled stream: %+v", c)
+	}
+
 	for _, secret := range []string{value, writerError, "SECRET-ERROR-TEXT", "password"} {
 		if strings.Contains(f.audit.String(), secret) {
 			t.Errorf("the audit log contains %q:\n%s", secret, f.audit.String())
