@@ -161,6 +161,10 @@ func TestAlertRules(t *testing.T) {
 		if spec, _, _ := unstructured.NestedMap(pr.Object, "spec"); len(spec) != 1 {
 			t.Errorf("PrometheusRule spec holds more than groups: %v", slices.Collect(maps.Keys(spec)))
 		}
+		bad := chartBaseValues + "monitoring: {prometheusRule: {enabled: true, ruleSelector: x}}\n"
+		if out, err := helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, bad)); err == nil {
+			t.Errorf("an unknown monitoring.prometheusRule key was accepted:\n%s", out)
+		}
 	})
 
 	t.Run("rules and dashboard use only Ferry's metric names", func(t *testing.T) {
