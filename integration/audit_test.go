@@ -247,10 +247,12 @@ path "pki/issue/web"       { capabilities = ["update"] }
 	if pem, err := os.ReadFile(spire.BundleFile(t)); err != nil || !bundle.AppendCertsFromPEM(pem) {
 		t.Fatalf("SPIRE bundle: %v", err)
 	}
-	// refusedLine dials the broker with cert (verifying the broker as a
-	// writer would), expects the handshake to be refused, and waits for its
-	// audit line, found by the client's address.
-	refusedLine := func(t *testing.T, cert tls.Certificate) audit.Event {
+	// handshake dials the broker with cert (verifying the broker as a writer
+	// would) and returns the client's address and whether the broker
+	// refused. In TLS 1.3 the client is done before the broker has checked
+	// its certificate: the broker's verdict is its first record, an alert or
+	// HTTP/2 SETTINGS.
+	handshake := func(t *testing.T, cert tls.Certificate) (local string, refused bool) {
 		t.Helper()
 		conn, err := tls.Dial("tcp", addr, &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: bundle, ServerName: brokerDNS,
 			MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}})
@@ -258,13 +260,21 @@ path "pki/issue/web"       { capabilities = ["update"] }
 			t.Fatalf("client side of the handshake: %v", err)
 		}
 		defer conn.Close()
-		local := conn.LocalAddr().String()
 		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-		// TLS 1.3: the client is done before the broker checked its certificate;
-		// the broker's verdict is its first record: an alert, or HTTP/2 SETTINGS.
 		_, err = conn.Read(make([]byte, 1))
-		if op, ok := errors.AsType[*net.OpError](err); !ok || op.Op != "remote error" {
-			t.Fatalf("the broker did not refuse the handshake: read returned %v", err)
+		op, isAlert := errors.AsType[*net.OpError](err)
+		if err != nil && !(isAlert && op.Op == "remote error") {
+			t.Fatalf("reading the broker's first record: %v", err)
+		}
+		return conn.LocalAddr().String(), err != nil
+	}
+	// refusedLine expects the broker to refuse cert and waits for the
+	// handshake's audit line, found by the client's address.
+	refusedLine := func(t *testing.T, cert tls.Certificate) audit.Event {
+		t.Helper()
+		local, refused := handshake(t, cert)
+		if !refused {
+			t.Fatal("the broker accepted the certificate")
 		}
 		var line audit.Event
 		eventually(t, 10*time.Second, "the refused handshake's audit line", func() error {
@@ -279,6 +289,7 @@ path "pki/issue/web"       { capabilities = ["update"] }
 			}
 			return nil
 		})
+		t.Logf("audit: handshake_refused peer=%s reason=%s presented_id=%q error=%q", line.Peer, line.Reason, line.PresentedID, line.Error)
 		return line
 	}
 
@@ -302,7 +313,16 @@ path "pki/issue/web"       { capabilities = ["update"] }
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Until(leaf.NotAfter) + time.Second) // until the SVID has expired
+		// Control: the same kind of SVID, minted for an hour, is accepted.
+		okCert, okKey, _ := spire.MintX509SVID(t, writerID, time.Hour)
+		valid, err := tls.LoadX509KeyPair(okCert, okKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, refused := handshake(t, valid); refused {
+			t.Fatal("the broker refused a valid minted SVID: the test would prove nothing")
+		}
+		time.Sleep(time.Until(leaf.NotAfter) + time.Second) // until the short one has expired
 		e := refusedLine(t, cert)
 		if e.Reason != audit.ReasonExpired || e.PresentedID != writerID {
 			t.Errorf("audit line %+v, want reason %s for %s", e, audit.ReasonExpired, writerID)
