@@ -328,6 +328,57 @@ func (k *Kube) Kubeconfig(t TB, token string) string {
 	return path
 }
 
+// StartTokenController runs kube-controller-manager (built from the same
+// Kubernetes pin as kube-apiserver) with only its ServiceAccount token
+// controller, against k: as in a real cluster, a Secret of type
+// kubernetes.io/service-account-token that names an existing
+// ServiceAccount is filled with a token for it, signed with the apiserver's
+// ServiceAccount key. StartKube does not run it; tests that need it call
+// this. It returns once the controller has filled a probe Secret.
+func (k *Kube) StartTokenController(t TB) {
+	t.Helper()
+	logFile := filepath.Join(k.Dir, "kube-controller-manager.log")
+	start := time.Now()
+	p := startProc(t, procSpec{
+		name: "kube-controller-manager", path: Bin(t, "kube-controller-manager"), dir: k.Dir, logFile: logFile,
+		args: []string{
+			"--controllers=serviceaccount-token",
+			"--kubeconfig=" + k.Kubeconfig(t, ""),
+			"--service-account-private-key-file=" + filepath.Join(k.Dir, "sa-key.pem"),
+			"--root-ca-file=" + k.CAFile,
+			"--leader-elect=false",
+			"--secure-port=0",
+			"--use-service-account-credentials=false",
+		},
+	})
+	// Readiness is the controller doing its job: a probe Secret is filled.
+	const ns, name = "ferry-token-controller-probe", "probe"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin := k.Admin(t)
+	k.CreateNamespace(t, ns)
+	if _, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("stack: token controller probe: %v", err)
+	}
+	if _, err := admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{corev1.ServiceAccountNameKey: name}},
+		Type:       corev1.SecretTypeServiceAccountToken,
+	}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("stack: token controller probe: %v", err)
+	}
+	took := p.waitReady(t, start, 60*time.Second, func() error {
+		sec, err := admin.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(sec.Data[corev1.ServiceAccountTokenKey]) == 0 {
+			return fmt.Errorf("probe Secret %s/%s not filled yet", ns, name)
+		}
+		return nil
+	})
+	t.Logf("stack: kube-controller-manager's token controller filled a probe Secret %v after start", took.Round(time.Millisecond))
+}
+
 // LogFile is the path of kube-apiserver's log.
 func (k *Kube) LogFile() string { return k.logFile }
 

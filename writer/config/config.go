@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 )
 
@@ -65,6 +66,13 @@ type Config struct {
 	Deletion Deletion `json:"deletion,omitempty"`
 	// RolloutRestart lists the workloads the writer may restart.
 	RolloutRestart RolloutRestart `json:"rollout_restart,omitempty"`
+	// SecretTypes are the Secret types the writer may write; empty means
+	// secretpolicy.DefaultTypes. The writer chart renders the same list into
+	// its admission policy.
+	SecretTypes []string `json:"secret_types,omitempty"`
+	// CreationPolicies are the creation policies bindings may use: create,
+	// merge, takeover. Empty means create and merge.
+	CreationPolicies []string `json:"creation_policies,omitempty"`
 }
 
 // Deletion configures deletes.
@@ -243,6 +251,18 @@ func (c Config) validate() error {
 	}
 	if c.RolloutRestart.Delay.Duration < 0 {
 		return fmt.Errorf("rollout_restart.delay: %s is negative", c.RolloutRestart.Delay.Duration)
+	}
+	if c.SecretTypes != nil {
+		if err := secretpolicy.CheckTypeList(c.SecretTypes); err != nil {
+			return fmt.Errorf("secret_types: %w", err)
+		}
+	}
+	for i, p := range c.CreationPolicies {
+		switch p {
+		case "create", "merge", "takeover":
+		default:
+			return fmt.Errorf("creation_policies[%d]: %q is not one of create, merge, takeover", i, p)
+		}
 	}
 	seenW := map[Workload]int{}
 	for i, w := range c.RolloutRestart.Targets {
