@@ -128,7 +128,7 @@ func TestStolenWriterToken(t *testing.T) {
 	ctx := ctxT(t)
 	admin := s.kube.Admin(t)
 	const release, ns = "ferry-system", "shop"
-	s.kube.StartTokenController(t)
+	s.kube.StartControllerManager(t, stack.TokenController, stack.PolicyStatusController)
 
 	token, r := s.installChart(ctx, release, s.chartValues(fmt.Sprintf(`
 targetNamespaces: [%[1]s]
@@ -377,8 +377,8 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 			}
 		}
 		// Positive control: what the writer does is allowed.
-		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("good", "kubernetes.io/basic-auth", map[string]string{apply.LabelBinding: "x", "app.kubernetes.io/part-of": "shop"}, nil)); resp.code != http.StatusCreated {
-			t.Errorf("create a labelled basic-auth Secret with an app.kubernetes.io label: %s", resp)
+		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("good", "Opaque", map[string]string{apply.LabelBinding: "x", "app.kubernetes.io/part-of": "shop"}, nil)); resp.code != http.StatusCreated {
+			t.Errorf("create a labelled Secret with an app.kubernetes.io label: %s", resp)
 		}
 		if resp := stolen.do("PATCH", secretPath(ns, "own"), mergePatch, `{"stringData":{"k":"v2"}}`); resp.code != http.StatusOK {
 			t.Errorf("patch a labelled Secret's data: %s", resp)

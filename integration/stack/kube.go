@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -328,21 +329,30 @@ func (k *Kube) Kubeconfig(t TB, token string) string {
 	return path
 }
 
-// StartTokenController runs kube-controller-manager (built from the same
-// Kubernetes pin as kube-apiserver) with only its ServiceAccount token
-// controller, against k: as in a real cluster, a Secret of type
-// kubernetes.io/service-account-token that names an existing
-// ServiceAccount is filled with a token for it, signed with the apiserver's
-// ServiceAccount key. StartKube does not run it; tests that need it call
-// this. It returns once the controller has filled a probe Secret.
-func (k *Kube) StartTokenController(t TB) {
+// Controllers of kube-controller-manager that StartControllerManager can run.
+const (
+	// TokenController fills a Secret of type
+	// kubernetes.io/service-account-token that names an existing
+	// ServiceAccount with a token for it, signed with the apiserver's
+	// ServiceAccount key, as in a real cluster.
+	TokenController = "serviceaccount-token"
+	// PolicyStatusController type-checks ValidatingAdmissionPolicies and
+	// writes the result (expression warnings) into their status.
+	PolicyStatusController = "validatingadmissionpolicy-status-controller"
+)
+
+// StartControllerManager runs kube-controller-manager (built from the same
+// Kubernetes pin as kube-apiserver) against k with only the named
+// controllers. StartKube runs none; tests that need one call this. With
+// TokenController it returns once the controller has filled a probe Secret.
+func (k *Kube) StartControllerManager(t TB, controllers ...string) {
 	t.Helper()
 	logFile := filepath.Join(k.Dir, "kube-controller-manager.log")
 	start := time.Now()
 	p := startProc(t, procSpec{
 		name: "kube-controller-manager", path: Bin(t, "kube-controller-manager"), dir: k.Dir, logFile: logFile,
 		args: []string{
-			"--controllers=serviceaccount-token",
+			"--controllers=" + strings.Join(controllers, ","),
 			"--kubeconfig=" + k.Kubeconfig(t, ""),
 			"--service-account-private-key-file=" + filepath.Join(k.Dir, "sa-key.pem"),
 			"--root-ca-file=" + k.CAFile,
@@ -351,6 +361,9 @@ func (k *Kube) StartTokenController(t TB) {
 			"--use-service-account-credentials=false",
 		},
 	})
+	if !slices.Contains(controllers, TokenController) {
+		return
+	}
 	// Readiness is the controller doing its job: a probe Secret is filled.
 	const ns, name = "ferry-token-controller-probe", "probe"
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -376,7 +389,7 @@ func (k *Kube) StartTokenController(t TB) {
 		}
 		return nil
 	})
-	t.Logf("stack: kube-controller-manager's token controller filled a probe Secret %v after start", took.Round(time.Millisecond))
+	t.Logf("stack: kube-controller-manager (%s) ready: its token controller filled a probe Secret %v after start", strings.Join(controllers, ", "), took.Round(time.Millisecond))
 }
 
 // LogFile is the path of kube-apiserver's log.
