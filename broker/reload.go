@@ -44,9 +44,9 @@ type reloader struct {
 	path        string
 	trustDomain spiffeid.TrustDomain // of the broker's SVID
 	cat         *catalog.Catalog
-	sources bindingSources
-	log     *slog.Logger
-	running *config.Config
+	sources     bindingSources
+	log         *slog.Logger
+	running     *config.Config
 }
 
 // run reloads on every SIGHUP until ctx ends.

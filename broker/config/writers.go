@@ -80,6 +80,9 @@ func (b Binding) validate(p *yamlconfig.Problems, f string, state *VaultState) {
 		field string
 		keys  map[string]string
 	}{{"labels", b.Labels}, {"annotations", b.Annotations}} {
+		if len(m.keys) == 0 {
+			continue
+		}
 		for _, k := range slices.Sorted(maps.Keys(m.keys)) {
 			if err := secretpolicy.CheckMetadataKey(k); err != nil {
 				p.Add(yamlconfig.Key(f+"."+m.field, k), "%v", err)
