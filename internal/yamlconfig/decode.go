@@ -31,7 +31,7 @@ type Document struct {
 	root    *yaml.Node // nil for an empty or unreadable file
 	invalid bool       // not one YAML document: nothing was decoded
 	errs    []*Error
-	bad     []string // paths whose value failed to decode
+	bad     map[string]bool // paths whose value failed to decode
 }
 
 // Decode decodes data, one YAML document, into out, a pointer to a struct.
@@ -52,7 +52,7 @@ func Decode(data []byte, out any) *Document {
 	if v.Kind() != reflect.Pointer || v.IsNil() {
 		panic("yamlconfig: Decode needs a non-nil pointer")
 	}
-	d := &Document{}
+	d := &Document{bad: map[string]bool{}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
@@ -117,12 +117,12 @@ func (d *Document) Check(validate error) error {
 
 // repeats reports whether a validation problem at path repeats a decoding one.
 func (d *Document) repeats(path string) bool {
-	for _, b := range d.bad {
-		if under(path, b) {
+	for i := range len(path) {
+		if (path[i] == '.' || path[i] == '[') && d.bad[path[:i]] {
 			return true
 		}
 	}
-	return false
+	return d.bad[path]
 }
 
 // walker decodes a node tree into Go values.
@@ -140,7 +140,7 @@ func (w *walker) fail(n *yaml.Node, path, format string, args ...any) {
 // failValue records a value that could not be decoded.
 func (w *walker) failValue(n *yaml.Node, path, format string, args ...any) {
 	w.fail(n, path, format, args...)
-	w.doc.bad = append(w.doc.bad, path)
+	w.doc.bad[path] = true
 }
 
 // visit counts a node visit and follows an alias to its anchor. It returns
@@ -363,6 +363,14 @@ type entry struct{ key, val *yaml.Node }
 // with "<<" that it does not set itself (earlier merges win). Keys must be
 // scalars and must not repeat.
 func (w *walker) entries(n *yaml.Node, path string) []entry {
+	// Each entry counts as a visit: merges cannot make a small file
+	// expensive either.
+	if w.left -= len(n.Content) / 2; w.left <= 0 {
+		if w.left+len(n.Content)/2 > 0 {
+			w.fail(n, path, "aliases expand the document too much")
+		}
+		return nil
+	}
 	out := make([]entry, 0, len(n.Content)/2)
 	lines := make(map[string]int, len(n.Content)/2)
 	var merges []*yaml.Node

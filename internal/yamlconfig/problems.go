@@ -133,12 +133,3 @@ func join(path, name string) string {
 func index(path string, i int) string {
 	return path + "[" + strconv.Itoa(i) + "]"
 }
-
-// under reports whether path is base or a field or item under it.
-func under(path, base string) bool {
-	if !strings.HasPrefix(path, base) {
-		return false
-	}
-	rest := path[len(base):]
-	return rest == "" || rest[0] == '.' || rest[0] == '['
-}

@@ -291,6 +291,25 @@ func TestAliasBomb(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "aliases expand the document too much") {
 		t.Fatalf("got %v", err)
 	}
+
+	// The same with merge keys, over a mapping of many keys.
+	b.Reset()
+	b.WriteString("m0: &m0 {")
+	for i := range 1000 {
+		fmt.Fprintf(&b, "k%d: v, ", i)
+	}
+	b.WriteString("}\n")
+	for i := 1; i < 10; i++ {
+		fmt.Fprintf(&b, "m%d: &m%d {<<: [*m%[3]d, *m%[3]d, *m%[3]d, *m%[3]d, *m%[3]d, *m%[3]d, *m%[3]d, *m%[3]d, *m%[3]d, *m%[3]d]}\n", i, i, i-1)
+	}
+	start := time.Now()
+	err = Decode([]byte(b.String()), &out).Check(nil)
+	if err == nil || strings.Count(err.Error(), "aliases expand the document too much") != 1 {
+		t.Fatalf("got %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %s", d)
+	}
 }
 
 // FuzzDecode checks that no input makes Decode panic or loop.
