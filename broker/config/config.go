@@ -165,8 +165,9 @@ func (c *Config) Validate() error {
 		f := fmt.Sprintf("writers[%d]", i)
 		if j, dup := seenWriter[w.ID]; dup {
 			p.Add(f+".id", "%q is already listed at writers[%d]", w.ID, j)
+		} else {
+			seenWriter[w.ID] = i
 		}
-		seenWriter[w.ID] = i
 		seenName := map[string]int{}
 		seenDest := map[string]int{}
 		badIdentity := false // the writer's own vault_identity is reported once
