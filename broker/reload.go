@@ -2,11 +2,14 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"reflect"
 	"syscall"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
@@ -38,11 +41,12 @@ type bindingSources interface {
 
 // reloader applies reloaded configurations to the catalog and the sources.
 type reloader struct {
-	path    string
-	cat     *catalog.Catalog
-	sources bindingSources
-	log     *slog.Logger
-	running *config.Config
+	path        string
+	trustDomain spiffeid.TrustDomain // of the broker's SVID
+	cat         *catalog.Catalog
+	sources     bindingSources
+	log         *slog.Logger
+	running     *config.Config
 }
 
 // run reloads on every SIGHUP until ctx ends.
@@ -63,6 +67,9 @@ func (r *reloader) run(ctx context.Context) error {
 // reload loads the file and applies its writers section.
 func (r *reloader) reload(ctx context.Context) {
 	next, err := config.Load(r.path)
+	if err == nil {
+		err = r.check(next)
+	}
 	if err != nil {
 		r.log.Error("config reload failed; keeping the running configuration", "path", r.path, "err", err)
 		return
@@ -88,6 +95,22 @@ func (r *reloader) reload(ctx context.Context) {
 	r.log.Info("config reloaded", "path", r.path, "writers", len(next.Writers), "bindings_added", changes.Added,
 		"bindings_removed", changes.Removed, "bindings_updated", changes.Updated, "writers_removed", changes.WritersRemoved,
 		"sources_restarted", len(added))
+}
+
+// check holds the reloaded writers to the running broker: only `writers` is
+// reloaded, so the running vault section (its identities and state store,
+// which no binding may read) and the trust domain of the broker's SVID
+// decide whether they are valid, not what the file now says.
+func (r *reloader) check(next *config.Config) error {
+	applied := *r.running
+	applied.Writers = next.Writers
+	if err := applied.Validate(); err != nil {
+		return fmt.Errorf("config %s, checked against the running configuration: %w", r.path, err)
+	}
+	if err := applied.CheckTrustDomain(r.trustDomain); err != nil {
+		return fmt.Errorf("config %s: %w", r.path, err)
+	}
+	return nil
 }
 
 type sourceKey struct {
