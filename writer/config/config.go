@@ -2,8 +2,9 @@
 // and which SPIFFE ID it must present, where the writer's own SVID comes
 // from, how it talks to the Kubernetes API, which namespaces it may write,
 // how often it re-asserts its Secrets, whether it may delete them, and which
-// workloads it may restart. It is read from one YAML file; unknown fields
-// are an error.
+// workloads it may restart; and what it refuses whatever the broker asks:
+// Secret types outside its allow-list and creation policies it was not
+// given. It is read from one YAML file; unknown fields are an error.
 package config
 
 import (
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 )
 
@@ -40,6 +43,19 @@ const (
 	// several Secret changes into one restart.
 	DefaultRestartDelay = 5 * time.Second
 )
+
+// Creation policies the writer can be told to accept (creation_policies).
+// The broker names one per binding; the writer refuses a Secret whose
+// policy is not in its own list.
+const (
+	CreationCreate   = "create"
+	CreationMerge    = "merge"
+	CreationTakeover = "takeover"
+)
+
+// DefaultCreationPolicies are accepted when creation_policies is not set.
+// Takeover, which overwrites a Secret Ferry did not create, is opt-in.
+var DefaultCreationPolicies = []string{CreationCreate, CreationMerge}
 
 // maxParallelism bounds kubernetes.parallelism: far beyond what one
 // kube-apiserver connection serves well, low enough to catch a typo.
@@ -65,6 +81,13 @@ type Config struct {
 	Deletion Deletion `json:"deletion,omitempty"`
 	// RolloutRestart lists the workloads the writer may restart.
 	RolloutRestart RolloutRestart `json:"rollout_restart,omitempty"`
+	// SecretTypes are the only Secret types the writer writes (default
+	// secretpolicy.DefaultTypes). The types controllers mint credentials
+	// for (secretpolicy.ForbiddenTypes) can never be listed.
+	SecretTypes []string `json:"secret_types,omitempty"`
+	// CreationPolicies are the only creation policies the writer accepts
+	// from the broker (default create, merge); takeover must be listed.
+	CreationPolicies []string `json:"creation_policies,omitempty"`
 }
 
 // Deletion configures deletes.
@@ -115,6 +138,9 @@ type Kubernetes struct {
 	Burst int `json:"burst,omitempty"`
 	// Parallelism is the maximum number of applies in flight (default 32).
 	Parallelism int `json:"parallelism,omitempty"`
+	// AllowInsecure accepts a kubeconfig with insecure-skip-tls-verify or
+	// an http:// server. Development only; the writer logs a warning.
+	AllowInsecure bool `json:"allow_insecure,omitempty"`
 }
 
 // Log configures logging.
@@ -170,6 +196,13 @@ func (c *Config) SetDefaults() {
 	}
 	if c.RolloutRestart.Delay.Duration == 0 {
 		c.RolloutRestart.Delay.Duration = DefaultRestartDelay
+	}
+	// nil only: an explicit empty list is a mistake Validate reports.
+	if c.SecretTypes == nil {
+		c.SecretTypes = slices.Clone(secretpolicy.DefaultTypes)
+	}
+	if c.CreationPolicies == nil {
+		c.CreationPolicies = slices.Clone(DefaultCreationPolicies)
 	}
 }
 
@@ -263,7 +296,43 @@ func (c Config) validate() error {
 		}
 		seenW[w] = i
 	}
+	if len(c.SecretTypes) == 0 {
+		return fmt.Errorf("secret_types: %w", secretpolicy.CheckTypeList(nil))
+	}
+	for i, t := range c.SecretTypes {
+		// One element at a time, so that the error names its index.
+		if err := secretpolicy.CheckTypeList([]string{t}); err != nil {
+			return fmt.Errorf("secret_types[%d]: %w", i, err)
+		}
+	}
+	if i := firstDuplicate(c.SecretTypes); i >= 0 {
+		return fmt.Errorf("secret_types[%d]: %q is listed twice", i, c.SecretTypes[i])
+	}
+	if len(c.CreationPolicies) == 0 {
+		return fmt.Errorf("creation_policies: must name at least one policy")
+	}
+	for i, p := range c.CreationPolicies {
+		switch p {
+		case CreationCreate, CreationMerge, CreationTakeover:
+		default:
+			return fmt.Errorf("creation_policies[%d]: %q is not one of create, merge, takeover", i, p)
+		}
+	}
+	if i := firstDuplicate(c.CreationPolicies); i >= 0 {
+		return fmt.Errorf("creation_policies[%d]: %q is listed twice", i, c.CreationPolicies[i])
+	}
 	return nil
+}
+
+// firstDuplicate returns the index of the first element of list that
+// repeats an earlier one, or -1.
+func firstDuplicate(list []string) int {
+	for i := range list {
+		if slices.Contains(list[:i], list[i]) {
+			return i
+		}
+	}
+	return -1
 }
 
 // validateAddress checks that addr is host:port with a non-empty host and a
