@@ -133,8 +133,9 @@ func creationPolicies(names []string) []ferryv1.CreationPolicy {
 // if one is set, otherwise in-cluster; with the configured QPS and burst,
 // protobuf responses and the writer's user agent. A kubeconfig that skips
 // TLS verification or names an http:// server is refused unless
-// kubernetes.allow_insecure is set, and then logged as a warning: the
-// writer's credential would go to an unverified peer or over clear text.
+// kubernetes.allow_insecure is set, and then logged as a warning: Secret
+// data (and, over TLS, the writer's token) would go to a server that
+// proves nothing, or cross the network in clear text.
 func restConfig(k config.Kubernetes, log *slog.Logger) (*rest.Config, error) {
 	var (
 		rc  *rest.Config
