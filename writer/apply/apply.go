@@ -16,6 +16,13 @@
 // for a binding the broker explicitly removed with the delete policy, never
 // because a peer is unreachable.
 //
+// Whatever the broker asks, it refuses — with a *RefusedError and no
+// Kubernetes request — a Secret outside the writer's namespaces, of a type
+// outside its allow-list (never a type a controller mints credentials
+// for), with a label or annotation key reserved for Kubernetes, with an
+// invalid data key, or with a creation policy the writer was not given
+// (takeover is opt-in). The rules are internal/secretpolicy's.
+//
 // Errors it returns never contain secret data: apiserver refusals are cut
 // down to their reason, code and message.
 package apply
@@ -43,6 +50,7 @@ import (
 	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 	"github.com/ferry-secrets/ferry/writer/restart"
 )
@@ -63,8 +71,8 @@ const (
 const DefaultTimeout = 30 * time.Second
 
 var (
-	// ErrNamespaceNotAllowed is returned for a Secret outside the writer's
-	// namespaces; nothing is written.
+	// ErrNamespaceNotAllowed matches (errors.Is) the *RefusedError returned
+	// for a Secret outside the writer's namespaces; nothing is written.
 	ErrNamespaceNotAllowed = errors.New("apply: namespace not allowed")
 	// ErrNotOwned is returned when creation policy create meets an existing
 	// Secret that does not carry the binding's label; nothing is written.
@@ -101,6 +109,8 @@ func WithLogger(l *slog.Logger) Option { return func(a *Applier) { a.log = l } }
 type Applier struct {
 	secrets     corev1client.SecretsGetter
 	namespaces  map[string]bool
+	secretTypes []string                 // see WithSecretTypes
+	creation    []ferryv1.CreationPolicy // see WithCreationPolicies
 	timeout     time.Duration
 	allowDelete bool
 	restarter   Restarter
@@ -123,14 +133,18 @@ type entry struct {
 }
 
 // New returns an Applier that writes through secrets (typically a typed
-// clientset's CoreV1()) into the given namespaces only.
+// clientset's CoreV1()) into the given namespaces only, Secrets of the
+// default types (WithSecretTypes) with the default creation policies
+// (WithCreationPolicies).
 func New(secrets corev1client.SecretsGetter, namespaces []string, opts ...Option) *Applier {
 	a := &Applier{
-		secrets:    secrets,
-		namespaces: make(map[string]bool, len(namespaces)),
-		timeout:    DefaultTimeout,
-		log:        slog.New(slog.DiscardHandler),
-		entries:    make(map[string]*entry),
+		secrets:     secrets,
+		namespaces:  make(map[string]bool, len(namespaces)),
+		secretTypes: slices.Clone(secretpolicy.DefaultTypes),
+		creation:    slices.Clone(DefaultCreationPolicies),
+		timeout:     DefaultTimeout,
+		log:         slog.New(slog.DiscardHandler),
+		entries:     make(map[string]*entry),
 	}
 	for _, ns := range namespaces {
 		a.namespaces[ns] = true
@@ -178,14 +192,18 @@ func (a *Applier) ExpectExisting(s *ferryv1.Secret) {
 // label (so no get is needed) before the apply. Merge writes only into an
 // existing Secret and owns only the keys it sets; takeover writes whatever
 // is there.
+//
+// Before anything else, a Secret the writer's configuration does not allow
+// (see RefusedError) is refused with a *RefusedError and no request.
 func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool, err error) {
 	switch {
 	case s.GetNamespace() == "" || s.GetName() == "":
 		return false, fmt.Errorf("apply: binding %q: namespace and name are required", s.GetBinding())
 	case s.GetRevision() == "":
 		return false, fmt.Errorf("apply: %s/%s: revision is required", s.GetNamespace(), s.GetName())
-	case !a.namespaces[s.GetNamespace()]:
-		return false, fmt.Errorf("%w: %q is not one of the writer's namespaces", ErrNamespaceNotAllowed, s.GetNamespace())
+	}
+	if err := a.refuse(s); err != nil {
+		return false, err
 	}
 	e := a.entry(key(s.GetNamespace(), s.GetName()))
 	e.mu.Lock()
@@ -378,8 +396,8 @@ func isStatus(err error, code int32) bool {
 // resyncing it. It reports whether anything was deleted.
 func (a *Applier) Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted bool, err error) {
 	ns, name := ref.GetNamespace(), ref.GetName()
-	if !a.namespaces[ns] {
-		return false, fmt.Errorf("%w: %q is not one of the writer's namespaces", ErrNamespaceNotAllowed, ns)
+	if err := a.refuseNamespace(ref.GetBinding(), ns); err != nil {
+		return false, err
 	}
 	k := key(ns, name)
 	e := a.entry(k)
