@@ -308,7 +308,8 @@ func (bc *binding) publish(data map[string][]byte, vaultVersion int64) (*ferryv1
 
 // publish renders data as binding b's Secret and records it in the catalog,
 // reporting whether the content changed. It is the one place where every
-// source kind (kv, dynamic, pki, and the state store's restores) publishes.
+// source kind (kv, dynamic, pki, and the state store's restores) publishes
+// new content (a lease renewal only re-records the Secret published here).
 //
 // Data the apiserver would refuse — a key that is not a valid Secret data
 // key, or more than secretpolicy.MaxDataBytes (1 MiB) in all — is not
