@@ -1,7 +1,9 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -14,6 +16,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -415,5 +420,83 @@ func TestAdminRemovalTakesEffectAtOnce(t *testing.T) {
 	f.srv.SetAdmins(nil)
 	if _, err := debug.ListBindings(ctx, &ferryv1.ListBindingsRequest{WriterId: writerA}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("removed admin: %v, want PermissionDenied", err)
+	}
+}
+
+// TestStreamsOverTheLimitAreRefused acts as a client that ignores the
+// server's SETTINGS: with MaxStreamsPerConn 2 and two health watches open, a
+// third stream on the same connection is reset with REFUSED_STREAM, on a
+// real TLS connection with a raw HTTP/2 framer.
+func TestStreamsOverTheLimitAreRefused(t *testing.T) {
+	l := server.DefaultLimits
+	l.MaxStreamsPerConn = 2
+	f := start(t, server.WithLimits(l))
+	src := f.ca.Source(t, writerB)
+	cfg := tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(spiffeid.RequireFromString(brokerID)))
+	cfg.MinVersion, cfg.NextProtos = tls.VersionTLS13, []string{"h2"}
+	conn, err := tls.Dial("tcp", f.addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, id := range []uint32{1, 3, 5} {
+		block.Reset()
+		for _, h := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":path", "/grpc.health.v1.Health/Watch"},
+			{":authority", "broker"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+			if err := enc.WriteField(hpack.HeaderField{Name: h[0], Value: h[1]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block.Bytes(), EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+		if err := fr.WriteData(id, true, []byte{0, 0, 0, 0, 0}); err != nil { // an empty HealthCheckRequest, the end of the request
+			t.Fatal(err)
+		}
+	}
+	answered := map[uint32]bool{}
+	for {
+		fm, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no RST_STREAM for the third stream (answered: %v): %v", answered, err)
+		}
+		switch fm := fm.(type) {
+		case *http2.SettingsFrame:
+			if !fm.IsAck() {
+				_ = fr.WriteSettingsAck()
+			}
+		case *http2.HeadersFrame:
+			answered[fm.StreamID] = true
+		case *http2.RSTStreamFrame:
+			if fm.StreamID != 5 || fm.ErrCode != http2.ErrCodeRefusedStream {
+				t.Fatalf("RST_STREAM on stream %d (%v); want stream 5, REFUSED_STREAM", fm.StreamID, fm.ErrCode)
+			}
+			if answered[5] {
+				t.Fatal("the third stream was answered before it was refused")
+			}
+			// The first two are served: read until both have answered.
+			for !answered[1] || !answered[3] {
+				fm, err := fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("the first two streams not answered (%v): %v", answered, err)
+				}
+				if h, ok := fm.(*http2.HeadersFrame); ok {
+					answered[h.StreamID] = true
+				}
+			}
+			return
+		}
 	}
 }
