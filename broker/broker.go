@@ -74,7 +74,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}}
 	if o.configPath != "" {
 		running := *cfg
-		r := &reloader{path: o.configPath, trustDomain: td, cat: cat, sources: poller, log: log, running: &running}
+		r := &reloader{path: o.configPath, trustDomain: td, cat: cat, sources: poller, admins: srv, log: log, running: &running}
 		tasks = append(tasks, r.run)
 	}
 	return task.Run(ctx, tasks...)
@@ -83,7 +83,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 func serve(ctx context.Context, srv *server.Server, lis net.Listener, log *slog.Logger) error {
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.GRPC.Serve(lis) }()
+	go func() { errc <- srv.Serve(lis) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("broker: serve: %w", err)

@@ -23,8 +23,10 @@ type options struct {
 }
 
 // ReloadFrom makes Run re-read the configuration file at path on SIGHUP.
-// Only `writers` is reloaded: bindings are added, removed (their writers get
-// delete messages carrying the deletion policy) and updated. A file that
+// Only `writers` and `debug.admins` are reloaded: bindings are added,
+// removed (their writers get delete messages carrying the deletion policy)
+// and updated; a writer removed from the file has its open stream ended at
+// once; an ID removed from debug.admins is denied its next RPC. A file that
 // fails to load or validate is logged and ignored; the running
 // configuration stays. Changes to other sections need a restart and are
 // reported as such.
@@ -39,12 +41,19 @@ type bindingSources interface {
 	Remove(ctx context.Context, writerID, name string) error
 }
 
-// reloader applies reloaded configurations to the catalog and the sources.
+// adminList takes the reloaded debug.admins; *server.Server implements it.
+type adminList interface {
+	SetAdmins(ids []string)
+}
+
+// reloader applies reloaded configurations to the catalog, the sources and
+// the server's admin list.
 type reloader struct {
 	path        string
 	trustDomain spiffeid.TrustDomain // of the broker's SVID
 	cat         *catalog.Catalog
 	sources     bindingSources
+	admins      adminList
 	log         *slog.Logger
 	running     *config.Config
 }
@@ -74,11 +83,17 @@ func (r *reloader) reload(ctx context.Context) {
 		r.log.Error("config reload failed; keeping the running configuration", "path", r.path, "err", err)
 		return
 	}
+	nextDebug, runningDebug := next.Debug, r.running.Debug
+	nextDebug.Admins, runningDebug.Admins = nil, nil
 	if !reflect.DeepEqual(next.Listen, r.running.Listen) || !reflect.DeepEqual(next.SPIFFE, r.running.SPIFFE) ||
-		!reflect.DeepEqual(next.Vault, r.running.Vault) || !reflect.DeepEqual(next.Debug, r.running.Debug) ||
+		!reflect.DeepEqual(next.Vault, r.running.Vault) || !reflect.DeepEqual(nextDebug, runningDebug) ||
 		!reflect.DeepEqual(next.Log, r.running.Log) {
-		r.log.Warn("config reload: only `writers` is reloaded; restart the broker to apply changes to other sections", "path", r.path)
+		r.log.Warn("config reload: only `writers` and `debug.admins` are reloaded; restart the broker to apply changes to other sections", "path", r.path)
 	}
+	// Revocations first: admins removed from the list lose ListBindings, and
+	// writers removed from the file lose their streams (cat.Update).
+	r.admins.SetAdmins(next.Debug.Admins)
+	r.running.Debug.Admins = next.Debug.Admins
 	removed, added := diffSources(r.running.Writers, next.Writers)
 	changes := r.cat.Update(next.Writers)
 	for _, k := range removed {
@@ -92,7 +107,7 @@ func (r *reloader) reload(ctx context.Context) {
 		}
 	}
 	r.running.Writers = next.Writers
-	r.log.Info("config reloaded", "path", r.path, "writers", len(next.Writers), "bindings_added", changes.Added,
+	r.log.Info("config reloaded", "path", r.path, "writers", len(next.Writers), "admins", len(next.Debug.Admins), "bindings_added", changes.Added,
 		"bindings_removed", changes.Removed, "bindings_updated", changes.Updated, "writers_removed", changes.WritersRemoved,
 		"sources_restarted", len(added))
 }
@@ -103,7 +118,7 @@ func (r *reloader) reload(ctx context.Context) {
 // decide whether they are valid, not what the file now says.
 func (r *reloader) check(next *config.Config) error {
 	applied := *r.running
-	applied.Writers = next.Writers
+	applied.Writers, applied.Debug.Admins = next.Writers, next.Debug.Admins
 	if err := applied.Validate(); err != nil {
 		return fmt.Errorf("config %s, checked against the running configuration: %w", r.path, err)
 	}

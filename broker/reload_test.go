@@ -87,7 +87,7 @@ func TestReloadHoldsWritersToTheRunningBroker(t *testing.T) {
 			cat := catalog.New(r0.Writers, func(id string, b config.Binding) catalog.Meta { return catalog.Meta{WriterID: id, Name: b.Name} })
 			srcs := &recordingSources{}
 			var logs bytes.Buffer
-			r := &reloader{path: path, trustDomain: td, cat: cat, sources: srcs, log: slog.New(slog.NewTextHandler(&logs, nil)), running: &r0}
+			r := &reloader{path: path, trustDomain: td, cat: cat, sources: srcs, admins: noAdmins{}, log: slog.New(slog.NewTextHandler(&logs, nil)), running: &r0}
 			r.reload(context.Background())
 			if tc.applied {
 				if len(srcs.added) != 1 || !strings.Contains(logs.String(), "config reloaded") {
@@ -106,3 +106,8 @@ func TestReloadHoldsWritersToTheRunningBroker(t *testing.T) {
 		})
 	}
 }
+
+// noAdmins takes the reloaded admin list and drops it.
+type noAdmins struct{}
+
+func (noAdmins) SetAdmins([]string) {}

@@ -93,6 +93,8 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	for i := range fanoutBindings {
 		e.bindings[fmt.Sprintf("shared-%02d", i)] = fmt.Sprintf(`refresh: %s, kv: {mount: secret, path: apps/shared}`, fanoutRefresh)
 	}
+	maps.Copy(e.bindings, limitsBindings)
+	setupLimits(t, e)
 	e.cfgPath = e.writeBrokerConfig(t)
 	if out, err := exec.Command(brokerBin, "validate", "-config", e.cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("ferry-broker validate: %v\n%s", err, out)

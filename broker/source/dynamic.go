@@ -142,7 +142,19 @@ func (d *dynamicSource) issue(ctx context.Context) {
 		d.publishLeaseless(l, now)
 		return
 	}
-	s, _ := d.publish(l.Data, 0)
+	s, _, err := d.publish(l.Data, 0)
+	if err != nil {
+		// Credentials no writer can be sent are of no use: revoke them at
+		// once, keep the current ones, and try again later.
+		wait := d.retry.delay()
+		d.log.Warn("issued credentials refused; revoking them and keeping the last delivered Secret", "err", err,
+			"refused_lease_id", l.LeaseID, "retry_in", wait, "lease_id", d.curID())
+		if err := d.v.RevokeLease(ctx, l.LeaseID); err != nil {
+			d.log.Warn("revoking refused credentials failed; they expire with their lease", "refused_lease_id", l.LeaseID, "err", err)
+		}
+		d.next, d.act = now.Add(wait), actIssue
+		return
+	}
 	d.secret = s
 	prev := d.cur
 	d.cur = &heldLease{id: l.LeaseID, period: l.LeaseDuration, renewable: l.Renewable, expires: now.Add(l.LeaseDuration)}
@@ -165,7 +177,13 @@ func (d *dynamicSource) publishLeaseless(l *vault.Leased, now time.Time) {
 		}
 		delete(l.Data, ttlKey)
 	}
-	s, changed := d.publish(l.Data, 0)
+	s, changed, err := d.publish(l.Data, 0)
+	if err != nil {
+		wait := d.retry.delay()
+		d.log.Warn("credentials refused; keeping the last delivered Secret", "err", err, "retry_in", wait)
+		d.next, d.act = now.Add(wait), actIssue
+		return
+	}
 	d.secret = s
 	d.next, d.act, d.expires = now.Add(jitter(d.b.Refresh.Duration)), actIssue, time.Time{}
 	if rotation > 0 {

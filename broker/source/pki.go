@@ -71,7 +71,13 @@ func (s *pkiSource) issue(ctx context.Context) {
 	}
 	s.retry.reset()
 	data := tlsData(c)
-	sec, _ := s.publish(data, 0)
+	sec, _, err := s.publish(data, 0)
+	if err != nil {
+		wait := s.retry.delay()
+		s.log.Warn("issued certificate refused; keeping the last delivered Secret", "err", err, "refused_serial", c.Serial, "retry_in", wait, "serial", s.serial)
+		s.next = now.Add(wait)
+		return
+	}
 	s.serial, s.notAfter = c.Serial, c.NotAfter
 	s.saveCert(ctx, data, c.NotBefore)
 	s.next = reissueAt(c.NotBefore, c.NotAfter, s.cfg.RenewBefore.Duration, s.cfg.RenewPercent, now)

@@ -30,6 +30,7 @@ import (
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/vault"
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
@@ -300,11 +301,30 @@ type binding struct {
 	log      *slog.Logger
 }
 
-// publish renders data as the binding's Secret and records it; it reports
-// whether the content changed.
-func (bc *binding) publish(data map[string][]byte, vaultVersion int64) (*ferryv1.Secret, bool) {
-	s := bc.p.render(bc.b, data)
-	return s, bc.p.cat.SetDesired(bc.writerID, bc.b.Name, s, vaultVersion, time.Now())
+// publish renders data as the binding's Secret and records it (Poller.publish).
+func (bc *binding) publish(data map[string][]byte, vaultVersion int64) (*ferryv1.Secret, bool, error) {
+	return bc.p.publish(bc.writerID, &bc.b, data, vaultVersion, time.Now())
+}
+
+// publish renders data as binding b's Secret and records it in the catalog,
+// reporting whether the content changed. It is the one place where every
+// source kind (kv, dynamic, pki, and the state store's restores) publishes
+// new content (a lease renewal only re-records the Secret published here).
+//
+// Data the apiserver would refuse — a key that is not a valid Secret data
+// key, or more than secretpolicy.MaxDataBytes (1 MiB) in all — is not
+// published: sent on, it would fail at the writer on every snapshot (and,
+// over the stream's message limit, break the writer's stream for all its
+// bindings). The binding keeps its last good Secret and reports the refusal
+// as its source error, which names the key or the size, never a value.
+func (p *Poller) publish(writerID string, b *config.Binding, data map[string][]byte, vaultVersion int64, at time.Time) (*ferryv1.Secret, bool, error) {
+	if err := secretpolicy.CheckData(data); err != nil {
+		err = fmt.Errorf("not published: %w", err)
+		p.cat.SetSourceError(writerID, b.Name, err)
+		return nil, false, err
+	}
+	s := p.render(*b, data)
+	return s, p.cat.SetDesired(writerID, b.Name, s, vaultVersion, at), nil
 }
 
 // sourceError records a failed read; the last good Secret stays.

@@ -167,7 +167,15 @@ func (d *dynamicSource) restore(ctx context.Context) bool {
 	}
 	now := time.Now()
 	d.cur = &heldLease{id: st.Lease.ID, period: st.Lease.Period, renewable: info.Renewable, expires: now.Add(info.TTL)}
-	d.secret, _ = d.publish(st.Data, 0)
+	sec, _, err := d.publish(st.Data, 0)
+	if err != nil {
+		// Kept as the current lease, so it is retired once its successor
+		// is published.
+		d.log.Warn("vault state: the saved credentials are refused; issuing new ones", "lease_id", d.cur.id, "err", err)
+		d.next, d.act = now, actIssue
+		return true
+	}
+	d.secret = sec
 	if info.TTL <= replaceLead(d.cur.period) {
 		d.next, d.act = now, actIssue
 	} else {
@@ -194,7 +202,11 @@ func (s *pkiSource) restore(ctx context.Context) bool {
 	if !at.After(time.Now()) {
 		return false
 	}
-	sec, _ := s.publish(st.Data, 0)
+	sec, _, err := s.publish(st.Data, 0)
+	if err != nil {
+		s.log.Warn("vault state: the saved certificate is refused; issuing a new one", "serial", st.Cert.Serial, "err", err)
+		return false
+	}
 	s.serial, s.notAfter, s.next = st.Cert.Serial, st.Cert.NotAfter, at
 	s.log.Info("vault state: carrying on with the certificate of the previous broker process", "serial", s.serial,
 		"not_after", s.notAfter, "next_renewal", s.next, "revision", sec.GetRevision())

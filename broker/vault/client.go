@@ -95,6 +95,8 @@ func New(name string, conn config.Vault, auth config.VaultAuth, deps Deps, log *
 		t.TLSClientConfig.GetClientCertificate = tlsconfig.GetClientCertificate(deps.SVID)
 	}
 	vc.Timeout = 30 * time.Second
+	// After ConfigureTLS, which needs the *http.Transport itself.
+	vc.HttpClient.Transport = limitBodies(t)
 	api, err := vaultapi.NewClient(vc)
 	if err != nil {
 		return nil, fmt.Errorf("vault: %w", err)
