@@ -223,11 +223,11 @@ func TestStateTransitSealsEveryEntry(t *testing.T) {
 func TestStateTransitFailuresAreClearErrors(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
-		name   string
+		name    string
 		breakIt func(f *transitVault)
-		op     string // load or save
-		want   []string
-		is     error
+		op      string // load or save
+		want    []string
+		is      error
 	}{
 		{"ciphertext moved to another entry", func(f *transitVault) {
 			f.kv[entryPath] = f.kv["secret/data/ferry-broker/default/bindings/other"]
