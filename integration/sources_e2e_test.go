@@ -13,7 +13,9 @@ import (
 // when the binding is removed), static-role credentials (rotation), PKI
 // certificates (SANs, chain, re-issue before expiry), and 20 bindings on one
 // KV path costing one Vault read per refresh cycle, counted in Vault's own
-// audit log. The subtests share one stack and run in parallel.
+// audit log; then a broker restart that issues nothing, its state sealed
+// with Transit, and a broker refused for VAULT_SKIP_VERIFY in its
+// environment. The source subtests share one stack and run in parallel.
 func TestSources(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
@@ -27,7 +29,8 @@ func TestSources(t *testing.T) {
 		t.Run("static-role credentials follow Vault's rotation", func(t *testing.T) { t.Parallel(); testStatic(t, e, seen) })
 		t.Run("PKI certificate with SANs and chain, re-issued before expiry", func(t *testing.T) { t.Parallel(); testPKI(t, e) })
 	})
-	t.Run("a restarted broker carries on with its token, leases and certificates (vault.state)", func(t *testing.T) { testRestartState(t, e, seen) })
+	t.Run("a restarted broker carries on with its token, leases and certificates (vault.state, sealed with Transit)", func(t *testing.T) { testRestartState(t, e, seen) })
+	t.Run("VAULT_SKIP_VERIFY in the environment: the broker refuses to start and reaches nothing", func(t *testing.T) { testSkipVerifyRefused(t, e) })
 	t.Run("secret values and keys never reach the logs", func(t *testing.T) {
 		for _, p := range []interface {
 			Logs() string
