@@ -4,8 +4,11 @@
 // (the broker's own X.509-SVID), JWT (a JWT-SVID from the Workload API) or
 // Kubernetes — keeps the token alive with vault/api's LifetimeWatcher, and
 // logs in again only when renewal ends. It reads secrets through those
-// clients. Errors it returns name the Vault path and a category, never
-// secret data, credentials or Vault's raw response body.
+// clients, and keeps the broker's restart state in KV (sealed with Transit
+// when vault.state.transit is set). The connection comes from the config
+// alone, never from VAULT_* environment variables. Errors it returns name
+// the Vault path and a category, never secret data, credentials, query
+// strings or Vault's raw response body.
 package vault
 
 import (
