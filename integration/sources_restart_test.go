@@ -151,17 +151,17 @@ func (e *sourcesEnv) checkStateSealed(t *testing.T, delivered ...*corev1.Secret)
 		if err != nil || s == nil {
 			t.Fatalf("read %s: %v", p, err)
 		}
-		data, _ := s.Data["data"].(map[string]any)
-		ct, _ := data["ciphertext"].(string)
-		if len(data) != 1 || !strings.HasPrefix(ct, "vault:v1:") {
-			t.Errorf("state entry %s is not Transit ciphertext alone (fields %d)", p, len(data))
-			continue
-		}
 		raw, _ := json.Marshal(s.Data)
 		for _, v := range values {
 			if bytes.Contains(raw, v) {
 				t.Errorf("state entry %s holds a delivered value (%d bytes)", p, len(v))
 			}
+		}
+		data, _ := s.Data["data"].(map[string]any)
+		ct, _ := data["ciphertext"].(string)
+		if len(data) != 1 || !strings.HasPrefix(ct, "vault:v1:") {
+			t.Errorf("state entry %s is not Transit ciphertext alone (fields %d)", p, len(data))
+			continue
 		}
 		sealed[p] = ct
 		pt, err := e.transitDecrypt(ct, p)
@@ -175,6 +175,9 @@ func (e *sourcesEnv) checkStateSealed(t *testing.T, delivered ...*corev1.Secret)
 	}
 	if _, err := e.transitDecrypt(sealed[paths[0]], paths[1]); err == nil {
 		t.Errorf("the ciphertext of %s decrypts for the path %s", paths[0], paths[1])
+	}
+	if !t.Failed() {
+		t.Logf("%d state entries, each Transit ciphertext alone, none holding any of %d delivered values (raw or base64)", len(paths), len(values)/2)
 	}
 }
 
@@ -235,4 +238,5 @@ func testSkipVerifyRefused(t *testing.T, e *sourcesEnv) {
 	if after := logins(); after != before {
 		t.Errorf("%d AppRole logins reached Vault while the refused broker ran", after-before)
 	}
+	t.Logf("refused: %s", strings.TrimSpace(string(out[bytes.LastIndex(bytes.TrimSpace(out), []byte("\n"))+1:])))
 }
