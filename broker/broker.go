@@ -31,6 +31,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		opt(&o)
 	}
 	log.Info("ferry-broker starting", "listen", cfg.Listen, "vault_address", cfg.Vault.Address, "vault_identities", len(cfg.Vault.IdentityNames()))
+	// Before anything else: VAULT_* variables must not redirect the broker
+	// or weaken its TLS to Vault.
+	if err := vault.CheckEnvironment(); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
 	if cfg.Vault.AllowInsecureHTTP {
 		log.Warn("vault.allow_insecure_http is set: Vault traffic may be unencrypted; use only for local development", "vault_address", cfg.Vault.Address)
 	}

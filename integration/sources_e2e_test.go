@@ -14,8 +14,10 @@ import (
 // certificates (SANs, chain, re-issue before expiry), 20 bindings on one
 // KV path costing one Vault read per refresh cycle, counted in Vault's own
 // audit log, and secrets Kubernetes would refuse (over 1 MiB, bad data keys)
-// or over the broker's Vault read bound failing alone. The subtests share
-// one stack and run in parallel.
+// or over the broker's Vault read bound failing alone; then a broker restart
+// that issues nothing, its state sealed with Transit, and a broker refused
+// for VAULT_SKIP_VERIFY in its environment. The source subtests share one
+// stack and run in parallel.
 func TestSources(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
@@ -30,7 +32,8 @@ func TestSources(t *testing.T) {
 		t.Run("PKI certificate with SANs and chain, re-issued before expiry", func(t *testing.T) { t.Parallel(); testPKI(t, e) })
 		t.Run("oversized values and bad keys are one binding's error; the others keep syncing", func(t *testing.T) { t.Parallel(); testLimits(t, e) })
 	})
-	t.Run("a restarted broker carries on with its token, leases and certificates (vault.state)", func(t *testing.T) { testRestartState(t, e, seen) })
+	t.Run("a restarted broker carries on with its token, leases and certificates (vault.state, sealed with Transit)", func(t *testing.T) { testRestartState(t, e, seen) })
+	t.Run("VAULT_SKIP_VERIFY in the environment: the broker refuses to start and reaches nothing", func(t *testing.T) { testSkipVerifyRefused(t, e) })
 	t.Run("secret values and keys never reach the logs", func(t *testing.T) {
 		for _, p := range []interface {
 			Logs() string

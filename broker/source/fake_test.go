@@ -55,7 +55,8 @@ type fakeVault struct {
 	certs   []*x509.Certificate
 	revoked []string
 
-	state map[string][]byte // the state store; nil: not configured
+	state    map[string][]byte // the state store; nil: not configured
+	stateErr error             // when set, state reads fail with it (e.g. a failed Transit decrypt)
 }
 
 type fakeLease struct {
@@ -158,6 +159,9 @@ func (f *fakeVault) LoadState(ctx context.Context, key string) ([]byte, error) {
 	defer f.mu.Unlock()
 	if f.state == nil {
 		return nil, vault.ErrNoState
+	}
+	if f.stateErr != nil {
+		return nil, f.stateErr
 	}
 	return f.state[key], nil
 }
