@@ -69,7 +69,7 @@ func (r *reloader) reload(ctx context.Context) {
 	}
 	if !reflect.DeepEqual(next.Listen, r.running.Listen) || !reflect.DeepEqual(next.SPIFFE, r.running.SPIFFE) ||
 		!reflect.DeepEqual(next.Vault, r.running.Vault) || !reflect.DeepEqual(next.Debug, r.running.Debug) ||
-		!reflect.DeepEqual(next.Log, r.running.Log) {
+		!reflect.DeepEqual(next.Log, r.running.Log) || !reflect.DeepEqual(next.Metrics, r.running.Metrics) {
 		r.log.Warn("config reload: only `writers` is reloaded; restart the broker to apply changes to other sections", "path", r.path)
 	}
 	removed, added := diffSources(r.running.Writers, next.Writers)

@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ferry-secrets/ferry/internal/metrics"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 )
 
@@ -32,6 +33,9 @@ type Config struct {
 	Debug Debug `json:"debug"`
 	// Writers grants secrets to writer SPIFFE IDs. An ID not listed gets nothing.
 	Writers []Writer `json:"writers"`
+	// Metrics is where /metrics, /healthz and /readyz are served (plain
+	// HTTP); off unless metrics.listen is set.
+	Metrics metrics.Config `json:"metrics,omitempty"`
 }
 
 // Log configures the broker's logger.
@@ -149,6 +153,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Vault.validate(c.SPIFFE.WorkloadAPI != ""); err != nil {
+		return err
+	}
+	if err := c.Metrics.Validate("metrics"); err != nil {
 		return err
 	}
 	switch c.Log.Level {

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
@@ -39,9 +40,10 @@ type Server struct {
 	GRPC   *grpc.Server
 	Health *health.Server
 
-	cat    *catalog.Catalog
-	admins []string
-	log    *slog.Logger
+	cat     *catalog.Catalog
+	admins  []string
+	metrics *metrics.Metrics // nil: none
+	log     *slog.Logger
 
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
@@ -65,21 +67,28 @@ func TransportCredentials(src svidsource.Source, td spiffeid.TrustDomain) creden
 
 // New builds the server. creds may be nil in tests that use their own
 // transport (then no peer has an ID and every authorized RPC is denied).
-func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCredentials, log *slog.Logger) *Server {
-	s := &Server{cat: cat, admins: admins, log: log, Health: health.NewServer(), draining: make(chan struct{})}
+// m may be nil; otherwise the server records grpc_server_* (through
+// go-grpc-middleware's providers/prometheus) and the broker's stream
+// metrics into it.
+func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCredentials, m *metrics.Metrics, log *slog.Logger) *Server {
+	s := &Server{cat: cat, admins: admins, metrics: m, log: log, Health: health.NewServer(), draining: make(chan struct{})}
 	authFn := s.authorize
-	opts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(grpcLogger(log), loggingOptions()...),
-			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered)),
-			auth.UnaryServerInterceptor(authFn),
-		),
-		grpc.ChainStreamInterceptor(
-			logging.StreamServerInterceptor(grpcLogger(log), loggingOptions()...),
-			recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered)),
-			auth.StreamServerInterceptor(authFn),
-		),
+	unary := []grpc.UnaryServerInterceptor{
+		logging.UnaryServerInterceptor(grpcLogger(log), loggingOptions()...),
+		recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered)),
+		auth.UnaryServerInterceptor(authFn),
 	}
+	stream := []grpc.StreamServerInterceptor{
+		logging.StreamServerInterceptor(grpcLogger(log), loggingOptions()...),
+		recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered)),
+		auth.StreamServerInterceptor(authFn),
+	}
+	if m != nil {
+		// First, so denied and failed calls are counted with their codes.
+		unary = append([]grpc.UnaryServerInterceptor{m.GRPC.UnaryServerInterceptor()}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{m.GRPC.StreamServerInterceptor()}, stream...)
+	}
+	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...)}
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}
@@ -88,6 +97,9 @@ func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCrede
 	ferryv1.RegisterDebugServiceServer(s.GRPC, &debugService{s: s})
 	healthpb.RegisterHealthServer(s.GRPC, s.Health)
 	reflection.Register(s.GRPC)
+	if m != nil {
+		m.GRPC.InitializeMetrics(s.GRPC)
+	}
 	return s
 }
 

@@ -57,7 +57,7 @@ func start(t *testing.T) *fixture {
 	logs := &logtest.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	src := ca.Source(t, brokerID, "broker.ferry.test")
-	srv := server.New(cat, []string{adminID}, server.TransportCredentials(src, ca.TD), log)
+	srv := server.New(cat, []string{adminID}, server.TransportCredentials(src, ca.TD), nil, log)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

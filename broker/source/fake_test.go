@@ -248,7 +248,7 @@ func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *Poller, c
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(tWriter{t}, nil))
 	}
-	p = NewPoller(cat, func(string) Vault { return f }, ws, nil, log)
+	p = NewPoller(cat, func(string) Vault { return f }, ws, nil, nil, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()

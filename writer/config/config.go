@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ferry-secrets/ferry/internal/metrics"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 )
 
@@ -65,6 +66,9 @@ type Config struct {
 	Deletion Deletion `json:"deletion,omitempty"`
 	// RolloutRestart lists the workloads the writer may restart.
 	RolloutRestart RolloutRestart `json:"rollout_restart,omitempty"`
+	// Metrics is where /metrics, /healthz and /readyz are served (plain
+	// HTTP); off unless metrics.listen is set.
+	Metrics metrics.Config `json:"metrics,omitempty"`
 }
 
 // Deletion configures deletes.
@@ -211,6 +215,9 @@ func (c Config) validate() error {
 		return fmt.Errorf("broker.spiffe_id: %q is not a SPIFFE ID: %w", c.Broker.SPIFFEID, err)
 	}
 	if err := c.SPIFFE.Validate("spiffe"); err != nil {
+		return err
+	}
+	if err := c.Metrics.Validate("metrics"); err != nil {
 		return err
 	}
 	k := c.Kubernetes

@@ -41,6 +41,7 @@ spiffe: {files: {cert: /s/cert.pem, key: /s/key.pem, bundle: /s/bundle.pem}}
 kubernetes: {qps: 200, burst: 400, parallelism: 64}
 namespaces: [a]
 log: {level: debug}
+metrics: {listen: "0.0.0.0:9090"}
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -53,6 +54,9 @@ log: {level: debug}
 	}
 	if c.Log.Level != "debug" {
 		t.Errorf("log.level = %q", c.Log.Level)
+	}
+	if c.Metrics.Listen != "0.0.0.0:9090" {
+		t.Errorf("metrics.listen = %q", c.Metrics.Listen)
 	}
 }
 
@@ -83,6 +87,7 @@ func TestValidate(t *testing.T) {
 		{name: "namespace invalid", edit: func(c *Config) { c.Namespaces = []string{"demo", "Bad_NS"} }, substr: `namespaces[1]: "Bad_NS"`},
 		{name: "namespace twice", edit: func(c *Config) { c.Namespaces = []string{"demo", "demo"} }, substr: `namespaces[1]: "demo" is listed twice`},
 		{name: "log level", edit: func(c *Config) { c.Log.Level = "verbose" }, substr: `log.level: "verbose"`},
+		{name: "metrics listen", yaml: validYAML + "metrics: {listen: \"9090\"}\n", substr: `metrics.listen: "9090" is not host:port`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error
