@@ -18,9 +18,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"google.golang.org/grpc"
 
 	"github.com/ferry-secrets/ferry/internal/logtest"
+	"github.com/ferry-secrets/ferry/internal/metrics"
 	"github.com/ferry-secrets/ferry/internal/spiffetest"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -94,11 +97,13 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	results := make(chan *ferryv1.ApplyResult, 10)
+	release := make(chan struct{}) // the broker holds the snapshot until the test has seen /readyz fail
 	srv := grpc.NewServer(grpc.Creds(grpccredentials.MTLSServerCredentials(brokerSrc, brokerSrc, tlsconfig.AuthorizeID(spiffeid.RequireFromString(writerID)))))
 	ferryv1.RegisterWriterServiceServer(srv, &syncServer{sync: func(st ferryv1.WriterService_SyncServer) error {
 		if req, err := st.Recv(); err != nil || req.GetHello() == nil {
 			return fmt.Errorf("want hello first, got %v, %v", req, err)
 		}
+		<-release
 		for _, m := range []*ferryv1.SyncResponse{
 			{Message: &ferryv1.SyncResponse_Upsert{Upsert: &ferryv1.Secret{Binding: "db", Namespace: "demo", Name: "db", Revision: "r1", Data: map[string][]byte{"password": []byte(secretValue)}}}},
 			{Message: &ferryv1.SyncResponse_Upsert{Upsert: &ferryv1.Secret{Binding: "other", Namespace: "kube-system", Name: "x", Revision: "r1"}}},
@@ -125,6 +130,7 @@ func TestRun(t *testing.T) {
 		SPIFFE:     svidsource.Config{Files: &svidsource.Files{Cert: cert, Key: key, Bundle: bundle}},
 		Kubernetes: config.Kubernetes{Kubeconfig: writeKubeconfig(t, apiURL)},
 		Namespaces: []string{"demo"},
+		Metrics:    metrics.Config{Listen: freeAddr(t)},
 	}
 	cfg.SetDefaults()
 	var logs logtest.Buffer
@@ -132,6 +138,18 @@ func TestRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, log) }()
+
+	// Not ready before the broker's snapshot is applied.
+	base := "http://" + cfg.Metrics.Listen
+	code, body := httpGet(t, base+"/readyz")
+	for code == 0 {
+		time.Sleep(20 * time.Millisecond)
+		code, body = httpGet(t, base+"/readyz")
+	}
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz before the snapshot = %d %q, want 503", code, body)
+	}
+	close(release)
 
 	got := map[string]*ferryv1.ApplyResult{}
 	for len(got) < 2 {
@@ -166,6 +184,75 @@ func TestRun(t *testing.T) {
 	default:
 	}
 
+	// Ready once the snapshot is applied; the metrics say what happened.
+	for code, body = httpGet(t, base+"/readyz"); code != http.StatusOK; code, body = httpGet(t, base+"/readyz") {
+		if !strings.Contains(body, "not ready") {
+			t.Fatalf("/readyz = %d %q", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, body := httpGet(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+	_, text := httpGet(t, base+"/metrics")
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	value := func(name string, labels ...string) float64 {
+		t.Helper()
+		f := families[name]
+		if f == nil {
+			t.Fatalf("/metrics has no %s", name)
+		}
+	next:
+		for _, m := range f.Metric {
+			for i := 0; i < len(labels); i += 2 {
+				found := false
+				for _, l := range m.Label {
+					found = found || (l.GetName() == labels[i] && l.GetValue() == labels[i+1])
+				}
+				if !found {
+					continue next
+				}
+			}
+			if m.Counter != nil {
+				return m.Counter.GetValue()
+			}
+			return m.Gauge.GetValue()
+		}
+		t.Fatalf("/metrics has no %s%v", name, labels)
+		return 0
+	}
+	for _, tc := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"ferry_writer_applies_total", []string{"outcome", "created"}, 1},
+		{"ferry_writer_applies_total", []string{"outcome", "refused"}, 1},
+		{"ferry_writer_applies_total", []string{"outcome", "failed"}, 0},
+		{"ferry_writer_kube_requests_total", []string{"verb", "PATCH", "code", "200"}, 1},
+		{"ferry_writer_secrets", nil, 1},
+		{"ferry_writer_stream_connected", nil, 1},
+		{"grpc_client_started_total", []string{"grpc_method", "Sync"}, 1},
+		{"ferry_build_info", nil, 1},
+	} {
+		if got := value(tc.name, tc.labels...); got != tc.want {
+			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
+	for _, f := range families {
+		for _, m := range f.Metric {
+			for _, l := range m.Label {
+				if strings.Contains(l.GetValue(), secretValue) || l.GetValue() == "password" {
+					t.Errorf("%s{%s} carries secret material", f.GetName(), l.GetName())
+				}
+			}
+		}
+	}
+
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run = %v, want nil after cancel", err)
@@ -173,6 +260,32 @@ func TestRun(t *testing.T) {
 	if strings.Contains(logs.String(), secretValue) {
 		t.Errorf("logs contain a secret value")
 	}
+	if code, _ := httpGet(t, base+"/metrics"); code != 0 {
+		t.Errorf("metrics still served after Run returned")
+	}
+}
+
+// freeAddr returns a loopback address with a port free at the time.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// httpGet returns the status and body of a GET, or 0 when nothing answers.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 func TestRunRejectsInvalidConfig(t *testing.T) {
