@@ -145,8 +145,9 @@ func (s *writerStack) installChart(ctx context.Context, ns, values string) (toke
 
 // startWriter runs ferry-writer with the config the chart rendered into its
 // ConfigMap, changed only where a pod and this test differ: the SPIRE
-// socket's path, and a kubeconfig holding the ServiceAccount token instead
-// of the in-cluster config.
+// socket's path, a kubeconfig holding the ServiceAccount token instead
+// of the in-cluster config, and a free loopback port for the metrics
+// instead of the pod's own.
 func (s *writerStack) startWriter(name string, r rendered, token string) *stack.Process {
 	t := s.t
 	t.Helper()
@@ -161,6 +162,9 @@ func (s *writerStack) startWriter(name string, r rendered, token string) *stack.
 	cfg.SPIFFE.WorkloadAPI = "unix://" + s.spire.AgentSocket
 	cfg.Kubernetes.Kubeconfig = s.kube.Kubeconfig(t, token)
 	cfg.Log.Level = "debug"
+	if cfg.Metrics.Listen != "" {
+		cfg.Metrics.Listen = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
+	}
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
