@@ -123,6 +123,7 @@ type BrokerConfig struct {
 	RoleIDFile, SecretIDFile string   // the broker's AppRole credentials
 	StateMount               string   // a KV v2 mount for vault.state; empty: no state store
 	Admins                   []string // SPIFFE IDs for debug.admins; none: no debug section
+	MetricsListen            string   // metrics.listen (host:port); empty: no metrics endpoint
 	WriterID                 string
 	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
 }
@@ -148,6 +149,9 @@ vault:
 	if len(c.Admins) > 0 {
 		fmt.Fprintf(&b, "debug: {admins: [%s]}\n", strings.Join(c.Admins, ", "))
 	}
+	if c.MetricsListen != "" {
+		fmt.Fprintf(&b, "metrics: {listen: %q}\n", c.MetricsListen)
+	}
 	fmt.Fprintf(&b, "writers:\n  - id: %s\n    secrets:\n%s", c.WriterID, c.Bindings)
 	path := filepath.Join(dir, "broker.yaml")
 	tmp := WriteFile(t, dir, "broker.yaml.tmp", b.String())
@@ -165,6 +169,7 @@ type WriterConfig struct {
 	Kubeconfig           string
 	Namespaces           []string
 	LogLevel             string // empty: the writer's default
+	MetricsListen        string // metrics.listen (host:port); empty: no metrics endpoint
 }
 
 // Write writes the config to dir/Name.yaml and returns the path.
@@ -179,6 +184,9 @@ namespaces: [%s]
 `, c.BrokerAddr, c.BrokerID, c.AgentSocket, c.Kubeconfig, strings.Join(c.Namespaces, ", "))
 	if c.LogLevel != "" {
 		fmt.Fprintf(&b, "log: {level: %s}\n", c.LogLevel)
+	}
+	if c.MetricsListen != "" {
+		fmt.Fprintf(&b, "metrics: {listen: %q}\n", c.MetricsListen)
 	}
 	return WriteFile(t, dir, c.Name+".yaml", b.String())
 }
