@@ -34,6 +34,7 @@ type writerStack struct {
 	writerBin     string
 	brokerCfg     ferrystack.BrokerConfig // its Bindings set by writeBrokerConfig
 	brokerCfgFile string
+	writerMetrics string // metrics.listen of the writer startWriter started last
 }
 
 func startWriterStack(t *testing.T) *writerStack {
@@ -164,6 +165,7 @@ func (s *writerStack) startWriter(name string, r rendered, token string) *stack.
 	cfg.Log.Level = "debug"
 	if cfg.Metrics.Listen != "" {
 		cfg.Metrics.Listen = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
+		s.writerMetrics = cfg.Metrics.Listen
 	}
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
