@@ -42,7 +42,8 @@ const (
 // and no label value of any series — nor any line of either scrape —
 // carries a delivered secret's value, its data keys, the lease ID, the
 // certificate serial or the broker's AppRole credentials. Every metric name
-// the alert rules and the dashboard use (deploy/monitoring) is exported.
+// the alert rules and the dashboard use (deploy/monitoring) is exported, and
+// the writer turns unready when its broker stops.
 func TestMetrics(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
@@ -318,6 +319,25 @@ path "sys/leases/revoke"   { capabilities = ["update"] }
 		}
 	})
 
+	if broker.Exited() || writer.Exited() {
+		t.Fatalf("a process exited during the test: broker %v, writer %v", broker.Exited(), writer.Exited())
+	}
+
+	// The broker stops: the writer's stream ends (its gRPC client counts the
+	// call with its code) and the writer is not ready until a broker is back.
+	broker.Stop()
+	t.Run("the writer turns unready when its broker stops", func(t *testing.T) {
+		eventually(t, 15*time.Second, "the writer's /readyz fails", func() error {
+			if code, body := httpGetBody("http://" + writerMetrics + "/readyz"); code != http.StatusServiceUnavailable {
+				return fmt.Errorf("%d %q", code, body)
+			}
+			return nil
+		})
+		w = scrape(t, writerMetrics)
+		checkEqual(t, w, 0, "ferry_writer_stream_connected")
+		checkAtLeast(t, w, 1, "grpc_client_handled_total", "grpc_method", "Sync", "grpc_code", "Unavailable")
+	})
+
 	t.Run("every metric the alert rules and the dashboard use is exported", func(t *testing.T) {
 		exported := map[string]bool{}
 		for _, s := range []scraped{b, w} {
@@ -327,10 +347,6 @@ path "sys/leases/revoke"   { capabilities = ["update"] }
 		}
 		checkMonitoringNames(t, exported)
 	})
-
-	if broker.Exited() || writer.Exited() {
-		t.Errorf("a process exited during the test: broker %v, writer %v", broker.Exited(), writer.Exited())
-	}
 }
 
 // monitoringFiles are the alert rules and dashboard that name Ferry's metrics.
