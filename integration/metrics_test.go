@@ -177,8 +177,16 @@ path "sys/leases/revoke"   { capabilities = ["update"] }
 		})
 	}
 
-	// A change in Vault: one more propagation observed.
-	before := scrape(t, brokerMetrics)
+	// A change in Vault: one more propagation observed (after the first
+	// deliveries' reports have reached the broker).
+	var before scraped
+	eventually(t, 10*time.Second, "the first deliveries' propagation observed", func() error {
+		before = scrape(t, brokerMetrics)
+		if n := before.value(t, "ferry_broker_propagation_seconds"); n < float64(len(bindings)) {
+			return fmt.Errorf("%v propagations observed", n)
+		}
+		return nil
+	})
 	putKV("apps/metrics-solo", map[string]any{metricsKeySolo: metricsValueSolo2})
 	eventually(t, 15*time.Second, "the change delivered", func() error {
 		s, err := secretOf("solo")
@@ -236,11 +244,12 @@ path "sys/leases/revoke"   { capabilities = ["update"] }
 		checkEqual(t, b, 0, "ferry_broker_bindings", "kind", "kv", "state", "error")
 		checkEqual(t, b, 1, "ferry_broker_vault_logged_in", "identity", "default")
 		checkAtLeast(t, b, 1, "ferry_broker_vault_logins_total", "identity", "default", "outcome", "ok")
-		checkAtLeast(t, b, 4, "ferry_broker_vault_requests_total", "identity", "default", "operation", "kv_read", "outcome", "ok")
+		// Both paths once, and the read that found the change.
+		checkAtLeast(t, b, 3, "ferry_broker_vault_requests_total", "identity", "default", "operation", "kv_read", "outcome", "ok")
 		checkAtLeast(t, b, 1, "ferry_broker_vault_requests_total", "identity", "default", "operation", "dynamic_read", "outcome", "ok")
 		checkAtLeast(t, b, 1, "ferry_broker_vault_requests_total", "identity", "default", "operation", "pki_issue", "outcome", "ok")
 		checkEqual(t, b, 0, "ferry_broker_vault_requests_total", "identity", "default", "operation", "kv_read", "outcome", "denied")
-		checkAtLeast(t, b, 4, "ferry_broker_vault_request_duration_seconds", "identity", "default", "operation", "kv_read")
+		checkAtLeast(t, b, 3, "ferry_broker_vault_request_duration_seconds", "identity", "default", "operation", "kv_read")
 		checkAtLeast(t, b, 1, "ferry_broker_shared_reads_saved_total")
 		checkAtLeast(t, b, float64(len(bindings)+1), "ferry_broker_messages_sent_total", "type", "upsert")
 		checkAtLeast(t, b, 1, "ferry_broker_messages_sent_total", "type", "snapshot_complete")
@@ -372,12 +381,14 @@ func checkMonitoringNames(t *testing.T, exported map[string]bool) {
 		if len(names) == 0 {
 			t.Errorf("%s names no ferry_ or grpc_ metric", path)
 		}
+		missing := 0
 		for _, name := range names {
 			if !exported[name] {
+				missing++
 				t.Errorf("%s uses %s, which neither binary exports", filepath.Base(path), name)
 			}
 		}
-		t.Logf("%s: %d metric names, all exported", filepath.Base(path), len(names))
+		t.Logf("%s: %d metric names, %d not exported", filepath.Base(path), len(names), missing)
 	}
 }
 
