@@ -87,7 +87,7 @@ func (r *reloader) reload(ctx context.Context) {
 	nextDebug.Admins, runningDebug.Admins = nil, nil
 	if !reflect.DeepEqual(next.Listen, r.running.Listen) || !reflect.DeepEqual(next.SPIFFE, r.running.SPIFFE) ||
 		!reflect.DeepEqual(next.Vault, r.running.Vault) || !reflect.DeepEqual(nextDebug, runningDebug) ||
-		!reflect.DeepEqual(next.Log, r.running.Log) {
+		!reflect.DeepEqual(next.Log, r.running.Log) || !reflect.DeepEqual(next.Metrics, r.running.Metrics) {
 		r.log.Warn("config reload: only `writers` and `debug.admins` are reloaded; restart the broker to apply changes to other sections", "path", r.path)
 	}
 	// Revocations first: admins removed from the list lose ListBindings, and

@@ -54,6 +54,12 @@ type binding struct {
 	applied  string
 	applyErr string
 
+	// published is when the source published the desired revision;
+	// propagated, whether a writer has reported that revision applied
+	// since (so the propagation time is observed once per revision).
+	published  time.Time
+	propagated bool
+
 	lease *Lease // dynamic and PKI sources only
 }
 
@@ -110,6 +116,7 @@ func (c *Catalog) SetDesired(writerID, name string, s *ferryv1.Secret, vaultVers
 	}
 	stampDelivery(s, *b.cfg)
 	b.desired = s
+	b.published, b.propagated = at, false
 	for sub := range w.subs {
 		sub.mark(name)
 	}
@@ -154,20 +161,32 @@ func (c *Catalog) SetNextRefresh(writerID, name string, at time.Time) {
 }
 
 // RecordResult records a writer's apply result. Results for unknown
-// bindings are ignored and reported false.
-func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) bool {
+// bindings are ignored and reported false (known). When r is the first
+// report of the desired revision and says it was written (not unchanged,
+// no error), published is when the source published that revision, for
+// the propagation time; otherwise it is zero.
+func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) (known bool, published time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	_, b := c.lookup(writerID, r.GetBinding())
 	if b == nil {
-		return c.removedLocked(writerID, r.GetBinding())
+		return c.removedLocked(writerID, r.GetBinding()), time.Time{}
 	}
 	if r.GetError() != "" {
 		b.applyErr = r.GetError()
-		return true
+		return true, time.Time{}
 	}
 	b.applied, b.applyErr = r.GetRevision(), ""
-	return true
+	if !b.propagated && b.desired != nil && r.GetRevision() == b.desired.GetRevision() {
+		// An unchanged result (the Secret already held the content, e.g.
+		// after a broker restart) ends the revision's propagation without
+		// a time: nothing travelled.
+		b.propagated = true
+		if !r.GetUnchanged() {
+			published = b.published
+		}
+	}
+	return true, published
 }
 
 func (c *Catalog) lookup(writerID, name string) (*writer, *binding) {

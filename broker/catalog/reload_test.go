@@ -57,7 +57,7 @@ func TestUpdateSendsDeletesAndKeepsTheSnapshotContract(t *testing.T) {
 	if len(next) != 1 || next[0].GetBinding() != "b" || len(next[0].GetRolloutRestart()) != 1 || next[0].GetRevision() != "r-b" {
 		t.Fatalf("next = %v", next)
 	}
-	if !c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a"}) {
+	if known, _ := c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a"}); !known {
 		t.Error("the result of a removed binding's delete is not accepted")
 	}
 

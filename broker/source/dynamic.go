@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/vault"
 	"github.com/ferry-secrets/ferry/internal/task"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -222,10 +223,12 @@ func (d *dynamicSource) renew(ctx context.Context) {
 			return
 		}
 		if errors.Is(err, vault.ErrLeaseInvalid) {
+			d.p.metrics.LeaseRenewal(metrics.RenewalReplaced)
 			d.log.Warn("lease renewal refused; issuing new credentials", "lease_id", cur.id, "err", err)
 			d.next, d.act = now, actIssue
 			return
 		}
+		d.p.metrics.LeaseRenewal(metrics.RenewalError)
 		d.sourceError(err)
 		replaceAt := cur.expires.Add(-replaceLead(cur.period))
 		wait := d.retry.delay()
@@ -245,12 +248,14 @@ func (d *dynamicSource) renew(ctx context.Context) {
 		d.p.cat.SetDesired(d.writerID, d.b.Name, d.secret, 0, now)
 	}
 	if r.LeaseDuration+time.Second >= cur.period && r.Renewable {
+		d.p.metrics.LeaseRenewal(metrics.RenewalOK)
 		d.next = now.Add(renewDelay(r.LeaseDuration, d.cfg.RenewPercent))
 		d.log.Info("lease renewed", "lease_id", cur.id, "ttl", r.LeaseDuration, "next_renewal", d.next)
 		return
 	}
 	// Vault capped the renewal at the lease's max TTL (or it is no longer
 	// renewable): replace the credentials while enough time is left.
+	d.p.metrics.LeaseRenewal(metrics.RenewalReplaced)
 	d.next, d.act = maxTime(now, cur.expires.Add(-replaceLead(cur.period))), actIssue
 	d.log.Info("lease renewed up to its max TTL; new credentials will be issued before it ends",
 		"lease_id", cur.id, "ttl", r.LeaseDuration, "replace_at", d.next)

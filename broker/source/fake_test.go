@@ -20,6 +20,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/vault"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
@@ -254,6 +255,12 @@ const testWriter = "spiffe://ferry.test/writer"
 // current synctest bubble; stop ends it like a broker shutdown.
 func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *Poller, cat *catalog.Catalog, stop func()) {
 	t.Helper()
+	return startPollerWithMetrics(t, f, nil, bs...)
+}
+
+// startPollerWithMetrics is startPoller recording into m.
+func startPollerWithMetrics(t *testing.T, f *fakeVault, m *metrics.Metrics, bs ...config.Binding) (p *Poller, cat *catalog.Catalog, stop func()) {
+	t.Helper()
 	cfg := &config.Config{Writers: []config.Writer{{ID: testWriter, Secrets: bs}}}
 	cfg.SetDefaults()
 	ws := cfg.Writers
@@ -262,7 +269,7 @@ func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *Poller, c
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(tWriter{t}, nil))
 	}
-	p = NewPoller(cat, func(string) Vault { return f }, ws, nil, log)
+	p = NewPoller(cat, func(string) Vault { return f }, ws, nil, m, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()

@@ -29,6 +29,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/vault"
 	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -75,9 +76,10 @@ type Vaults func(identity string) Vault
 // read per distinct path by one scheduler (kv.go); dynamic and PKI bindings
 // each run their own source goroutine.
 type Poller struct {
-	cat    *catalog.Catalog
-	vaults Vaults
-	log    *slog.Logger
+	cat     *catalog.Catalog
+	vaults  Vaults
+	metrics *metrics.Metrics // nil: none
+	log     *slog.Logger
 	// ready, when set, is awaited before the first reads (Vault login).
 	ready <-chan struct{}
 	// key makes revisions HMACs of content, so a revision in a log or a debug
@@ -108,9 +110,9 @@ type handle struct {
 	err    error // revocation error on removal; read after done
 }
 
-// NewPoller returns a poller for ws. ready may be nil. The poller keeps
-// pointers into ws's bindings: the caller must not modify them.
-func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-chan struct{}, log *slog.Logger) *Poller {
+// NewPoller returns a poller for ws. ready and m may be nil. The poller
+// keeps pointers into ws's bindings: the caller must not modify them.
+func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-chan struct{}, m *metrics.Metrics, log *slog.Logger) *Poller {
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		panic(err) // crypto/rand never fails on supported platforms
@@ -119,7 +121,7 @@ func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-
 	for _, w := range ws {
 		n += len(w.Secrets)
 	}
-	p := &Poller{cat: cat, vaults: vaults, ready: ready, log: log, key: key,
+	p := &Poller{cat: cat, vaults: vaults, ready: ready, metrics: m, log: log, key: key,
 		bindings: make(map[bindingKey]*handle, n), order: make([]bindingKey, 0, n)}
 	p.kv = newKVScheduler(p, vault.MaxInFlight)
 	for _, w := range ws {
@@ -198,6 +200,7 @@ func (p *Poller) start(h *handle) {
 		// A configuration the validation should have refused: report it
 		// until the binding is removed.
 		p.log.Error("binding has no Vault client", "writer_id", h.writerID, "binding", h.b.Name, "err", err)
+		p.metrics.SourceError(metrics.Kind(Meta(h.writerID, *h.b).SourceKind))
 		p.cat.SetSourceError(h.writerID, h.b.Name, err)
 		return
 	}
@@ -327,8 +330,14 @@ func (p *Poller) publish(writerID string, b *config.Binding, data map[string][]b
 	return s, p.cat.SetDesired(writerID, b.Name, s, vaultVersion, at), nil
 }
 
-// sourceError records a failed read; the last good Secret stays.
+// sourceError records a failed read, issue or renewal of a dynamic or PKI
+// source; the last good Secret stays.
 func (bc *binding) sourceError(err error) {
+	kind := KindDynamic
+	if bc.b.PKI != nil {
+		kind = KindPKI
+	}
+	bc.p.metrics.SourceError(kind)
 	bc.p.cat.SetSourceError(bc.writerID, bc.b.Name, err)
 }
 
