@@ -5,11 +5,15 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"sort"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,9 +22,11 @@ import (
 	"github.com/ferry-secrets/ferry/broker/audit"
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	brokermetrics "github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/server"
 	"github.com/ferry-secrets/ferry/broker/source"
 	"github.com/ferry-secrets/ferry/broker/vault"
+	"github.com/ferry-secrets/ferry/internal/metrics"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	"github.com/ferry-secrets/ferry/internal/task"
 )
@@ -35,9 +41,25 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		opt(&o)
 	}
 	log.Info("ferry-broker starting", "listen", cfg.Listen, "vault_address", cfg.Vault.Address, "vault_identities", len(cfg.Vault.IdentityNames()))
+	// Before anything else: VAULT_* variables must not redirect the broker
+	// or weaken its TLS to Vault.
+	if err := vault.CheckEnvironment(); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
 	if cfg.Vault.AllowInsecureHTTP {
 		log.Warn("vault.allow_insecure_http is set: Vault traffic may be unencrypted; use only for local development", "vault_address", cfg.Vault.Address)
 	}
+	// Metrics and probes answer from the start (not ready until the
+	// listener serves and every Vault identity is logged in).
+	reg := metrics.NewRegistry()
+	m := brokermetrics.New(reg)
+	var probes metrics.Probes
+	msrv, err := metrics.Start(cfg.Metrics, reg, &probes, log)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	defer msrv.Stop()
+
 	src, err := svidsource.New(ctx, cfg.SPIFFE, log)
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
@@ -49,11 +71,16 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	td := svid.ID.TrustDomain()
 	log.Info("broker identity", "spiffe_id", svid.ID.String())
+	// mTLS accepts only td's members: a writer elsewhere could never connect.
+	if err := cfg.CheckTrustDomain(td); err != nil {
+		return fmt.Errorf("broker: config: %w", err)
+	}
 
-	vaults, err := vault.NewIdentities(cfg.Vault, vault.Deps{SVID: src, WorkloadAPI: cfg.SPIFFE.WorkloadAPI}, log)
+	vaults, err := vault.NewIdentities(cfg.Vault, vault.Deps{SVID: src, WorkloadAPI: cfg.SPIFFE.WorkloadAPI, Metrics: m}, log)
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
+	m.Identities(vaults.Names(), vaults)
 	vaultFor := func(identity string) source.Vault {
 		if c := vaults.Get(identity); c != nil {
 			return c
@@ -66,36 +93,63 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	defer aud.Close()
 	cat := catalog.New(cfg.Writers, source.Meta)
-	poller := source.NewPoller(cat, vaultFor, cfg.Writers, vaults.Settled(), log)
-	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td, aud), log, server.WithAudit(aud))
+	m.Catalog(cat)
+	poller := source.NewPoller(cat, vaultFor, cfg.Writers, vaults.Settled(), m, log)
+	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td, aud), m, log, server.WithAudit(aud))
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("broker: listen: %w", err)
 	}
 	log.Info("broker listening", "addr", lis.Addr().String(), "trust_domain", td.String(), "writers", len(cfg.Writers))
+	var serving atomic.Bool
+	probes.Live("catalog", cat.Ping)
+	probes.Ready(func() error { return ready(serving.Load(), vaults.LoggedIn()) })
 	tasks := []task.Func{vaults.Run, poller.Run, func(ctx context.Context) error {
-		return serve(ctx, srv, lis, log)
+		return serve(ctx, srv, lis, &serving, log)
 	}, func(ctx context.Context) error {
 		return reopenOnHangup(ctx, aud, log)
 	}}
 	if o.configPath != "" {
 		running := *cfg
-		r := &reloader{path: o.configPath, cat: cat, sources: poller, log: log, running: &running}
+		r := &reloader{path: o.configPath, trustDomain: td, cat: cat, sources: poller, admins: srv, log: log, running: &running}
 		tasks = append(tasks, r.run)
 	}
 	return task.Run(ctx, tasks...)
 }
 
-func serve(ctx context.Context, srv *server.Server, lis net.Listener, log *slog.Logger) error {
+// ready is the broker's readiness: the gRPC listener serves, and every
+// Vault identity holds a valid token. The error names what is missing.
+func ready(serving bool, loggedIn map[string]bool) error {
+	if !serving {
+		return errors.New("the gRPC listener is not serving")
+	}
+	var out []string
+	for id, ok := range loggedIn {
+		if !ok {
+			out = append(out, id)
+		}
+	}
+	if len(out) > 0 {
+		sort.Strings(out)
+		return fmt.Errorf("Vault identities not logged in: %s", strings.Join(out, ", "))
+	}
+	return nil
+}
+
+// serve serves gRPC on lis until ctx ends, with serving set while it does.
+func serve(ctx context.Context, srv *server.Server, lis net.Listener, serving *atomic.Bool, log *slog.Logger) error {
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.GRPC.Serve(lis) }()
+	go func() { errc <- srv.Serve(lis) }()
+	serving.Store(true)
+	defer serving.Store(false)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("broker: serve: %w", err)
 	case <-ctx.Done():
 	}
+	serving.Store(false)
 	srv.Health.Shutdown()
 	srv.Drain()
 	stopped := make(chan struct{})

@@ -2,11 +2,14 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"reflect"
 	"syscall"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
@@ -20,8 +23,10 @@ type options struct {
 }
 
 // ReloadFrom makes Run re-read the configuration file at path on SIGHUP.
-// Only `writers` is reloaded: bindings are added, removed (their writers get
-// delete messages carrying the deletion policy) and updated. A file that
+// Only `writers` and `debug.admins` are reloaded: bindings are added,
+// removed (their writers get delete messages carrying the deletion policy)
+// and updated; a writer removed from the file has its open stream ended at
+// once; an ID removed from debug.admins is denied its next RPC. A file that
 // fails to load or validate is logged and ignored; the running
 // configuration stays. Changes to other sections need a restart and are
 // reported as such.
@@ -36,13 +41,21 @@ type bindingSources interface {
 	Remove(ctx context.Context, writerID, name string) error
 }
 
-// reloader applies reloaded configurations to the catalog and the sources.
+// adminList takes the reloaded debug.admins; *server.Server implements it.
+type adminList interface {
+	SetAdmins(ids []string)
+}
+
+// reloader applies reloaded configurations to the catalog, the sources and
+// the server's admin list.
 type reloader struct {
-	path    string
-	cat     *catalog.Catalog
-	sources bindingSources
-	log     *slog.Logger
-	running *config.Config
+	path        string
+	trustDomain spiffeid.TrustDomain // of the broker's SVID
+	cat         *catalog.Catalog
+	sources     bindingSources
+	admins      adminList
+	log         *slog.Logger
+	running     *config.Config
 }
 
 // run reloads on every SIGHUP until ctx ends.
@@ -63,15 +76,25 @@ func (r *reloader) run(ctx context.Context) error {
 // reload loads the file and applies its writers section.
 func (r *reloader) reload(ctx context.Context) {
 	next, err := config.Load(r.path)
+	if err == nil {
+		err = r.check(next)
+	}
 	if err != nil {
 		r.log.Error("config reload failed; keeping the running configuration", "path", r.path, "err", err)
 		return
 	}
+	nextDebug, runningDebug := next.Debug, r.running.Debug
+	nextDebug.Admins, runningDebug.Admins = nil, nil
 	if !reflect.DeepEqual(next.Listen, r.running.Listen) || !reflect.DeepEqual(next.SPIFFE, r.running.SPIFFE) ||
-		!reflect.DeepEqual(next.Vault, r.running.Vault) || !reflect.DeepEqual(next.Debug, r.running.Debug) ||
-		!reflect.DeepEqual(next.Log, r.running.Log) || !reflect.DeepEqual(next.Audit, r.running.Audit) {
-		r.log.Warn("config reload: only `writers` is reloaded; restart the broker to apply changes to other sections", "path", r.path)
+		!reflect.DeepEqual(next.Vault, r.running.Vault) || !reflect.DeepEqual(nextDebug, runningDebug) ||
+		!reflect.DeepEqual(next.Log, r.running.Log) || !reflect.DeepEqual(next.Metrics, r.running.Metrics) ||
+		!reflect.DeepEqual(next.Audit, r.running.Audit) {
+		r.log.Warn("config reload: only `writers` and `debug.admins` are reloaded; restart the broker to apply changes to other sections", "path", r.path)
 	}
+	// Revocations first: admins removed from the list lose ListBindings, and
+	// writers removed from the file lose their streams (cat.Update).
+	r.admins.SetAdmins(next.Debug.Admins)
+	r.running.Debug.Admins = next.Debug.Admins
 	removed, added := diffSources(r.running.Writers, next.Writers)
 	changes := r.cat.Update(next.Writers)
 	for _, k := range removed {
@@ -85,9 +108,25 @@ func (r *reloader) reload(ctx context.Context) {
 		}
 	}
 	r.running.Writers = next.Writers
-	r.log.Info("config reloaded", "path", r.path, "writers", len(next.Writers), "bindings_added", changes.Added,
+	r.log.Info("config reloaded", "path", r.path, "writers", len(next.Writers), "admins", len(next.Debug.Admins), "bindings_added", changes.Added,
 		"bindings_removed", changes.Removed, "bindings_updated", changes.Updated, "writers_removed", changes.WritersRemoved,
 		"sources_restarted", len(added))
+}
+
+// check holds the reloaded writers to the running broker: only `writers` is
+// reloaded, so the running vault section (its identities and state store,
+// which no binding may read) and the trust domain of the broker's SVID
+// decide whether they are valid, not what the file now says.
+func (r *reloader) check(next *config.Config) error {
+	applied := *r.running
+	applied.Writers, applied.Debug.Admins = next.Writers, next.Debug.Admins
+	if err := applied.Validate(); err != nil {
+		return fmt.Errorf("config %s, checked against the running configuration: %w", r.path, err)
+	}
+	if err := applied.CheckTrustDomain(r.trustDomain); err != nil {
+		return fmt.Errorf("config %s: %w", r.path, err)
+	}
+	return nil
 }
 
 type sourceKey struct {

@@ -7,14 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ferry-secrets/ferry/integration/stack"
@@ -143,7 +141,7 @@ func TestAlertRules(t *testing.T) {
 		if prs := prometheusRules(renderChart(t, "ferry-system", chartBaseValues)); len(prs) != 0 {
 			t.Fatalf("a PrometheusRule rendered by default: %v", prs)
 		}
-		r := renderChart(t, "ferry-system", chartBaseValues+"monitoring: {prometheusRule: {enabled: true, labels: {release: kube-prometheus}}}\n")
+		r := renderChart(t, "ferry-system", chartBaseValues+"metrics: {prometheusRule: {enabled: true, labels: {release: kube-prometheus}}}\n")
 		prs := prometheusRules(r)
 		if len(prs) != 1 {
 			t.Fatalf("%d PrometheusRules rendered, want 1", len(prs))
@@ -161,20 +159,27 @@ func TestAlertRules(t *testing.T) {
 		if spec, _, _ := unstructured.NestedMap(pr.Object, "spec"); len(spec) != 1 {
 			t.Errorf("PrometheusRule spec holds more than groups: %v", slices.Collect(maps.Keys(spec)))
 		}
-		bad := chartBaseValues + "monitoring: {prometheusRule: {enabled: true, ruleSelector: x}}\n"
+		bad := chartBaseValues + "metrics: {prometheusRule: {enabled: true, ruleSelector: x}}\n"
 		if out, err := helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, bad)); err == nil {
-			t.Errorf("an unknown monitoring.prometheusRule key was accepted:\n%s", out)
+			t.Errorf("an unknown metrics.prometheusRule key was accepted:\n%s", out)
 		}
 	})
 
 	t.Run("rules and dashboard use only Ferry's metric names", func(t *testing.T) {
-		names := monitoringMetricNames(t)
-		if len(names) < 20 {
-			t.Fatalf("rules and dashboard use only %d metrics: %v", len(names), names)
-		}
-		for _, n := range names {
-			if !slices.ContainsFunc(ferryMetricPrefixes, func(p string) bool { return strings.HasPrefix(n, p) }) {
-				t.Errorf("%s is not a Ferry metric", n)
+		// That each is exported by a real scrape: TestMetrics (metrics_test.go).
+		for _, path := range monitoringFiles {
+			raw, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			names := monitoringNames(raw)
+			if len(names) < 10 {
+				t.Errorf("%s uses only %d metrics: %v", path, len(names), names)
+			}
+			for _, n := range names {
+				if !slices.ContainsFunc(ferryMetricPrefixes, func(p string) bool { return strings.HasPrefix(n, p) }) {
+					t.Errorf("%s uses %s, not a Ferry metric", path, n)
+				}
 			}
 		}
 	})
@@ -245,7 +250,7 @@ func TestDashboard(t *testing.T) {
 		}
 		for _, tg := range p.Targets {
 			queries++
-			if len(metricNames(tg.Expr)) == 0 {
+			if len(monitoringNames([]byte(tg.Expr))) == 0 {
 				t.Errorf("panel %q: query %q uses no Ferry metric", p.Title, tg.Expr)
 			}
 		}
@@ -266,80 +271,5 @@ func prometheusRules(r rendered) []*unstructured.Unstructured {
 	return out
 }
 
-// monitoringObject decodes a rendered Prometheus Operator object (not in
-// client-go's scheme) as unstructured; ok is false for any other object.
-func monitoringObject(t *testing.T, doc []byte) (obj runtime.Object, ok bool) {
-	t.Helper()
-	var head struct {
-		APIVersion string `json:"apiVersion"`
-	}
-	if err := yaml.Unmarshal(doc, &head); err != nil || !strings.HasPrefix(head.APIVersion, "monitoring.coreos.com/") {
-		return nil, false
-	}
-	var m map[string]any
-	if err := yaml.Unmarshal(doc, &m); err != nil {
-		t.Fatalf("decode %s object: %v\n%s", head.APIVersion, err, doc)
-	}
-	return &unstructured.Unstructured{Object: m}, true
-}
-
-// metricNames returns the metric names a PromQL expression uses: Ferry's
-// (ferry_*) and go-grpc-middleware's (grpc_server_*, grpc_client_*),
-// ignoring label names in by/without clauses and label matchers.
-func metricNames(expr string) []string {
-	expr = grouping.ReplaceAllString(expr, "")
-	expr = matchers.ReplaceAllString(expr, "")
-	var out []string
-	for _, n := range metricName.FindAllString(expr, -1) {
-		if !slices.Contains(out, n) {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
-var (
-	grouping   = regexp.MustCompile(`\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)`)
-	matchers   = regexp.MustCompile(`\{[^}]*\}`)
-	metricName = regexp.MustCompile(`\b(ferry_[a-z0-9_]+|grpc_(server|client)_[a-z0-9_]+)\b`)
-)
-
 // ferryMetricPrefixes are the namespaces of the metrics Ferry exports.
 var ferryMetricPrefixes = []string{"ferry_broker_", "ferry_writer_", "ferry_build_info", "grpc_server_", "grpc_client_"}
-
-// monitoringMetricNames returns every metric name that rules.yaml and
-// dashboard.json query, for the scrape test to check against a real scrape
-// (histograms by their _bucket series).
-func monitoringMetricNames(t *testing.T) []string {
-	t.Helper()
-	set := map[string]bool{}
-	var rules ruleGroups
-	readYAML(t, rulesFile, &rules)
-	for _, g := range rules.Groups {
-		for _, r := range g.Rules {
-			for _, n := range metricNames(r.Expr) {
-				set[n] = true
-			}
-		}
-	}
-	raw, err := os.ReadFile(dashboardFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var d struct {
-		Panels []struct {
-			Targets []struct{ Expr string } `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(raw, &d); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range d.Panels {
-		for _, tg := range p.Targets {
-			for _, n := range metricNames(tg.Expr) {
-				set[n] = true
-			}
-		}
-	}
-	return slices.Sorted(maps.Keys(set))
-}

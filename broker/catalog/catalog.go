@@ -54,6 +54,12 @@ type binding struct {
 	applied  string
 	applyErr string
 
+	// published is when the source published the desired revision;
+	// propagated, whether a writer has reported that revision applied
+	// since (so the propagation time is observed once per revision).
+	published  time.Time
+	propagated bool
+
 	lease *Lease // dynamic and PKI sources only
 }
 
@@ -98,6 +104,10 @@ func (c *Catalog) Known(id string) bool {
 func (c *Catalog) SetDesired(writerID, name string, s *ferryv1.Secret, vaultVersion int64, at time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.setDesiredLocked(writerID, name, s, vaultVersion, at)
+}
+
+func (c *Catalog) setDesiredLocked(writerID, name string, s *ferryv1.Secret, vaultVersion int64, at time.Time) bool {
 	w, b := c.lookup(writerID, name)
 	if b == nil {
 		return false
@@ -110,6 +120,7 @@ func (c *Catalog) SetDesired(writerID, name string, s *ferryv1.Secret, vaultVers
 	}
 	stampDelivery(s, *b.cfg)
 	b.desired = s
+	b.published, b.propagated = at, false
 	for sub := range w.subs {
 		sub.mark(name)
 	}
@@ -154,20 +165,32 @@ func (c *Catalog) SetNextRefresh(writerID, name string, at time.Time) {
 }
 
 // RecordResult records a writer's apply result. Results for unknown
-// bindings are ignored and reported false.
-func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) bool {
+// bindings are ignored and reported false (known). When r is the first
+// report of the desired revision and says it was written (not unchanged,
+// no error), published is when the source published that revision, for
+// the propagation time; otherwise it is zero.
+func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) (known bool, published time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	_, b := c.lookup(writerID, r.GetBinding())
 	if b == nil {
-		return c.removedLocked(writerID, r.GetBinding())
+		return c.removedLocked(writerID, r.GetBinding()), time.Time{}
 	}
 	if r.GetError() != "" {
 		b.applyErr = r.GetError()
-		return true
+		return true, time.Time{}
 	}
 	b.applied, b.applyErr = r.GetRevision(), ""
-	return true
+	if !b.propagated && b.desired != nil && r.GetRevision() == b.desired.GetRevision() {
+		// An unchanged result (the Secret already held the content, e.g.
+		// after a broker restart) ends the revision's propagation without
+		// a time: nothing travelled.
+		b.propagated = true
+		if !r.GetUnchanged() {
+			published = b.published
+		}
+	}
+	return true, published
 }
 
 func (c *Catalog) lookup(writerID, name string) (*writer, *binding) {
@@ -256,6 +279,7 @@ type Subscription struct {
 	c        *Catalog
 	writerID string
 	notify   chan struct{}
+	done     chan struct{}                 // closed when the writer is removed (reload.go)
 	dirty    map[string]struct{}           // guarded by c.mu
 	deletes  map[string]*ferryv1.SecretRef // guarded by c.mu; see reload.go
 }
@@ -270,7 +294,7 @@ func (c *Catalog) Subscribe(writerID string) (*Subscription, []*ferryv1.Secret) 
 	if w == nil || w.gone {
 		return nil, nil
 	}
-	sub := &Subscription{c: c, writerID: writerID, notify: make(chan struct{}, 1), dirty: map[string]struct{}{}, deletes: map[string]*ferryv1.SecretRef{}}
+	sub := &Subscription{c: c, writerID: writerID, notify: make(chan struct{}, 1), done: make(chan struct{}), dirty: map[string]struct{}{}, deletes: map[string]*ferryv1.SecretRef{}}
 	w.subs[sub] = struct{}{}
 	for n, ref := range w.removed {
 		sub.markDeleted(n, ref)
@@ -309,6 +333,12 @@ func (s *Subscription) mark(name string) {
 
 // Changed is signalled when Next has something to return.
 func (s *Subscription) Changed() <-chan struct{} { return s.notify }
+
+// Removed is closed when a reload removes the subscription's writer from
+// the configuration: the writer is no longer trusted with anything, so the
+// subscription gets nothing more (not even delete messages) and its stream
+// should end.
+func (s *Subscription) Removed() <-chan struct{} { return s.done }
 
 // Next returns the current desired Secret of every binding that changed
 // since the last call, coalescing repeated changes to one binding.

@@ -50,8 +50,10 @@ type Changes struct {
 // Secret changed, becomes a delete message carrying its deletion policy,
 // sent to every connected stream of its writer and, after the snapshot, to
 // every stream that connects later. A binding whose delivery policy changed
-// is sent again. Desired Secrets of unchanged bindings are kept. As with New,
-// the catalog keeps pointers into ws's bindings.
+// is sent again. Desired Secrets of unchanged bindings are kept. A writer no
+// longer in ws is sent nothing more: its subscriptions are ended (Removed)
+// without delete messages. As with New, the catalog keeps pointers into ws's
+// bindings.
 func (c *Catalog) Update(ws []config.Writer) Changes {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -64,6 +66,12 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 		if _, ok := want[id]; ok || w.gone {
 			continue
 		}
+		// End its subscriptions first, so they are sent no delete messages.
+		for sub := range w.subs {
+			close(sub.done)
+			delete(w.subs, sub)
+		}
+		w.connected = 0
 		for _, n := range w.order {
 			w.remove(n)
 			ch.Removed++

@@ -26,6 +26,13 @@ func TestParseValidAppliesDefaults(t *testing.T) {
 	if b.SecretName != "db" || b.Type != "Opaque" || b.KV.EngineVersion != 2 || b.Refresh.Seconds() != 30 || c.Vault.Auth.Mount != "approle" {
 		t.Fatalf("defaults not applied: %+v", b)
 	}
+	if c.Metrics.Listen != "" {
+		t.Errorf("metrics.listen defaults to %q, want off", c.Metrics.Listen)
+	}
+	c, err = Parse([]byte(valid + "metrics: {listen: 127.0.0.1:9090}\n"))
+	if err != nil || c.Metrics.Listen != "127.0.0.1:9090" {
+		t.Fatalf("metrics.listen: %+v, %v", c.Metrics, err)
+	}
 }
 
 // edit is a config with one change applied, and what Parse must then say.
@@ -66,6 +73,7 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"no spiffe", "spiffe: {workload_api: unix:///tmp/agent.sock}", "", "spiffe: set workload_api or files"},
 		{"bad log level", "listen:", "log: {level: loud}\nlisten:", "log.level:"},
 		{"relative audit file", "listen:", "audit: {file: audit.log}\nlisten:", `audit.file: "audit.log" is not an absolute path`},
+		{"bad metrics listen", "listen:", "metrics: {listen: localhost}\nlisten:", `metrics.listen: "localhost" is not host:port`},
 	})
 }
 
@@ -103,5 +111,24 @@ func FuzzParse(f *testing.F) {
 		if err := c.Validate(); err != nil {
 			t.Fatalf("Parse accepted a config that Validate rejects: %v", err)
 		}
+	})
+}
+
+// TestStateTransitDefaultsAndErrors: vault.state.transit takes the mount
+// "transit" by default, requires a key, and names the bad field.
+func TestStateTransitDefaultsAndErrors(t *testing.T) {
+	withTransit := strings.Replace(valid, "  auth:", "  state: {mount: secret, transit: {key: ferry-state}}\n  auth:", 1)
+	c, err := Parse([]byte(withTransit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := c.Vault.State.Transit; tr == nil || tr.Mount != "transit" || tr.Key != "ferry-state" {
+		t.Fatalf("vault.state.transit = %+v, want mount transit, key ferry-state", tr)
+	}
+	testEdits(t, withTransit, []edit{
+		{"no key", "transit: {key: ferry-state}", "transit: {mount: transit}", "vault.state.transit.key: required"},
+		{"key with a slash", "key: ferry-state", "key: a/b", `vault.state.transit.key: "a/b" is not a Transit key name`},
+		{"dotdot mount", "transit: {key: ferry-state}", "transit: {mount: ../sys, key: ferry-state}", "vault.state.transit.mount:"},
+		{"unknown field", "transit: {key: ferry-state}", "transit: {key: ferry-state, context: x}", `unknown field "context"`},
 	})
 }

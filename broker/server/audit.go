@@ -75,15 +75,9 @@ func (s *Server) auditSent(ctx context.Context, id string, m *ferryv1.SyncRespon
 	s.audit.Record(e)
 }
 
-// Apply outcomes, as the writer reports them (ferry_broker_apply_results_total
-// uses the same words).
-const (
-	applied        = "applied"
-	unchanged      = "unchanged"
-	superseded     = "superseded"
-	applyFailed    = "error"
-	unknownBinding = "unknown_binding"
-)
+// unknownBinding is the outcome of an apply result for a binding the
+// broker does not hold; the others are the writer's (resultOutcome).
+const unknownBinding = "unknown_binding"
 
 // auditResult records an apply result from writer id with its outcome. The
 // writer's error text is left out: the writer controls it.
@@ -97,18 +91,4 @@ func (s *Server) auditResult(ctx context.Context, id string, r *ferryv1.ApplyRes
 		e.Namespace, e.Name, e.SourceKind, e.VaultPath = o.Namespace, o.SecretName, o.SourceKind, o.VaultPath
 	}
 	s.audit.Record(e)
-}
-
-// resultOutcome names an apply result's outcome.
-func resultOutcome(r *ferryv1.ApplyResult) string {
-	switch {
-	case r.GetSuperseded():
-		return superseded
-	case r.GetError() != "":
-		return applyFailed
-	case r.GetUnchanged():
-		return unchanged
-	default:
-		return applied
-	}
 }

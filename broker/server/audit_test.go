@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -205,13 +206,27 @@ func TestAuditStreamDeliveriesResults(t *testing.T) {
 	}
 }
 
-// TestAuditDenials: an unlisted writer's Sync and a writer asking for
-// another writer's bindings each leave a denied line with ID, address and
-// method.
+// TestAuditDenials: an unlisted writer's Sync, a writer asking for another
+// writer's bindings, and a second Sync stream of a writer ID that holds one
+// (a stolen credential used beside the writer) each leave a denied line
+// with ID, address and method.
 func TestAuditDenials(t *testing.T) {
 	f := start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	f.openSync(t, ctx)
+	f.waitEvents(t, 1, func(e audit.Event) bool { return e.Event == audit.StreamOpen })
+	second, err := ferryv1.NewWriterServiceClient(f.dial(t, f.ca, writerA)).Sync(ctx)
+	if err == nil {
+		_, err = second.Recv()
+	}
+	if status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("a second Sync as %s: %v, want AlreadyExists", writerA, err)
+	}
+	dup := f.waitEvents(t, 1, func(e audit.Event) bool { return e.Event == audit.Denied && e.SPIFFEID == writerA })[0]
+	if dup.Method != ferryv1.WriterService_Sync_FullMethodName || dup.Reason != "this writer ID already has an open Sync stream" {
+		t.Errorf("denied line of the second stream: %+v", dup)
+	}
 	stream, err := ferryv1.NewWriterServiceClient(f.dial(t, f.ca, writerB)).Sync(ctx)
 	if err == nil {
 		_, err = stream.Recv()
@@ -223,7 +238,8 @@ func TestAuditDenials(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("ListBindings of another writer: %v, want PermissionDenied", err)
 	}
-	denied := f.waitEvents(t, 2, func(e audit.Event) bool { return e.Event == audit.Denied })
+	denied := f.waitEvents(t, 3, func(e audit.Event) bool { return e.Event == audit.Denied })
+	denied = slices.DeleteFunc(denied, func(e audit.Event) bool { return e == dup })
 	want := map[string]string{writerB: ferryv1.WriterService_Sync_FullMethodName, writerA: ferryv1.DebugService_ListBindings_FullMethodName}
 	for _, e := range denied {
 		if want[e.SPIFFEID] != e.Method || e.Outcome != audit.OutcomeDenied || e.Reason == "" || !strings.HasPrefix(e.Peer, "127.0.0.1:") {

@@ -4,14 +4,18 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"sort"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferry-secrets/ferry/broker/audit"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
@@ -26,6 +30,21 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) (err error
 	ctx := stream.Context()
 	id := callerID(ctx)
 	log := w.s.log.With("spiffe_id", id)
+
+	// One open stream per writer ID. A second one is refused rather than
+	// replacing the first: the writer chart supports several replicas of one
+	// writer (one SPIFFE ID), and replacing would make them take the stream
+	// from each other in turn, each time with a full snapshot. The refused
+	// replica retries with backoff and takes over when the open stream ends.
+	// A stream whose connection broke without a FIN (the case where
+	// replacing would help) is closed by keepalive within
+	// Limits.PingIdle+PingTimeout, freeing the slot.
+	if !w.s.claimStream(id) {
+		log.Warn("refused a second Sync stream of the same writer", "code", codes.AlreadyExists.String())
+		w.s.auditDenied(ctx, id, ferryv1.WriterService_Sync_FullMethodName, "this writer ID already has an open Sync stream")
+		return status.Error(codes.AlreadyExists, "this writer ID already has an open Sync stream (another replica, or a broken connection the broker closes within a minute); retry later")
+	}
+	defer w.s.releaseStream(id)
 
 	first, err := stream.Recv()
 	if err != nil {
@@ -42,11 +61,6 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) (err error
 	defer sub.Close()
 	w.s.auditStream(ctx, audit.StreamOpen, id, nil)
 	defer func() { w.s.auditStream(ctx, audit.StreamClose, id, err) }()
-	send := func(m *ferryv1.SyncResponse, snapshot bool) error {
-		err := stream.Send(m)
-		w.s.auditSent(ctx, id, m, snapshot, err)
-		return err
-	}
 	log.Info("writer connected", "writer_version", first.GetHello().GetWriterVersion(), "snapshot", len(snapshot))
 
 	recvErr := make(chan error, 1)
@@ -54,13 +68,13 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) (err error
 
 	for _, sec := range snapshot {
 		msg := &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}, AppliedBefore: w.s.cat.WasApplied(id, sec.GetBinding())}
-		if err := send(msg, true); err != nil {
+		if err := w.send(stream, id, msg, metrics.MsgUpsert, true); err != nil {
 			return err
 		}
 	}
-	if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_SnapshotComplete{
+	if err := w.send(stream, id, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_SnapshotComplete{
 		SnapshotComplete: &ferryv1.SnapshotComplete{Count: uint32(len(snapshot))},
-	}}); err != nil {
+	}}, metrics.MsgSnapshotComplete, false); err != nil {
 		return err
 	}
 	for {
@@ -70,6 +84,9 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) (err error
 		case <-w.s.draining:
 			log.Info("broker stopping; closing the writer's stream")
 			return status.Error(codes.Unavailable, "broker stopping")
+		case <-sub.Removed():
+			log.Warn("writer removed from the configuration; closing its stream")
+			return status.Error(codes.PermissionDenied, "writer removed from the broker's configuration")
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				log.Info("writer closed the stream")
@@ -77,19 +94,36 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) (err error
 			}
 			return err
 		case <-sub.Changed():
+			select {
+			case <-sub.Removed():
+				continue // the next round ends the stream
+			default:
+			}
 			// Deletes of removed bindings go before the round's upserts.
 			for _, ref := range sub.Deletes() {
-				if err := send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Delete{Delete: ref}}, false); err != nil {
+				if err := w.send(stream, id, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Delete{Delete: ref}}, metrics.MsgDelete, false); err != nil {
 					return err
 				}
 			}
 			for _, sec := range sub.Next() {
-				if err := send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}, false); err != nil {
+				if err := w.send(stream, id, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}, metrics.MsgUpsert, false); err != nil {
 					return err
 				}
 			}
 		}
 	}
+}
+
+// send sends msg to writer id, counting it as a message of type typ once
+// sent, and records it in the audit log (snapshot: part of the stream's
+// snapshot) whether or not sending worked.
+func (w *writerService) send(stream ferryv1.WriterService_SyncServer, id string, msg *ferryv1.SyncResponse, typ string, snapshot bool) error {
+	err := stream.Send(msg)
+	if err == nil {
+		w.s.metrics.MessageSent(typ)
+	}
+	w.s.auditSent(stream.Context(), id, msg, snapshot, err)
+	return err
 }
 
 // receiveResults records apply results until the stream ends.
@@ -103,23 +137,43 @@ func (w *writerService) receiveResults(ctx context.Context, stream ferryv1.Write
 		if r == nil {
 			return status.Error(codes.InvalidArgument, "expected an apply result")
 		}
+		// The writer's error text is stored, listed and logged: bound it.
+		r.Error = truncateUTF8(r.Error, MaxApplyErrorBytes)
+		w.s.metrics.ApplyResult(resultOutcome(r))
 		if r.GetSuperseded() {
-			w.s.auditResult(ctx, id, r, superseded)
+			w.s.auditResult(ctx, id, r, metrics.ResultSuperseded)
 			w.s.log.Debug("writer skipped a superseded revision", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision())
 			continue
 		}
-		if !w.s.cat.RecordResult(id, r) {
+		known, published := w.s.cat.RecordResult(id, r)
+		if !known {
 			w.s.auditResult(ctx, id, r, unknownBinding)
 			w.s.log.Warn("apply result for an unknown binding", "spiffe_id", id, "binding", r.GetBinding())
 			continue
 		}
 		w.s.auditResult(ctx, id, r, resultOutcome(r))
+		if !published.IsZero() {
+			w.s.metrics.Propagated(time.Since(published))
+		}
 		if r.GetError() != "" {
 			w.s.log.Warn("writer failed to apply", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision(), "err", r.GetError())
 		} else {
 			w.s.log.Debug("writer applied", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision(), "unchanged", r.GetUnchanged())
 		}
 	}
+}
+
+// resultOutcome is the metrics outcome of an apply result.
+func resultOutcome(r *ferryv1.ApplyResult) string {
+	switch {
+	case r.GetSuperseded():
+		return metrics.ResultSuperseded
+	case r.GetError() != "":
+		return metrics.ResultError
+	case r.GetUnchanged():
+		return metrics.ResultUnchanged
+	}
+	return metrics.ResultApplied
 }
 
 type debugService struct {
@@ -146,7 +200,7 @@ func (d *debugService) ListBindings(ctx context.Context, req *ferryv1.ListBindin
 }
 
 // Page sizes of ListBindings: a response of 5000 bindings stays well under
-// gRPC's default 4 MiB message limit.
+// ferryv1.MaxMessageBytes (4 MiB, also gRPC's default that grpcurl keeps).
 const (
 	defaultPageSize = 1000
 	maxPageSize     = 5000
@@ -183,4 +237,24 @@ func page(all []*ferryv1.BindingStatus, size int32, token string) (*ferryv1.List
 		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(last.WriterId + "\x00" + last.Binding))
 	}
 	return resp, nil
+}
+
+// MaxApplyErrorBytes bounds the error text of a writer's ApplyResult as the
+// broker stores (ListBindings' apply_error) and logs it. A Kubernetes error
+// names the Secret, the field and the reason in far less; the bound keeps a
+// writer (or a stolen writer credential) from filling the broker's memory
+// and log with 4 MiB messages.
+const MaxApplyErrorBytes = 1 << 10
+
+// truncateUTF8 cuts s to at most max bytes, on a UTF-8 boundary, and marks
+// the cut with the original length.
+func truncateUTF8(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("… [truncated: %d bytes in all]", len(s))
 }

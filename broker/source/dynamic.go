@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/vault"
 	"github.com/ferry-secrets/ferry/internal/task"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -142,12 +143,23 @@ func (d *dynamicSource) issue(ctx context.Context) {
 		d.publishLeaseless(l, now)
 		return
 	}
+	s, _, err := d.publishLeased(l.Data, catalog.Lease{ID: l.LeaseID, Expires: now.Add(l.LeaseDuration)})
+	if err != nil {
+		// Credentials no writer can be sent are of no use: revoke them at
+		// once, keep the current ones, and try again later.
+		wait := d.retry.delay()
+		d.log.Warn("issued credentials refused; revoking them and keeping the last delivered Secret", "err", err,
+			"refused_lease_id", l.LeaseID, "retry_in", wait, "lease_id", d.curID())
+		if err := d.v.RevokeLease(ctx, l.LeaseID); err != nil {
+			d.log.Warn("revoking refused credentials failed; they expire with their lease", "refused_lease_id", l.LeaseID, "err", err)
+		}
+		d.next, d.act = now.Add(wait), actIssue
+		return
+	}
+	d.secret = s
 	prev := d.cur
 	d.cur = &heldLease{id: l.LeaseID, period: l.LeaseDuration, renewable: l.Renewable, expires: now.Add(l.LeaseDuration)}
 	d.scheduleAfterGrant(now, l.LeaseDuration)
-	d.status() // before the Secret: its delivery's audit line names this lease
-	s, _ := d.publish(l.Data, 0)
-	d.secret = s
 	d.log.Info("credentials issued", "lease_id", l.LeaseID, "ttl", l.LeaseDuration, "renewable", l.Renewable,
 		"next_renewal", d.next, "renew", d.act == actRenew, "revision", s.Revision)
 	if prev != nil {
@@ -166,13 +178,13 @@ func (d *dynamicSource) publishLeaseless(l *vault.Leased, now time.Time) {
 		}
 		delete(l.Data, ttlKey)
 	}
-	if d.cur != nil { // the path used to return a lease
-		d.retire(d.cur, now)
-		d.cur = nil
-		d.forget(context.Background())
+	s, changed, err := d.publishLeased(l.Data, catalog.Lease{}) // no lease any more
+	if err != nil {
+		wait := d.retry.delay()
+		d.log.Warn("credentials refused; keeping the last delivered Secret", "err", err, "retry_in", wait)
+		d.next, d.act = now.Add(wait), actIssue
+		return
 	}
-	d.status() // before the Secret: its delivery's audit line must not name the retired lease
-	s, changed := d.publish(l.Data, 0)
 	d.secret = s
 	d.next, d.act, d.expires = now.Add(jitter(d.b.Refresh.Duration)), actIssue, time.Time{}
 	if rotation > 0 {
@@ -184,6 +196,11 @@ func (d *dynamicSource) publishLeaseless(l *vault.Leased, now time.Time) {
 	}
 	if changed {
 		d.log.Info("credentials changed", "rotates_at", d.expires, "next_read", d.next, "revision", s.Revision)
+	}
+	if d.cur != nil { // the path used to return a lease
+		d.retire(d.cur, now)
+		d.cur = nil
+		d.forget(context.Background())
 	}
 }
 
@@ -206,10 +223,12 @@ func (d *dynamicSource) renew(ctx context.Context) {
 			return
 		}
 		if errors.Is(err, vault.ErrLeaseInvalid) {
+			d.p.metrics.LeaseRenewal(metrics.RenewalReplaced)
 			d.log.Warn("lease renewal refused; issuing new credentials", "lease_id", cur.id, "err", err)
 			d.next, d.act = now, actIssue
 			return
 		}
+		d.p.metrics.LeaseRenewal(metrics.RenewalError)
 		d.sourceError(err)
 		replaceAt := cur.expires.Add(-replaceLead(cur.period))
 		wait := d.retry.delay()
@@ -229,12 +248,14 @@ func (d *dynamicSource) renew(ctx context.Context) {
 		d.p.cat.SetDesired(d.writerID, d.b.Name, d.secret, 0, now)
 	}
 	if r.LeaseDuration+time.Second >= cur.period && r.Renewable {
+		d.p.metrics.LeaseRenewal(metrics.RenewalOK)
 		d.next = now.Add(renewDelay(r.LeaseDuration, d.cfg.RenewPercent))
 		d.log.Info("lease renewed", "lease_id", cur.id, "ttl", r.LeaseDuration, "next_renewal", d.next)
 		return
 	}
 	// Vault capped the renewal at the lease's max TTL (or it is no longer
 	// renewable): replace the credentials while enough time is left.
+	d.p.metrics.LeaseRenewal(metrics.RenewalReplaced)
 	d.next, d.act = maxTime(now, cur.expires.Add(-replaceLead(cur.period))), actIssue
 	d.log.Info("lease renewed up to its max TTL; new credentials will be issued before it ends",
 		"lease_id", cur.id, "ttl", r.LeaseDuration, "replace_at", d.next)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/vault"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
@@ -31,9 +32,12 @@ type fakeVault struct {
 
 	kvReads   int
 	kvData    map[string][]byte
-	kvPaths   map[string]int // reads per mount/path
-	kvErr     error          // when set, KV reads fail with it
-	kvVersion int64          // when set, the version every KV read returns
+	kvPaths   map[string]int               // reads per mount/path
+	kvErr     error                        // when set, KV reads fail with it
+	kvVersion int64                        // when set, the version every KV read returns
+	kvByPath  map[string]map[string][]byte // mount/path → data, instead of kvData
+
+	leasedExtra map[string][]byte // added to the data of every issued lease
 
 	ttl, maxTTL   time.Duration
 	leases        map[string]*fakeLease
@@ -52,7 +56,8 @@ type fakeVault struct {
 	certs   []*x509.Certificate
 	revoked []string
 
-	state map[string][]byte // the state store; nil: not configured
+	state    map[string][]byte // the state store; nil: not configured
+	stateErr error             // when set, state reads fail with it (e.g. a failed Transit decrypt)
 	// onSave, when set, runs at the start of every SaveState, outside the
 	// lock: in the middle of a source's work, after it published a Secret.
 	onSave func()
@@ -81,8 +86,12 @@ func (f *fakeVault) ReadKV(ctx context.Context, mount, path string, ev int, vers
 	if f.kvErr != nil {
 		return nil, f.kvErr
 	}
+	src := f.kvData
+	if d, ok := f.kvByPath[mount+"/"+path]; ok {
+		src = d
+	}
 	data := map[string][]byte{}
-	for k, v := range f.kvData {
+	for k, v := range src {
 		data[k] = v
 	}
 	v := int64(f.kvReads)
@@ -111,8 +120,11 @@ func (f *fakeVault) ReadLeased(ctx context.Context, method, path string, params 
 	id := fmt.Sprintf("database/creds/app/%d", f.issued)
 	l := &fakeLease{user: fmt.Sprintf("v-user-%d", f.issued), issued: now, expires: now.Add(f.ttl), maxE: now.Add(f.maxTTL)}
 	f.leases[id] = l
-	return &vault.Leased{LeaseID: id, LeaseDuration: f.ttl, Renewable: true,
-		Data: map[string][]byte{"username": []byte(l.user), "password": []byte("pw-" + l.user)}}, nil
+	data := map[string][]byte{"username": []byte(l.user), "password": []byte("pw-" + l.user)}
+	for k, v := range f.leasedExtra {
+		data[k] = v
+	}
+	return &vault.Leased{LeaseID: id, LeaseDuration: f.ttl, Renewable: true, Data: data}, nil
 }
 
 func (f *fakeVault) RenewLease(ctx context.Context, id string, inc time.Duration) (*vault.Renewal, error) {
@@ -151,6 +163,9 @@ func (f *fakeVault) LoadState(ctx context.Context, key string) ([]byte, error) {
 	defer f.mu.Unlock()
 	if f.state == nil {
 		return nil, vault.ErrNoState
+	}
+	if f.stateErr != nil {
+		return nil, f.stateErr
 	}
 	return f.state[key], nil
 }
@@ -246,6 +261,12 @@ const testWriter = "spiffe://ferry.test/writer"
 // current synctest bubble; stop ends it like a broker shutdown.
 func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *Poller, cat *catalog.Catalog, stop func()) {
 	t.Helper()
+	return startPollerWithMetrics(t, f, nil, bs...)
+}
+
+// startPollerWithMetrics is startPoller recording into m.
+func startPollerWithMetrics(t *testing.T, f *fakeVault, m *metrics.Metrics, bs ...config.Binding) (p *Poller, cat *catalog.Catalog, stop func()) {
+	t.Helper()
 	cfg := &config.Config{Writers: []config.Writer{{ID: testWriter, Secrets: bs}}}
 	cfg.SetDefaults()
 	ws := cfg.Writers
@@ -254,7 +275,7 @@ func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *Poller, c
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(tWriter{t}, nil))
 	}
-	p = NewPoller(cat, func(string) Vault { return f }, ws, nil, log)
+	p = NewPoller(cat, func(string) Vault { return f }, ws, nil, m, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()

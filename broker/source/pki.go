@@ -42,7 +42,8 @@ func (s *pkiSource) run(ctx context.Context) error {
 	s.next = time.Now()
 	s.restore(ctx)
 	for {
-		s.status()
+		s.p.cat.SetLease(s.writerID, s.b.Name, catalog.Lease{Serial: s.serial, Expires: s.notAfter, NextRenewal: s.next})
+		s.p.cat.SetNextRefresh(s.writerID, s.b.Name, s.next)
 		if !task.Sleep(ctx, time.Until(s.next)) {
 			if errors.Is(context.Cause(ctx), ErrRemoved) {
 				return s.removed(ctx)
@@ -51,12 +52,6 @@ func (s *pkiSource) run(ctx context.Context) error {
 		}
 		s.issue(ctx)
 	}
-}
-
-// status publishes the certificate's metadata to the catalog.
-func (s *pkiSource) status() {
-	s.p.cat.SetLease(s.writerID, s.b.Name, catalog.Lease{Serial: s.serial, Expires: s.notAfter, NextRenewal: s.next})
-	s.p.cat.SetNextRefresh(s.writerID, s.b.Name, s.next)
 }
 
 func (s *pkiSource) issue(ctx context.Context) {
@@ -75,12 +70,17 @@ func (s *pkiSource) issue(ctx context.Context) {
 		return
 	}
 	s.retry.reset()
-	s.serial, s.notAfter = c.Serial, c.NotAfter
-	s.next = reissueAt(c.NotBefore, c.NotAfter, s.cfg.RenewBefore.Duration, s.cfg.RenewPercent, now)
-	s.status() // before the Secret: its delivery's audit line names this serial
 	data := tlsData(c)
-	sec, _ := s.publish(data, 0)
+	sec, _, err := s.publishLeased(data, catalog.Lease{Serial: c.Serial, Expires: c.NotAfter})
+	if err != nil {
+		wait := s.retry.delay()
+		s.log.Warn("issued certificate refused; keeping the last delivered Secret", "err", err, "refused_serial", c.Serial, "retry_in", wait, "serial", s.serial)
+		s.next = now.Add(wait)
+		return
+	}
+	s.serial, s.notAfter = c.Serial, c.NotAfter
 	s.saveCert(ctx, data, c.NotBefore)
+	s.next = reissueAt(c.NotBefore, c.NotAfter, s.cfg.RenewBefore.Duration, s.cfg.RenewPercent, now)
 	s.log.Info("certificate issued", "serial", c.Serial, "not_after", c.NotAfter, "next_renewal", s.next, "revision", sec.Revision)
 }
 

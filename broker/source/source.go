@@ -29,7 +29,9 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/vault"
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
@@ -74,9 +76,10 @@ type Vaults func(identity string) Vault
 // read per distinct path by one scheduler (kv.go); dynamic and PKI bindings
 // each run their own source goroutine.
 type Poller struct {
-	cat    *catalog.Catalog
-	vaults Vaults
-	log    *slog.Logger
+	cat     *catalog.Catalog
+	vaults  Vaults
+	metrics *metrics.Metrics // nil: none
+	log     *slog.Logger
 	// ready, when set, is awaited before the first reads (Vault login).
 	ready <-chan struct{}
 	// key makes revisions HMACs of content, so a revision in a log or a debug
@@ -107,9 +110,9 @@ type handle struct {
 	err    error // revocation error on removal; read after done
 }
 
-// NewPoller returns a poller for ws. ready may be nil. The poller keeps
-// pointers into ws's bindings: the caller must not modify them.
-func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-chan struct{}, log *slog.Logger) *Poller {
+// NewPoller returns a poller for ws. ready and m may be nil. The poller
+// keeps pointers into ws's bindings: the caller must not modify them.
+func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-chan struct{}, m *metrics.Metrics, log *slog.Logger) *Poller {
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		panic(err) // crypto/rand never fails on supported platforms
@@ -118,7 +121,7 @@ func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-
 	for _, w := range ws {
 		n += len(w.Secrets)
 	}
-	p := &Poller{cat: cat, vaults: vaults, ready: ready, log: log, key: key,
+	p := &Poller{cat: cat, vaults: vaults, ready: ready, metrics: m, log: log, key: key,
 		bindings: make(map[bindingKey]*handle, n), order: make([]bindingKey, 0, n)}
 	p.kv = newKVScheduler(p, vault.MaxInFlight)
 	for _, w := range ws {
@@ -197,6 +200,7 @@ func (p *Poller) start(h *handle) {
 		// A configuration the validation should have refused: report it
 		// until the binding is removed.
 		p.log.Error("binding has no Vault client", "writer_id", h.writerID, "binding", h.b.Name, "err", err)
+		p.metrics.SourceError(metrics.Kind(Meta(h.writerID, *h.b).SourceKind))
 		p.cat.SetSourceError(h.writerID, h.b.Name, err)
 		return
 	}
@@ -300,15 +304,50 @@ type binding struct {
 	log      *slog.Logger
 }
 
-// publish renders data as the binding's Secret and records it; it reports
-// whether the content changed.
-func (bc *binding) publish(data map[string][]byte, vaultVersion int64) (*ferryv1.Secret, bool) {
-	s := bc.p.render(bc.b, data)
-	return s, bc.p.cat.SetDesired(bc.writerID, bc.b.Name, s, vaultVersion, time.Now())
+// publish renders data as the binding's Secret and records it (Poller.publish).
+func (bc *binding) publish(data map[string][]byte, vaultVersion int64) (*ferryv1.Secret, bool, error) {
+	return bc.p.publish(bc.writerID, &bc.b, data, vaultVersion, nil, time.Now())
 }
 
-// sourceError records a failed read; the last good Secret stays.
+// publishLeased renders data, which lease l (a dynamic lease or a
+// certificate) carries, as the binding's Secret and records both at once:
+// the audit line of every delivery of the Secret names its own lease.
+func (bc *binding) publishLeased(data map[string][]byte, l catalog.Lease) (*ferryv1.Secret, bool, error) {
+	return bc.p.publish(bc.writerID, &bc.b, data, 0, &l, time.Now())
+}
+
+// publish renders data as binding b's Secret and records it in the catalog,
+// reporting whether the content changed. It is the one place where every
+// source kind (kv, dynamic, pki, and the state store's restores) publishes
+// new content (a lease renewal only re-records the Secret published here).
+//
+// Data the apiserver would refuse — a key that is not a valid Secret data
+// key, or more than secretpolicy.MaxDataBytes (1 MiB) in all — is not
+// published: sent on, it would fail at the writer on every snapshot (and,
+// over the stream's message limit, break the writer's stream for all its
+// bindings). The binding keeps its last good Secret and reports the refusal
+// as its source error, which names the key or the size, never a value.
+func (p *Poller) publish(writerID string, b *config.Binding, data map[string][]byte, vaultVersion int64, lease *catalog.Lease, at time.Time) (*ferryv1.Secret, bool, error) {
+	if err := secretpolicy.CheckData(data); err != nil {
+		err = fmt.Errorf("not published: %w", err)
+		p.cat.SetSourceError(writerID, b.Name, err)
+		return nil, false, err
+	}
+	s := p.render(*b, data)
+	if lease != nil {
+		return s, p.cat.SetDesiredLease(writerID, b.Name, s, *lease, at), nil
+	}
+	return s, p.cat.SetDesired(writerID, b.Name, s, vaultVersion, at), nil
+}
+
+// sourceError records a failed read, issue or renewal of a dynamic or PKI
+// source; the last good Secret stays.
 func (bc *binding) sourceError(err error) {
+	kind := KindDynamic
+	if bc.b.PKI != nil {
+		kind = KindPKI
+	}
+	bc.p.metrics.SourceError(kind)
 	bc.p.cat.SetSourceError(bc.writerID, bc.b.Name, err)
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/vault"
 )
 
@@ -167,13 +168,20 @@ func (d *dynamicSource) restore(ctx context.Context) bool {
 	}
 	now := time.Now()
 	d.cur = &heldLease{id: st.Lease.ID, period: st.Lease.Period, renewable: info.Renewable, expires: now.Add(info.TTL)}
+	sec, _, err := d.publishLeased(st.Data, catalog.Lease{ID: d.cur.id, Expires: d.cur.expires})
+	if err != nil {
+		// Kept as the current lease, so it is retired once its successor
+		// is published.
+		d.log.Warn("vault state: the saved credentials are refused; issuing new ones", "lease_id", d.cur.id, "err", err)
+		d.next, d.act = now, actIssue
+		return true
+	}
+	d.secret = sec
 	if info.TTL <= replaceLead(d.cur.period) {
 		d.next, d.act = now, actIssue
 	} else {
 		d.scheduleAfterGrant(now, info.TTL)
 	}
-	d.status() // before the Secret: its delivery's audit line names this lease
-	d.secret, _ = d.publish(st.Data, 0)
 	d.log.Info("vault state: carrying on with the lease of the previous broker process", "lease_id", d.cur.id,
 		"ttl", info.TTL, "next", d.next, "renew", d.act == actRenew, "revision", d.secret.GetRevision())
 	return true
@@ -195,9 +203,12 @@ func (s *pkiSource) restore(ctx context.Context) bool {
 	if !at.After(time.Now()) {
 		return false
 	}
+	sec, _, err := s.publishLeased(st.Data, catalog.Lease{Serial: st.Cert.Serial, Expires: st.Cert.NotAfter, NextRenewal: at})
+	if err != nil {
+		s.log.Warn("vault state: the saved certificate is refused; issuing a new one", "serial", st.Cert.Serial, "err", err)
+		return false
+	}
 	s.serial, s.notAfter, s.next = st.Cert.Serial, st.Cert.NotAfter, at
-	s.status() // before the Secret: its delivery's audit line names this serial
-	sec, _ := s.publish(st.Data, 0)
 	s.log.Info("vault state: carrying on with the certificate of the previous broker process", "serial", s.serial,
 		"not_after", s.notAfter, "next_renewal", s.next, "revision", sec.GetRevision())
 	return true

@@ -9,14 +9,19 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 )
 
 // ErrNoState is returned by the state methods when vault.state is not
 // configured.
 var ErrNoState = errors.New("no state store configured (vault.state)")
 
-// stateField is the KV field that holds a state entry's value.
-const stateField = "value"
+// The KV fields of a state entry: its value in the clear without
+// vault.state.transit, its Transit ciphertext with it.
+const (
+	stateField  = "value"
+	cipherField = "ciphertext"
+)
 
 // tokenStateKey is the state entry of the identity's own token.
 const tokenStateKey = "token"
@@ -49,7 +54,8 @@ func (c *Client) LoadState(ctx context.Context, key string) ([]byte, error) {
 	return c.loadState(ctx, api, key)
 }
 
-func (c *Client) loadState(ctx context.Context, api *vaultapi.Client, key string) ([]byte, error) {
+func (c *Client) loadState(ctx context.Context, api *vaultapi.Client, key string) (_ []byte, err error) {
+	defer c.observe(metrics.OpStateRead, time.Now(), &err)
 	path, _ := c.statePaths(key)
 	s, err := api.Logical().ReadWithContext(ctx, path)
 	if err != nil {
@@ -62,11 +68,34 @@ func (c *Client) loadState(ctx context.Context, api *vaultapi.Client, key string
 		return nil, nil // absent, or its version deleted
 	}
 	inner, _ := s.Data["data"].(map[string]any)
-	v, _ := inner[stateField].(string)
-	if v == "" {
-		return nil, nil
+	plain, _ := inner[stateField].(string)
+	sealed, _ := inner[cipherField].(string)
+	switch {
+	case c.state.Transit == nil && sealed != "":
+		return nil, fmt.Errorf("vault: load state %s: the entry is encrypted with Transit but vault.state.transit is not set", path)
+	case c.state.Transit == nil:
+		if plain == "" {
+			return nil, nil
+		}
+		return []byte(plain), nil
+	case sealed != "":
+		v, err := c.decrypt(ctx, api, path, sealed)
+		if err != nil {
+			return nil, fmt.Errorf("vault: load state %s: %w", path, err)
+		}
+		return v, nil
+	case plain != "":
+		// Written before vault.state.transit was set, or by someone who
+		// can write the KV prefix but not encrypt: never trusted. Delete
+		// it with every version, so no credential stays in the clear.
+		c.log.Warn("vault state: an entry is stored in the clear although vault.state.transit is set; deleting it and issuing anew",
+			"path", path)
+		_, meta := c.statePaths(key)
+		if _, err := api.Logical().DeleteWithContext(ctx, meta); err != nil && !errors.Is(redactErr(err), ErrNotFound) {
+			c.log.Warn("vault state: deleting the entry stored in the clear failed", "path", path, "err", redactErr(err))
+		}
 	}
-	return []byte(v), nil
+	return nil, nil
 }
 
 // SaveState saves value under key, replacing what was there.
@@ -79,21 +108,31 @@ func (c *Client) SaveState(ctx context.Context, key string, value []byte) error 
 	return c.saveState(ctx, api, key, value)
 }
 
-func (c *Client) saveState(ctx context.Context, api *vaultapi.Client, key string, value []byte) error {
+func (c *Client) saveState(ctx context.Context, api *vaultapi.Client, key string, value []byte) (err error) {
+	defer c.observe(metrics.OpStateWrite, time.Now(), &err)
 	path, _ := c.statePaths(key)
-	if _, err := api.Logical().WriteWithContext(ctx, path, map[string]any{"data": map[string]any{stateField: string(value)}}); err != nil {
+	entry := map[string]any{stateField: string(value)}
+	if c.state.Transit != nil {
+		sealed, err := c.encrypt(ctx, api, path, value)
+		if err != nil {
+			return fmt.Errorf("vault: save state %s: %w", path, err)
+		}
+		entry = map[string]any{cipherField: sealed}
+	}
+	if _, err := api.Logical().WriteWithContext(ctx, path, map[string]any{"data": entry}); err != nil {
 		return fmt.Errorf("vault: save state %s: %w", path, redactErr(err))
 	}
 	return nil
 }
 
 // DeleteState removes key and every version of it.
-func (c *Client) DeleteState(ctx context.Context, key string) error {
+func (c *Client) DeleteState(ctx context.Context, key string) (err error) {
 	api, done, err := c.beginState(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
+	defer c.observe(metrics.OpStateDelete, time.Now(), &err)
 	_, path := c.statePaths(key)
 	if _, err := api.Logical().DeleteWithContext(ctx, path); err != nil && !errors.Is(redactErr(err), ErrNotFound) {
 		return fmt.Errorf("vault: delete state %s: %w", path, redactErr(err))
@@ -138,12 +177,14 @@ func (c *Client) adoptSavedToken(ctx context.Context, fresh *vaultapi.Secret) *v
 // lookupToken returns tok as a login result if Vault says it is valid and
 // has time left, nil otherwise.
 func (c *Client) lookupToken(ctx context.Context, tok string) *vaultapi.Secret {
-	api, err := c.api.Clone()
+	api, err := c.clone()
 	if err != nil {
 		return nil
 	}
 	api.SetToken(tok)
+	start := time.Now()
 	s, err := api.Auth().Token().LookupSelfWithContext(ctx)
+	c.observe(metrics.OpTokenLookup, start, &err)
 	if err != nil || s == nil {
 		c.log.Info("vault state: the saved token is no longer valid; using the new one", "err", redactErr(err))
 		return nil
@@ -158,12 +199,15 @@ func (c *Client) lookupToken(ctx context.Context, tok string) *vaultapi.Secret {
 
 // revokeToken revokes tok (revoke-self), logging a failure.
 func (c *Client) revokeToken(ctx context.Context, tok string) {
-	api, err := c.api.Clone()
+	api, err := c.clone()
 	if err != nil {
 		return
 	}
 	api.SetToken(tok)
-	if err := api.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
+	start := time.Now()
+	err = api.Auth().Token().RevokeSelfWithContext(ctx, "")
+	c.observe(metrics.OpTokenRevoke, start, &err)
+	if err != nil {
 		c.log.Warn("vault state: revoking the unused new token failed; it expires on its own", "err", redactErr(err))
 	}
 }

@@ -122,8 +122,10 @@ type BrokerConfig struct {
 	VaultAddr, VaultCAFile   string
 	RoleIDFile, SecretIDFile string   // the broker's AppRole credentials
 	StateMount               string   // a KV v2 mount for vault.state; empty: no state store
+	StateTransitKey          string   // a key on the transit/ mount sealing the state entries; empty: none
 	Admins                   []string // SPIFFE IDs for debug.admins; none: no debug section
 	AuditFile                string   // audit.file; empty: audit lines go to stderr
+	MetricsListen            string   // metrics.listen (host:port); empty: no metrics endpoint
 	WriterID                 string
 	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
 }
@@ -142,7 +144,10 @@ vault:
   ca_file: %s
   auth: {method: approle, role_id_file: %s, secret_id_file: %s}
 `, c.Listen, c.AgentSocket, c.VaultAddr, c.VaultCAFile, c.RoleIDFile, c.SecretIDFile)
-	if c.StateMount != "" {
+	switch {
+	case c.StateMount != "" && c.StateTransitKey != "":
+		fmt.Fprintf(&b, "  state: {mount: %s, transit: {mount: transit, key: %s}}\n", c.StateMount, c.StateTransitKey)
+	case c.StateMount != "":
 		fmt.Fprintf(&b, "  state: {mount: %s}\n", c.StateMount)
 	}
 	b.WriteString("log: {level: debug}\n")
@@ -151,6 +156,9 @@ vault:
 	}
 	if len(c.Admins) > 0 {
 		fmt.Fprintf(&b, "debug: {admins: [%s]}\n", strings.Join(c.Admins, ", "))
+	}
+	if c.MetricsListen != "" {
+		fmt.Fprintf(&b, "metrics: {listen: %q}\n", c.MetricsListen)
 	}
 	fmt.Fprintf(&b, "writers:\n  - id: %s\n    secrets:\n%s", c.WriterID, c.Bindings)
 	path := filepath.Join(dir, "broker.yaml")
@@ -169,6 +177,7 @@ type WriterConfig struct {
 	Kubeconfig           string
 	Namespaces           []string
 	LogLevel             string // empty: the writer's default
+	MetricsListen        string // metrics.listen (host:port); empty: no metrics endpoint
 }
 
 // Write writes the config to dir/Name.yaml and returns the path.
@@ -183,6 +192,9 @@ namespaces: [%s]
 `, c.BrokerAddr, c.BrokerID, c.AgentSocket, c.Kubeconfig, strings.Join(c.Namespaces, ", "))
 	if c.LogLevel != "" {
 		fmt.Fprintf(&b, "log: {level: %s}\n", c.LogLevel)
+	}
+	if c.MetricsListen != "" {
+		fmt.Fprintf(&b, "metrics: {listen: %q}\n", c.MetricsListen)
 	}
 	return WriteFile(t, dir, c.Name+".yaml", b.String())
 }

@@ -16,6 +16,13 @@
 // for a binding the broker explicitly removed with the delete policy, never
 // because a peer is unreachable.
 //
+// Whatever the broker asks, it refuses — with a *RefusedError and no
+// Kubernetes request — a Secret outside the writer's namespaces, of a type
+// outside its allow-list (never a type a controller mints credentials
+// for), with a label or annotation key reserved for Kubernetes, with an
+// invalid data key, or with a creation policy the writer was not given
+// (takeover is opt-in). The rules are internal/secretpolicy's.
+//
 // Errors it returns never contain secret data: apiserver refusals are cut
 // down to their reason, code and message.
 package apply
@@ -43,7 +50,9 @@ import (
 	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+	"github.com/ferry-secrets/ferry/writer/metrics"
 	"github.com/ferry-secrets/ferry/writer/restart"
 )
 
@@ -63,8 +72,8 @@ const (
 const DefaultTimeout = 30 * time.Second
 
 var (
-	// ErrNamespaceNotAllowed is returned for a Secret outside the writer's
-	// namespaces; nothing is written.
+	// ErrNamespaceNotAllowed matches (errors.Is) the *RefusedError returned
+	// for a Secret outside the writer's namespaces; nothing is written.
 	ErrNamespaceNotAllowed = errors.New("apply: namespace not allowed")
 	// ErrNotOwned is returned when creation policy create meets an existing
 	// Secret that does not carry the binding's label; nothing is written.
@@ -75,7 +84,25 @@ var (
 	// ErrDeleteDisabled is returned for a delete message when deletion is
 	// not enabled in the writer's configuration; nothing is deleted.
 	ErrDeleteDisabled = errors.New("apply: binding removed with deletion policy delete, but the writer's deletion.enabled is false; Secret retained")
+	// ErrMalformed is returned for an upsert without namespace, name or
+	// revision; nothing is written.
+	ErrMalformed = errors.New("malformed upsert")
 )
+
+// Refused reports whether err is the writer's own refusal of an upsert
+// (nothing was written), as opposed to a failure of the apiserver or the
+// connection.
+func Refused(err error) bool {
+	if _, ok := errors.AsType[*RefusedError](err); ok {
+		return true
+	}
+	for _, r := range []error{ErrNamespaceNotAllowed, ErrNotOwned, ErrMergeTargetMissing, ErrMalformed} {
+		if errors.Is(err, r) {
+			return true
+		}
+	}
+	return false
+}
 
 // Restarter is told about content changes of Secrets that name workloads to
 // restart; *restart.Restarter implements it.
@@ -96,15 +123,22 @@ func WithRestarter(r Restarter) Option { return func(a *Applier) { a.restarter =
 // WithLogger sets the logger of Resync.
 func WithLogger(l *slog.Logger) Option { return func(a *Applier) { a.log = l } }
 
+// WithMetrics records every apply's outcome and duration, and each
+// resync's duration.
+func WithMetrics(m *metrics.Metrics) Option { return func(a *Applier) { a.metrics = m } }
+
 // Applier applies Secrets. It is safe for concurrent use; applies, resyncs
 // and deletes of one namespace/name are serialized.
 type Applier struct {
 	secrets     corev1client.SecretsGetter
 	namespaces  map[string]bool
+	secretTypes []string                 // see WithSecretTypes
+	creation    []ferryv1.CreationPolicy // see WithCreationPolicies
 	timeout     time.Duration
 	allowDelete bool
 	restarter   Restarter
 	log         *slog.Logger
+	metrics     *metrics.Metrics // nil: none
 
 	mu      sync.Mutex
 	entries map[string]*entry // namespace/name
@@ -123,14 +157,18 @@ type entry struct {
 }
 
 // New returns an Applier that writes through secrets (typically a typed
-// clientset's CoreV1()) into the given namespaces only.
+// clientset's CoreV1()) into the given namespaces only, Secrets of the
+// default types (WithSecretTypes) with the default creation policies
+// (WithCreationPolicies).
 func New(secrets corev1client.SecretsGetter, namespaces []string, opts ...Option) *Applier {
 	a := &Applier{
-		secrets:    secrets,
-		namespaces: make(map[string]bool, len(namespaces)),
-		timeout:    DefaultTimeout,
-		log:        slog.New(slog.DiscardHandler),
-		entries:    make(map[string]*entry),
+		secrets:     secrets,
+		namespaces:  make(map[string]bool, len(namespaces)),
+		secretTypes: slices.Clone(secretpolicy.DefaultTypes),
+		creation:    slices.Clone(DefaultCreationPolicies),
+		timeout:     DefaultTimeout,
+		log:         slog.New(slog.DiscardHandler),
+		entries:     make(map[string]*entry),
 	}
 	for _, ns := range namespaces {
 		a.namespaces[ns] = true
@@ -178,14 +216,37 @@ func (a *Applier) ExpectExisting(s *ferryv1.Secret) {
 // label (so no get is needed) before the apply. Merge writes only into an
 // existing Secret and owns only the keys it sets; takeover writes whatever
 // is there.
+//
+// Before anything else, a Secret the writer's configuration does not allow
+// (see RefusedError) is refused with a *RefusedError and no request.
 func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool, err error) {
+	start := time.Now()
+	unchanged, created, err := a.apply(ctx, s)
+	outcome := metrics.Updated
+	switch {
+	case err != nil && Refused(err):
+		outcome = metrics.Refused
+	case err != nil:
+		outcome = metrics.Failed
+	case unchanged:
+		outcome = metrics.Unchanged
+	case created:
+		outcome = metrics.Created
+	}
+	a.metrics.Apply(outcome, time.Since(start))
+	return unchanged, err
+}
+
+// apply is Apply; created reports that the write created the Secret.
+func (a *Applier) apply(ctx context.Context, s *ferryv1.Secret) (unchanged, created bool, err error) {
 	switch {
 	case s.GetNamespace() == "" || s.GetName() == "":
-		return false, fmt.Errorf("apply: binding %q: namespace and name are required", s.GetBinding())
+		return false, false, fmt.Errorf("apply: binding %q: %w: namespace and name are required", s.GetBinding(), ErrMalformed)
 	case s.GetRevision() == "":
-		return false, fmt.Errorf("apply: %s/%s: revision is required", s.GetNamespace(), s.GetName())
-	case !a.namespaces[s.GetNamespace()]:
-		return false, fmt.Errorf("%w: %q is not one of the writer's namespaces", ErrNamespaceNotAllowed, s.GetNamespace())
+		return false, false, fmt.Errorf("apply: %s/%s: %w: revision is required", s.GetNamespace(), s.GetName(), ErrMalformed)
+	}
+	if err := a.refuse(s); err != nil {
+		return false, false, err
 	}
 	e := a.entry(key(s.GetNamespace(), s.GetName()))
 	e.mu.Lock()
@@ -197,12 +258,12 @@ func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool,
 	// revisions; the content, not the label, decides whether to write).
 	if e.applied != "" && (e.applied == s.GetRevision() || (prev != nil && e.applied == prev.GetRevision() && sameContent(prev, s))) {
 		e.applied = s.GetRevision()
-		return true, nil
+		return true, false, nil
 	}
 	e.applied = ""
-	uid, err := a.write(ctx, e, s)
+	uid, created, err := a.write(ctx, e, s)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	e.applied = s.GetRevision()
 	if len(s.GetRolloutRestart()) > 0 && a.restarter != nil {
@@ -211,16 +272,19 @@ func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool,
 			kinds, names = append(kinds, w.GetKind()), append(names, w.GetName())
 		}
 		if err := a.restarter.Changed(s.GetNamespace(), kinds, names, s.GetName(), restart.Digest(uid, string(secretType(s)), s.GetData())); err != nil {
-			return false, fmt.Errorf("apply: %s/%s applied, but: %w", s.GetNamespace(), s.GetName(), err)
+			return false, created, fmt.Errorf("apply: %s/%s applied, but: %w", s.GetNamespace(), s.GetName(), err)
 		}
 	} else if len(s.GetRolloutRestart()) > 0 {
-		return false, fmt.Errorf("apply: %s/%s applied, but rollout restarts are not configured in this writer", s.GetNamespace(), s.GetName())
+		return false, created, fmt.Errorf("apply: %s/%s applied, but rollout restarts are not configured in this writer", s.GetNamespace(), s.GetName())
 	}
-	return false, nil
+	return false, created, nil
 }
 
-// write applies s according to its creation policy; e.mu is held.
-func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (types.UID, error) {
+// write applies s according to its creation policy; e.mu is held. created
+// reports that the write created the Secret (known for creation policy
+// create, whose first write is a create-only apply; merge never creates,
+// and a takeover write counts as an update).
+func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (_ types.UID, created bool, _ error) {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	ns, name := s.GetNamespace(), s.GetName()
@@ -229,10 +293,10 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (types
 		// Every time: merge never creates, not even after a deletion by hand.
 		exists, _, err := a.test(ctx, ns, name, nil)
 		if err != nil {
-			return "", fmt.Errorf("apply: %s/%s: %w", ns, name, err)
+			return "", false, fmt.Errorf("apply: %s/%s: %w", ns, name, err)
 		}
 		if !exists {
-			return "", fmt.Errorf("%w: %s/%s", ErrMergeTargetMissing, ns, name)
+			return "", false, fmt.Errorf("%w: %s/%s", ErrMergeTargetMissing, ns, name)
 		}
 	case ferryv1.CreationPolicy_CREATION_POLICY_TAKEOVER:
 	default:
@@ -245,27 +309,28 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (types
 				got, err := a.secrets.Secrets(ns).Apply(ctx, createOnly(applyConfig(s)), metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
 				if err == nil {
 					e.owned = true
-					return got.GetUID(), nil
+					return got.GetUID(), true, nil
 				}
 				if !apierrors.IsConflict(err) {
-					return "", fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
+					return "", false, fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
 				}
 			}
 			exists, ours, err := a.test(ctx, ns, name, labelTest(s.GetBinding()))
 			if err != nil {
-				return "", fmt.Errorf("apply: %s/%s: %w", ns, name, err)
+				return "", false, fmt.Errorf("apply: %s/%s: %w", ns, name, err)
 			}
 			if exists && !ours {
-				return "", fmt.Errorf("%w: %s/%s", ErrNotOwned, ns, name)
+				return "", false, fmt.Errorf("%w: %s/%s", ErrNotOwned, ns, name)
 			}
 			e.owned = true
+			created = !exists
 		}
 	}
 	got, err := a.secrets.Secrets(ns).Apply(ctx, applyConfig(s), metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
 	if err != nil {
-		return "", fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
+		return "", false, fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
 	}
-	return got.GetUID(), nil
+	return got.GetUID(), created, nil
 }
 
 // impossibleResourceVersion is a resourceVersion no stored object has:
@@ -378,8 +443,8 @@ func isStatus(err error, code int32) bool {
 // resyncing it. It reports whether anything was deleted.
 func (a *Applier) Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted bool, err error) {
 	ns, name := ref.GetNamespace(), ref.GetName()
-	if !a.namespaces[ns] {
-		return false, fmt.Errorf("%w: %q is not one of the writer's namespaces", ErrNamespaceNotAllowed, ns)
+	if err := a.refuseNamespace(ref.GetBinding(), ns); err != nil {
+		return false, err
 	}
 	k := key(ns, name)
 	e := a.entry(k)
@@ -470,7 +535,7 @@ func (a *Applier) Resync(ctx context.Context, parallelism int) (applied, failed 
 			if s == nil || e.applied == "" {
 				return // never applied (or failing): the stream's own retries cover it
 			}
-			_, err := a.write(ctx, e, s)
+			_, _, err := a.write(ctx, e, s)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -497,11 +562,21 @@ func (a *Applier) RunResync(ctx context.Context, interval time.Duration, paralle
 		}
 		start := time.Now()
 		applied, failed := a.Resync(ctx, parallelism)
-		a.log.Info("resync done", "applied", applied, "failed", failed, "took", time.Since(start).Round(time.Millisecond).String())
+		took := time.Since(start)
+		a.metrics.Resync(took)
+		a.log.Info("resync done", "applied", applied, "failed", failed, "took", took.Round(time.Millisecond).String())
 	}
 }
 
 func key(namespace, name string) string { return namespace + "/" + name }
+
+// Held is the number of Secrets the applier holds: applied or being
+// applied, and resynced (ferry_writer_secrets).
+func (a *Applier) Held() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.entries)
+}
 
 // APIError is an apiserver's refusal of an apply, cut down to what is safe to
 // report: never the object, only reason, code and message. It implements

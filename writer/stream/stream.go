@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -33,6 +34,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+	"github.com/ferry-secrets/ferry/writer/metrics"
 )
 
 // Applier applies what the broker sends. The stream never calls it
@@ -70,16 +72,18 @@ type Options struct {
 	// Log receives connection events and, at debug level, one line per
 	// apply with binding, namespace, name and revision (never values).
 	Log *slog.Logger
+	// Metrics counts superseded upserts; nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 // DefaultParallelism is the default maximum number of applies in flight.
 const DefaultParallelism = 32
 
-// keepaliveTime is just above grpc-go servers' default keepalive
-// EnforcementPolicy.MinTime (5 minutes), so the broker never answers our
-// pings with GOAWAY too_many_pings; it bounds how long a silently dead
-// connection goes unnoticed.
-const keepaliveTime = 5*time.Minute + 10*time.Second
+// keepaliveTime is how often the writer pings an idle connection to the
+// broker: twice the broker's ferryv1.MinPingInterval, so the broker never
+// answers with GOAWAY too_many_pings. With ferryv1.PingTimeout it bounds how
+// long a silently dead connection goes unnoticed (40 s).
+const keepaliveTime = 2 * ferryv1.MinPingInterval
 
 // DialOptions returns the dial options for the broker: mutual TLS 1.3 with
 // the writer's X.509-SVID, accepting only a broker that presents brokerID.
@@ -88,7 +92,9 @@ const keepaliveTime = 5*time.Minute + 10*time.Second
 func DialOptions(svid x509svid.Source, bundle x509bundle.Source, brokerID spiffeid.ID) []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(Credentials(svid, bundle, brokerID)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: ferryv1.PingTimeout}),
+		// The broker's server uses the same limit.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(ferryv1.MaxMessageBytes), grpc.MaxCallSendMsgSize(ferryv1.MaxMessageBytes)),
 		// The connection's own reconnect backoff starts at 1 s in grpc-go;
 		// the stream's Backoff already paces sessions, so reconnect to a
 		// restarted broker quickly.
@@ -111,6 +117,34 @@ func Credentials(svid x509svid.Source, bundle x509bundle.Source, brokerID spiffe
 type Client struct {
 	opts Options
 	log  *slog.Logger
+
+	// connected: the broker accepted the current stream (its first
+	// message arrived). synced: and every upsert of that stream's snapshot
+	// has been applied (or has failed and been reported).
+	connected, synced atomic.Bool
+}
+
+// Errors of Ready.
+var (
+	ErrNotConnected = errors.New("no stream open to the broker")
+	ErrNotSynced    = errors.New("the broker's snapshot is not applied yet")
+)
+
+// Connected reports whether a stream to the broker is open.
+func (c *Client) Connected() bool { return c.connected.Load() }
+
+// Ready is the writer's readiness: nil once a stream is open and every
+// upsert of the snapshot the broker sent on it has been applied (a failed
+// apply counts as done: it is reported, and retried by later messages and
+// resyncs); ErrNotConnected or ErrNotSynced otherwise.
+func (c *Client) Ready() error {
+	switch {
+	case !c.connected.Load():
+		return ErrNotConnected
+	case !c.synced.Load():
+		return ErrNotSynced
+	}
+	return nil
 }
 
 // New checks opts and returns a Client.
@@ -178,7 +212,15 @@ func (c *Client) Run(ctx context.Context) error {
 		if errors.Is(err, io.EOF) {
 			code = codes.OK // the broker ended the stream normally
 		}
-		log.Warn(msg, "code", code.String(), "err", err,
+		level := slog.LevelWarn
+		if code == codes.AlreadyExists {
+			// The broker holds one stream per writer ID: another replica of
+			// this writer has it (this one stands by), or the broker has not
+			// yet closed this writer's broken connection (it does within a
+			// minute).
+			msg, level = "another stream of this writer identity is open at the broker; standing by", slog.LevelInfo
+		}
+		log.Log(ctx, level, msg, "code", code.String(), "err", err,
 			"lived", lived.Round(time.Millisecond).String(), "retry_in", delay.Round(time.Millisecond).String())
 		t := time.NewTimer(delay)
 		select {
@@ -228,8 +270,10 @@ func (c *Client) session(ctx context.Context, api ferryv1.WriterServiceClient, l
 	}
 	start := time.Now()
 	log.Info("connected to broker")
+	defer func() { c.connected.Store(false); c.synced.Store(false) }()
 
 	s := &session{
+		client:  c,
 		log:     log,
 		applier: c.opts.Applier,
 		out:     make(chan *ferryv1.SyncRequest, c.opts.Parallelism),
@@ -255,6 +299,7 @@ func (c *Client) session(ctx context.Context, api ferryv1.WriterServiceClient, l
 
 // session is the state of one Sync stream.
 type session struct {
+	client  *Client
 	log     *slog.Logger
 	applier Applier
 	out     chan *ferryv1.SyncRequest // to the broker, sent by send alone
@@ -262,6 +307,10 @@ type session struct {
 
 	mu      sync.Mutex
 	pending map[string]*queue // namespace/name -> work queued or running
+	// The snapshot: whether its end marker arrived, and how many of its
+	// ops have not finished yet.
+	snapshotDone bool
+	snapshotLeft int
 }
 
 // op is one upsert or delete from the broker.
@@ -269,6 +318,15 @@ type op struct {
 	upsert     *ferryv1.Secret
 	del        *ferryv1.SecretRef
 	superseded []string // revisions of upserts this one replaced, in order
+	snapshot   bool     // part of the snapshot (sent before snapshot_complete)
+}
+
+// checkSynced marks the session's snapshot applied when its end marker has
+// arrived and none of its ops is left; s.mu is held.
+func (s *session) checkSynced() {
+	if s.snapshotDone && s.snapshotLeft == 0 {
+		s.client.synced.Store(true)
+	}
 }
 
 // queue holds the ops not yet started for one namespace/name. While it is
@@ -307,6 +365,7 @@ func (s *session) send(ctx context.Context, cancel context.CancelCauseFunc, st f
 // receive reads the stream until it breaks, queueing the work it carries.
 func (s *session) receive(ctx context.Context, st ferryv1.WriterService_SyncClient) error {
 	upserts := 0
+	snapshot := true // until snapshot_complete
 	for {
 		msg, err := st.Recv()
 		if errors.Is(err, io.EOF) {
@@ -315,6 +374,7 @@ func (s *session) receive(ctx context.Context, st ferryv1.WriterService_SyncClie
 		if err != nil {
 			return fmt.Errorf("stream: receive: %w", err)
 		}
+		s.client.connected.Store(true) // the broker accepted the stream
 		switch m := msg.GetMessage().(type) {
 		case *ferryv1.SyncResponse_Upsert:
 			if m.Upsert == nil {
@@ -325,7 +385,7 @@ func (s *session) receive(ctx context.Context, st ferryv1.WriterService_SyncClie
 			if msg.GetAppliedBefore() {
 				s.applier.ExpectExisting(m.Upsert)
 			}
-			if err := s.submit(ctx, op{upsert: m.Upsert}); err != nil {
+			if err := s.submit(ctx, op{upsert: m.Upsert, snapshot: snapshot}); err != nil {
 				return err
 			}
 		case *ferryv1.SyncResponse_Delete:
@@ -333,11 +393,18 @@ func (s *session) receive(ctx context.Context, st ferryv1.WriterService_SyncClie
 				s.log.Warn("ignoring an empty delete from the broker")
 				continue
 			}
-			if err := s.submit(ctx, op{del: m.Delete}); err != nil {
+			if err := s.submit(ctx, op{del: m.Delete, snapshot: snapshot}); err != nil {
 				return err
 			}
 		case *ferryv1.SyncResponse_SnapshotComplete:
 			s.log.Info("snapshot complete", "count", m.SnapshotComplete.GetCount(), "upserts_received", upserts)
+			if snapshot {
+				snapshot = false
+				s.mu.Lock()
+				s.snapshotDone = true
+				s.checkSynced()
+				s.mu.Unlock()
+			}
 		default:
 			s.log.Warn("ignoring an unknown message from the broker")
 		}
@@ -355,10 +422,20 @@ func (s *session) submit(ctx context.Context, o op) error {
 		k = key(o.del.GetNamespace(), o.del.GetName())
 	}
 	s.mu.Lock()
+	if o.snapshot {
+		s.snapshotLeft++
+	}
 	if q := s.pending[k]; q != nil {
 		if n := len(q.ops); o.upsert != nil && n > 0 && q.ops[n-1].upsert != nil {
 			last := q.ops[n-1]
 			o.superseded = append(last.superseded, last.upsert.GetRevision())
+			if last.snapshot {
+				// One op now stands for both: it finishes the snapshot's.
+				if o.snapshot {
+					s.snapshotLeft--
+				}
+				o.snapshot = true
+			}
 			q.ops[n-1] = o
 		} else {
 			q.ops = append(q.ops, o)
@@ -404,6 +481,12 @@ func (s *session) work(ctx context.Context) {
 					return
 				}
 			}
+			if o.snapshot {
+				s.mu.Lock()
+				s.snapshotLeft--
+				s.checkSynced()
+				s.mu.Unlock()
+			}
 		}
 	}
 }
@@ -427,6 +510,7 @@ func (s *session) run(ctx context.Context, o op) []*ferryv1.ApplyResult {
 		return []*ferryv1.ApplyResult{r}
 	}
 	sec := o.upsert
+	s.client.opts.Metrics.Superseded(len(o.superseded))
 	results := make([]*ferryv1.ApplyResult, 0, len(o.superseded)+1)
 	for _, rev := range o.superseded {
 		results = append(results, &ferryv1.ApplyResult{Binding: sec.GetBinding(), Revision: rev, Superseded: true})
