@@ -2,9 +2,9 @@ package catalog
 
 // Origin says where a binding's current Secret comes from, for the audit
 // log: the binding's metadata, the Vault version last read, and the lease
-// ID or certificate serial its source holds. It never holds data. Sources
-// record a new lease or certificate before they publish the Secret that
-// carries it.
+// ID or certificate serial its source holds. It never holds data. Dynamic
+// and PKI sources record a new lease or certificate in the same step as the
+// Secret that carries it (SetDesiredLease).
 type Origin struct {
 	Meta
 	// Revision is the current desired Secret's revision ("" before the
