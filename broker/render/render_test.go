@@ -1,0 +1,156 @@
+package render
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+const secretValue = "s3cr3t-VALUE-do-not-leak"
+
+func sources() map[string]map[string][]byte {
+	return map[string]map[string][]byte{
+		"db":  {"username": []byte("v-app-x"), "password": []byte(secretValue)},
+		"cfg": {"host": []byte("db.internal"), "port": []byte("5432"), "password": []byte("cfg-" + secretValue)},
+		"tls": {"tls.crt": []byte("CERT"), "tls.key": []byte("KEY"), "ca.crt": []byte("CA")},
+	}
+}
+
+func TestRenderTemplate(t *testing.T) {
+	r, err := New(Spec{
+		Binding: Binding{Name: "app", Namespace: "ns", SecretName: "app-secret"},
+		Sources: []Source{{Name: "db"}, {Name: "cfg"}, {Name: "tls"}},
+		Data: map[string]string{
+			"DATABASE_URL": `postgresql://{{ .db.username | urlEscape }}:{{ .db.password | urlEscape }}@{{ .cfg.host }}:{{ .cfg.port | default "5432" }}/app?sslmode=verify-full`,
+			"tls.crt":      `{{ index .tls "tls.crt" }}`,
+			"tls.key":      `{{ index .tls "tls.key" }}`,
+			"who":          `{{ .Binding.Namespace }}/{{ .Binding.SecretName }}`,
+			"cfg.json":     `{{ toJson .cfg }}`,
+			"up":           `{{ .cfg.host | upper | b64enc | b64dec }}`,
+		},
+		Labels: map[string]string{"app.kubernetes.io/instance": `{{ .Binding.Name }}`},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.Render(sources())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"DATABASE_URL": "postgresql://v-app-x:" + secretValue + "@db.internal:5432/app?sslmode=verify-full",
+		"tls.crt":      "CERT", "tls.key": "KEY", "who": "ns/app-secret",
+		"cfg.json": `{"host":"db.internal","password":"cfg-` + secretValue + `","port":"5432"}`,
+		"up":       "DB.INTERNAL",
+	}
+	if len(got.Data) != len(want) {
+		t.Fatalf("keys %v, want %v", got.Data, want)
+	}
+	for k, v := range want {
+		if string(got.Data[k]) != v {
+			t.Errorf("%s = %q, want %q", k, got.Data[k], v)
+		}
+	}
+	if got.Labels["app.kubernetes.io/instance"] != "app" {
+		t.Errorf("labels = %v", got.Labels)
+	}
+}
+
+func TestRenderErrorsHoldNoValue(t *testing.T) {
+	cases := []struct{ name, tmpl, want string }{
+		{"missing field", "x{{ .db.nosuch }}", "line 1, column 7, at <.db.nosuch>: no such field"},
+		{"missing source", "{{ .nosuch.password }}", "at <.nosuch.password>"},
+		{"required", `{{ required "x" (index .db "nope") }}`, "required: the value is empty"},
+		{"bad base64", `{{ b64dec .db.password }}`, "b64dec: the argument is not standard base64"},
+		{"field of string", `{{ .db.password.foo }}`, "could not be evaluated"},
+		{"slice out of range", `{{ slice .db.password 0 999 }}`, "could not be evaluated"},
+		{"huge output", `{{ range $i := (split "" (printf "%01000000d" 0)) }}{{ $.db.password }}{{ end }}`, "over 1048576 bytes"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r, err := New(Spec{Sources: []Source{{Name: "db"}}, Data: map[string]string{"K": c.tmpl}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = r.Render(sources())
+			var re *Error
+			if !errors.As(err, &re) {
+				t.Fatalf("err = %v, want *Error", err)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, c.want) || !strings.Contains(msg, "data.K") {
+				t.Errorf("err = %q, want it to name data.K and contain %q", msg, c.want)
+			}
+			if strings.Contains(msg, secretValue) || strings.Contains(msg, "v-app-x") {
+				t.Errorf("err = %q holds a source value", msg)
+			}
+		})
+	}
+}
+
+func TestParseErrorHasLine(t *testing.T) {
+	_, err := New(Spec{Data: map[string]string{"K": "ok\n{{ .db.password "}})
+	if err == nil || !strings.Contains(err.Error(), "data.K: line 2") {
+		t.Fatalf("err = %v, want data.K: line 2", err)
+	}
+	for _, fn := range []string{"env", "expandenv", "now", "randAlphaNum", "readFile", "uuidv4", "getHostByName"} {
+		if _, err := Parse("t", "{{ "+fn+" }}"); err == nil {
+			t.Errorf("%s parses: a template could reach outside the broker", fn)
+		}
+	}
+}
+
+func TestMerge(t *testing.T) {
+	r, err := New(Spec{Sources: []Source{{Name: "db"}, {Name: "cfg", Prefix: "cfg_", Exclude: []string{"pass*"}}, {Name: "tls", Include: []string{"tls.*"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.Render(sources())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for k := range got.Data {
+		keys = append(keys, k)
+	}
+	if strings.Join(sorted(keys), ",") != "cfg_host,cfg_port,password,tls.crt,tls.key,username" {
+		t.Errorf("keys = %v", sorted(keys))
+	}
+	r, _ = New(Spec{Sources: []Source{{Name: "db"}, {Name: "cfg"}}})
+	_, err = r.Render(sources())
+	var dup *DuplicateKeyError
+	if !errors.As(err, &dup) || dup.Key != "password" || dup.First != "db" || dup.Second != "cfg" {
+		t.Fatalf("err = %v, want password duplicated by db and cfg", err)
+	}
+}
+
+func TestDockerConfigJSON(t *testing.T) {
+	out, err := dockerConfigJSON("registry.example:5000", "robot", "pa:ss")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Auths map[string]struct{ Username, Password, Auth string } `json:"auths"`
+	}
+	if err := json.Unmarshal([]byte(out), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	e := cfg.Auths["registry.example:5000"]
+	auth, _ := base64.StdEncoding.DecodeString(e.Auth)
+	if e.Username != "robot" || e.Password != "pa:ss" || string(auth) != "robot:pa:ss" {
+		t.Errorf("entry = %+v", e)
+	}
+}
+
+func sorted(s []string) []string {
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j] < s[i] {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s
+}
