@@ -80,6 +80,7 @@ func (d *Dynamic) RevokesOnDelete() bool { return d.RevokeOnDelete == nil || *d.
 // setSourceDefaults fills the source's optional fields. It runs before the
 // binding's type default, so a PKI binding becomes kubernetes.io/tls.
 func (b *Binding) setSourceDefaults() {
+	b.setSourcesDefaults()
 	if b.KV != nil && b.KV.EngineVersion == 0 {
 		b.KV.EngineVersion = 2
 	}
@@ -111,6 +112,9 @@ func (b *Binding) setSourceDefaults() {
 // validateSource checks that exactly one source is set and that it is
 // sound, and that it reads neither Vault's own APIs nor the state store.
 func (b Binding) validateSource(p *yamlconfig.Problems, f string, state *VaultState) {
+	if b.validateSources(p, f, state) {
+		return
+	}
 	n := 0
 	for _, set := range []bool{b.KV != nil, b.Dynamic != nil, b.PKI != nil} {
 		if set {
@@ -119,7 +123,7 @@ func (b Binding) validateSource(p *yamlconfig.Problems, f string, state *VaultSt
 	}
 	switch {
 	case n == 0:
-		p.Add(f, "a source is required (kv, dynamic or pki)")
+		p.Add(f, "a source is required (kv, dynamic, pki or sources)")
 	case n > 1:
 		p.Add(f, "set only one source (kv, dynamic or pki)")
 	case b.KV != nil:

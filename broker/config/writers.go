@@ -42,6 +42,11 @@ type Binding struct {
 	Dynamic *Dynamic `json:"dynamic,omitempty"`
 	// PKI issues a certificate and re-issues it before it expires.
 	PKI *PKI `json:"pki,omitempty"`
+	// Sources are several named sources combined into one Secret, instead of
+	// kv, dynamic or pki (template.go).
+	Sources []Source `json:"sources,omitempty"`
+	// Template shapes the Secret from the sources' fields (template.go).
+	Template *Template `json:"template,omitempty"`
 	// Creation is create (default), merge or takeover; see delivery.go.
 	Creation string `json:"creation,omitempty"`
 	// Deletion is retain (default) or delete: what the writer does when the

@@ -67,18 +67,39 @@ func Parse(name, text string) (*template.Template, error) {
 	return template.New(name).Funcs(Funcs()).Option("missingkey=error").Parse(text)
 }
 
-// ParseErrorLine returns the line (1-based) a Parse error points at and the
-// message without text/template's "template: name:line:" prefix.
-func ParseErrorLine(err error) (int, string) {
-	msg := err.Error()
-	if m := parseErr.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		return line, m[2]
+// ParseErrorPosition returns where in text a Parse error points (line and
+// column, 1-based) and the message without text/template's "template:
+// name:line:" prefix. text/template reports the line; the column is that of
+// the token the message quotes on that line ("unexpected \"}\"", "function
+// \"env\" not defined"), of the line's last "{{" for an unclosed action, or 1.
+func ParseErrorPosition(err error, text string) (line, col int, msg string) {
+	msg = err.Error()
+	m := parseErr.FindStringSubmatch(msg)
+	if m == nil {
+		return 0, 0, msg
 	}
-	return 0, msg
+	line, _ = strconv.Atoi(m[1])
+	msg = m[2]
+	lines := strings.Split(text, "\n")
+	if line < 1 || line > len(lines) {
+		return line, 1, msg
+	}
+	l := lines[line-1]
+	col = 1
+	if q := quoted.FindStringSubmatch(msg); q != nil {
+		if i := strings.Index(l, q[1]); i >= 0 {
+			col = i + 1
+		}
+	} else if i := strings.LastIndex(l, "{{"); i >= 0 && strings.Contains(msg, "unclosed") {
+		col = i + 1
+	}
+	return line, col, msg
 }
 
-var parseErr = regexp.MustCompile(`^template: [^:]*:(\d+): (.*)$`)
+var (
+	parseErr = regexp.MustCompile(`(?s)^template: [^:]*:(\d+): (.*)$`)
+	quoted   = regexp.MustCompile(`"([^"]+)"`)
+)
 
 // New parses spec's templates.
 func New(spec Spec) (*Renderer, error) {
@@ -101,8 +122,8 @@ func parseAll(field string, m map[string]string) (map[string]*template.Template,
 	for k, text := range m {
 		t, err := Parse(field+"."+k, text)
 		if err != nil {
-			line, msg := ParseErrorLine(err)
-			return nil, fmt.Errorf("template %s.%s: line %d: %s", field, k, line, msg)
+			line, col, msg := ParseErrorPosition(err, text)
+			return nil, fmt.Errorf("template %s.%s: line %d, column %d: %s", field, k, line, col, msg)
 		}
 		out[k] = t
 	}

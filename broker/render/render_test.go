@@ -92,8 +92,8 @@ func TestRenderErrorsHoldNoValue(t *testing.T) {
 
 func TestParseErrorHasLine(t *testing.T) {
 	_, err := New(Spec{Data: map[string]string{"K": "ok\n{{ .db.password "}})
-	if err == nil || !strings.Contains(err.Error(), "data.K: line 2") {
-		t.Fatalf("err = %v, want data.K: line 2", err)
+	if err == nil || !strings.Contains(err.Error(), "data.K: line 2, column 1") {
+		t.Fatalf("err = %v, want data.K: line 2, column 1", err)
 	}
 	for _, fn := range []string{"env", "expandenv", "now", "randAlphaNum", "readFile", "uuidv4", "getHostByName"} {
 		if _, err := Parse("t", "{{ "+fn+" }}"); err == nil {
