@@ -45,6 +45,8 @@ const (
 func Meta(writerID string, b config.Binding) catalog.Meta {
 	m := catalog.Meta{WriterID: writerID, Name: b.Name, Namespace: b.Namespace, SecretName: b.SecretName}
 	switch {
+	case b.Parts() != nil:
+		return partsMeta(m, writerID, b)
 	case b.KV != nil:
 		m.SourceKind = fmt.Sprintf("kv-v%d", b.KV.EngineVersion)
 		m.VaultPath = vault.KVPath(b.KV.Mount, b.KV.Path, b.KV.EngineVersion)
@@ -76,7 +78,7 @@ type Vaults func(identity string) Vault
 // read per distinct path by one scheduler (kv.go); dynamic and PKI bindings
 // each run their own source goroutine.
 type Poller struct {
-	cat     *catalog.Catalog
+	cat     *sourceCatalog // the catalog; a multi-source binding's parts record through their combiner
 	vaults  Vaults
 	metrics *metrics.Metrics // nil: none
 	log     *slog.Logger
@@ -108,6 +110,9 @@ type handle struct {
 	cancel context.CancelCauseFunc
 	done   chan struct{}
 	err    error // revocation error on removal; read after done
+	// A multi-source binding's parts and combiner (combine.go); nil otherwise.
+	parts    []*handle
+	combiner *combiner
 }
 
 // NewPoller returns a poller for ws. ready and m may be nil. The poller
@@ -121,7 +126,7 @@ func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-
 	for _, w := range ws {
 		n += len(w.Secrets)
 	}
-	p := &Poller{cat: cat, vaults: vaults, ready: ready, metrics: m, log: log, key: key,
+	p := &Poller{cat: &sourceCatalog{Catalog: cat}, vaults: vaults, ready: ready, metrics: m, log: log, key: key,
 		bindings: make(map[bindingKey]*handle, n), order: make([]bindingKey, 0, n)}
 	p.kv = newKVScheduler(p, vault.MaxInFlight)
 	for _, w := range ws {
@@ -135,6 +140,9 @@ func NewPoller(cat *catalog.Catalog, vaults Vaults, ws []config.Writer, ready <-
 func (p *Poller) register(writerID string, b *config.Binding) *handle {
 	k := bindingKey{writerID, b.Name}
 	h := &handle{writerID: writerID, b: b}
+	if parts := b.Parts(); parts != nil {
+		p.addParts(h, parts)
+	}
 	p.bindings[k] = h
 	p.order = append(p.order, k)
 	return h
@@ -195,6 +203,10 @@ func interleaved(order []bindingKey) []bindingKey {
 
 // start runs h's source; p.mu is held.
 func (p *Poller) start(h *handle) {
+	if h.combiner != nil {
+		p.startParts(h)
+		return
+	}
 	v, err := p.vaultFor(h.writerID, *h.b)
 	if err != nil {
 		// A configuration the validation should have refused: report it
@@ -253,6 +265,8 @@ func (p *Poller) Remove(ctx context.Context, writerID, name string) error {
 	switch {
 	case h == nil:
 		return fmt.Errorf("source: no binding %s of %s", name, writerID)
+	case h.combiner != nil:
+		return p.removeParts(ctx, h)
 	case h.kv.path != nil:
 		p.kv.remove(h)
 		return nil
@@ -328,6 +342,9 @@ func (bc *binding) publishLeased(data map[string][]byte, l catalog.Lease) (*ferr
 // bindings). The binding keeps its last good Secret and reports the refusal
 // as its source error, which names the key or the size, never a value.
 func (p *Poller) publish(writerID string, b *config.Binding, data map[string][]byte, vaultVersion int64, lease *catalog.Lease, at time.Time) (*ferryv1.Secret, bool, error) {
+	if pt := p.cat.part(writerID, b.Name); pt != nil {
+		return pt.c.update(pt.name, data, lease, at) // one source of several: its combiner publishes
+	}
 	if err := secretpolicy.CheckData(data); err != nil {
 		err = fmt.Errorf("not published: %w", err)
 		p.cat.SetSourceError(writerID, b.Name, err)
