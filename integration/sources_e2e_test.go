@@ -31,6 +31,7 @@ func TestSources(t *testing.T) {
 		t.Run("static-role credentials follow Vault's rotation", func(t *testing.T) { t.Parallel(); testStatic(t, e, seen) })
 		t.Run("PKI certificate with SANs and chain, re-issued before expiry", func(t *testing.T) { t.Parallel(); testPKI(t, e) })
 		t.Run("oversized values and bad keys are one binding's error; the others keep syncing", func(t *testing.T) { t.Parallel(); testLimits(t, e) })
+		t.Run("templates: one Secret from dynamic, KV and PKI sources; typed Secrets; render and source errors", func(t *testing.T) { t.Parallel(); testTemplates(t, e, seen) })
 	})
 	t.Run("a restarted broker carries on with its token, leases and certificates (vault.state, sealed with Transit)", func(t *testing.T) { testRestartState(t, e, seen) })
 	t.Run("VAULT_SKIP_VERIFY in the environment: the broker refuses to start and reaches nothing", func(t *testing.T) { testSkipVerifyRefused(t, e) })

@@ -97,6 +97,8 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	}
 	maps.Copy(e.bindings, limitsBindings)
 	setupLimits(t, e)
+	maps.Copy(e.bindings, templateBindings)
+	setupTemplates(t, e)
 	e.cfgPath = e.writeBrokerConfig(t)
 	if out, err := exec.Command(brokerBin, "validate", "-config", e.cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("ferry-broker validate: %v\n%s", err, out)
