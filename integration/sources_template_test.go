@@ -100,8 +100,8 @@ func testTemplateDatabase(t *testing.T, e *sourcesEnv, seen *secretValues) {
 		t.Fatalf("status lease %q", st.GetLeaseId())
 	}
 	issued := st.GetLeaseExpireTime().AsTime().Add(-dbTTL)
-	renewed := false // the first lease seen renewed while the Secret had its first resourceVersion
-	versions := map[string]string{}         // resourceVersion -> DATABASE_URL
+	renewed := false                // the first lease seen renewed while the Secret had its first resourceVersion
+	versions := map[string]string{} // resourceVersion -> DATABASE_URL
 	var order []string
 	failures := 0
 	deadline := issued.Add(dbMaxTTL + 5*time.Second)
