@@ -13,7 +13,7 @@ COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS = -X github.com/ferry-secrets/ferry/internal/buildinfo.version=$(VERSION) -X github.com/ferry-secrets/ferry/internal/buildinfo.commit=$(COMMIT)
 INTEGRATION_TIMEOUT ?= 40m
 
-.PHONY: all tools build unit integration test lint generate generate-check demo bench clean
+.PHONY: all tools build unit integration test lint generate generate-check demo bench clean fuzz
 
 all: build unit
 
@@ -33,8 +33,16 @@ unit:
 integration: tools
 	go test -count=1 -timeout $(INTEGRATION_TIMEOUT) -v ./integration/...
 
+## fuzz: run every fuzz target for FUZZTIME each (CI: a short, fixed time)
+FUZZTIME ?= 5s
+FUZZ_TARGETS = ./broker/render:FuzzRender ./broker/config:FuzzParse ./internal/yamlconfig:FuzzDecode
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  go test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}" || exit 1; \
+	done
+
 ## test: everything
-test: generate-check unit integration
+test: generate-check unit fuzz integration
 
 ## generate: regenerate Go code from proto/
 generate: tools

@@ -101,6 +101,7 @@ func TestInsecureHTTPNeedsTheDevFlag(t *testing.T) {
 // accepts passes Validate again.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(valid))
+	f.Add([]byte(multi)) // sources and templates (template_test.go)
 	f.Add([]byte("writers: [{id: x}]"))
 	f.Add([]byte("{}"))
 	f.Fuzz(func(t *testing.T, raw []byte) {
