@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 )
@@ -153,4 +154,19 @@ func sorted(s []string) []string {
 		}
 	}
 	return s
+}
+
+// TestREADMEListsEveryFunction: the README's function table names every
+// function a template can call, and nothing else is callable.
+func TestREADMEListsEveryFunction(t *testing.T) {
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(raw)
+	for _, name := range FuncNames() {
+		if !strings.Contains(readme, "`"+name+"`") && !strings.Contains(readme, "`"+name+" ") {
+			t.Errorf("README.md does not document template function %s", name)
+		}
+	}
 }
