@@ -57,7 +57,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil
 	}
 	cat := catalog.New(cfg.Writers, source.Meta)
-	poller := source.NewPoller(cat, vaultFor, cfg.Writers, vaults.Settled(), log)
+	poller := source.NewPoller(cat, vaultFor, vaults.Settled(), log)
 	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td), log)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
@@ -69,8 +69,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return serve(ctx, srv, lis, log)
 	}}
 	if o.configPath != "" {
-		running := *cfg
-		r := &reloader{path: o.configPath, cat: cat, sources: poller, log: log, running: &running}
+		r := newReloader(o.configPath, cfg, cat, log)
 		tasks = append(tasks, r.run)
 	}
 	return task.Run(ctx, tasks...)

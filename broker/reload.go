@@ -20,29 +20,30 @@ type options struct {
 }
 
 // ReloadFrom makes Run re-read the configuration file at path on SIGHUP.
-// Only `writers` is reloaded: bindings are added, removed (their writers get
-// delete messages carrying the deletion policy) and updated. A file that
-// fails to load or validate is logged and ignored; the running
-// configuration stays. Changes to other sections need a restart and are
-// reported as such.
+// Only `writers` is reloaded, into the catalog, which owns the binding set:
+// the sources reconcile with it, each changed binding by what changed
+// (catalog.Classify). A file that fails to load or validate is logged and
+// ignored; the running configuration stays. Changes to other sections need
+// a restart and are reported as such.
 func ReloadFrom(path string) Option {
 	return func(o *options) { o.configPath = path }
 }
 
-// bindingSources starts and stops the sources of bindings; *source.Poller
-// implements it.
-type bindingSources interface {
-	Add(writerID string, b config.Binding) error
-	Remove(ctx context.Context, writerID, name string) error
+// reloader applies reloaded configurations to the catalog. It keeps no
+// binding set of its own: only the sections it does not reload, to warn
+// when they change.
+type reloader struct {
+	path string
+	cat  *catalog.Catalog
+	log  *slog.Logger
+	// fixed is the running configuration without its writers.
+	fixed config.Config
 }
 
-// reloader applies reloaded configurations to the catalog and the sources.
-type reloader struct {
-	path    string
-	cat     *catalog.Catalog
-	sources bindingSources
-	log     *slog.Logger
-	running *config.Config
+func newReloader(path string, running *config.Config, cat *catalog.Catalog, log *slog.Logger) *reloader {
+	r := &reloader{path: path, cat: cat, log: log, fixed: *running}
+	r.fixed.Writers = nil
+	return r
 }
 
 // run reloads on every SIGHUP until ctx ends.
@@ -55,85 +56,27 @@ func (r *reloader) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-hup:
-			r.reload(ctx)
+			r.reload()
 		}
 	}
 }
 
-// reload loads the file and applies its writers section.
-func (r *reloader) reload(ctx context.Context) {
+// reload loads the file and hands its writers section to the catalog. It
+// reports whether the file was taken.
+func (r *reloader) reload() bool {
 	next, err := config.Load(r.path)
 	if err != nil {
 		r.log.Error("config reload failed; keeping the running configuration", "path", r.path, "err", err)
-		return
+		return false
 	}
-	if !reflect.DeepEqual(next.Listen, r.running.Listen) || !reflect.DeepEqual(next.SPIFFE, r.running.SPIFFE) ||
-		!reflect.DeepEqual(next.Vault, r.running.Vault) || !reflect.DeepEqual(next.Debug, r.running.Debug) ||
-		!reflect.DeepEqual(next.Log, r.running.Log) {
+	writers := next.Writers
+	next.Writers = nil
+	if !reflect.DeepEqual(*next, r.fixed) {
 		r.log.Warn("config reload: only `writers` is reloaded; restart the broker to apply changes to other sections", "path", r.path)
 	}
-	removed, added := diffSources(r.running.Writers, next.Writers)
-	changes := r.cat.Update(next.Writers)
-	for _, k := range removed {
-		if err := r.sources.Remove(ctx, k.writerID, k.b.Name); err != nil {
-			r.log.Warn("config reload: stopping a binding's source", "writer_id", k.writerID, "binding", k.b.Name, "err", err)
-		}
-	}
-	for _, k := range added {
-		if err := r.sources.Add(k.writerID, k.b); err != nil {
-			r.log.Warn("config reload: starting a binding's source", "writer_id", k.writerID, "binding", k.b.Name, "err", err)
-		}
-	}
-	r.running.Writers = next.Writers
-	r.log.Info("config reloaded", "path", r.path, "writers", len(next.Writers), "bindings_added", changes.Added,
-		"bindings_removed", changes.Removed, "bindings_updated", changes.Updated, "writers_removed", changes.WritersRemoved,
-		"sources_restarted", len(added))
-}
-
-type sourceKey struct {
-	writerID string
-	b        config.Binding
-}
-
-// diffSources lists the sources to stop and to start when the writers
-// section changes from old to next: a binding whose source-relevant
-// configuration changed is stopped and started again; one whose only change
-// is its delivery policy keeps running.
-func diffSources(old, next []config.Writer) (remove, add []sourceKey) {
-	type key struct{ writer, name string }
-	before := map[key]config.Binding{}
-	for _, w := range old {
-		for _, b := range w.Secrets {
-			before[key{w.ID, b.Name}] = b
-		}
-	}
-	after := map[key]bool{}
-	for _, w := range next {
-		for _, b := range w.Secrets {
-			k := key{w.ID, b.Name}
-			after[k] = true
-			prev, ok := before[k]
-			if ok && reflect.DeepEqual(sourceOnly(prev), sourceOnly(b)) {
-				continue
-			}
-			if ok {
-				remove = append(remove, sourceKey{w.ID, prev})
-			}
-			add = append(add, sourceKey{w.ID, b})
-		}
-	}
-	for _, w := range old {
-		for _, b := range w.Secrets {
-			if !after[key{w.ID, b.Name}] {
-				remove = append(remove, sourceKey{w.ID, b})
-			}
-		}
-	}
-	return remove, add
-}
-
-// sourceOnly drops the fields only the writer uses (delivery policies).
-func sourceOnly(b config.Binding) config.Binding {
-	b.Creation, b.Deletion, b.RolloutRestart = "", "", nil
-	return b
+	ch := r.cat.Update(writers)
+	r.log.Info("config reloaded", "path", r.path, "writers", len(writers), "bindings_added", ch.Added,
+		"bindings_removed", ch.Removed, "bindings_updated", ch.Updated, "bindings_moved", ch.Moved,
+		"bindings_resent", ch.Delivery, "writers_removed", ch.WritersRemoved)
+	return true
 }

@@ -13,9 +13,11 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
@@ -237,8 +239,9 @@ func (f *fakeVault) RevokeCert(ctx context.Context, mount, serial string) error 
 const testWriter = "spiffe://ferry.test/writer"
 
 // startPoller runs a poller over bindings bs (defaults applied) in the
-// current synctest bubble; stop ends it like a broker shutdown.
-func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *Poller, cat *catalog.Catalog, stop func()) {
+// current synctest bubble, with a writer that reports every Secret applied;
+// stop ends it like a broker shutdown.
+func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *testPoller, cat *catalog.Catalog, stop func()) {
 	t.Helper()
 	cfg := &config.Config{Writers: []config.Writer{{ID: testWriter, Secrets: bs}}}
 	cfg.SetDefaults()
@@ -248,11 +251,73 @@ func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *Poller, c
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(tWriter{t}, nil))
 	}
-	p = NewPoller(cat, func(string) Vault { return f }, ws, nil, log)
+	p = &testPoller{Poller: NewPoller(cat, func(string) Vault { return f }, nil, log), cat: cat, bs: ws[0].Secrets}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
-	return p, cat, func() { cancel(); <-done }
+	applied := make(chan struct{})
+	go func() { autoApply(ctx, cat); close(applied) }()
+	return p, cat, func() { cancel(); <-done; <-applied }
+}
+
+// testPoller changes the configuration as a reload does: through the
+// catalog, which the poller follows.
+type testPoller struct {
+	*Poller
+	cat *catalog.Catalog
+	bs  []config.Binding
+}
+
+// Add adds binding b (defaults applied) and waits until the poller acted.
+func (p *testPoller) Add(b config.Binding) {
+	p.reload(append(slices.Clone(p.bs), b))
+}
+
+// Remove removes binding name and waits until its source stopped (and
+// revoked what its config says).
+func (p *testPoller) Remove(name string) {
+	p.reload(slices.DeleteFunc(slices.Clone(p.bs), func(b config.Binding) bool { return b.Name == name }))
+}
+
+// Replace replaces the binding of b's name by b.
+func (p *testPoller) Replace(b config.Binding) {
+	bs := slices.Clone(p.bs)
+	for i := range bs {
+		if bs[i].Name == b.Name {
+			bs[i] = b
+		}
+	}
+	p.reload(bs)
+}
+
+func (p *testPoller) reload(bs []config.Binding) {
+	cfg := &config.Config{Writers: []config.Writer{{ID: testWriter, Secrets: bs}}}
+	cfg.SetDefaults()
+	p.bs = cfg.Writers[0].Secrets
+	p.cat.Update(cfg.Writers)
+	synctest.Wait()
+}
+
+// autoApply is a writer that applies whatever the catalog sends at once
+// and reports it, until ctx ends.
+func autoApply(ctx context.Context, cat *catalog.Catalog) {
+	sub, snap := cat.Subscribe(testWriter)
+	defer sub.Close()
+	report := func(ss []*ferryv1.Secret) {
+		for _, s := range ss {
+			cat.RecordResult(testWriter, &ferryv1.ApplyResult{Binding: s.GetBinding(), Revision: s.GetRevision()})
+		}
+	}
+	report(snap)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sub.Changed():
+			sub.Deletes()
+			report(sub.Next())
+		}
+	}
 }
 
 type tWriter struct{ t *testing.T }

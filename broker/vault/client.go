@@ -14,12 +14,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -143,7 +143,9 @@ func (c *Client) Attempted() <-chan struct{} { return c.attempted }
 // retried with backoff; when renewal ends (max TTL, revoked token) it logs
 // in again. A renewable token is never replaced while it can be renewed.
 func (c *Client) Run(ctx context.Context) error {
-	backoff := 500 * time.Millisecond
+	retry := backoff.NewExponentialBackOff()
+	retry.InitialInterval, retry.MaxInterval, retry.RandomizationFactor, retry.MaxElapsedTime = 500*time.Millisecond, 30*time.Second, 0.5, 0
+	retry.Reset()
 	first := true
 	for ctx.Err() == nil {
 		secret, err := c.login(ctx)
@@ -165,14 +167,14 @@ func (c *Client) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
-			c.log.Error("vault login failed", "err", err, "retry_in", backoff)
-			if !task.Sleep(ctx, backoff+time.Duration(rand.Int64N(int64(backoff)))) {
+			wait := retry.NextBackOff()
+			c.log.Error("vault login failed", "err", err, "retry_in", wait)
+			if !task.Sleep(ctx, wait) {
 				break
 			}
-			backoff = min(backoff*2, 30*time.Second)
 			continue
 		}
-		backoff = 500 * time.Millisecond
+		retry.Reset()
 		ttl := time.Duration(secret.Auth.LeaseDuration) * time.Second
 		c.log.Info("vault login succeeded", "token_ttl", ttl, "renewable", secret.Auth.Renewable)
 		if !secret.Auth.Renewable || ttl == 0 {
