@@ -45,6 +45,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	td := svid.ID.TrustDomain()
 	log.Info("broker identity", "spiffe_id", svid.ID.String())
+	// mTLS accepts only td's members: a writer elsewhere could never connect.
+	if err := cfg.CheckTrustDomain(td); err != nil {
+		return fmt.Errorf("broker: config: %w", err)
+	}
 
 	vaults, err := vault.NewIdentities(cfg.Vault, vault.Deps{SVID: src, WorkloadAPI: cfg.SPIFFE.WorkloadAPI}, log)
 	if err != nil {
@@ -69,7 +73,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return serve(ctx, srv, lis, log)
 	}}
 	if o.configPath != "" {
-		r := newReloader(o.configPath, cfg, cat, log)
+		r := newReloader(o.configPath, cfg, td, cat, log)
 		tasks = append(tasks, r.run)
 	}
 	return task.Run(ctx, tasks...)

@@ -2,11 +2,14 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"reflect"
 	"syscall"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
@@ -30,18 +33,19 @@ func ReloadFrom(path string) Option {
 }
 
 // reloader applies reloaded configurations to the catalog. It keeps no
-// binding set of its own: only the sections it does not reload, to warn
-// when they change.
+// binding set of its own: only the sections it does not reload, to check a
+// reloaded writers section against and to warn when they change.
 type reloader struct {
-	path string
-	cat  *catalog.Catalog
-	log  *slog.Logger
+	path        string
+	trustDomain spiffeid.TrustDomain // of the broker's SVID
+	cat         *catalog.Catalog
+	log         *slog.Logger
 	// fixed is the running configuration without its writers.
 	fixed config.Config
 }
 
-func newReloader(path string, running *config.Config, cat *catalog.Catalog, log *slog.Logger) *reloader {
-	r := &reloader{path: path, cat: cat, log: log, fixed: *running}
+func newReloader(path string, running *config.Config, td spiffeid.TrustDomain, cat *catalog.Catalog, log *slog.Logger) *reloader {
+	r := &reloader{path: path, trustDomain: td, cat: cat, log: log, fixed: *running}
 	r.fixed.Writers = nil
 	return r
 }
@@ -65,6 +69,9 @@ func (r *reloader) run(ctx context.Context) error {
 // reports whether the file was taken.
 func (r *reloader) reload() bool {
 	next, err := config.Load(r.path)
+	if err == nil {
+		err = r.check(next)
+	}
 	if err != nil {
 		r.log.Error("config reload failed; keeping the running configuration", "path", r.path, "err", err)
 		return false
@@ -79,4 +86,20 @@ func (r *reloader) reload() bool {
 		"bindings_removed", ch.Removed, "bindings_updated", ch.Updated, "bindings_moved", ch.Moved,
 		"bindings_resent", ch.Delivery, "writers_removed", ch.WritersRemoved)
 	return true
+}
+
+// check holds the reloaded writers to the running broker: only `writers` is
+// reloaded, so the running vault section (its identities and state store,
+// which no binding may read) and the trust domain of the broker's SVID
+// decide whether they are valid, not what the file now says.
+func (r *reloader) check(next *config.Config) error {
+	applied := r.fixed
+	applied.Writers = next.Writers
+	if err := applied.Validate(); err != nil {
+		return fmt.Errorf("config %s, checked against the running configuration: %w", r.path, err)
+	}
+	if err := applied.CheckTrustDomain(r.trustDomain); err != nil {
+		return fmt.Errorf("config %s: %w", r.path, err)
+	}
+	return nil
 }

@@ -13,15 +13,21 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ferry-secrets/ferry/internal/svidsource"
+	"github.com/ferry-secrets/ferry/internal/yamlconfig"
 )
 
 // Config is the whole broker configuration.
 type Config struct {
 	// Listen is the gRPC listen address (host:port). Default 127.0.0.1:8443.
 	Listen string `json:"listen"`
+	// TrustDomain is the broker's own SPIFFE trust domain, e.g. example.org.
+	// Optional: when set, every writer ID and debug admin must be in it;
+	// when unset, they must all share one trust domain. Either way the broker
+	// refuses to start when they are not in its SVID's trust domain, since
+	// mTLS accepts only that one (there is no federation).
+	TrustDomain string `json:"trust_domain,omitempty"`
 	// SPIFFE says where the broker's own X.509-SVID comes from.
 	SPIFFE svidsource.Config `json:"spiffe"`
 	// Vault says how to reach and log in to Vault.
@@ -86,15 +92,15 @@ func Load(path string) (*Config, error) {
 	return c, nil
 }
 
-// Parse decodes YAML strictly (unknown fields are errors), applies defaults
-// and validates.
+// Parse decodes YAML strictly, applies defaults and validates. The error
+// lists every problem in the file (a yamlconfig.List), each naming its field
+// path and, where known, its line: unknown or mistyped fields (names are
+// case-sensitive) and what Validate finds.
 func Parse(raw []byte) (*Config, error) {
 	var c Config
-	if err := yaml.UnmarshalStrict(raw, &c); err != nil {
-		return nil, err
-	}
+	doc := yamlconfig.Decode(raw, &c)
 	c.SetDefaults()
-	if err := c.Validate(); err != nil {
+	if err := doc.Check(c.Validate()); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -139,62 +145,114 @@ var (
 	dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 )
 
-// Validate reports the first problem, naming the field (e.g.
-// `writers[0].secrets[1].kv.path: required`).
+// Validate reports every problem, each naming its field (e.g.
+// `writers[0].secrets[1].kv.path: required`), as a yamlconfig.List.
 func (c *Config) Validate() error {
+	var p yamlconfig.Problems
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		return fmt.Errorf("listen: %q is not host:port", c.Listen)
+		p.Add("listen", "%q is not host:port", c.Listen)
 	}
-	if err := c.SPIFFE.Validate("spiffe"); err != nil {
-		return err
-	}
-	if err := c.Vault.validate(c.SPIFFE.WorkloadAPI != ""); err != nil {
-		return err
-	}
+	p.AddErr(c.SPIFFE.Validate("spiffe"))
+	c.Vault.validate(&p, c.SPIFFE.WorkloadAPI != "")
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+		p.Add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
 	}
-	for i, id := range c.Debug.Admins {
-		if _, err := spiffeid.FromString(id); err != nil {
-			return fmt.Errorf("debug.admins[%d]: %q is not a SPIFFE ID: %v", i, id, err)
-		}
-	}
+	c.validateIDs(&p)
 	seenWriter := map[string]int{}
 	for i, w := range c.Writers {
 		f := fmt.Sprintf("writers[%d]", i)
-		if _, err := spiffeid.FromString(w.ID); err != nil {
-			return fmt.Errorf("%s.id: %q is not a SPIFFE ID: %v", f, w.ID, err)
-		}
 		if j, dup := seenWriter[w.ID]; dup {
-			return fmt.Errorf("%s.id: %q is already listed at writers[%d]", f, w.ID, j)
+			p.Add(f+".id", "%q is already listed at writers[%d]", w.ID, j)
+		} else {
+			seenWriter[w.ID] = i
 		}
-		seenWriter[w.ID] = i
 		seenName := map[string]int{}
 		seenDest := map[string]int{}
+		badIdentity := false // the writer's own vault_identity is reported once
 		for j, b := range w.Secrets {
 			bf := fmt.Sprintf("%s.secrets[%d]", f, j)
-			if err := b.validate(bf); err != nil {
-				return err
-			}
+			b.validate(&p, bf, c.Vault.State)
 			if _, ok := c.Vault.Identity(b.VaultIdentity); !ok {
-				field := bf + ".vault_identity"
-				if w.VaultIdentity == b.VaultIdentity {
+				field, own := bf+".vault_identity", w.VaultIdentity == b.VaultIdentity
+				if own {
 					field = f + ".vault_identity"
 				}
-				return fmt.Errorf("%s: %q is not a configured Vault identity (%s)", field, b.VaultIdentity, strings.Join(c.Vault.IdentityNames(), ", "))
+				if !own || !badIdentity {
+					p.Add(field, "%q is not a configured Vault identity (%s)", b.VaultIdentity, strings.Join(c.Vault.IdentityNames(), ", "))
+				}
+				badIdentity = badIdentity || own
 			}
 			if k, dup := seenName[b.Name]; dup {
-				return fmt.Errorf("%s.name: %q is already used by %s.secrets[%d]", bf, b.Name, f, k)
+				p.Add(bf+".name", "%q is already used by %s.secrets[%d]", b.Name, f, k)
+			} else {
+				seenName[b.Name] = j
 			}
-			seenName[b.Name] = j
 			dest := b.Namespace + "/" + b.SecretName
 			if k, dup := seenDest[dest]; dup {
-				return fmt.Errorf("%s: destination Secret %s is already written by %s.secrets[%d]", bf, dest, f, k)
+				p.Add(bf, "destination Secret %s is already written by %s.secrets[%d]", dest, f, k)
+			} else {
+				seenDest[dest] = j
 			}
-			seenDest[dest] = j
 		}
 	}
-	return nil
+	return p.Err()
+}
+
+// validateIDs checks that the writer IDs and debug admins are SPIFFE IDs in
+// one trust domain: trust_domain when set, else the first ID's. The broker
+// accepts mTLS clients of its own trust domain only, so an ID elsewhere could
+// never connect.
+func (c *Config) validateIDs(p *yamlconfig.Problems) {
+	var td spiffeid.TrustDomain
+	from := "trust_domain"
+	if c.TrustDomain != "" {
+		t, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+		if err != nil {
+			p.Add("trust_domain", "%q is not a trust domain name: %v", c.TrustDomain, err)
+		}
+		td = t
+	}
+	check := func(f, id string) {
+		sid, err := spiffeid.FromString(id)
+		switch {
+		case err != nil:
+			p.Add(f, "%q is not a SPIFFE ID: %v", id, err)
+		case c.TrustDomain == "" && td.IsZero():
+			td, from = sid.TrustDomain(), f
+		case !td.IsZero() && sid.TrustDomain() != td:
+			p.Add(f, "%q is not in trust domain %q (of %s): the broker accepts only its own trust domain, so this ID could never connect", id, td.Name(), from)
+		}
+	}
+	for i, w := range c.Writers {
+		check(fmt.Sprintf("writers[%d].id", i), w.ID)
+	}
+	for i, id := range c.Debug.Admins {
+		check(fmt.Sprintf("debug.admins[%d]", i), id)
+	}
+}
+
+// CheckTrustDomain returns an error naming every writer ID and debug admin
+// outside td, the trust domain of the broker's own SVID, and trust_domain
+// when it names another. The broker's mTLS accepts only members of td, so
+// such a writer could never connect; the broker refuses the configuration at
+// start and at reload rather than poll Vault for it.
+func (c *Config) CheckTrustDomain(td spiffeid.TrustDomain) error {
+	var p yamlconfig.Problems
+	if t, err := spiffeid.TrustDomainFromString(c.TrustDomain); c.TrustDomain != "" && err == nil && t != td {
+		p.Add("trust_domain", "%q is not the broker's own trust domain %q (of its SVID)", t.Name(), td.Name())
+	}
+	check := func(f, id string) {
+		if sid, err := spiffeid.FromString(id); err == nil && sid.TrustDomain() != td {
+			p.Add(f, "%q is not in the broker's own trust domain %q (of its SVID), so it could never connect", id, td.Name())
+		}
+	}
+	for i, w := range c.Writers {
+		check(fmt.Sprintf("writers[%d].id", i), w.ID)
+	}
+	for i, id := range c.Debug.Admins {
+		check(fmt.Sprintf("debug.admins[%d]", i), id)
+	}
+	return p.Err()
 }

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+
+	"github.com/ferry-secrets/ferry/internal/yamlconfig"
 )
 
 // Creation policies: what the writer does with a Secret of the same name
@@ -55,16 +57,16 @@ func (b Binding) DeletionPolicy() string {
 
 // validateDelivery checks the binding's creation and deletion policies and
 // rollout restart targets.
-func (b Binding) validateDelivery(f string) error {
+func (b Binding) validateDelivery(p *yamlconfig.Problems, f string) {
 	switch b.Creation {
 	case "", CreationCreate, CreationMerge, CreationTakeover:
 	default:
-		return fmt.Errorf("%s.creation: %q is not one of create, merge, takeover", f, b.Creation)
+		p.Add(f+".creation", "%q is not one of create, merge, takeover", b.Creation)
 	}
 	switch b.Deletion {
 	case "", DeletionRetain, DeletionDelete:
 	default:
-		return fmt.Errorf("%s.deletion: %q is not one of retain, delete", f, b.Deletion)
+		p.Add(f+".deletion", "%q is not one of retain, delete", b.Deletion)
 	}
 	seen := map[WorkloadRef]int{}
 	for i, w := range b.RolloutRestart {
@@ -72,15 +74,15 @@ func (b Binding) validateDelivery(f string) error {
 		switch w.Kind {
 		case "Deployment", "StatefulSet", "DaemonSet":
 		default:
-			return fmt.Errorf("%s.kind: %q is not one of Deployment, StatefulSet, DaemonSet", wf, w.Kind)
+			p.Add(wf+".kind", "%q is not one of Deployment, StatefulSet, DaemonSet", w.Kind)
 		}
 		if w.Name == "" || len(w.Name) > 253 || !dnsSubdomain.MatchString(w.Name) {
-			return fmt.Errorf("%s.name: %q is not a valid workload name", wf, w.Name)
+			p.Add(wf+".name", "%q is not a valid workload name", w.Name)
 		}
 		if j, dup := seen[w]; dup {
-			return fmt.Errorf("%s: %s %s is already listed at rollout_restart[%d]", wf, w.Kind, w.Name, j)
+			p.Add(wf, "%s %s is already listed at rollout_restart[%d]", w.Kind, w.Name, j)
+		} else {
+			seen[w] = i
 		}
-		seen[w] = i
 	}
-	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/ferry-secrets/ferry/internal/yamlconfig"
 )
 
 // KV is a key/value source.
@@ -106,8 +108,9 @@ func (b *Binding) setSourceDefaults() {
 	}
 }
 
-// validateSource checks that exactly one source is set and that it is sound.
-func (b Binding) validateSource(f string) error {
+// validateSource checks that exactly one source is set and that it is
+// sound, and that it reads neither Vault's own APIs nor the state store.
+func (b Binding) validateSource(p *yamlconfig.Problems, f string, state *VaultState) {
 	n := 0
 	for _, set := range []bool{b.KV != nil, b.Dynamic != nil, b.PKI != nil} {
 		if set {
@@ -116,96 +119,105 @@ func (b Binding) validateSource(f string) error {
 	}
 	switch {
 	case n == 0:
-		return fmt.Errorf("%s: a source is required (kv, dynamic or pki)", f)
+		p.Add(f, "a source is required (kv, dynamic or pki)")
 	case n > 1:
-		return fmt.Errorf("%s: set only one source (kv, dynamic or pki)", f)
+		p.Add(f, "set only one source (kv, dynamic or pki)")
 	case b.KV != nil:
-		return b.KV.validate(f + ".kv")
+		b.KV.validate(p, f+".kv", state)
 	case b.Dynamic != nil:
-		return b.Dynamic.validate(f + ".dynamic")
+		b.Dynamic.validate(p, f+".dynamic", state)
 	default:
-		return b.PKI.validate(f+".pki", b.Type)
+		b.PKI.validate(p, f+".pki", b.Type)
 	}
 }
 
-func (kv *KV) validate(f string) error {
-	if err := vaultPath(f+".mount", kv.Mount); err != nil {
-		return err
-	}
-	if err := vaultPath(f+".path", kv.Path); err != nil {
-		return err
+// reservedMessage explains why a path that reaches Vault's own API is refused.
+const reservedMessage = "%q reaches Vault's own %s/ API; no binding may deliver Vault tokens, identities or configuration"
+
+// stateMessage explains why a path in the state store is refused.
+const stateMessage = "%q is in vault.state (%s/%s), which holds Vault tokens and credentials; no binding may deliver it"
+
+func (kv *KV) validate(p *yamlconfig.Problems, f string, state *VaultState) {
+	okMount := vaultPath(p, f+".mount", kv.Mount)
+	okPath := vaultPath(p, f+".path", kv.Path)
+	if s := reservedMount(kv.Mount); s != "" {
+		p.Add(f+".mount", reservedMessage, kv.Mount, s)
 	}
 	if kv.EngineVersion != 1 && kv.EngineVersion != 2 {
-		return fmt.Errorf("%s.engine_version: %d is not 1 or 2", f, kv.EngineVersion)
+		p.Add(f+".engine_version", "%d is not 1 or 2", kv.EngineVersion)
+	} else if okMount && okPath && state.holds(kv.apiPath()) {
+		p.Add(f+".path", stateMessage, kv.Path, state.Mount, state.Path)
 	}
 	if kv.Version < 0 {
-		return fmt.Errorf("%s.version: %d is negative", f, kv.Version)
+		p.Add(f+".version", "%d is negative", kv.Version)
 	}
 	if kv.Version != 0 && kv.EngineVersion != 2 {
-		return fmt.Errorf("%s.version: only KV v2 has versions", f)
+		p.Add(f+".version", "only KV v2 has versions")
 	}
-	return nil
 }
 
-func (d *Dynamic) validate(f string) error {
-	if err := vaultPath(f+".path", d.Path); err != nil {
-		return err
-	}
-	if strings.HasPrefix(strings.Trim(d.Path, "/"), "sys/") {
-		return fmt.Errorf("%s.path: %q is a system path", f, d.Path)
-	}
-	if d.Method != "GET" && d.Method != "POST" {
-		return fmt.Errorf("%s.method: %q is not GET or POST", f, d.Method)
-	}
-	if d.RenewPercent < 10 || d.RenewPercent > 90 {
-		return fmt.Errorf("%s.renew_percent: %d is not between 10 and 90", f, d.RenewPercent)
-	}
-	if d.RevokeGrace.Duration < 0 {
-		return fmt.Errorf("%s.revoke_grace: %s is negative", f, d.RevokeGrace.Duration)
-	}
-	return nil
-}
-
-func (p *PKI) validate(f, secretType string) error {
-	if err := vaultPath(f+".mount", p.Mount); err != nil {
-		return err
-	}
-	if p.Role == "" || strings.ContainsAny(p.Role, "/.") {
-		return fmt.Errorf("%s.role: %q must be a non-empty role name without '/' or '.'", f, p.Role)
-	}
-	if p.CommonName == "" {
-		return fmt.Errorf("%s.common_name: required", f)
-	}
-	for i, ip := range p.IPSANs {
-		if net.ParseIP(ip) == nil {
-			return fmt.Errorf("%s.ip_sans[%d]: %q is not an IP address", f, i, ip)
+func (d *Dynamic) validate(p *yamlconfig.Problems, f string, state *VaultState) {
+	if vaultPath(p, f+".path", d.Path) {
+		if s := reservedAPIPath(d.Path); s != "" {
+			p.Add(f+".path", reservedMessage, d.Path, s)
+		} else if state.holds(d.Path) {
+			p.Add(f+".path", stateMessage, d.Path, state.Mount, state.Path)
 		}
 	}
-	if p.TTL.Duration < 0 {
-		return fmt.Errorf("%s.ttl: %s is negative", f, p.TTL.Duration)
+	if d.Method != "GET" && d.Method != "POST" {
+		p.Add(f+".method", "%q is not GET or POST", d.Method)
 	}
-	if p.RenewBefore.Duration < 0 {
-		return fmt.Errorf("%s.renew_before: %s is negative", f, p.RenewBefore.Duration)
+	if d.RenewPercent < 10 || d.RenewPercent > 90 {
+		p.Add(f+".renew_percent", "%d is not between 10 and 90", d.RenewPercent)
 	}
-	if p.TTL.Duration > 0 && p.RenewBefore.Duration >= p.TTL.Duration {
-		return fmt.Errorf("%s.renew_before: %s is not shorter than ttl %s", f, p.RenewBefore.Duration, p.TTL.Duration)
+	if d.RevokeGrace.Duration < 0 {
+		p.Add(f+".revoke_grace", "%s is negative", d.RevokeGrace.Duration)
 	}
-	if p.RenewBefore.Duration == 0 && (p.RenewPercent < 10 || p.RenewPercent > 90) {
-		return fmt.Errorf("%s.renew_percent: %d is not between 10 and 90", f, p.RenewPercent)
-	}
-	if secretType != SecretTypeTLS && secretType != "Opaque" {
-		return fmt.Errorf("%s: type %q cannot hold a certificate; use %s", strings.TrimSuffix(f, ".pki"), secretType, SecretTypeTLS)
-	}
-	return nil
 }
 
-// vaultPath checks a mount or path: non-empty, no "..".
-func vaultPath(f, p string) error {
-	if strings.Trim(p, "/") == "" {
-		return fmt.Errorf("%s: required", f)
+func (pk *PKI) validate(p *yamlconfig.Problems, f, secretType string) {
+	if vaultPath(p, f+".mount", pk.Mount) {
+		if s := reservedMount(pk.Mount); s != "" {
+			p.Add(f+".mount", reservedMessage, pk.Mount, s)
+		}
 	}
-	if strings.Contains(p, "..") {
-		return fmt.Errorf("%s: %q must not contain \"..\"", f, p)
+	if pk.Role == "" || strings.ContainsAny(pk.Role, "/.") {
+		p.Add(f+".role", "%q must be a non-empty role name without '/' or '.'", pk.Role)
 	}
-	return nil
+	if pk.CommonName == "" {
+		p.Add(f+".common_name", "required")
+	}
+	for i, ip := range pk.IPSANs {
+		if net.ParseIP(ip) == nil {
+			p.Add(fmt.Sprintf("%s.ip_sans[%d]", f, i), "%q is not an IP address", ip)
+		}
+	}
+	if pk.TTL.Duration < 0 {
+		p.Add(f+".ttl", "%s is negative", pk.TTL.Duration)
+	}
+	switch {
+	case pk.RenewBefore.Duration < 0:
+		p.Add(f+".renew_before", "%s is negative", pk.RenewBefore.Duration)
+	case pk.TTL.Duration > 0 && pk.RenewBefore.Duration >= pk.TTL.Duration:
+		p.Add(f+".renew_before", "%s is not shorter than ttl %s", pk.RenewBefore.Duration, pk.TTL.Duration)
+	case pk.RenewBefore.Duration == 0 && (pk.RenewPercent < 10 || pk.RenewPercent > 90):
+		p.Add(f+".renew_percent", "%d is not between 10 and 90", pk.RenewPercent)
+	}
+	if secretType != SecretTypeTLS && secretType != "Opaque" {
+		p.Add(strings.TrimSuffix(f, ".pki"), "type %q cannot hold a certificate; use %s", secretType, SecretTypeTLS)
+	}
+}
+
+// vaultPath checks a mount or path: non-empty, no "..". It reports whether
+// the value passed.
+func vaultPath(p *yamlconfig.Problems, f, v string) bool {
+	if strings.Trim(v, "/") == "" {
+		p.Add(f, "required")
+		return false
+	}
+	if strings.Contains(v, "..") {
+		p.Add(f, "%q must not contain \"..\"", v)
+		return false
+	}
+	return true
 }

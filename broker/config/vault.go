@@ -1,11 +1,12 @@
 package config
 
 import (
-	"fmt"
 	"os"
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/ferry-secrets/ferry/internal/yamlconfig"
 )
 
 // Vault is the broker's connection to Vault.
@@ -142,83 +143,78 @@ func (a *VaultAuth) setDefaults() {
 
 // validate checks the connection and every identity; workloadAPI says
 // whether the broker's SVID comes from the Workload API (method jwt needs it).
-func (v Vault) validate(workloadAPI bool) error {
+func (v Vault) validate(p *yamlconfig.Problems, workloadAPI bool) {
 	switch {
 	case strings.HasPrefix(v.Address, "https://"):
 	case strings.HasPrefix(v.Address, "http://"):
 		if !v.AllowInsecureHTTP {
-			return fmt.Errorf("vault.address: %q is plain http; use https:// (or set vault.allow_insecure_http for local development only)", v.Address)
+			p.Add("vault.address", "%q is plain http; use https:// (or set vault.allow_insecure_http for local development only)", v.Address)
 		}
 	case v.Address == "":
-		return fmt.Errorf("vault.address: required")
+		p.Add("vault.address", "required")
 	default:
-		return fmt.Errorf("vault.address: %q must start with https://", v.Address)
+		p.Add("vault.address", "%q must start with https://", v.Address)
 	}
 	for _, f := range []struct{ name, path string }{{"ca_file", v.CAFile}, {"client_cert_file", v.ClientCertFile}, {"client_key_file", v.ClientKeyFile}} {
 		if f.path == "" {
 			continue
 		}
 		if _, err := os.Stat(f.path); err != nil {
-			return fmt.Errorf("vault.%s: %v", f.name, err)
+			p.Add("vault."+f.name, "%v", err)
 		}
 	}
 	if (v.ClientCertFile == "") != (v.ClientKeyFile == "") {
-		return fmt.Errorf("vault.client_cert_file and vault.client_key_file: set both or neither")
+		p.Add("vault.client_cert_file and vault.client_key_file", "set both or neither")
 	}
 	if v.State != nil && v.State.Mount == "" {
-		return fmt.Errorf("vault.state.mount: required (a KV version 2 mount)")
+		p.Add("vault.state.mount", "required (a KV version 2 mount)")
 	}
-	if err := v.Auth.validate("vault.auth", workloadAPI); err != nil {
-		return err
-	}
+	v.Auth.validate(p, "vault.auth", workloadAPI)
 	for _, n := range v.IdentityNames()[1:] {
-		f := fmt.Sprintf("vault.identities.%s", n)
+		f := yamlconfig.Key("vault.identities", n)
 		if !identityName.MatchString(n) {
-			return fmt.Errorf("%s: name must be lowercase letters, digits, '-' or '_'", f)
+			p.Add(f, "name must be lowercase letters, digits, '-' or '_'")
 		}
 		if n == DefaultIdentity {
-			return fmt.Errorf("%s: %q is the identity of vault.auth; pick another name", f, n)
+			p.Add(f, "%q is the identity of vault.auth; pick another name", n)
 		}
-		if err := v.Identities[n].validate(f, workloadAPI); err != nil {
-			return err
-		}
+		v.Identities[n].validate(p, f, workloadAPI)
 	}
-	return nil
 }
 
-func (a VaultAuth) validate(f string, workloadAPI bool) error {
+func (a VaultAuth) validate(p *yamlconfig.Problems, f string, workloadAPI bool) {
 	switch a.Method {
 	case AuthToken:
 		if a.TokenFile == "" {
-			return fmt.Errorf("%s.token_file: required for method token", f)
+			p.Add(f+".token_file", "required for method token")
 		}
 	case AuthAppRole:
 		if a.RoleIDFile == "" {
-			return fmt.Errorf("%s.role_id_file: required for method approle", f)
+			p.Add(f+".role_id_file", "required for method approle")
 		}
 		if a.SecretIDFile == "" {
-			return fmt.Errorf("%s.secret_id_file: required for method approle", f)
+			p.Add(f+".secret_id_file", "required for method approle")
 		}
 	case AuthCert:
 		// The broker's own X.509-SVID is the credential.
 	case AuthJWT:
 		if a.Role == "" {
-			return fmt.Errorf("%s.role: required for method jwt", f)
+			p.Add(f+".role", "required for method jwt")
 		}
 		if !workloadAPI {
-			return fmt.Errorf("%s.method: jwt needs spiffe.workload_api (JWT-SVIDs come from the Workload API)", f)
+			p.Add(f+".method", "jwt needs spiffe.workload_api (JWT-SVIDs come from the Workload API)")
 		}
 	case AuthKubernetes:
 		if a.Role == "" {
-			return fmt.Errorf("%s.role: required for method kubernetes", f)
+			p.Add(f+".role", "required for method kubernetes")
 		}
 	case "":
-		return fmt.Errorf("%s.method: required (token, approle, cert, jwt or kubernetes)", f)
+		p.Add(f+".method", "required (token, approle, cert, jwt or kubernetes)")
+		return // the mount defaults to the method: no second problem
 	default:
-		return fmt.Errorf("%s.method: %q is not one of token, approle, cert, jwt, kubernetes", f, a.Method)
+		p.Add(f+".method", "%q is not one of token, approle, cert, jwt, kubernetes", a.Method)
 	}
 	if strings.Trim(a.Mount, "/") == "" || strings.Contains(a.Mount, "..") {
-		return fmt.Errorf("%s.mount: %q is not a valid mount path", f, a.Mount)
+		p.Add(f+".mount", "%q is not a valid mount path", a.Mount)
 	}
-	return nil
 }

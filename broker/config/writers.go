@@ -1,7 +1,11 @@
 package config
 
 import (
-	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
+	"github.com/ferry-secrets/ferry/internal/yamlconfig"
 )
 
 // Writer grants bindings to one writer identity.
@@ -48,27 +52,46 @@ type Binding struct {
 	RolloutRestart []WorkloadRef `json:"rollout_restart,omitempty"`
 }
 
-func (b Binding) validate(f string) error {
-	if b.Name == "" {
-		return fmt.Errorf("%s.name: required", f)
+// validate checks the binding; state is the broker's state store, which no
+// binding may read.
+func (b Binding) validate(p *yamlconfig.Problems, f string, state *VaultState) {
+	switch {
+	case b.Name == "":
+		p.Add(f+".name", "required")
+	case !dnsSubdomain.MatchString(b.Name):
+		p.Add(f+".name", "%q must be lowercase letters, digits, '-' or '.'", b.Name)
 	}
-	if !dnsSubdomain.MatchString(b.Name) {
-		return fmt.Errorf("%s.name: %q must be lowercase letters, digits, '-' or '.'", f, b.Name)
-	}
-	if b.Namespace == "" {
-		return fmt.Errorf("%s.namespace: required", f)
-	}
-	if len(b.Namespace) > 63 || !dnsLabel.MatchString(b.Namespace) {
-		return fmt.Errorf("%s.namespace: %q is not a valid namespace name", f, b.Namespace)
+	switch {
+	case b.Namespace == "":
+		p.Add(f+".namespace", "required")
+	case len(b.Namespace) > 63 || !dnsLabel.MatchString(b.Namespace):
+		p.Add(f+".namespace", "%q is not a valid namespace name", b.Namespace)
 	}
 	if len(b.SecretName) > 253 || !dnsSubdomain.MatchString(b.SecretName) {
-		return fmt.Errorf("%s.secret_name: %q is not a valid Secret name", f, b.SecretName)
+		p.Add(f+".secret_name", "%q is not a valid Secret name", b.SecretName)
+	}
+	// A type no writer may ever allow (a ServiceAccount or bootstrap token)
+	// is refused here; which other types a cluster takes is its writer's
+	// decision, made by the writer's own allow-list.
+	if err := secretpolicy.CheckTypeList([]string{b.Type}); err != nil {
+		p.Add(f+".type", "%v", err)
+	}
+	for _, m := range []struct {
+		field string
+		keys  map[string]string
+	}{{"labels", b.Labels}, {"annotations", b.Annotations}} {
+		if len(m.keys) == 0 {
+			continue
+		}
+		for _, k := range slices.Sorted(maps.Keys(m.keys)) {
+			if err := secretpolicy.CheckMetadataKey(k); err != nil {
+				p.Add(yamlconfig.Key(f+"."+m.field, k), "%v", err)
+			}
+		}
 	}
 	if b.Refresh.Duration < MinRefresh {
-		return fmt.Errorf("%s.refresh: %s is below the minimum of %s", f, b.Refresh.Duration, MinRefresh)
+		p.Add(f+".refresh", "%s is below the minimum of %s", b.Refresh.Duration, MinRefresh)
 	}
-	if err := b.validateDelivery(f); err != nil {
-		return err
-	}
-	return b.validateSource(f)
+	b.validateDelivery(p, f)
+	b.validateSource(p, f, state)
 }

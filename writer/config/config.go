@@ -2,8 +2,9 @@
 // and which SPIFFE ID it must present, where the writer's own SVID comes
 // from, how it talks to the Kubernetes API, which namespaces it may write,
 // how often it re-asserts its Secrets, whether it may delete them, and which
-// workloads it may restart. It is read from one YAML file; unknown fields
-// are an error.
+// workloads it may restart. It is read from one YAML file, strictly: field
+// names are case-sensitive, and every unknown or mistyped field and every
+// invalid value is reported at once with its field path and line.
 package config
 
 import (
@@ -18,9 +19,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ferry-secrets/ferry/internal/svidsource"
+	"github.com/ferry-secrets/ferry/internal/yamlconfig"
 )
 
 // Defaults applied by SetDefaults to fields left empty.
@@ -130,22 +131,30 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	c, err := Parse(data)
+	c, err := parse(data)
 	if err != nil {
-		return Config{}, fmt.Errorf("%w (in %s)", err, path)
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
 	return c, nil
 }
 
-// Parse decodes YAML, applies defaults and validates the result. Unknown
-// fields are an error that names the field.
+// Parse decodes YAML, applies defaults and validates the result. The error
+// lists every problem in the file, each naming its field path and, where
+// known, its line: unknown or mistyped fields (names are case-sensitive) and
+// what Validate finds.
 func Parse(data []byte) (Config, error) {
-	var c Config
-	if err := yaml.UnmarshalStrict(data, &c); err != nil {
+	c, err := parse(data)
+	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
+	return c, nil
+}
+
+func parse(data []byte) (Config, error) {
+	var c Config
+	doc := yamlconfig.Decode(data, &c)
 	c.SetDefaults()
-	if err := c.Validate(); err != nil {
+	if err := doc.Check(c.validate()); err != nil {
 		return Config{}, err
 	}
 	return c, nil
@@ -181,7 +190,7 @@ func (c Config) BrokerAddresses() []string {
 	return c.Broker.Addresses
 }
 
-// Validate reports the first problem with c, naming the field.
+// Validate reports every problem with c, naming the field.
 func (c Config) Validate() error {
 	if err := c.validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -189,81 +198,82 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// validate returns every problem as a yamlconfig.List, or nil.
 func (c Config) validate() error {
+	var p yamlconfig.Problems
 	switch {
 	case c.Broker.Address != "" && len(c.Broker.Addresses) > 0:
-		return fmt.Errorf("broker: set address or addresses, not both")
+		p.Add("broker", "set address or addresses, not both")
 	case len(c.Broker.Addresses) > 0:
 		for i, a := range c.Broker.Addresses {
 			if err := validateAddress(a); err != nil {
-				return fmt.Errorf("broker.addresses[%d]: %w", i, err)
+				p.Add(fmt.Sprintf("broker.addresses[%d]", i), "%v", err)
 			}
 		}
 	default:
 		if err := validateAddress(c.Broker.Address); err != nil {
-			return fmt.Errorf("broker.address: %w", err)
+			p.Add("broker.address", "%v", err)
 		}
 	}
 	if c.Broker.SPIFFEID == "" {
-		return fmt.Errorf("broker.spiffe_id: required")
+		p.Add("broker.spiffe_id", "required")
+	} else if _, err := spiffeid.FromString(c.Broker.SPIFFEID); err != nil {
+		p.Add("broker.spiffe_id", "%q is not a SPIFFE ID: %v", c.Broker.SPIFFEID, err)
 	}
-	if _, err := spiffeid.FromString(c.Broker.SPIFFEID); err != nil {
-		return fmt.Errorf("broker.spiffe_id: %q is not a SPIFFE ID: %w", c.Broker.SPIFFEID, err)
-	}
-	if err := c.SPIFFE.Validate("spiffe"); err != nil {
-		return err
-	}
+	p.AddErr(c.SPIFFE.Validate("spiffe"))
 	k := c.Kubernetes
-	switch {
-	case k.QPS <= 0:
-		return fmt.Errorf("kubernetes.qps: %v must be positive", k.QPS)
-	case k.Burst <= 0:
-		return fmt.Errorf("kubernetes.burst: %d must be positive", k.Burst)
-	case k.Parallelism <= 0 || k.Parallelism > maxParallelism:
-		return fmt.Errorf("kubernetes.parallelism: %d must be between 1 and %d", k.Parallelism, maxParallelism)
+	if k.QPS <= 0 {
+		p.Add("kubernetes.qps", "%v must be positive", k.QPS)
+	}
+	if k.Burst <= 0 {
+		p.Add("kubernetes.burst", "%d must be positive", k.Burst)
+	}
+	if k.Parallelism <= 0 || k.Parallelism > maxParallelism {
+		p.Add("kubernetes.parallelism", "%d must be between 1 and %d", k.Parallelism, maxParallelism)
 	}
 	if len(c.Namespaces) == 0 {
-		return fmt.Errorf("namespaces: required")
+		p.Add("namespaces", "required")
 	}
 	seen := make(map[string]bool, len(c.Namespaces))
 	for i, ns := range c.Namespaces {
+		f := fmt.Sprintf("namespaces[%d]", i)
 		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-			return fmt.Errorf("namespaces[%d]: %q is not a namespace name: %s", i, ns, strings.Join(errs, "; "))
-		}
-		if seen[ns] {
-			return fmt.Errorf("namespaces[%d]: %q is listed twice", i, ns)
+			p.Add(f, "%q is not a namespace name: %s", ns, strings.Join(errs, "; "))
+		} else if seen[ns] {
+			p.Add(f, "%q is listed twice", ns)
 		}
 		seen[ns] = true
 	}
 	if _, err := parseLevel(c.Log.Level); err != nil {
-		return fmt.Errorf("log.level: %w", err)
+		p.Add("log.level", "%v", err)
 	}
 	if c.Resync.Duration < MinResync {
-		return fmt.Errorf("resync: %s is below the minimum of %s", c.Resync.Duration, MinResync)
+		p.Add("resync", "%s is below the minimum of %s", c.Resync.Duration, MinResync)
 	}
 	if c.RolloutRestart.Delay.Duration < 0 {
-		return fmt.Errorf("rollout_restart.delay: %s is negative", c.RolloutRestart.Delay.Duration)
+		p.Add("rollout_restart.delay", "%s is negative", c.RolloutRestart.Delay.Duration)
 	}
 	seenW := map[Workload]int{}
 	for i, w := range c.RolloutRestart.Targets {
 		f := fmt.Sprintf("rollout_restart.targets[%d]", i)
 		if !seen[w.Namespace] {
-			return fmt.Errorf("%s.namespace: %q is not one of namespaces", f, w.Namespace)
+			p.Add(f+".namespace", "%q is not one of namespaces", w.Namespace)
 		}
 		switch w.Kind {
 		case "Deployment", "StatefulSet", "DaemonSet":
 		default:
-			return fmt.Errorf("%s.kind: %q is not one of Deployment, StatefulSet, DaemonSet", f, w.Kind)
+			p.Add(f+".kind", "%q is not one of Deployment, StatefulSet, DaemonSet", w.Kind)
 		}
 		if errs := validation.IsDNS1123Subdomain(w.Name); len(errs) > 0 {
-			return fmt.Errorf("%s.name: %q is not a workload name: %s", f, w.Name, strings.Join(errs, "; "))
+			p.Add(f+".name", "%q is not a workload name: %s", w.Name, strings.Join(errs, "; "))
 		}
 		if j, dup := seenW[w]; dup {
-			return fmt.Errorf("%s: already listed at targets[%d]", f, j)
+			p.Add(f, "already listed at targets[%d]", j)
+		} else {
+			seenW[w] = i
 		}
-		seenW[w] = i
 	}
-	return nil
+	return p.Err()
 }
 
 // validateAddress checks that addr is host:port with a non-empty host and a
