@@ -21,9 +21,10 @@ func cfgBinding(name, deletion string) config.Binding {
 func TestUpdateSendsDeletesAndKeepsTheSnapshotContract(t *testing.T) {
 	c := New([]config.Writer{{ID: wid, Secrets: []config.Binding{cfgBinding("a", "delete"), cfgBinding("b", "")}}}, meta)
 	for _, n := range []string{"a", "b"} {
-		c.SetDesired(wid, n, &ferryv1.Secret{Binding: n, Namespace: "demo", Name: n, Revision: "r-" + n}, 1, time.Now())
+		c.SetDesired(wid, n, map[string][]byte{"k": []byte(n)}, 1, time.Now())
 	}
 	sub, snap := c.Subscribe(wid)
+	revB := snap[1].GetRevision()
 	if len(snap) != 2 || snap[0].GetDeletion() != ferryv1.DeletionPolicy_DELETION_POLICY_DELETE || snap[1].GetDeletion() != ferryv1.DeletionPolicy_DELETION_POLICY_RETAIN {
 		t.Fatalf("snapshot = %v", snap)
 	}
@@ -54,7 +55,7 @@ func TestUpdateSendsDeletesAndKeepsTheSnapshotContract(t *testing.T) {
 		t.Fatalf("deletes = %v", dels)
 	}
 	next := sub.Next()
-	if len(next) != 1 || next[0].GetBinding() != "b" || len(next[0].GetRolloutRestart()) != 1 || next[0].GetRevision() != "r-b" {
+	if len(next) != 1 || next[0].GetBinding() != "b" || len(next[0].GetRolloutRestart()) != 1 || next[0].GetRevision() != revB {
 		t.Fatalf("next = %v", next)
 	}
 	if !c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a"}) {
