@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	mrand "math/rand/v2"
-
-	"github.com/cenkalti/backoff/v4"
 	"strconv"
 	"time"
+
+	"github.com/cenkalti/backoff/v4"
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"

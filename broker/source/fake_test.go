@@ -42,6 +42,9 @@ type fakeVault struct {
 	issued        int
 	renewals      int
 	refuseRenewal bool
+	revocations   int
+	// revokeHook, when set, runs (unlocked) at the start of RevokeLease.
+	revokeHook func(id string)
 
 	staticPassword int
 	staticRotates  time.Time
@@ -58,7 +61,7 @@ type fakeVault struct {
 }
 
 type fakeLease struct {
-	user                  string
+	path, user            string
 	issued, expires, maxE time.Time
 	revoked               bool
 }
@@ -108,7 +111,7 @@ func (f *fakeVault) ReadLeased(ctx context.Context, method, path string, params 
 	}
 	f.issued++
 	id := fmt.Sprintf("database/creds/app/%d", f.issued)
-	l := &fakeLease{user: fmt.Sprintf("v-user-%d", f.issued), issued: now, expires: now.Add(f.ttl), maxE: now.Add(f.maxTTL)}
+	l := &fakeLease{path: path, user: fmt.Sprintf("v-user-%d", f.issued), issued: now, expires: now.Add(f.ttl), maxE: now.Add(f.maxTTL)}
 	f.leases[id] = l
 	return &vault.Leased{LeaseID: id, LeaseDuration: f.ttl, Renewable: true,
 		Data: map[string][]byte{"username": []byte(l.user), "password": []byte("pw-" + l.user)}}, nil
@@ -176,11 +179,37 @@ func (f *fakeVault) DeleteState(ctx context.Context, key string) error {
 
 func (f *fakeVault) RevokeLease(ctx context.Context, id string) error {
 	f.mu.Lock()
+	hook := f.revokeHook
+	f.mu.Unlock()
+	if hook != nil {
+		hook(id)
+	}
+	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.revocations++
 	if l := f.leases[id]; l != nil {
 		l.revoked = true
 	}
 	return nil
+}
+
+// counts returns how many leases were issued and revoked so far.
+func (f *fakeVault) counts() (issued, revoked int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.issued, f.revocations
+}
+
+// pathOf returns the path user's lease was issued from.
+func (f *fakeVault) pathOf(user string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, l := range f.leases {
+		if l.user == user {
+			return l.path
+		}
+	}
+	return ""
 }
 
 // valid reports whether user's lease is alive now.
@@ -255,8 +284,9 @@ func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *testPolle
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
+	p.writer = &fakeWriter{cat: cat}
 	applied := make(chan struct{})
-	go func() { autoApply(ctx, cat); close(applied) }()
+	go func() { p.writer.run(ctx); close(applied) }()
 	return p, cat, func() { cancel(); <-done; <-applied }
 }
 
@@ -264,8 +294,9 @@ func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *testPolle
 // catalog, which the poller follows.
 type testPoller struct {
 	*Poller
-	cat *catalog.Catalog
-	bs  []config.Binding
+	cat    *catalog.Catalog
+	bs     []config.Binding
+	writer *fakeWriter
 }
 
 // Add adds binding b (defaults applied) and waits until the poller acted.
@@ -298,26 +329,62 @@ func (p *testPoller) reload(bs []config.Binding) {
 	synctest.Wait()
 }
 
-// autoApply is a writer that applies whatever the catalog sends at once
-// and reports it, until ctx ends.
-func autoApply(ctx context.Context, cat *catalog.Catalog) {
-	sub, snap := cat.Subscribe(testWriter)
+// fakeWriter is a writer that applies whatever the catalog sends at once
+// and reports it, unless it is held: then it keeps what it received until
+// it is released.
+type fakeWriter struct {
+	cat *catalog.Catalog
+
+	mu      sync.Mutex
+	held    bool
+	pending []*ferryv1.Secret
+}
+
+func (w *fakeWriter) run(ctx context.Context) {
+	sub, snap := w.cat.Subscribe(testWriter)
 	defer sub.Close()
-	report := func(ss []*ferryv1.Secret) {
-		for _, s := range ss {
-			cat.RecordResult(testWriter, &ferryv1.ApplyResult{Binding: s.GetBinding(), Revision: s.GetRevision()})
-		}
-	}
-	report(snap)
+	w.receive(snap)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-sub.Changed():
 			sub.Deletes()
-			report(sub.Next())
+			w.receive(sub.Next())
 		}
 	}
+}
+
+func (w *fakeWriter) receive(ss []*ferryv1.Secret) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.held {
+		w.pending = append(w.pending, ss...)
+		return
+	}
+	w.report(ss)
+}
+
+func (w *fakeWriter) report(ss []*ferryv1.Secret) {
+	for _, s := range ss {
+		w.cat.RecordResult(testWriter, &ferryv1.ApplyResult{Binding: s.GetBinding(), Revision: s.GetRevision()})
+	}
+}
+
+// hold stops reporting applies; release reports what was held and
+// resumes.
+func (w *fakeWriter) hold() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.held = true
+}
+
+func (w *fakeWriter) release() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.held = false
+	w.report(w.pending)
+	w.pending = nil
 }
 
 type tWriter struct{ t *testing.T }
