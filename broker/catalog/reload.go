@@ -108,7 +108,6 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 			old := w.bindings[b.Name]
 			if old == nil {
 				w.bindings[b.Name] = &binding{meta: c.meta(cw.ID, *b), cfg: b}
-				w.claim(b)
 				ch.Added++
 				continue
 			}
@@ -120,7 +119,6 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 			change := Classify(*old.cfg, *b)
 			if change.Has(ChangeDestination) {
 				w.remove(old, b) // the old Secret gets its delete message
-				w.claim(b)
 				old.applied, old.applyErr = "", ""
 				ch.Moved++
 			}
@@ -133,6 +131,11 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 				}
 				ch.Delivery++
 			}
+		}
+		// Last, so that no binding's move or removal deletes a Secret
+		// another binding now delivers, whatever their order.
+		for i := range cw.Secrets {
+			w.claim(&cw.Secrets[i])
 		}
 	}
 	close(c.changed)

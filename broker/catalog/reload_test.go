@@ -180,3 +180,25 @@ func TestUpdateLeavesScheduleAndSourceChangesToTheSources(t *testing.T) {
 		t.Error("the desired Secret changed before the new source was read")
 	}
 }
+
+// TestUpdateDestinationTakenOver: a binding that moves away from a Secret
+// another binding takes over in the same reload sends no delete for it,
+// whichever comes first in the configuration.
+func TestUpdateDestinationTakenOver(t *testing.T) {
+	for _, newFirst := range []bool{true, false} {
+		c := New([]config.Writer{{ID: wid, Secrets: []config.Binding{cfgBinding("a", "delete")}}}, meta)
+		sub, _ := c.Subscribe(wid)
+		moved := cfgBinding("a", "delete")
+		moved.SecretName = "a2"
+		takes := cfgBinding("b", "delete")
+		takes.SecretName = "a"
+		bs := []config.Binding{moved, takes}
+		if newFirst {
+			bs = []config.Binding{takes, moved}
+		}
+		c.Update([]config.Writer{{ID: wid, Secrets: bs}})
+		if d := sub.Deletes(); len(d) != 0 {
+			t.Errorf("new binding first %v: deletes %v; want none (demo/a is delivered by b)", newFirst, d)
+		}
+	}
+}
