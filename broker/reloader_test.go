@@ -79,7 +79,7 @@ func (f *fakeVault) IssueCert(context.Context, string, string, vault.CertRequest
 }
 
 func (f *fakeVault) RevokeCert(context.Context, string, string) error { return nil }
-func (f *fakeVault) HasState() bool                                  { return false }
+func (f *fakeVault) HasState() bool                                   { return false }
 func (f *fakeVault) LoadState(context.Context, string) ([]byte, error) {
 	return nil, vault.ErrNoState
 }
