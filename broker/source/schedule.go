@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/ferry-secrets/ferry/internal/retry"
 )
 
 // jitter spreads d by ±10% so bindings with one refresh interval do not
@@ -17,15 +19,9 @@ func jitter(d time.Duration) time.Duration {
 	return d - time.Duration(spread/2) + time.Duration(mrand.Int64N(spread))
 }
 
-// newRetry is the backoff of failed Vault requests: exponential from 1s to
-// 30s, each delay randomized by ±50%.
-func newRetry() *backoff.ExponentialBackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.MaxInterval, b.RandomizationFactor, b.Multiplier = time.Second, 30*time.Second, 0.5, 2
-	b.MaxElapsedTime = 0 // never gives up
-	b.Reset()
-	return b
-}
+// newRetry is the backoff of failed Vault requests: from 1s doubling to
+// 30s, with Ferry's jitter.
+func newRetry() *backoff.ExponentialBackOff { return retry.Exponential(time.Second, 30*time.Second) }
 
 func maxTime(a, b time.Time) time.Time {
 	if a.After(b) {

@@ -19,12 +19,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/internal/retry"
 	"github.com/ferry-secrets/ferry/internal/task"
 )
 
@@ -143,9 +143,7 @@ func (c *Client) Attempted() <-chan struct{} { return c.attempted }
 // retried with backoff; when renewal ends (max TTL, revoked token) it logs
 // in again. A renewable token is never replaced while it can be renewed.
 func (c *Client) Run(ctx context.Context) error {
-	retry := backoff.NewExponentialBackOff()
-	retry.InitialInterval, retry.MaxInterval, retry.RandomizationFactor, retry.MaxElapsedTime = 500*time.Millisecond, 30*time.Second, 0.5, 0
-	retry.Reset()
+	backoff := retry.Exponential(500*time.Millisecond, 30*time.Second)
 	first := true
 	for ctx.Err() == nil {
 		secret, err := c.login(ctx)
@@ -167,14 +165,14 @@ func (c *Client) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
-			wait := retry.NextBackOff()
+			wait := backoff.NextBackOff()
 			c.log.Error("vault login failed", "err", err, "retry_in", wait)
 			if !task.Sleep(ctx, wait) {
 				break
 			}
 			continue
 		}
-		retry.Reset()
+		backoff.Reset()
 		ttl := time.Duration(secret.Auth.LeaseDuration) * time.Second
 		c.log.Info("vault login succeeded", "token_ttl", ttl, "renewable", secret.Auth.Renewable)
 		if !secret.Auth.Renewable || ttl == 0 {
