@@ -24,13 +24,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net/http"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -61,21 +59,6 @@ const (
 
 // DefaultTimeout bounds one request.
 const DefaultTimeout = 30 * time.Second
-
-var (
-	// ErrNamespaceNotAllowed is returned for a Secret outside the writer's
-	// namespaces; nothing is written.
-	ErrNamespaceNotAllowed = errors.New("apply: namespace not allowed")
-	// ErrNotOwned is returned when creation policy create meets an existing
-	// Secret that does not carry the binding's label; nothing is written.
-	ErrNotOwned = errors.New("apply: the Secret exists and was not created by this binding; set creation: merge or takeover to write into it")
-	// ErrMergeTargetMissing is returned when creation policy merge finds no
-	// Secret to merge into; nothing is written.
-	ErrMergeTargetMissing = errors.New("apply: creation policy merge: the Secret does not exist (merge never creates it)")
-	// ErrDeleteDisabled is returned for a delete message when deletion is
-	// not enabled in the writer's configuration; nothing is deleted.
-	ErrDeleteDisabled = errors.New("apply: binding removed with deletion policy delete, but the writer's deletion.enabled is false; Secret retained")
-)
 
 // Restarter is told about content changes of Secrets that name workloads to
 // restart; *restart.Restarter implements it.
@@ -365,172 +348,7 @@ func (a *Applier) testUID(ctx context.Context, ns, name string, ops []jsonPatchO
 	return false, false, "", safeError(err)
 }
 
-func isStatus(err error, code int32) bool {
-	var st apierrors.APIStatus
-	return errors.As(err, &st) && st.Status().Code == code
-}
-
-// Forget handles a binding the broker removed. With deletion policy delete
-// (and deletion enabled), it deletes the Secret — only if it still carries
-// the binding's label, and with a UID precondition — or, for a merged
-// binding, removes only the fields Ferry owns by applying an empty
-// configuration. Otherwise it retains the Secret. Either way it stops
-// resyncing it. It reports whether anything was deleted.
-func (a *Applier) Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted bool, err error) {
-	ns, name := ref.GetNamespace(), ref.GetName()
-	if !a.namespaces[ns] {
-		return false, fmt.Errorf("%w: %q is not one of the writer's namespaces", ErrNamespaceNotAllowed, ns)
-	}
-	k := key(ns, name)
-	e := a.entry(k)
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	a.mu.Lock()
-	delete(a.entries, k)
-	a.mu.Unlock()
-	e.desired, e.applied = nil, ""
-
-	if ref.GetDeletion() != ferryv1.DeletionPolicy_DELETION_POLICY_DELETE {
-		return false, nil
-	}
-	if !a.allowDelete {
-		return false, fmt.Errorf("%w: %s/%s", ErrDeleteDisabled, ns, name)
-	}
-	ctx, cancel := context.WithTimeout(ctx, a.timeout)
-	defer cancel()
-	if ref.GetCreation() == ferryv1.CreationPolicy_CREATION_POLICY_MERGE {
-		exists, ours, err := a.test(ctx, ns, name, labelTest(ref.GetBinding()))
-		if err != nil || !exists || !ours {
-			return false, wrapForget(ns, name, err)
-		}
-		empty := corev1apply.Secret(name, ns)
-		if _, err := a.secrets.Secrets(ns).Apply(ctx, empty, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
-			return false, wrapForget(ns, name, safeError(err))
-		}
-		return true, nil
-	}
-	exists, ours, uid, err := a.testUID(ctx, ns, name, labelTest(ref.GetBinding()))
-	switch {
-	case err != nil:
-		return false, wrapForget(ns, name, err)
-	case !exists:
-		return false, nil
-	case !ours:
-		return false, fmt.Errorf("apply: %s/%s: not deleted: it no longer carries label %s=%s", ns, name, LabelBinding, ref.GetBinding())
-	}
-	err = a.secrets.Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return false, wrapForget(ns, name, safeError(err))
-	}
-	return err == nil, nil
-}
-
-func wrapForget(ns, name string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return fmt.Errorf("apply: delete %s/%s: %w", ns, name, err)
-}
-
-// Resync applies every Secret the writer holds again, at most parallelism
-// at a time, ignoring remembered revisions. It returns how many it applied
-// and how many failed; failures are logged (without values) and retried at
-// the next resync or update.
-func (a *Applier) Resync(ctx context.Context, parallelism int) (applied, failed int) {
-	a.mu.Lock()
-	keys := make([]string, 0, len(a.entries))
-	for k := range a.entries {
-		keys = append(keys, k)
-	}
-	a.mu.Unlock()
-	sort.Strings(keys)
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, max(parallelism, 1))
-	)
-	for _, k := range keys {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
-			return applied, failed
-		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			a.mu.Lock()
-			e := a.entries[k]
-			a.mu.Unlock()
-			if e == nil {
-				return
-			}
-			e.mu.Lock()
-			defer e.mu.Unlock()
-			s := e.desired
-			if s == nil || e.applied == "" {
-				return // never applied (or failing): the stream's own retries cover it
-			}
-			_, err := a.write(ctx, e, s)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				failed++
-				a.log.Warn("resync failed", "binding", s.GetBinding(), "namespace", s.GetNamespace(), "name", s.GetName(), "err", err)
-				return
-			}
-			applied++
-		})
-	}
-	wg.Wait()
-	return applied, failed
-}
-
-// RunResync calls Resync every interval until ctx ends.
-func (a *Applier) RunResync(ctx context.Context, interval time.Duration, parallelism int) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		start := time.Now()
-		applied, failed := a.Resync(ctx, parallelism)
-		a.log.Info("resync done", "applied", applied, "failed", failed, "took", time.Since(start).Round(time.Millisecond).String())
-	}
-}
-
 func key(namespace, name string) string { return namespace + "/" + name }
-
-// APIError is an apiserver's refusal of an apply, cut down to what is safe to
-// report: never the object, only reason, code and message. It implements
-// apierrors.APIStatus, so apierrors.IsConflict and friends work on it.
-type APIError struct {
-	Reason  metav1.StatusReason
-	Code    int32
-	Message string
-}
-
-func (e *APIError) Error() string {
-	return fmt.Sprintf("apiserver: %s (%d): %s", e.Reason, e.Code, e.Message)
-}
-
-// Status implements apierrors.APIStatus.
-func (e *APIError) Status() metav1.Status {
-	return metav1.Status{Status: metav1.StatusFailure, Reason: e.Reason, Code: e.Code, Message: e.Message}
-}
-
-// safeError replaces an apiserver status error by an APIError; other errors
-// (transport, context) carry no object and are kept so errors.Is works.
-func safeError(err error) error {
-	var st apierrors.APIStatus
-	if errors.As(err, &st) {
-		s := st.Status()
-		return &APIError{Reason: s.Reason, Code: s.Code, Message: s.Message}
-	}
-	return err
-}
 
 // sameContent reports whether a and b would write the same Secret: every
 // field but the revision.
