@@ -9,7 +9,11 @@
 // apply everything again periodically: a Secret deleted by hand comes back,
 // a value edited by hand is restored, and since a server-side apply of
 // identical content is a no-op in etcd, an untouched Secret's
-// resourceVersion never moves.
+// resourceVersion never moves. A failed apply (an apiserver error, a
+// timeout, an admission refusal, a Secret it may not own) is retried per
+// Secret with exponential backoff and jitter until it succeeds or a newer
+// upsert or a delete replaces it (RunRetries); each retry's outcome is
+// reported on Results.
 //
 // Creation policies decide how a Secret that exists before Ferry first
 // writes it is treated (see Apply); deletion happens only through Forget,
@@ -40,6 +44,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/util/workqueue"
 
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 	"github.com/ferry-secrets/ferry/writer/restart"
@@ -76,7 +81,13 @@ func WithDelete() Option { return func(a *Applier) { a.allowDelete = true } }
 // WithRestarter enables rollout restarts.
 func WithRestarter(r Restarter) Option { return func(a *Applier) { a.restarter = r } }
 
-// WithLogger sets the logger of Resync.
+// WithRetryBackoff sets the delay of a Secret's first retry and the most
+// it grows to (default 1s and 30s).
+func WithRetryBackoff(initial, max time.Duration) Option {
+	return func(a *Applier) { a.retryInitial, a.retryMax = initial, max }
+}
+
+// WithLogger sets the logger of Resync and the retries.
 func WithLogger(l *slog.Logger) Option { return func(a *Applier) { a.log = l } }
 
 // Applier applies Secrets. It is safe for concurrent use; applies, resyncs
@@ -91,6 +102,11 @@ type Applier struct {
 
 	mu      sync.Mutex
 	entries map[string]*entry // namespace/name
+
+	// Failed applies, by namespace/name (retry.go).
+	retries                workqueue.TypedRateLimitingInterface[string]
+	retryInitial, retryMax time.Duration
+	results                chan *ferryv1.ApplyResult
 }
 
 // entry is what the writer knows of one Secret.
@@ -109,11 +125,14 @@ type entry struct {
 // clientset's CoreV1()) into the given namespaces only.
 func New(secrets corev1client.SecretsGetter, namespaces []string, opts ...Option) *Applier {
 	a := &Applier{
-		secrets:    secrets,
-		namespaces: make(map[string]bool, len(namespaces)),
-		timeout:    DefaultTimeout,
-		log:        slog.New(slog.DiscardHandler),
-		entries:    make(map[string]*entry),
+		secrets:      secrets,
+		namespaces:   make(map[string]bool, len(namespaces)),
+		timeout:      DefaultTimeout,
+		log:          slog.New(slog.DiscardHandler),
+		entries:      make(map[string]*entry),
+		retryInitial: DefaultRetryInitial,
+		retryMax:     DefaultRetryMax,
+		results:      make(chan *ferryv1.ApplyResult, resultsBuffer),
 	}
 	for _, ns := range namespaces {
 		a.namespaces[ns] = true
@@ -121,6 +140,7 @@ func New(secrets corev1client.SecretsGetter, namespaces []string, opts ...Option
 	for _, o := range opts {
 		o(a)
 	}
+	a.retries = newRetryQueue(a.retryInitial, a.retryMax)
 	return a
 }
 
@@ -183,9 +203,19 @@ func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool,
 		return true, nil
 	}
 	e.applied = ""
+	err = a.applyLocked(ctx, e, s)
+	a.settle(key(s.GetNamespace(), s.GetName()), e)
+	return false, err
+}
+
+// applyLocked writes s and, once it is written, asks for the rollout
+// restarts it names; e.mu is held. e.applied is s's revision once s is
+// written, even if a restart could not be asked for (that is reported, not
+// retried).
+func (a *Applier) applyLocked(ctx context.Context, e *entry, s *ferryv1.Secret) error {
 	uid, err := a.write(ctx, e, s)
 	if err != nil {
-		return false, err
+		return err
 	}
 	e.applied = s.GetRevision()
 	if len(s.GetRolloutRestart()) > 0 && a.restarter != nil {
@@ -194,12 +224,12 @@ func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool,
 			kinds, names = append(kinds, w.GetKind()), append(names, w.GetName())
 		}
 		if err := a.restarter.Changed(s.GetNamespace(), kinds, names, s.GetName(), restart.Digest(uid, string(secretType(s)), s.GetData())); err != nil {
-			return false, fmt.Errorf("apply: %s/%s applied, but: %w", s.GetNamespace(), s.GetName(), err)
+			return fmt.Errorf("apply: %s/%s applied, but: %w", s.GetNamespace(), s.GetName(), err)
 		}
 	} else if len(s.GetRolloutRestart()) > 0 {
-		return false, fmt.Errorf("apply: %s/%s applied, but rollout restarts are not configured in this writer", s.GetNamespace(), s.GetName())
+		return fmt.Errorf("apply: %s/%s applied, but rollout restarts are not configured in this writer", s.GetNamespace(), s.GetName())
 	}
-	return false, nil
+	return nil
 }
 
 // write applies s according to its creation policy; e.mu is held.

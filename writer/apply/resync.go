@@ -5,12 +5,15 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
 // Resync applies every Secret the writer holds again, at most parallelism
-// at a time, ignoring remembered revisions. It returns how many it applied
-// and how many failed; failures are logged (without values) and retried at
-// the next resync or update.
+// at a time, ignoring remembered revisions; Secrets whose last apply failed
+// are included. It returns how many it applied and how many failed;
+// failures are logged (without values), reported on Results and retried
+// with backoff (RunRetries), as is a Secret whose failure a resync ends.
 func (a *Applier) Resync(ctx context.Context, parallelism int) (applied, failed int) {
 	a.mu.Lock()
 	keys := make([]string, 0, len(a.entries))
@@ -42,10 +45,27 @@ func (a *Applier) Resync(ctx context.Context, parallelism int) (applied, failed 
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			s := e.desired
-			if s == nil || e.applied == "" {
-				return // never applied (or failing): the stream's own retries cover it
+			if s == nil {
+				return // forgotten, or only expected to exist
 			}
-			_, err := a.write(ctx, e, s)
+			var err error
+			wasFailing := e.applied != s.GetRevision()
+			if wasFailing {
+				err = a.applyLocked(ctx, e, s) // as an apply: with its rollout restarts
+			} else if _, err = a.write(ctx, e, s); err != nil {
+				e.applied = "" // retried, and no longer skipped as unchanged
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			a.settle(k, e)
+			if err != nil || wasFailing {
+				r := &ferryv1.ApplyResult{Binding: s.GetBinding(), Revision: s.GetRevision()}
+				if err != nil {
+					r.Error = err.Error()
+				}
+				a.report(r)
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
