@@ -95,10 +95,12 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("writer: %w", err)
 	}
-	// The stream returns only when ctx ends (or it cannot start); resync and
-	// restarts run beside it.
+	// The stream returns only when ctx ends (or it cannot start); resync,
+	// retries of failed applies and restarts run beside it.
 	err = task.Run(ctx, client.Run, restarter.Run, func(ctx context.Context) error {
 		return applier.RunResync(ctx, cfg.Resync.Duration, cfg.Kubernetes.Parallelism)
+	}, func(ctx context.Context) error {
+		return applier.RunRetries(ctx, cfg.Kubernetes.Parallelism)
 	})
 	if err != nil {
 		return fmt.Errorf("writer: %w", err)
