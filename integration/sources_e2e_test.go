@@ -13,7 +13,10 @@ import (
 // when the binding is removed), static-role credentials (rotation), PKI
 // certificates (SANs, chain, re-issue before expiry), and 20 bindings on one
 // KV path costing one Vault read per refresh cycle, counted in Vault's own
-// audit log. The subtests share one stack and run in parallel.
+// audit log; config reloads that keep a dynamic binding's lease (relabel,
+// refresh) or replace it make-before-break (new role); and an apply refused
+// by an admission policy, retried until it succeeds. The subtests share one
+// stack and run in parallel.
 func TestSources(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
@@ -26,6 +29,18 @@ func TestSources(t *testing.T) {
 		t.Run("dynamic database credentials: login, renewal, replacement, revocation on removal", func(t *testing.T) { t.Parallel(); testDynamic(t, e, seen) })
 		t.Run("static-role credentials follow Vault's rotation", func(t *testing.T) { t.Parallel(); testStatic(t, e, seen) })
 		t.Run("PKI certificate with SANs and chain, re-issued before expiry", func(t *testing.T) { t.Parallel(); testPKI(t, e) })
+		t.Run("reload: relabel and new refresh of a dynamic binding keep its lease (audit log), psql logs in throughout", func(t *testing.T) {
+			t.Parallel()
+			testReloadKeepsLease(t, e, seen)
+		})
+		t.Run("reload: a new role is make-before-break (audit logs), psql never fails", func(t *testing.T) {
+			t.Parallel()
+			testReloadSourceChange(t, e, seen)
+		})
+		t.Run("an apply refused by admission is retried and converges once allowed, no extra Vault reads", func(t *testing.T) {
+			t.Parallel()
+			testRefusedApplyRetried(t, e)
+		})
 	})
 	t.Run("a restarted broker carries on with its token, leases and certificates (vault.state)", func(t *testing.T) { testRestartState(t, e, seen) })
 	t.Run("secret values and keys never reach the logs", func(t *testing.T) {

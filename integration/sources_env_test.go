@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,7 +32,9 @@ type sourcesEnv struct {
 	vc        *vaultapi.Client
 	audit     *stack.Audit
 	pg        *stack.Postgres
+	kube      *stack.Kube
 	admin     kubernetes.Interface
+	writerSA  string // the writer's ServiceAccount token
 	spire     *stack.Spire
 	broker    *stack.Process
 	writer    *stack.Process
@@ -41,8 +44,12 @@ type sourcesEnv struct {
 	cfgPath   string
 	brokerBin string
 	brokerCfg ferrystack.BrokerConfig // Bindings rendered from bindings
-	bindings  map[string]string       // binding name → YAML flow mapping (without name)
 	ctx       context.Context
+
+	// cfgMu serializes changes of the broker's config: parallel subtests
+	// reload it.
+	cfgMu    sync.Mutex
+	bindings map[string]string // binding name → YAML flow mapping (without name)
 }
 
 // Fan-out: bindings on one KV path.
@@ -63,6 +70,7 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	e.vault = stack.StartVault(t, stack.VaultOptions{TLS: true})
 	e.pg = stack.StartPostgres(t)
 	kube := stack.StartKube(t)
+	e.kube = kube
 	e.spire = stack.StartSpire(t, stack.SpireOptions{TrustDomain: trustDomain})
 	e.audit = e.vault.EnableFileAudit(t)
 	e.vc = e.vault.Client(t)
@@ -74,6 +82,7 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	e.setupVault(t)
 	roleID, secretID := e.brokerAppRole(t)
 	token := kube.ServiceAccount(t, e.ns, "ferry-writer", ferrystack.WriterRules)
+	e.writerSA = token
 
 	e.addr = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
 	e.brokerCfg = ferrystack.BrokerConfig{
@@ -152,6 +161,16 @@ func (e *sourcesEnv) setupVault(t *testing.T) {
 			` GRANT CONNECT ON DATABASE postgres TO "{{name}}";`,
 		"default_ttl": int(dbTTL.Seconds()), "max_ttl": int(dbMaxTTL.Seconds()),
 	})
+	// Roles for the reload tests: TTLs long enough that nothing is renewed
+	// or replaced while they run.
+	for _, role := range []string{"relabel", "swap-a", "swap-b"} {
+		write("database/roles/"+role, map[string]any{
+			"db_name": "pg",
+			"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';` +
+				` GRANT CONNECT ON DATABASE postgres TO "{{name}}";`,
+			"default_ttl": 600, "max_ttl": 1200,
+		})
+	}
 	write("database/static-roles/static-app", map[string]any{"db_name": "pg", "username": "static_app", "rotation_period": "10s"})
 
 	// PKI: a root and a role for *.ferry.test and IP SANs.
@@ -173,6 +192,9 @@ func (e *sourcesEnv) brokerAppRole(t *testing.T) (roleIDFile, secretIDFile strin
 path "secret/data/apps/*"               { capabilities = ["read"] }
 path "kv1/apps/*"                       { capabilities = ["read"] }
 path "database/creds/app"               { capabilities = ["read"] }
+path "database/creds/relabel"           { capabilities = ["read"] }
+path "database/creds/swap-a"            { capabilities = ["read"] }
+path "database/creds/swap-b"            { capabilities = ["read"] }
 path "database/static-creds/static-app" { capabilities = ["read"] }
 path "sys/leases/renew"                 { capabilities = ["update"] }
 path "sys/leases/revoke"                { capabilities = ["update"] }
@@ -193,7 +215,7 @@ path "secret/metadata/ferry-broker/default/*" { capabilities = ["delete"] }
 }
 
 // writeBrokerConfig writes broker.yaml with the bindings in e.bindings and
-// returns its path.
+// returns its path; e.cfgMu is held (or no subtest runs yet).
 func (e *sourcesEnv) writeBrokerConfig(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
@@ -208,6 +230,8 @@ func (e *sourcesEnv) writeBrokerConfig(t *testing.T) string {
 // mapping without the name) and makes the broker reload it (SIGHUP).
 func (e *sourcesEnv) addBinding(t *testing.T, name, spec string) {
 	t.Helper()
+	e.cfgMu.Lock()
+	defer e.cfgMu.Unlock()
 	e.bindings[name] = spec
 	e.writeBrokerConfig(t)
 	if err := syscall.Kill(e.broker.Pid(), syscall.SIGHUP); err != nil {
@@ -219,6 +243,8 @@ func (e *sourcesEnv) addBinding(t *testing.T, name, spec string) {
 // broker reload it (SIGHUP).
 func (e *sourcesEnv) removeBinding(t *testing.T, name string) {
 	t.Helper()
+	e.cfgMu.Lock()
+	defer e.cfgMu.Unlock()
 	delete(e.bindings, name)
 	e.writeBrokerConfig(t)
 	if err := syscall.Kill(e.broker.Pid(), syscall.SIGHUP); err != nil {
