@@ -293,7 +293,7 @@ rolloutRestart: {delay: %s, targets: [{namespace: %s, kind: Deployment, name: ap
 		}
 	})
 
-	t.Run("config reload: a moved binding deletes (delete) or forgets (retain) its old Secret", func(t *testing.T) {
+	t.Run("config reload: a moved binding deletes or forgets its old Secret", func(t *testing.T) {
 		base := fmt.Sprintf(`
       - {name: foreign, %[1]s, kv: {mount: secret, path: apps/keep}}
       - {name: taken, creation: takeover, %[1]s, kv: {mount: secret, path: apps/keep}}
