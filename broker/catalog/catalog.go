@@ -168,7 +168,8 @@ func (c *Catalog) SetNextRefresh(writerID, name string, at time.Time) {
 	}
 }
 
-// RecordResult records a writer's apply result. Results for unknown
+// RecordResult records a writer's apply result: an error stays the
+// binding's apply_error until an apply of it succeeds. Results for unknown
 // bindings are ignored and reported false.
 func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) bool {
 	c.mu.Lock()
@@ -181,6 +182,11 @@ func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) bool {
 	_, b := c.lookup(writerID, r.GetBinding())
 	if b == nil {
 		return false
+	}
+	if cur := b.desired.GetRevision(); b.applied == cur && cur != "" && r.GetRevision() != cur {
+		// An older revision's outcome (a writer's retry reported late)
+		// never undoes the current one's.
+		return true
 	}
 	if r.GetError() != "" {
 		b.applyErr = r.GetError()

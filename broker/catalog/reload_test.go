@@ -202,3 +202,21 @@ func TestUpdateDestinationTakenOver(t *testing.T) {
 		}
 	}
 }
+
+// TestLateResultOfAnOlderRevision: a writer's retry outcome for an older
+// revision, reported after the current one was applied, changes nothing.
+func TestLateResultOfAnOlderRevision(t *testing.T) {
+	c := New([]config.Writer{{ID: wid, Secrets: []config.Binding{cfgBinding("a", "")}}}, meta)
+	old, _ := c.SetDesired(wid, "a", map[string][]byte{"k": []byte("1")}, 1, time.Now())
+	cur, _ := c.SetDesired(wid, "a", map[string][]byte{"k": []byte("2")}, 2, time.Now())
+	c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a", Revision: old, Error: "refused"})
+	if st := c.Status(wid)[0]; st.GetApplyError() != "refused" {
+		t.Fatalf("a failure before the current revision was applied is not shown: %v", st)
+	}
+	c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a", Revision: cur})
+	c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a", Revision: old, Error: "refused"})
+	c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a", Revision: old})
+	if st := c.Status(wid)[0]; st.GetApplyError() != "" || st.GetAppliedRevision() != cur || !c.Delivered(wid, "a") {
+		t.Errorf("late results of the older revision changed the status: %v", st)
+	}
+}
