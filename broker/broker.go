@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -29,6 +32,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	var o options
 	for _, opt := range opts {
 		opt(&o)
+	}
+	var hup chan os.Signal
+	if o.configPath != "" {
+		// Before anything else (and before "ferry-broker starting" is
+		// logged): a SIGHUP while the broker starts (SVID, Vault login) is
+		// kept for the reloader instead of ending the process.
+		hup = make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 	}
 	log.Info("ferry-broker starting", "listen", cfg.Listen, "vault_address", cfg.Vault.Address, "vault_identities", len(cfg.Vault.IdentityNames()))
 	if cfg.Vault.AllowInsecureHTTP {
@@ -74,7 +86,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}}
 	if o.configPath != "" {
 		r := newReloader(o.configPath, cfg, td, cat, log)
-		tasks = append(tasks, r.run)
+		tasks = append(tasks, func(ctx context.Context) error { return r.run(ctx, hup) })
 	}
 	return task.Run(ctx, tasks...)
 }

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"reflect"
-	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -50,11 +48,9 @@ func newReloader(path string, running *config.Config, td spiffeid.TrustDomain, c
 	return r
 }
 
-// run reloads on every SIGHUP until ctx ends.
-func (r *reloader) run(ctx context.Context) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// run reloads on every signal from hup (SIGHUP, registered by Run) until
+// ctx ends.
+func (r *reloader) run(ctx context.Context, hup <-chan os.Signal) error {
 	for {
 		select {
 		case <-ctx.Done():

@@ -279,11 +279,9 @@ func TestReloaderClassifiesEachChange(t *testing.T) {
 // TestReloaderRunsOnSIGHUP: run reloads the file when the process gets a
 // SIGHUP.
 func TestReloaderRunsOnSIGHUP(t *testing.T) {
-	// Registered first, so that a SIGHUP sent before run has registered
-	// cannot end the test binary.
-	guard := make(chan os.Signal, 8)
-	signal.Notify(guard, syscall.SIGHUP)
-	defer signal.Stop(guard)
+	hup := make(chan os.Signal, 1) // as Run registers it
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	path := filepath.Join(t.TempDir(), "broker.yaml")
 	if err := os.WriteFile(path, []byte(reloadConfig(`dynamic: {path: database/creds/app}`)), 0o600); err != nil {
@@ -297,25 +295,18 @@ func TestReloaderRunsOnSIGHUP(t *testing.T) {
 	r := newReloader(path, cfg, spiffeid.RequireTrustDomainFromString("ferry.test"), cat, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- r.run(ctx) }()
+	go func() { done <- r.run(ctx, hup) }()
 	if err := os.WriteFile(path, []byte(reloadConfig(`labels: {a: b}, dynamic: {path: database/creds/app}`)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, changed := cat.Bindings()
-	deadline := time.After(10 * time.Second)
-	tick := time.NewTicker(50 * time.Millisecond) // until run has registered for SIGHUP
-	defer tick.Stop()
-	for waiting := true; waiting; {
-		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-changed:
-			waiting = false
-		case <-tick.C:
-		case <-deadline:
-			t.Fatal("no reload after SIGHUP")
-		}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload after SIGHUP")
 	}
 	bs, _ := cat.Bindings()
 	if len(bs) != 2 || bs[1].Config.Labels["a"] != "b" {

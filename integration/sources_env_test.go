@@ -234,6 +234,19 @@ func (e *sourcesEnv) addBinding(t *testing.T, name, spec string) {
 	defer e.cfgMu.Unlock()
 	e.bindings[name] = spec
 	e.writeBrokerConfig(t)
+	e.hup(t)
+}
+
+// hup sends the broker a SIGHUP once it handles one (it logs its start
+// after registering for SIGHUP).
+func (e *sourcesEnv) hup(t *testing.T) {
+	t.Helper()
+	eventually(t, 30*time.Second, "the broker started", func() error {
+		if !e.broker.LogContains(`"msg":"ferry-broker starting"`) {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
 	if err := syscall.Kill(e.broker.Pid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -247,9 +260,7 @@ func (e *sourcesEnv) removeBinding(t *testing.T, name string) {
 	defer e.cfgMu.Unlock()
 	delete(e.bindings, name)
 	e.writeBrokerConfig(t)
-	if err := syscall.Kill(e.broker.Pid(), syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	e.hup(t)
 }
 
 // secret returns the Kubernetes Secret of binding name, or an error.
