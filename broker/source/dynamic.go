@@ -58,7 +58,10 @@ type dynamicSource struct {
 	// renewal schedule is recomputed from them when renew_percent changes.
 	granted  time.Time
 	grantTTL time.Duration
-	retry    *backoff.ExponentialBackOff
+	// issueAt, when set, is an issue from a new source that failed and is
+	// due again then: cur is renewed in between (issue).
+	issueAt time.Time
+	retry   *backoff.ExponentialBackOff
 }
 
 type dynAction int
@@ -75,6 +78,7 @@ type heldLease struct {
 	period    time.Duration
 	renewable bool
 	expires   time.Time
+	capped    bool // Vault capped its last renewal (max TTL): replace it
 	// via is the Vault identity that issued the lease: it is renewed and
 	// revoked through it, also after a reload changed the binding's.
 	via access
@@ -152,7 +156,7 @@ func (d *dynamicSource) reconfigured(ctx context.Context, b config.Binding, now 
 	}
 	d.cfg = d.b.Dynamic
 	if ch.Has(catalog.ChangeSource) {
-		d.next, d.act = now, actIssue
+		d.next, d.act, d.issueAt = now, actIssue, time.Time{}
 		d.log.Info("reload: the binding's source changed; issuing from the new source, the current lease is revoked once its successor is delivered",
 			"lease_id", d.curID(), "path", d.cfg.Path, "vault_identity", d.v.identity)
 		if prev.identity != d.v.identity {
@@ -201,6 +205,14 @@ func (d *dynamicSource) issue(ctx context.Context) {
 		d.log.Warn("issuing credentials failed; keeping the last delivered Secret", "err", err, "retry_in", wait, "lease_id", d.curID())
 		d.sourceError(err)
 		d.next, d.act = now.Add(wait), actIssue
+		if cur := d.cur; cur != nil && cur.renewable && !cur.capped {
+			// A new source that cannot issue yet (a reload): the lease whose
+			// credentials are delivered is kept alive meanwhile.
+			if renewAt := d.granted.Add(renewDelay(d.grantTTL, d.cfg.RenewPercent)); renewAt.Before(d.next) {
+				d.issueAt = d.next
+				d.next, d.act = maxTime(now, renewAt), actRenew
+			}
+		}
 		return
 	}
 	d.retry.Reset()
@@ -295,11 +307,15 @@ func (d *dynamicSource) renew(ctx context.Context) {
 		d.granted, d.grantTTL = now, r.LeaseDuration
 		d.next = now.Add(renewDelay(r.LeaseDuration, d.cfg.RenewPercent))
 		d.log.Info("lease renewed", "lease_id", cur.id, "ttl", r.LeaseDuration, "next_renewal", d.next)
+		if !d.issueAt.IsZero() {
+			d.next, d.act, d.issueAt = maxTime(now, d.issueAt), actIssue, time.Time{}
+		}
 		return
 	}
 	// Vault capped the renewal at the lease's max TTL (or it is no longer
 	// renewable): replace the credentials while enough time is left.
-	d.next, d.act = maxTime(now, cur.expires.Add(-replaceLead(cur.period))), actIssue
+	cur.capped = true
+	d.next, d.act, d.issueAt = maxTime(now, cur.expires.Add(-replaceLead(cur.period))), actIssue, time.Time{}
 	d.log.Info("lease renewed up to its max TTL; new credentials will be issued before it ends",
 		"lease_id", cur.id, "ttl", r.LeaseDuration, "replace_at", d.next)
 }

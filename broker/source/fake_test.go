@@ -109,6 +109,9 @@ func (f *fakeVault) ReadLeased(ctx context.Context, method, path string, params 
 			"ttl": []byte(strconv.Itoa(int(ttl.Seconds()))),
 		}}, nil
 	}
+	if path == failingPath {
+		return nil, fmt.Errorf("fake: 403 permission denied on %s", path)
+	}
 	f.issued++
 	id := fmt.Sprintf("database/creds/app/%d", f.issued)
 	l := &fakeLease{path: path, user: fmt.Sprintf("v-user-%d", f.issued), issued: now, expires: now.Add(f.ttl), maxE: now.Add(f.maxTTL)}
@@ -266,6 +269,9 @@ func (f *fakeVault) RevokeCert(ctx context.Context, mount, serial string) error 
 }
 
 const testWriter = "spiffe://ferry.test/writer"
+
+// failingPath is a dynamic path the fake refuses to issue from.
+const failingPath = "database/creds/denied"
 
 // startPoller runs a poller over bindings bs (defaults applied) in the
 // current synctest bubble, with a writer that reports every Secret applied;

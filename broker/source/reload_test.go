@@ -250,3 +250,46 @@ func TestReloadPKIScheduleAndSourceChanges(t *testing.T) {
 		}
 	})
 }
+
+// TestReloadSourceChangeThatCannotIssueKeepsTheLeaseAlive: a new path that
+// Vault refuses leaves the delivered credentials in place and their lease
+// renewed (past its TTL) while the new path is retried; a later reload to a
+// working path replaces them make-before-break.
+func TestReloadSourceChangeThatCannotIssueKeepsTheLeaseAlive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeVault() // TTL 30s, max TTL 120s
+		p, cat, stop := startPoller(t, f, dynamicBinding("db", 3*time.Second))
+		defer stop()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		user := string(desired(cat, "db").Data["username"])
+
+		b := dynamicBinding("db", 3*time.Second)
+		b.Dynamic.Path = failingPath
+		p.Replace(b)
+		time.Sleep(70 * time.Second) // two TTLs: the lease lives only if it is renewed
+		synctest.Wait()
+		if ok, _ := f.valid(user); !ok {
+			t.Fatal("the delivered lease ran out while the new path was refused")
+		}
+		if got := string(desired(cat, "db").Data["username"]); got != user {
+			t.Fatalf("the Secret holds %s, want the delivered %s", got, user)
+		}
+		issued, revoked := f.counts()
+		if issued != 1 || revoked != 0 {
+			t.Fatalf("issued %d, revoked %d; want 1 and 0", issued, revoked)
+		}
+
+		b = dynamicBinding("db", 3*time.Second)
+		b.Dynamic.Path = "database/creds/other"
+		p.Replace(b)
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if got := string(desired(cat, "db").Data["username"]); got == user || f.pathOf(got) != "database/creds/other" {
+			t.Errorf("after the working path: Secret holds %s", got)
+		}
+		if ok, _ := f.valid(user); ok {
+			t.Error("the old lease outlived its successor's delivery and revoke_grace")
+		}
+	})
+}
