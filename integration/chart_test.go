@@ -3,6 +3,8 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -11,16 +13,19 @@ import (
 	"strings"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/ferry-secrets/ferry/integration/stack"
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	writerconfig "github.com/ferry-secrets/ferry/writer/config"
 )
 
@@ -152,6 +157,9 @@ func TestChart(t *testing.T) {
 		values string
 		roles  map[string][]rbacv1.PolicyRule
 		netpol bool
+		// policy: the admission policy's exempt targets ("ns/name"); nil:
+		// no policy rendered.
+		policy []string
 		check  func(t *testing.T, r rendered, cfg writerconfig.Config)
 	}{
 		{
@@ -162,9 +170,13 @@ func TestChart(t *testing.T) {
 				"billing":  {secretsRule("create", "patch")},
 			},
 			netpol: true,
+			policy: []string{},
 			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
 				if cfg.SPIFFE.WorkloadAPI != "unix:///run/spire/sockets/spire-agent.sock" || cfg.Deletion.Enabled || len(cfg.RolloutRestart.Targets) != 0 {
 					t.Errorf("writer config = %+v", cfg)
+				}
+				if !slices.Equal(cfg.SecretTypes, secretpolicy.DefaultTypes) || !slices.Equal(cfg.CreationPolicies, []string{"create", "merge"}) {
+					t.Errorf("writer config secret_types %q, creation_policies %q: want the defaults", cfg.SecretTypes, cfg.CreationPolicies)
 				}
 				d := ofType[*appsv1.Deployment](r)[0]
 				if v := volume(d, "spire-agent-socket"); v == nil || v.CSI == nil || v.CSI.Driver != "csi.spiffe.io" {
@@ -184,13 +196,20 @@ rolloutRestart:
     - {namespace: billing, kind: DaemonSet, name: agent}
 spiffe: {mode: hostPath, hostPath: {path: /run/spire/agent-sockets, socketName: api.sock}}
 networkPolicy: {enabled: false}
-writer: {qps: 200, burst: 400, parallelism: 64, resync: 2m}
+writer: {qps: 200, burst: 400, parallelism: 64, resync: 2m, secretTypes: [Opaque, example.com/custom], creationPolicies: [create, merge, takeover]}
+admissionPolicy:
+  mergeTargets: [{namespace: payments, name: app-config}]
+  takeoverTargets: [{namespace: billing, name: legacy}, {namespace: payments, name: old-db}]
 `,
 			roles: map[string][]rbacv1.PolicyRule{
 				"payments": {secretsRule("create", "patch", "delete"), appsRule("deployments", "api", "worker"), appsRule("statefulsets", "db")},
 				"billing":  {secretsRule("create", "patch", "delete"), appsRule("daemonsets", "agent")},
 			},
+			policy: []string{"payments/app-config", "billing/legacy", "payments/old-db"},
 			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
+				if !slices.Equal(cfg.SecretTypes, []string{"Opaque", "example.com/custom"}) || !slices.Equal(cfg.CreationPolicies, []string{"create", "merge", "takeover"}) {
+					t.Errorf("writer config secret_types %q, creation_policies %q", cfg.SecretTypes, cfg.CreationPolicies)
+				}
 				if !cfg.Deletion.Enabled || len(cfg.RolloutRestart.Targets) != 4 || cfg.Kubernetes.QPS != 200 || cfg.Kubernetes.Parallelism != 64 || cfg.Resync.Duration.String() != "2m0s" {
 					t.Errorf("writer config = %+v", cfg)
 				}
@@ -204,12 +223,13 @@ writer: {qps: 200, burst: 400, parallelism: 64, resync: 2m}
 			},
 		},
 		{
-			name: "SVID files from cert-manager's csi-driver-spiffe",
+			name: "SVID files from cert-manager's csi-driver-spiffe; admission policy off",
 			values: chartBaseValues + `
 targetNamespaces: [payments]
 spiffe:
   mode: files
   files: {volume: {csi: {driver: spiffe.csi.cert-manager.io, readOnly: true}}}
+admissionPolicy: {enabled: false}
 `,
 			roles:  map[string][]rbacv1.PolicyRule{"payments": {secretsRule("create", "patch")}},
 			netpol: true,
@@ -272,6 +292,7 @@ spiffe:
 			if !sameSet(cfg.Namespaces, want) || cfg.BrokerAddresses()[0] != "broker.example.org:8443" {
 				t.Errorf("writer config namespaces %v, brokers %v", cfg.Namespaces, cfg.BrokerAddresses())
 			}
+			checkAdmissionPolicy(t, r, cfg, tc.policy)
 			tc.check(t, r, cfg)
 		})
 	}
@@ -284,12 +305,107 @@ spiffe:
 			"network policy without CIDRs": strings.Replace(chartBaseValues, "networkPolicy: {brokerCIDRs: [203.0.113.10/32], apiServerCIDRs: [10.96.0.1/32]}", "", 1),
 			"token expiry below minimum":   chartBaseValues + "serviceAccount: {tokenExpirationSeconds: 60}\n",
 			"bad kind":                     chartBaseValues + "rolloutRestart: {targets: [{namespace: payments, kind: Pod, name: x}]}\n",
+			"token Secrets allowed":        chartBaseValues + "writer: {secretTypes: [Opaque, kubernetes.io/service-account-token]}\n",
+			"bootstrap tokens allowed":     chartBaseValues + "writer: {secretTypes: [bootstrap.kubernetes.io/token]}\n",
+			"no secret types":              chartBaseValues + "writer: {secretTypes: []}\n",
+			"unknown creation policy":      chartBaseValues + "writer: {creationPolicies: [create, adopt]}\n",
+			"merge target outside scope":   chartBaseValues + "admissionPolicy: {mergeTargets: [{namespace: kube-system, name: x}]}\n",
+			"takeover target, no takeover": chartBaseValues + "admissionPolicy: {takeoverTargets: [{namespace: payments, name: x}]}\n",
+			"merge target, no merge":       chartBaseValues + "writer: {creationPolicies: [create]}\nadmissionPolicy: {mergeTargets: [{namespace: payments, name: x}]}\n",
+			"unknown policy key":           chartBaseValues + "admissionPolicy: {exempt: [x]}\n",
+			"target without a name":        chartBaseValues + "admissionPolicy: {mergeTargets: [{namespace: payments}]}\n",
 		} {
 			if out, err := helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, values)); err == nil {
 				t.Errorf("%s: helm template succeeded:\n%s", name, out)
 			}
 		}
 	})
+}
+
+// checkAdmissionPolicy checks the ValidatingAdmissionPolicy and its binding:
+// present unless named is nil; matched to the writer's ServiceAccount and
+// its target namespaces; Deny; fail closed; static messages only; and its
+// lists equal to the rendered writer config's secret_types and to
+// internal/secretpolicy's reserved and allowed prefixes, so the three
+// cannot drift apart.
+func checkAdmissionPolicy(t *testing.T, r rendered, cfg writerconfig.Config, named []string) {
+	t.Helper()
+	policies := ofType[*admissionregistrationv1.ValidatingAdmissionPolicy](r)
+	bindings := ofType[*admissionregistrationv1.ValidatingAdmissionPolicyBinding](r)
+	if named == nil {
+		if len(policies)+len(bindings) != 0 {
+			t.Errorf("admissionPolicy.enabled=false renders %d policies and %d bindings", len(policies), len(bindings))
+		}
+		return
+	}
+	if len(policies) != 1 || len(bindings) != 1 {
+		t.Fatalf("%d policies and %d bindings, want one of each", len(policies), len(bindings))
+	}
+	p, b := policies[0], bindings[0]
+	sa := ofType[*corev1.ServiceAccount](r)[0]
+	if p.Name != "ferry-ferry-writer.ferry-system" || b.Spec.PolicyName != p.Name {
+		t.Errorf("policy %q, binding's policyName %q", p.Name, b.Spec.PolicyName)
+	}
+	if !slices.Equal(b.Spec.ValidationActions, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}) || b.Spec.ParamRef != nil {
+		t.Errorf("binding validationActions %v, paramRef %v", b.Spec.ValidationActions, b.Spec.ParamRef)
+	}
+	sel := b.Spec.MatchResources.NamespaceSelector
+	if sel == nil || len(sel.MatchLabels) != 0 || len(sel.MatchExpressions) != 1 || sel.MatchExpressions[0].Key != "kubernetes.io/metadata.name" ||
+		sel.MatchExpressions[0].Operator != "In" || !sameSet(sel.MatchExpressions[0].Values, cfg.Namespaces) {
+		t.Errorf("binding namespaceSelector %+v, want exactly the target namespaces %v", sel, cfg.Namespaces)
+	}
+	if p.Spec.FailurePolicy == nil || *p.Spec.FailurePolicy != admissionregistrationv1.Fail || p.Spec.ParamKind != nil {
+		t.Errorf("failurePolicy %v, paramKind %v", p.Spec.FailurePolicy, p.Spec.ParamKind)
+	}
+	wantUser := fmt.Sprintf("request.userInfo.username == 'system:serviceaccount:%s:%s'", sa.Namespace, sa.Name)
+	if mc := p.Spec.MatchConditions; len(mc) != 1 || mc[0].Expression != wantUser {
+		t.Errorf("matchConditions %+v, want only %s", mc, wantUser)
+	}
+	if rr := p.Spec.MatchConstraints.ResourceRules; len(rr) != 1 || !slices.Equal(rr[0].Resources, []string{"secrets"}) ||
+		!slices.Equal(rr[0].APIGroups, []string{""}) || !sameSet(opsStrings(rr[0].Operations), []string{"CREATE", "UPDATE", "DELETE"}) {
+		t.Errorf("matchConstraints %+v", p.Spec.MatchConstraints)
+	}
+	list := func(name string) []string {
+		for _, v := range p.Spec.Variables {
+			if v.Name == name {
+				var l []string
+				if err := json.Unmarshal([]byte(v.Expression), &l); err != nil {
+					t.Fatalf("policy variable %s = %s: not a list of strings: %v", name, v.Expression, err)
+				}
+				return l
+			}
+		}
+		t.Fatalf("policy has no variable %s", name)
+		return nil
+	}
+	if got := list("secretTypes"); !slices.Equal(got, cfg.SecretTypes) {
+		t.Errorf("policy secretTypes %q != writer config secret_types %q", got, cfg.SecretTypes)
+	}
+	if got := list("reservedPrefixes"); !slices.Equal(got, secretpolicy.ReservedPrefixes) {
+		t.Errorf("policy reservedPrefixes %q != secretpolicy.ReservedPrefixes %q", got, secretpolicy.ReservedPrefixes)
+	}
+	if got := list("allowedPrefixes"); !slices.Equal(got, secretpolicy.AllowedPrefixes) {
+		t.Errorf("policy allowedPrefixes %q != secretpolicy.AllowedPrefixes %q", got, secretpolicy.AllowedPrefixes)
+	}
+	if got := list("namedTargets"); !slices.Equal(got, named) {
+		t.Errorf("policy namedTargets %q, want %q", got, named)
+	}
+	if len(p.Spec.Validations) == 0 {
+		t.Error("policy without validations")
+	}
+	for _, v := range p.Spec.Validations {
+		if v.MessageExpression != "" || v.Message == "" || v.Reason == nil || *v.Reason != metav1.StatusReasonForbidden {
+			t.Errorf("validation %q: want a static message (nothing of the object echoed) and reason Forbidden", v.Expression)
+		}
+	}
+}
+
+func opsStrings(ops []admissionregistrationv1.OperationType) []string {
+	out := make([]string, len(ops))
+	for i, o := range ops {
+		out[i] = string(o)
+	}
+	return out
 }
 
 func volume(d *appsv1.Deployment, name string) *corev1.Volume {

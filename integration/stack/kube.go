@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -326,6 +327,69 @@ func (k *Kube) Kubeconfig(t TB, token string) string {
 	path := filepath.Join(t.TempDir(), "kubeconfig")
 	writeFile(t, path, data)
 	return path
+}
+
+// Controllers of kube-controller-manager that StartControllerManager can run.
+const (
+	// TokenController fills a Secret of type
+	// kubernetes.io/service-account-token that names an existing
+	// ServiceAccount with a token for it, signed with the apiserver's
+	// ServiceAccount key, as in a real cluster.
+	TokenController = "serviceaccount-token"
+	// PolicyStatusController type-checks ValidatingAdmissionPolicies and
+	// writes the result (expression warnings) into their status.
+	PolicyStatusController = "validatingadmissionpolicy-status-controller"
+)
+
+// StartControllerManager runs kube-controller-manager (built from the same
+// Kubernetes pin as kube-apiserver) against k with only the named
+// controllers. StartKube runs none; tests that need one call this. With
+// TokenController it returns once the controller has filled a probe Secret.
+func (k *Kube) StartControllerManager(t TB, controllers ...string) {
+	t.Helper()
+	logFile := filepath.Join(k.Dir, "kube-controller-manager.log")
+	start := time.Now()
+	p := startProc(t, procSpec{
+		name: "kube-controller-manager", path: Bin(t, "kube-controller-manager"), dir: k.Dir, logFile: logFile,
+		args: []string{
+			"--controllers=" + strings.Join(controllers, ","),
+			"--kubeconfig=" + k.Kubeconfig(t, ""),
+			"--service-account-private-key-file=" + filepath.Join(k.Dir, "sa-key.pem"),
+			"--root-ca-file=" + k.CAFile,
+			"--leader-elect=false",
+			"--secure-port=0",
+			"--use-service-account-credentials=false",
+		},
+	})
+	if !slices.Contains(controllers, TokenController) {
+		return
+	}
+	// Readiness is the controller doing its job: a probe Secret is filled.
+	const ns, name = "ferry-token-controller-probe", "probe"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin := k.Admin(t)
+	k.CreateNamespace(t, ns)
+	if _, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("stack: token controller probe: %v", err)
+	}
+	if _, err := admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{corev1.ServiceAccountNameKey: name}},
+		Type:       corev1.SecretTypeServiceAccountToken,
+	}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("stack: token controller probe: %v", err)
+	}
+	took := p.waitReady(t, start, 60*time.Second, func() error {
+		sec, err := admin.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(sec.Data[corev1.ServiceAccountTokenKey]) == 0 {
+			return fmt.Errorf("probe Secret %s/%s not filled yet", ns, name)
+		}
+		return nil
+	})
+	t.Logf("stack: kube-controller-manager (%s) ready: its token controller filled a probe Secret %v after start", strings.Join(controllers, ", "), took.Round(time.Millisecond))
 }
 
 // LogFile is the path of kube-apiserver's log.

@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	"github.com/ferry-secrets/ferry/internal/yamlconfig"
 )
@@ -66,6 +67,13 @@ type Config struct {
 	Deletion Deletion `json:"deletion,omitempty"`
 	// RolloutRestart lists the workloads the writer may restart.
 	RolloutRestart RolloutRestart `json:"rollout_restart,omitempty"`
+	// SecretTypes are the Secret types the writer may write; empty means
+	// secretpolicy.DefaultTypes. The writer chart renders the same list into
+	// its admission policy.
+	SecretTypes []string `json:"secret_types,omitempty"`
+	// CreationPolicies are the creation policies bindings may use: create,
+	// merge, takeover. Empty means create and merge.
+	CreationPolicies []string `json:"creation_policies,omitempty"`
 }
 
 // Deletion configures deletes.
@@ -252,6 +260,18 @@ func (c Config) validate() error {
 	}
 	if c.RolloutRestart.Delay.Duration < 0 {
 		p.Add("rollout_restart.delay", "%s is negative", c.RolloutRestart.Delay.Duration)
+	}
+	if c.SecretTypes != nil {
+		if err := secretpolicy.CheckTypeList(c.SecretTypes); err != nil {
+			p.Add("secret_types", "%v", err)
+		}
+	}
+	for i, cp := range c.CreationPolicies {
+		switch cp {
+		case "create", "merge", "takeover":
+		default:
+			p.Add(fmt.Sprintf("creation_policies[%d]", i), "%q is not one of create, merge, takeover", cp)
+		}
 	}
 	seenW := map[Workload]int{}
 	for i, w := range c.RolloutRestart.Targets {

@@ -83,6 +83,9 @@ func TestValidate(t *testing.T) {
 		{name: "namespace invalid", edit: func(c *Config) { c.Namespaces = []string{"demo", "Bad_NS"} }, substr: `namespaces[1]: "Bad_NS"`},
 		{name: "namespace twice", edit: func(c *Config) { c.Namespaces = []string{"demo", "demo"} }, substr: `namespaces[1]: "demo" is listed twice`},
 		{name: "log level", edit: func(c *Config) { c.Log.Level = "verbose" }, substr: `log.level: "verbose"`},
+		{name: "secret type forbidden", edit: func(c *Config) { c.SecretTypes = []string{"Opaque", "kubernetes.io/service-account-token"} }, substr: `secret_types: secret type "kubernetes.io/service-account-token" can never be allowed`},
+		{name: "secret types empty", yaml: validYAML + "secret_types: []\n", substr: "secret_types: must name at least one type"},
+		{name: "creation policy unknown", edit: func(c *Config) { c.CreationPolicies = []string{"create", "adopt"} }, substr: `creation_policies[1]: "adopt"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error

@@ -43,6 +43,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- fail "networkPolicy.enabled needs networkPolicy.brokerCIDRs and networkPolicy.apiServerCIDRs (or set networkPolicy.enabled=false)" -}}
 {{- end -}}
 {{- end -}}
+{{- range $kind := list "merge" "takeover" -}}
+{{- range index $.Values.admissionPolicy (printf "%sTargets" $kind) -}}
+{{- if not (has .namespace $.Values.targetNamespaces) -}}
+{{- fail (printf "admissionPolicy.%sTargets: %s/%s: namespace %q is not in targetNamespaces" $kind .namespace .name .namespace) -}}
+{{- end -}}
+{{- if not (has $kind $.Values.writer.creationPolicies) -}}
+{{- fail (printf "admissionPolicy.%sTargets names %s/%s, but writer.creationPolicies does not allow %s" $kind .namespace .name $kind) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq .Values.spiffe.mode "files") (empty .Values.spiffe.files.volume) -}}
 {{- fail "spiffe.mode=files needs spiffe.files.volume" -}}
 {{- end -}}
