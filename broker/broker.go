@@ -43,6 +43,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		defer signal.Stop(hup)
 	}
 	log.Info("ferry-broker starting", "listen", cfg.Listen, "vault_address", cfg.Vault.Address, "vault_identities", len(cfg.Vault.IdentityNames()))
+	// Before any Vault client: VAULT_* variables must not redirect the
+	// broker or weaken its TLS to Vault.
+	if err := vault.CheckEnvironment(); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
 	if cfg.Vault.AllowInsecureHTTP {
 		log.Warn("vault.allow_insecure_http is set: Vault traffic may be unencrypted; use only for local development", "vault_address", cfg.Vault.Address)
 	}
@@ -85,7 +90,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return serve(ctx, srv, lis, log)
 	}}
 	if o.configPath != "" {
-		r := newReloader(o.configPath, cfg, td, cat, log)
+		r := newReloader(o.configPath, cfg, td, cat, srv, log)
 		tasks = append(tasks, func(ctx context.Context) error { return r.run(ctx, hup) })
 	}
 	return task.Run(ctx, tasks...)
@@ -94,7 +99,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 func serve(ctx context.Context, srv *server.Server, lis net.Listener, log *slog.Logger) error {
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.GRPC.Serve(lis) }()
+	go func() { errc <- srv.Serve(lis) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("broker: serve: %w", err)

@@ -75,7 +75,7 @@ func TestReloadHoldsWritersToTheRunningBroker(t *testing.T) {
 			r0 := *running
 			cat := catalog.New(r0.Writers, func(id string, b config.Binding) catalog.Meta { return catalog.Meta{WriterID: id, Name: b.Name} })
 			var logs bytes.Buffer
-			r := newReloader(path, &r0, td, cat, slog.New(slog.NewTextHandler(&logs, nil)))
+			r := newReloader(path, &r0, td, cat, noAdmins{}, slog.New(slog.NewTextHandler(&logs, nil)))
 			took := r.reload()
 			bs, _ := cat.Bindings()
 			if tc.applied {
@@ -95,3 +95,8 @@ func TestReloadHoldsWritersToTheRunningBroker(t *testing.T) {
 		})
 	}
 }
+
+// noAdmins takes the reloaded admin list and drops it.
+type noAdmins struct{}
+
+func (noAdmins) SetAdmins([]string) {}

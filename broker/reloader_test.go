@@ -95,10 +95,10 @@ func (f *fakeVault) counts() (issued, revoked []string) {
 
 const reloadWriter = "spiffe://ferry.test/writer/a"
 
-// reloadConfig is a broker configuration whose writer has a KV binding
+// classifyConfig is a broker configuration whose writer has a KV binding
 // and, unless dynamic is empty, a dynamic one; dynamic is the rest of its
 // flow mapping.
-func reloadConfig(dynamic string) string {
+func classifyConfig(dynamic string) string {
 	pg := ""
 	if dynamic != "" {
 		pg = "      - {name: pg, namespace: payments, " + dynamic + "}\n"
@@ -139,7 +139,7 @@ func startReloadFixture(t *testing.T, dynamic string) *reloadFixture {
 	var logMu sync.Mutex
 	log := slog.New(slog.NewTextHandler(lockedWriter{&logMu, fx.logs}, nil))
 	poller := source.NewPoller(fx.cat, func(string) source.Vault { return fx.f }, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	fx.r = newReloader(fx.path, cfg, spiffeid.RequireTrustDomainFromString("ferry.test"), fx.cat, log)
+	fx.r = newReloader(fx.path, cfg, spiffeid.RequireTrustDomainFromString("ferry.test"), fx.cat, noAdmins{}, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { poller.Run(ctx) })
@@ -152,7 +152,7 @@ func startReloadFixture(t *testing.T, dynamic string) *reloadFixture {
 
 func (fx *reloadFixture) write(t *testing.T, dynamic string) {
 	t.Helper()
-	if err := os.WriteFile(fx.path, []byte(reloadConfig(dynamic)), 0o600); err != nil {
+	if err := os.WriteFile(fx.path, []byte(classifyConfig(dynamic)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -284,7 +284,7 @@ func TestReloaderRunsOnSIGHUP(t *testing.T) {
 	defer signal.Stop(hup)
 
 	path := filepath.Join(t.TempDir(), "broker.yaml")
-	if err := os.WriteFile(path, []byte(reloadConfig(`dynamic: {path: database/creds/app}`)), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(classifyConfig(`dynamic: {path: database/creds/app}`)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := config.Load(path)
@@ -292,11 +292,11 @@ func TestReloaderRunsOnSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	cat := catalog.New(cfg.Writers, source.Meta)
-	r := newReloader(path, cfg, spiffeid.RequireTrustDomainFromString("ferry.test"), cat, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r := newReloader(path, cfg, spiffeid.RequireTrustDomainFromString("ferry.test"), cat, noAdmins{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.run(ctx, hup) }()
-	if err := os.WriteFile(path, []byte(reloadConfig(`labels: {a: b}, dynamic: {path: database/creds/app}`)), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(classifyConfig(`labels: {a: b}, dynamic: {path: database/creds/app}`)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, changed := cat.Bindings()

@@ -11,11 +11,15 @@ import (
 // version), dynamic database credentials from Vault's database engine on a
 // real PostgreSQL (login, renewal, replacement before the max TTL, revocation
 // when the binding is removed), static-role credentials (rotation), PKI
-// certificates (SANs, chain, re-issue before expiry), and 20 bindings on one
+// certificates (SANs, chain, re-issue before expiry), 20 bindings on one
 // KV path costing one Vault read per refresh cycle, counted in Vault's own
-// audit log; config reloads that keep a dynamic binding's lease (relabel,
-// refresh) or replace it make-before-break (new role); and an apply refused
-// by an admission policy, retried until it succeeds. The subtests share one
+// audit log, and secrets Kubernetes would refuse (over 1 MiB, bad data keys)
+// or over the broker's Vault read bound failing alone; config reloads that
+// keep a dynamic binding's lease (relabel, refresh) or replace it
+// make-before-break (new role); an apply refused by an admission policy,
+// retried until it succeeds; then a broker restart that issues nothing, its
+// state sealed with Transit, and a broker refused for VAULT_SKIP_VERIFY in
+// its environment. The source subtests share one
 // stack and run in parallel.
 func TestSources(t *testing.T) {
 	if testing.Short() {
@@ -29,6 +33,7 @@ func TestSources(t *testing.T) {
 		t.Run("dynamic database credentials: login, renewal, replacement, revocation on removal", func(t *testing.T) { t.Parallel(); testDynamic(t, e, seen) })
 		t.Run("static-role credentials follow Vault's rotation", func(t *testing.T) { t.Parallel(); testStatic(t, e, seen) })
 		t.Run("PKI certificate with SANs and chain, re-issued before expiry", func(t *testing.T) { t.Parallel(); testPKI(t, e) })
+		t.Run("oversized values and bad keys are one binding's error; the others keep syncing", func(t *testing.T) { t.Parallel(); testLimits(t, e) })
 		t.Run("reload: relabel and refresh keep the lease", func(t *testing.T) {
 			t.Parallel()
 			testReloadKeepsLease(t, e, seen)
@@ -42,7 +47,8 @@ func TestSources(t *testing.T) {
 			testRefusedApplyRetried(t, e)
 		})
 	})
-	t.Run("a restarted broker carries on with its token, leases and certificates (vault.state)", func(t *testing.T) { testRestartState(t, e, seen) })
+	t.Run("a restarted broker carries on with its token, leases and certificates (vault.state, sealed with Transit)", func(t *testing.T) { testRestartState(t, e, seen) })
+	t.Run("VAULT_SKIP_VERIFY in the environment: the broker refuses to start and reaches nothing", func(t *testing.T) { testSkipVerifyRefused(t, e) })
 	t.Run("secret values and keys never reach the logs", func(t *testing.T) {
 		for _, p := range []interface {
 			Logs() string

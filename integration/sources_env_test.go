@@ -25,8 +25,8 @@ import (
 
 // sourcesEnv is one real stack shared by the source tests: Vault (TLS, file
 // audit device) with KV v1 and v2, the database engine on a real PostgreSQL,
-// and a PKI root; kube-apiserver; SPIRE; one ferry-broker and one
-// ferry-writer.
+// a PKI root, and a Transit key sealing the broker's state store;
+// kube-apiserver; SPIRE; one ferry-broker and one ferry-writer.
 type sourcesEnv struct {
 	vault     *stack.Vault
 	vc        *vaultapi.Client
@@ -88,7 +88,7 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	e.brokerCfg = ferrystack.BrokerConfig{
 		Listen: e.addr, AgentSocket: e.spire.AgentSocket,
 		VaultAddr: e.vault.Addr, VaultCAFile: e.vault.CAFile, RoleIDFile: roleID, SecretIDFile: secretID,
-		Admins: []string{writerID}, WriterID: writerID, StateMount: "secret",
+		Admins: []string{writerID}, WriterID: writerID, StateMount: "secret", StateTransitKey: stateTransitKey,
 	}
 	e.brokerBin = brokerBin
 	e.bindings = map[string]string{
@@ -102,6 +102,8 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	for i := range fanoutBindings {
 		e.bindings[fmt.Sprintf("shared-%02d", i)] = fmt.Sprintf(`refresh: %s, kv: {mount: secret, path: apps/shared}`, fanoutRefresh)
 	}
+	maps.Copy(e.bindings, limitsBindings)
+	setupLimits(t, e)
 	e.cfgPath = e.writeBrokerConfig(t)
 	if out, err := exec.Command(brokerBin, "validate", "-config", e.cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("ferry-broker validate: %v\n%s", err, out)
@@ -180,7 +182,14 @@ func (e *sourcesEnv) setupVault(t *testing.T) {
 	}
 	write("pki/root/generate/internal", map[string]any{"common_name": "Ferry Test Root", "ttl": "24h"})
 	write("pki/roles/web", map[string]any{"allowed_domains": "ferry.test", "allow_subdomains": true, "allow_ip_sans": true, "max_ttl": "1h"})
+
+	// Transit: the key that seals the broker's state entries (aes256-gcm96).
+	mount("transit", "transit", nil)
+	write("transit/keys/"+stateTransitKey, nil)
 }
+
+// stateTransitKey is the Transit key of vault.state.transit.
+const stateTransitKey = "ferry-state"
 
 // brokerAppRole creates the broker's AppRole with a policy for exactly what
 // the sources need. Its token is periodic: leases are children of the token
@@ -202,6 +211,8 @@ path "pki/issue/web"                    { capabilities = ["update"] }
 path "sys/leases/lookup"                { capabilities = ["update"] }
 path "secret/data/ferry-broker/default/*"     { capabilities = ["create", "update", "read"] }
 path "secret/metadata/ferry-broker/default/*" { capabilities = ["delete"] }
+path "transit/encrypt/ferry-state"            { capabilities = ["update"] }
+path "transit/decrypt/ferry-state"            { capabilities = ["update"] }
 `
 	if err := e.vc.Sys().PutPolicy("ferry-broker", policy); err != nil {
 		t.Fatal(err)

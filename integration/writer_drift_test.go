@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,11 +14,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ferry-secrets/ferry/integration/stack"
+	writerconfig "github.com/ferry-secrets/ferry/writer/config"
 	"github.com/ferry-secrets/ferry/writer/restart"
 )
 
 // TestWriterDriftPoliciesRestarts runs the real broker and writer (RBAC from
-// the chart, with deletion and one rollout restart target) against the real
+// the chart, with deletion and one rollout restart target; takeover added
+// to the writer's creation_policies) against the real
 // apiserver and proves: drift repair (a Secret deleted or edited by hand is
 // restored by the periodic resync) without churn (resyncs of unchanged
 // content never move resourceVersion); the creation policies create, merge
@@ -78,7 +81,12 @@ rolloutRestart: {delay: %s, targets: [{namespace: %s, kind: Deployment, name: ap
 `, common)
 	s.writeBrokerConfig(bindings)
 	broker := s.startBroker("ferry-broker")
-	writer := s.startWriter("ferry-writer", r, token)
+	// Takeover is opt-in in the writer's own config.
+	writer := s.startWriter("ferry-writer", r, token, func(c *writerconfig.Config) {
+		if !slices.Contains(c.CreationPolicies, writerconfig.CreationTakeover) {
+			c.CreationPolicies = append(c.CreationPolicies, writerconfig.CreationTakeover)
+		}
+	})
 
 	get := func(name string) (*corev1.Secret, error) {
 		return admin.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})

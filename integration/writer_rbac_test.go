@@ -20,7 +20,9 @@ import (
 // ServiceAccount's token and the config the chart rendered, and shows that
 // it delivers Secrets into its target namespaces while the same token is
 // refused everything else: reading Secrets (get, list, watch), any write in
-// a namespace not in its values, deletes, token minting and workloads.
+// a namespace not in its values, deletes, token minting and workloads. The
+// writer's own config (the chart's defaults) refuses a takeover the broker
+// asks for: a Secret Ferry did not create is left as it was.
 func TestWriterChartRBAC(t *testing.T) {
 	s := startWriterStack(t)
 	ctx := ctxT(t)
@@ -32,8 +34,15 @@ func TestWriterChartRBAC(t *testing.T) {
       - {name: a, namespace: %s, refresh: 2s, kv: {mount: secret, path: apps/a}}
       - {name: b, namespace: %s, refresh: 2s, kv: {mount: secret, path: apps/b}}
       - {name: sneaky, namespace: %s, refresh: 2s, kv: {mount: secret, path: apps/a}}
+      - {name: grab, namespace: %[1]s, secret_name: foreign, creation: takeover, refresh: 2s, kv: {mount: secret, path: apps/a}}
 `, nsA, nsB, outside))
 	token, r := s.installChart(ctx, release, s.chartValues(fmt.Sprintf("targetNamespaces: [%s, %s]\n", nsA, nsB)))
+	foreign, err := s.kube.Admin(t).CoreV1().Secrets(nsA).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "foreign"}, Data: map[string][]byte{"app-key": []byte("app-owned")},
+	}, metav1.CreateOptions{FieldManager: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	broker := s.startBroker("ferry-broker")
 	writer := s.startWriter("ferry-writer", r, token)
 	admin := s.kube.Admin(t)
@@ -67,6 +76,24 @@ func TestWriterChartRBAC(t *testing.T) {
 		}
 		if len(list.Items) != 0 {
 			t.Errorf("namespace %s holds %d Secrets", outside, len(list.Items))
+		}
+	})
+
+	t.Run("a takeover is refused by the writer unless its config opts in", func(t *testing.T) {
+		// The refusal in the log is the signal that the writer has handled
+		// the binding; the foreign Secret must then be as it was.
+		eventually(t, 30*time.Second, "takeover refusal in the writer log", func() error {
+			if !writer.LogContains(`binding \"grab\" refused: creation: policy \"takeover\"`) {
+				return fmt.Errorf("not yet")
+			}
+			return nil
+		})
+		got, err := admin.CoreV1().Secrets(nsA).Get(ctx, "foreign", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.ResourceVersion != foreign.ResourceVersion || len(got.Data) != 1 || string(got.Data["app-key"]) != "app-owned" {
+			t.Errorf("the foreign Secret changed: resourceVersion %s → %s, %d keys", foreign.ResourceVersion, got.ResourceVersion, len(got.Data))
 		}
 	})
 

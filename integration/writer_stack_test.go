@@ -146,8 +146,8 @@ func (s *writerStack) installChart(ctx context.Context, ns, values string) (toke
 // startWriter runs ferry-writer with the config the chart rendered into its
 // ConfigMap, changed only where a pod and this test differ: the SPIRE
 // socket's path, and a kubeconfig holding the ServiceAccount token instead
-// of the in-cluster config.
-func (s *writerStack) startWriter(name string, r rendered, token string) *stack.Process {
+// of the in-cluster config; then edits, in order.
+func (s *writerStack) startWriter(name string, r rendered, token string, edits ...func(*writerconfig.Config)) *stack.Process {
 	t := s.t
 	t.Helper()
 	cms := ofType[*corev1.ConfigMap](r)
@@ -161,6 +161,9 @@ func (s *writerStack) startWriter(name string, r rendered, token string) *stack.
 	cfg.SPIFFE.WorkloadAPI = "unix://" + s.spire.AgentSocket
 	cfg.Kubernetes.Kubeconfig = s.kube.Kubeconfig(t, token)
 	cfg.Log.Level = "debug"
+	for _, edit := range edits {
+		edit(&cfg)
+	}
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	"github.com/ferry-secrets/ferry/internal/task"
+	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 	"github.com/ferry-secrets/ferry/writer/apply"
 	"github.com/ferry-secrets/ferry/writer/config"
 	"github.com/ferry-secrets/ferry/writer/restart"
@@ -44,7 +46,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("writer: broker.spiffe_id: %w", err)
 	}
-	restCfg, err := restConfig(cfg.Kubernetes)
+	restCfg, err := restConfig(cfg.Kubernetes, log)
 	if err != nil {
 		return err
 	}
@@ -56,7 +58,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	log.Info("ferry-writer starting", "version", version(), "broker", cfg.BrokerAddresses(), "broker_id", brokerID.String(),
 		"namespaces", cfg.Namespaces, "parallelism", cfg.Kubernetes.Parallelism, "resync", cfg.Resync.Duration.String(),
 		"deletion_enabled", cfg.Deletion.Enabled, "rollout_restart_targets", len(cfg.RolloutRestart.Targets),
-		"qps", cfg.Kubernetes.QPS, "burst", cfg.Kubernetes.Burst, "api_server", restCfg.Host)
+		"qps", cfg.Kubernetes.QPS, "burst", cfg.Kubernetes.Burst, "api_server", restCfg.Host,
+		"secret_types", cfg.SecretTypes, "creation_policies", cfg.CreationPolicies)
 	src, err := svidsource.New(ctx, cfg.SPIFFE, log)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -69,7 +72,11 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		log.Info("SVID loaded", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
 	}
 
-	opts := []apply.Option{apply.WithLogger(log)}
+	opts := []apply.Option{
+		apply.WithLogger(log),
+		apply.WithSecretTypes(cfg.SecretTypes),
+		apply.WithCreationPolicies(creationPolicies(cfg.CreationPolicies)...),
+	}
 	if cfg.Deletion.Enabled {
 		opts = append(opts, apply.WithDelete())
 	}
@@ -108,10 +115,30 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	return nil
 }
 
+// creationPolicies maps creation_policies (validated) to the protocol's.
+func creationPolicies(names []string) []ferryv1.CreationPolicy {
+	out := make([]ferryv1.CreationPolicy, 0, len(names))
+	for _, n := range names {
+		switch n {
+		case config.CreationCreate:
+			out = append(out, ferryv1.CreationPolicy_CREATION_POLICY_CREATE)
+		case config.CreationMerge:
+			out = append(out, ferryv1.CreationPolicy_CREATION_POLICY_MERGE)
+		case config.CreationTakeover:
+			out = append(out, ferryv1.CreationPolicy_CREATION_POLICY_TAKEOVER)
+		}
+	}
+	return out
+}
+
 // restConfig returns the Kubernetes client config: from the kubeconfig file
 // if one is set, otherwise in-cluster; with the configured QPS and burst,
-// protobuf responses and the writer's user agent.
-func restConfig(k config.Kubernetes) (*rest.Config, error) {
+// protobuf responses and the writer's user agent. A kubeconfig that skips
+// TLS verification or names an http:// server is refused unless
+// kubernetes.allow_insecure is set, and then logged as a warning: Secret
+// data (and, over TLS, the writer's token) would go to a server that
+// proves nothing, or cross the network in clear text.
+func restConfig(k config.Kubernetes, log *slog.Logger) (*rest.Config, error) {
 	var (
 		rc  *rest.Config
 		err error
@@ -127,12 +154,43 @@ func restConfig(k config.Kubernetes) (*rest.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("writer: kubernetes config: %w", err)
 	}
+	if k.Kubeconfig != "" {
+		problems, err := insecureTransport(rc)
+		if err != nil {
+			return nil, fmt.Errorf("writer: kubeconfig %s: %w", k.Kubeconfig, err)
+		}
+		if len(problems) > 0 {
+			if !k.AllowInsecure {
+				return nil, fmt.Errorf("writer: kubeconfig %s: %s; refused unless kubernetes.allow_insecure is true (development only)", k.Kubeconfig, strings.Join(problems, "; "))
+			}
+			log.Warn("kubernetes.allow_insecure: using an insecure kubeconfig; development only", "kubeconfig", k.Kubeconfig, "problems", problems)
+		}
+	}
 	rc.QPS = k.QPS
 	rc.Burst = k.Burst
 	rc.UserAgent = UserAgent
 	rc.ContentType = runtime.ContentTypeProtobuf
 	rc.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	return rc, nil
+}
+
+// insecureTransport lists what makes rc's connection to the apiserver
+// insecure: no verification of its certificate, or no TLS at all (an
+// http:// server, or a bare host:port without TLS settings, which
+// client-go reaches over http).
+func insecureTransport(rc *rest.Config) ([]string, error) {
+	var problems []string
+	if rc.Insecure {
+		problems = append(problems, "insecure-skip-tls-verify is set (the apiserver's certificate would not be verified)")
+	}
+	u, _, err := rest.DefaultServerUrlFor(rc)
+	if err != nil {
+		return nil, err
+	}
+	if u.Scheme != "https" {
+		problems = append(problems, fmt.Sprintf("server %s is not https (Secret data would cross the network in clear text, to a server that proves nothing)", u.Redacted()))
+	}
+	return problems, nil
 }
 
 // version is the main module's version, "(devel)" for a local build.

@@ -282,6 +282,7 @@ type Subscription struct {
 	c        *Catalog
 	writerID string
 	notify   chan struct{}
+	done     chan struct{}                 // closed when the writer is removed (reload.go)
 	dirty    map[string]struct{}           // guarded by c.mu
 	deletes  map[string]*ferryv1.SecretRef // namespace/name; guarded by c.mu; see reload.go
 }
@@ -296,7 +297,7 @@ func (c *Catalog) Subscribe(writerID string) (*Subscription, []*ferryv1.Secret) 
 	if w == nil || w.gone {
 		return nil, nil
 	}
-	sub := &Subscription{c: c, writerID: writerID, notify: make(chan struct{}, 1), dirty: map[string]struct{}{}, deletes: map[string]*ferryv1.SecretRef{}}
+	sub := &Subscription{c: c, writerID: writerID, notify: make(chan struct{}, 1), done: make(chan struct{}), dirty: map[string]struct{}{}, deletes: map[string]*ferryv1.SecretRef{}}
 	w.subs[sub] = struct{}{}
 	for dest, ref := range w.removed {
 		sub.markDeleted(dest, ref)
@@ -335,6 +336,12 @@ func (s *Subscription) mark(name string) {
 
 // Changed is signalled when Next has something to return.
 func (s *Subscription) Changed() <-chan struct{} { return s.notify }
+
+// Removed is closed when a reload removes the subscription's writer from
+// the configuration: the writer is no longer trusted with anything, so the
+// subscription gets nothing more (not even delete messages) and its stream
+// should end.
+func (s *Subscription) Removed() <-chan struct{} { return s.done }
 
 // Next returns the current desired Secret of every binding that changed
 // since the last call, coalescing repeated changes to one binding.

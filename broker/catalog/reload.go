@@ -62,7 +62,9 @@ type Changes struct {
 // the desired Secret from the data already held and sends it again — for a
 // moved binding after a delete message for its old destination — and
 // schedule and source changes are left to the sources, which watch
-// Bindings. As with New, the catalog keeps pointers into ws's bindings.
+// Bindings. A writer no longer in ws is sent nothing more: its
+// subscriptions are ended (Removed) without delete messages. As with New,
+// the catalog keeps pointers into ws's bindings.
 func (c *Catalog) Update(ws []config.Writer) Changes {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -75,6 +77,12 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 		if _, ok := want[id]; ok || w.gone {
 			continue
 		}
+		// End its subscriptions first, so they are sent no delete messages.
+		for sub := range w.subs {
+			close(sub.done)
+			delete(w.subs, sub)
+		}
+		w.connected = 0
 		for _, n := range w.order {
 			w.remove(w.bindings[n], nil)
 			delete(w.bindings, n)

@@ -80,13 +80,28 @@ func TestUpdateSendsDeletesAndKeepsTheSnapshotContract(t *testing.T) {
 		t.Fatal("a re-added binding is still deleted on connect")
 	}
 
-	// A writer removed from the config is no longer known; its bindings are deleted.
+	// A writer removed from the config is no longer known; its
+	// subscriptions end and are sent nothing more, not even deletes.
+	select {
+	case <-sub.Removed():
+		t.Fatal("subscription ended before its writer was removed")
+	default:
+	}
 	c.Update(nil)
 	if c.Known(wid) {
 		t.Error("removed writer still known")
 	}
-	if d := sub.Deletes(); len(d) != 3 {
-		t.Errorf("deletes after removing the writer = %d, want 3", len(d))
+	select {
+	case <-sub.Removed():
+	default:
+		t.Fatal("the removed writer's subscription is not ended")
+	}
+	if d := sub.Deletes(); len(d) != 0 {
+		t.Errorf("a removed writer's subscription got %d deletes, want none", len(d))
+	}
+	sub.Close() // after the end: a no-op
+	if st := c.Status(""); len(st) != 0 {
+		t.Errorf("status of a removed writer: %v", st)
 	}
 }
 

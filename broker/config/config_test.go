@@ -104,3 +104,22 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestStateTransitDefaultsAndErrors: vault.state.transit takes the mount
+// "transit" by default, requires a key, and names the bad field.
+func TestStateTransitDefaultsAndErrors(t *testing.T) {
+	withTransit := strings.Replace(valid, "  auth:", "  state: {mount: secret, transit: {key: ferry-state}}\n  auth:", 1)
+	c, err := Parse([]byte(withTransit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := c.Vault.State.Transit; tr == nil || tr.Mount != "transit" || tr.Key != "ferry-state" {
+		t.Fatalf("vault.state.transit = %+v, want mount transit, key ferry-state", tr)
+	}
+	testEdits(t, withTransit, []edit{
+		{"no key", "transit: {key: ferry-state}", "transit: {mount: transit}", "vault.state.transit.key: required"},
+		{"key with a slash", "key: ferry-state", "key: a/b", `vault.state.transit.key: "a/b" is not a Transit key name`},
+		{"dotdot mount", "transit: {key: ferry-state}", "transit: {mount: ../sys, key: ferry-state}", "vault.state.transit.mount:"},
+		{"unknown field", "transit: {key: ferry-state}", "transit: {key: ferry-state, context: x}", `unknown field "context"`},
+	})
+}

@@ -47,7 +47,26 @@ type VaultState struct {
 	Mount string `json:"mount"`
 	// Path is the prefix under the mount. Default "ferry-broker".
 	Path string `json:"path,omitempty"`
+	// Transit, when set, encrypts every entry with a Vault Transit key
+	// before it is written, so a policy that can read the KV prefix alone
+	// reads only ciphertext. Optional but recommended.
+	Transit *VaultTransit `json:"transit,omitempty"`
 }
+
+// VaultTransit is the Transit key that encrypts the state entries.
+type VaultTransit struct {
+	// Mount is the Transit mount. Default "transit".
+	Mount string `json:"mount,omitempty"`
+	// Key is the name of an existing Transit key (aes256-gcm96 or another
+	// AEAD type: each entry's ciphertext is bound to its KV path). Required.
+	Key string `json:"key"`
+}
+
+// DefaultTransitMount is vault.state.transit.mount's default.
+const DefaultTransitMount = "transit"
+
+// transitKeyName is what Transit accepts as a key name.
+var transitKeyName = regexp.MustCompile(`^\w([\w.@-]*\w)?$`)
 
 // DefaultStatePath is vault.state.path's default.
 const DefaultStatePath = "ferry-broker"
@@ -118,6 +137,12 @@ func (v *Vault) setDefaults() {
 		if v.State.Path == "" {
 			v.State.Path = DefaultStatePath
 		}
+		if t := v.State.Transit; t != nil {
+			t.Mount = strings.Trim(t.Mount, "/")
+			if t.Mount == "" {
+				t.Mount = DefaultTransitMount
+			}
+		}
 	}
 	for n, a := range v.Identities {
 		a.setDefaults()
@@ -168,6 +193,17 @@ func (v Vault) validate(p *yamlconfig.Problems, workloadAPI bool) {
 	}
 	if v.State != nil && v.State.Mount == "" {
 		p.Add("vault.state.mount", "required (a KV version 2 mount)")
+	}
+	if v.State != nil && v.State.Transit != nil {
+		t := v.State.Transit
+		if t.Key == "" {
+			p.Add("vault.state.transit.key", "required (the name of a Transit key)")
+		} else if !transitKeyName.MatchString(t.Key) {
+			p.Add("vault.state.transit.key", "%q is not a Transit key name (letters, digits, '_', '-', '.', '@')", t.Key)
+		}
+		if strings.Contains(t.Mount, "..") {
+			p.Add("vault.state.transit.mount", "%q is not a valid mount path", t.Mount)
+		}
 	}
 	v.Auth.validate(p, "vault.auth", workloadAPI)
 	for _, n := range v.IdentityNames()[1:] {

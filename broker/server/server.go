@@ -12,20 +12,25 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -40,12 +45,59 @@ type Server struct {
 	Health *health.Server
 
 	cat    *catalog.Catalog
-	admins []string
+	admins atomic.Pointer[[]string] // debug.admins; SetAdmins replaces it
+	limits Limits
 	log    *slog.Logger
 
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
+
+	mu      sync.Mutex
+	streams map[string]bool // writer IDs with an open Sync stream
 }
+
+// Limits bound what clients may hold open on the server. DefaultLimits are
+// the broker's; tests shorten the keepalive times.
+type Limits struct {
+	// MaxConnections bounds the connections accepted at once; a further
+	// one waits in the listen backlog until another closes.
+	MaxConnections int
+	// MaxStreamsPerConn bounds the RPCs open at once on one connection
+	// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); a client that opens more is
+	// refused them (REFUSED_STREAM). A writer needs one Sync stream, plus
+	// a health check or ListBindings now and then.
+	MaxStreamsPerConn uint32
+	// HandshakeTimeout bounds a new connection's TLS handshake, so that
+	// connections that never finish it do not hold MaxConnections slots.
+	HandshakeTimeout time.Duration
+	// MinPingInterval: a client pinging more often is sent GOAWAY
+	// (ENHANCE_YOUR_CALM, "too_many_pings") and disconnected.
+	MinPingInterval time.Duration
+	// PingIdle and PingTimeout: a connection idle for PingIdle is pinged,
+	// and closed when the ping is not answered within PingTimeout. So a
+	// writer whose connection broke without a FIN (a dead node, a cut
+	// network) loses its stream, and with it its writer ID's Sync slot,
+	// within PingIdle+PingTimeout.
+	PingIdle, PingTimeout time.Duration
+}
+
+// DefaultLimits: 1024 connections (a writer holds one), 16 RPCs per
+// connection, a 10 s handshake, pings no more often than
+// ferryv1.MinPingInterval, and a silent connection dropped within 40 s.
+var DefaultLimits = Limits{
+	MaxConnections:    1024,
+	MaxStreamsPerConn: 16,
+	HandshakeTimeout:  10 * time.Second,
+	MinPingInterval:   ferryv1.MinPingInterval,
+	PingIdle:          30 * time.Second,
+	PingTimeout:       ferryv1.PingTimeout,
+}
+
+// Option configures New.
+type Option func(*Server)
+
+// WithLimits replaces DefaultLimits.
+func WithLimits(l Limits) Option { return func(s *Server) { s.limits = l } }
 
 // Drain ends every open Sync stream with Unavailable, so that a graceful
 // stop does not wait for streams that never end on their own and writers
@@ -65,10 +117,21 @@ func TransportCredentials(src svidsource.Source, td spiffeid.TrustDomain) creden
 
 // New builds the server. creds may be nil in tests that use their own
 // transport (then no peer has an ID and every authorized RPC is denied).
-func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCredentials, log *slog.Logger) *Server {
-	s := &Server{cat: cat, admins: admins, log: log, Health: health.NewServer(), draining: make(chan struct{})}
+func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCredentials, log *slog.Logger, options ...Option) *Server {
+	s := &Server{cat: cat, log: log, Health: health.NewServer(), draining: make(chan struct{}), limits: DefaultLimits, streams: map[string]bool{}}
+	s.SetAdmins(admins)
+	for _, o := range options {
+		o(s)
+	}
 	authFn := s.authorize
+	l := s.limits
 	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(ferryv1.MaxMessageBytes),
+		grpc.MaxSendMsgSize(ferryv1.MaxMessageBytes),
+		grpc.MaxConcurrentStreams(l.MaxStreamsPerConn),
+		grpc.ConnectionTimeout(l.HandshakeTimeout),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.MinPingInterval, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.PingIdle, Timeout: l.PingTimeout}),
 		grpc.ChainUnaryInterceptor(
 			logging.UnaryServerInterceptor(grpcLogger(log), loggingOptions()...),
 			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered)),
@@ -89,6 +152,19 @@ func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCrede
 	healthpb.RegisterHealthServer(s.GRPC, s.Health)
 	reflection.Register(s.GRPC)
 	return s
+}
+
+// Serve accepts connections on lis, at most Limits.MaxConnections at once,
+// until the server stops.
+func (s *Server) Serve(lis net.Listener) error {
+	return s.GRPC.Serve(netutil.LimitListener(lis, s.limits.MaxConnections))
+}
+
+// SetAdmins replaces the debug admins (a config reload). The next RPC sees
+// the new list: an ID removed from it is denied at once.
+func (s *Server) SetAdmins(ids []string) {
+	ids = slices.Clone(ids)
+	s.admins.Store(&ids)
 }
 
 // recovered turns a handler panic into Internal without echoing the panic
@@ -127,4 +203,22 @@ func methodOf(ctx context.Context) string {
 	return m
 }
 
-func (s *Server) isAdmin(id string) bool { return slices.Contains(s.admins, id) }
+func (s *Server) isAdmin(id string) bool { return slices.Contains(*s.admins.Load(), id) }
+
+// claimStream takes writer id's one Sync slot; it reports false when a
+// stream of id is already open.
+func (s *Server) claimStream(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams[id] {
+		return false
+	}
+	s.streams[id] = true
+	return true
+}
+
+func (s *Server) releaseStream(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.streams, id)
+}

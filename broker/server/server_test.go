@@ -3,6 +3,8 @@ package server_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -46,7 +48,7 @@ type fixture struct {
 	srv  *server.Server
 }
 
-func start(t *testing.T) *fixture {
+func start(t *testing.T, opts ...server.Option) *fixture {
 	t.Helper()
 	ca := spiffetest.NewCA(t, "ferry.test")
 	writers := []config.Writer{{ID: writerA, Secrets: []config.Binding{{
@@ -57,12 +59,12 @@ func start(t *testing.T) *fixture {
 	logs := &logtest.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	src := ca.Source(t, brokerID, "broker.ferry.test")
-	srv := server.New(cat, []string{adminID}, server.TransportCredentials(src, ca.TD), log)
+	srv := server.New(cat, []string{adminID}, server.TransportCredentials(src, ca.TD), log, opts...)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = srv.GRPC.Serve(lis) }()
+	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.GRPC.Stop)
 	return &fixture{ca: ca, addr: lis.Addr().String(), cat: cat, logs: logs, srv: srv}
 }
@@ -97,7 +99,8 @@ func (f *fixture) openSync(t *testing.T, ctx context.Context) ferryv1.WriterServ
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}}); err != nil {
+	// io.EOF: the broker ended the stream already; Recv says why.
+	if err := stream.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Hello{Hello: &ferryv1.Hello{}}}); err != nil && !errors.Is(err, io.EOF) {
 		t.Fatal(err)
 	}
 	return stream
@@ -108,7 +111,8 @@ func TestSyncDeliversSnapshotThenChanges(t *testing.T) {
 	first := f.publish(t, value)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	stream := f.openSync(t, ctx)
+	firstCtx, closeFirst := context.WithCancel(ctx)
+	stream := f.openSync(t, firstCtx)
 	m, err := stream.Recv()
 	if err != nil {
 		t.Fatal(err)
@@ -138,9 +142,16 @@ func TestSyncDeliversSnapshotThenChanges(t *testing.T) {
 		return len(st) == 1 && st[0].AppliedRevision == first.Revision
 	})
 	// A second stream (a restarted writer) hears that it applied the
-	// binding before.
-	again := f.openSync(t, ctx)
-	if m, err := again.Recv(); err != nil || m.GetUpsert() == nil || !m.GetAppliedBefore() {
+	// binding before. One stream per writer ID: it gets in once the first
+	// has ended.
+	closeFirst()
+	var again ferryv1.WriterService_SyncClient
+	waitFor(t, func() bool {
+		again = f.openSync(t, ctx)
+		m, err = again.Recv()
+		return status.Code(err) != codes.AlreadyExists
+	})
+	if err != nil || m.GetUpsert() == nil || !m.GetAppliedBefore() {
 		t.Fatalf("second stream's snapshot upsert = %v, %v; want applied_before", m, err)
 	}
 	resp, err := ferryv1.NewDebugServiceClient(f.dial(t, f.ca, writerA)).ListBindings(ctx, &ferryv1.ListBindingsRequest{})

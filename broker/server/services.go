@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,6 +27,20 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 	ctx := stream.Context()
 	id := callerID(ctx)
 	log := w.s.log.With("spiffe_id", id)
+
+	// One open stream per writer ID. A second one is refused rather than
+	// replacing the first: the writer chart supports several replicas of one
+	// writer (one SPIFFE ID), and replacing would make them take the stream
+	// from each other in turn, each time with a full snapshot. The refused
+	// replica retries with backoff and takes over when the open stream ends.
+	// A stream whose connection broke without a FIN (the case where
+	// replacing would help) is closed by keepalive within
+	// Limits.PingIdle+PingTimeout, freeing the slot.
+	if !w.s.claimStream(id) {
+		log.Warn("refused a second Sync stream of the same writer", "code", codes.AlreadyExists.String())
+		return status.Error(codes.AlreadyExists, "this writer ID already has an open Sync stream (another replica, or a broken connection the broker closes within a minute); retry later")
+	}
+	defer w.s.releaseStream(id)
 
 	first, err := stream.Recv()
 	if err != nil {
@@ -61,6 +77,9 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 		case <-w.s.draining:
 			log.Info("broker stopping; closing the writer's stream")
 			return status.Error(codes.Unavailable, "broker stopping")
+		case <-sub.Removed():
+			log.Warn("writer removed from the configuration; closing its stream")
+			return status.Error(codes.PermissionDenied, "writer removed from the broker's configuration")
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				log.Info("writer closed the stream")
@@ -68,6 +87,11 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 			}
 			return err
 		case <-sub.Changed():
+			select {
+			case <-sub.Removed():
+				continue // the next round ends the stream
+			default:
+			}
 			// Deletes of removed bindings go before the round's upserts.
 			for _, ref := range sub.Deletes() {
 				if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Delete{Delete: ref}}); err != nil {
@@ -94,6 +118,8 @@ func (w *writerService) receiveResults(stream ferryv1.WriterService_SyncServer, 
 		if r == nil {
 			return status.Error(codes.InvalidArgument, "expected an apply result")
 		}
+		// The writer's error text is stored, listed and logged: bound it.
+		r.Error = truncateUTF8(r.Error, MaxApplyErrorBytes)
 		if r.GetSuperseded() {
 			w.s.log.Debug("writer skipped a superseded revision", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision())
 			continue
@@ -133,7 +159,7 @@ func (d *debugService) ListBindings(ctx context.Context, req *ferryv1.ListBindin
 }
 
 // Page sizes of ListBindings: a response of 5000 bindings stays well under
-// gRPC's default 4 MiB message limit.
+// ferryv1.MaxMessageBytes (4 MiB, also gRPC's default that grpcurl keeps).
 const (
 	defaultPageSize = 1000
 	maxPageSize     = 5000
@@ -170,4 +196,24 @@ func page(all []*ferryv1.BindingStatus, size int32, token string) (*ferryv1.List
 		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(last.WriterId + "\x00" + last.Binding))
 	}
 	return resp, nil
+}
+
+// MaxApplyErrorBytes bounds the error text of a writer's ApplyResult as the
+// broker stores (ListBindings' apply_error) and logs it. A Kubernetes error
+// names the Secret, the field and the reason in far less; the bound keeps a
+// writer (or a stolen writer credential) from filling the broker's memory
+// and log with 4 MiB messages.
+const MaxApplyErrorBytes = 1 << 10
+
+// truncateUTF8 cuts s to at most max bytes, on a UTF-8 boundary, and marks
+// the cut with the original length.
+func truncateUTF8(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("… [truncated: %d bytes in all]", len(s))
 }

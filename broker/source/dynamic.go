@@ -220,8 +220,20 @@ func (d *dynamicSource) issue(ctx context.Context) {
 		d.publishLeaseless(l, now)
 		return
 	}
-	d.rev, _ = d.publish(l.Data, 0)
-	d.data = l.Data
+	rev, _, err := d.publish(l.Data, 0)
+	if err != nil {
+		// Credentials no writer can be sent are of no use: revoke them at
+		// once, keep the current ones, and try again later.
+		wait := d.retry.NextBackOff()
+		d.log.Warn("issued credentials refused; revoking them and keeping the last delivered Secret", "err", err,
+			"refused_lease_id", l.LeaseID, "retry_in", wait, "lease_id", d.curID())
+		if err := d.v.RevokeLease(ctx, l.LeaseID); err != nil {
+			d.log.Warn("revoking refused credentials failed; they expire with their lease", "refused_lease_id", l.LeaseID, "err", err)
+		}
+		d.next, d.act = now.Add(wait), actIssue
+		return
+	}
+	d.rev, d.data = rev, l.Data
 	prev := d.cur
 	d.cur = &heldLease{id: l.LeaseID, period: l.LeaseDuration, renewable: l.Renewable, expires: now.Add(l.LeaseDuration), via: d.v}
 	d.scheduleAfterGrant(now, l.LeaseDuration)
@@ -243,7 +255,13 @@ func (d *dynamicSource) publishLeaseless(l *vault.Leased, now time.Time) {
 		}
 		delete(l.Data, ttlKey)
 	}
-	rev, changed := d.publish(l.Data, 0)
+	rev, changed, err := d.publish(l.Data, 0)
+	if err != nil {
+		wait := d.retry.NextBackOff()
+		d.log.Warn("credentials refused; keeping the last delivered Secret", "err", err, "retry_in", wait)
+		d.next, d.act = now.Add(wait), actIssue
+		return
+	}
 	d.rev, d.data, d.readAt = rev, l.Data, now
 	d.next, d.act, d.expires = now.Add(jitter(d.b.Refresh.Duration)), actIssue, time.Time{}
 	if rotation > 0 {

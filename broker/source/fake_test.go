@@ -33,9 +33,12 @@ type fakeVault struct {
 
 	kvReads   int
 	kvData    map[string][]byte
-	kvPaths   map[string]int // reads per mount/path
-	kvErr     error          // when set, KV reads fail with it
-	kvVersion int64          // when set, the version every KV read returns
+	kvPaths   map[string]int               // reads per mount/path
+	kvErr     error                        // when set, KV reads fail with it
+	kvVersion int64                        // when set, the version every KV read returns
+	kvByPath  map[string]map[string][]byte // mount/path → data, instead of kvData
+
+	leasedExtra map[string][]byte // added to the data of every issued lease
 
 	ttl, maxTTL   time.Duration
 	leases        map[string]*fakeLease
@@ -57,7 +60,8 @@ type fakeVault struct {
 	certs   []*x509.Certificate
 	revoked []string
 
-	state map[string][]byte // the state store; nil: not configured
+	state    map[string][]byte // the state store; nil: not configured
+	stateErr error             // when set, state reads fail with it (e.g. a failed Transit decrypt)
 }
 
 type fakeLease struct {
@@ -83,8 +87,12 @@ func (f *fakeVault) ReadKV(ctx context.Context, mount, path string, ev int, vers
 	if f.kvErr != nil {
 		return nil, f.kvErr
 	}
+	src := f.kvData
+	if d, ok := f.kvByPath[mount+"/"+path]; ok {
+		src = d
+	}
 	data := map[string][]byte{}
-	for k, v := range f.kvData {
+	for k, v := range src {
 		data[k] = v
 	}
 	v := int64(f.kvReads)
@@ -116,8 +124,11 @@ func (f *fakeVault) ReadLeased(ctx context.Context, method, path string, params 
 	id := fmt.Sprintf("database/creds/app/%d", f.issued)
 	l := &fakeLease{path: path, user: fmt.Sprintf("v-user-%d", f.issued), issued: now, expires: now.Add(f.ttl), maxE: now.Add(f.maxTTL)}
 	f.leases[id] = l
-	return &vault.Leased{LeaseID: id, LeaseDuration: f.ttl, Renewable: true,
-		Data: map[string][]byte{"username": []byte(l.user), "password": []byte("pw-" + l.user)}}, nil
+	data := map[string][]byte{"username": []byte(l.user), "password": []byte("pw-" + l.user)}
+	for k, v := range f.leasedExtra {
+		data[k] = v
+	}
+	return &vault.Leased{LeaseID: id, LeaseDuration: f.ttl, Renewable: true, Data: data}, nil
 }
 
 func (f *fakeVault) RenewLease(ctx context.Context, id string, inc time.Duration) (*vault.Renewal, error) {
@@ -156,6 +167,9 @@ func (f *fakeVault) LoadState(ctx context.Context, key string) ([]byte, error) {
 	defer f.mu.Unlock()
 	if f.state == nil {
 		return nil, vault.ErrNoState
+	}
+	if f.stateErr != nil {
+		return nil, f.stateErr
 	}
 	return f.state[key], nil
 }

@@ -219,7 +219,12 @@ func (s *kvScheduler) deliver(m *handle, val *vault.KVSecret, err error, at, nex
 		return // same data as the desired Secret: nothing to render
 	default:
 		first := m.kv.published == nil
-		if rev, changed := cat.SetDesired(m.writerID, m.name, val.Data, val.Version, at); changed {
+		rev, changed, err := s.p.publish(m.writerID, m.name, val.Data, val.Version, at)
+		if err != nil {
+			s.p.log.Warn("source data refused; keeping the last delivered Secret", "writer_id", m.writerID, "binding", m.name, "vault_version", val.Version, "err", err)
+			break
+		}
+		if changed {
 			// The first read of each binding is at debug: a large config
 			// would log one line per binding at every start.
 			level := slog.LevelInfo

@@ -99,7 +99,13 @@ func (s *pkiSource) issue(ctx context.Context) {
 	}
 	s.retry.Reset()
 	data := tlsData(c)
-	rev, _ := s.publish(data, 0)
+	rev, _, err := s.publish(data, 0)
+	if err != nil {
+		wait := s.retry.NextBackOff()
+		s.log.Warn("issued certificate refused; keeping the last delivered Secret", "err", err, "refused_serial", c.Serial, "retry_in", wait, "serial", s.serial)
+		s.next = now.Add(wait)
+		return
+	}
 	s.serial, s.notBefore, s.notAfter = c.Serial, c.NotBefore, c.NotAfter
 	s.saveCert(ctx, data, c.NotBefore)
 	s.next = reissueAt(c.NotBefore, c.NotAfter, s.cfg.RenewBefore.Duration, s.cfg.RenewPercent, now)

@@ -23,6 +23,7 @@ import (
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/vault"
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 )
 
 // Source kinds, as shown in the catalog and the debug RPC.
@@ -64,10 +65,33 @@ type binding struct {
 	updates  <-chan config.Binding
 }
 
-// publish hands data to the catalog, which renders the binding's Secret;
-// it returns the revision and whether the content changed.
-func (bc *binding) publish(data map[string][]byte, vaultVersion int64) (string, bool) {
-	return bc.p.cat.SetDesired(bc.writerID, bc.b.Name, data, vaultVersion, time.Now())
+// publish hands data to the catalog, which renders the binding's Secret
+// (Poller.publish); it returns the revision and whether the content
+// changed.
+func (bc *binding) publish(data map[string][]byte, vaultVersion int64) (string, bool, error) {
+	return bc.p.publish(bc.writerID, bc.b.Name, data, vaultVersion, time.Now())
+}
+
+// publish hands data read for binding name to the catalog, which renders
+// the binding's Secret from its current configuration, and reports the
+// revision and whether the content changed. It is the one place where every
+// source kind (kv, dynamic, pki, and the state store's restores) publishes
+// new content (a lease renewal only re-records the Secret published here).
+//
+// Data the apiserver would refuse — a key that is not a valid Secret data
+// key, or more than secretpolicy.MaxDataBytes (1 MiB) in all — is not
+// published: sent on, it would fail at the writer on every snapshot (and,
+// over the stream's message limit, break the writer's stream for all its
+// bindings). The binding keeps its last good Secret and reports the refusal
+// as its source error, which names the key or the size, never a value.
+func (p *Poller) publish(writerID, name string, data map[string][]byte, vaultVersion int64, at time.Time) (string, bool, error) {
+	if err := secretpolicy.CheckData(data); err != nil {
+		err = fmt.Errorf("not published: %w", err)
+		p.cat.SetSourceError(writerID, name, err)
+		return "", false, err
+	}
+	rev, changed := p.cat.SetDesired(writerID, name, data, vaultVersion, at)
+	return rev, changed, nil
 }
 
 // sourceError records a failed read; the last good Secret stays.

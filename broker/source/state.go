@@ -167,8 +167,15 @@ func (d *dynamicSource) restore(ctx context.Context) bool {
 	}
 	now := time.Now()
 	d.cur = &heldLease{id: st.Lease.ID, period: st.Lease.Period, renewable: info.Renewable, expires: now.Add(info.TTL), via: d.v}
-	d.rev, _ = d.publish(st.Data, 0)
-	d.data = st.Data
+	rev, _, err := d.publish(st.Data, 0)
+	if err != nil {
+		// Kept as the current lease, so it is retired once its successor
+		// is published.
+		d.log.Warn("vault state: the saved credentials are refused; issuing new ones", "lease_id", d.cur.id, "err", err)
+		d.next, d.act = now, actIssue
+		return true
+	}
+	d.rev, d.data = rev, st.Data
 	if info.TTL <= replaceLead(d.cur.period) {
 		d.next, d.act = now, actIssue
 	} else {
@@ -195,7 +202,11 @@ func (s *pkiSource) restore(ctx context.Context) bool {
 	if !at.After(time.Now()) {
 		return false
 	}
-	rev, _ := s.publish(st.Data, 0)
+	rev, _, err := s.publish(st.Data, 0)
+	if err != nil {
+		s.log.Warn("vault state: the saved certificate is refused; issuing a new one", "serial", st.Cert.Serial, "err", err)
+		return false
+	}
 	s.serial, s.notBefore, s.notAfter, s.next = st.Cert.Serial, st.Cert.NotBefore, st.Cert.NotAfter, at
 	s.log.Info("vault state: carrying on with the certificate of the previous broker process", "serial", s.serial,
 		"not_after", s.notAfter, "next_renewal", s.next, "revision", rev)

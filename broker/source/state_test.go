@@ -2,6 +2,7 @@ package source
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -105,6 +106,52 @@ func TestRestartIgnoresStateOfAnotherSource(t *testing.T) {
 		time.Sleep(time.Second)
 		if desired(cat, "db") == nil {
 			t.Fatal("no Secret without a state store")
+		}
+	})
+}
+
+// TestUnreadableStateIssuesAnewWithoutRevoking: when the saved state cannot
+// be read (a failed Transit decrypt, a missing key, a refused read), a
+// restarted broker issues new credentials and a new certificate — and
+// revokes neither the lease nor the certificate it could not read: they
+// may still be in use, and whatever it cannot read it does not own.
+func TestUnreadableStateIssuesAnewWithoutRevoking(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeVault()
+		f.state = map[string][]byte{}
+		_, cat, stop := startPoller(t, f, dynamicBinding("db", time.Second), pkiBinding())
+		time.Sleep(time.Second)
+		synctest.Wait()
+		user := string(desired(cat, "db").Data["username"])
+		cert := desired(cat, "tls").Data["tls.crt"]
+		stop()
+
+		f.mu.Lock()
+		f.stateErr = errors.New("vault: load state secret/data/ferry-broker/default/bindings/x: transit decrypt with key transit/ferry-state: HTTP 400 from PUT /v1/transit/decrypt/ferry-state")
+		issued, certs := f.issued, len(f.certs)
+		f.mu.Unlock()
+		_, cat, stop = startPoller(t, f, dynamicBinding("db", time.Second), pkiBinding())
+		defer stop()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := string(desired(cat, "db").Data["username"]); got == "" || got == user {
+			t.Errorf("after an unreadable state the Secret holds %q, want new credentials (old %s)", got, user)
+		}
+		if got := desired(cat, "tls").Data["tls.crt"]; len(got) == 0 || bytes.Equal(got, cert) {
+			t.Errorf("after an unreadable state the certificate was not issued anew")
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.issued != issued+1 || len(f.certs) != certs+1 {
+			t.Errorf("the restart issued %d leases and %d certificates, want 1 and 1", f.issued-issued, len(f.certs)-certs)
+		}
+		for id, l := range f.leases {
+			if l.user == user && l.revoked {
+				t.Errorf("lease %s, which the restarted broker could not read, was revoked", id)
+			}
+		}
+		if len(f.revoked) != 0 {
+			t.Errorf("certificates revoked after an unreadable state: %v", f.revoked)
 		}
 	})
 }

@@ -63,11 +63,10 @@ func (c *Client) loginWith(ctx context.Context, body map[string]any) (*vaultapi.
 	// one), so reads in flight keep the current token until the new one
 	// is adopted. The clone shares the HTTP client, and with it the TLS
 	// client certificate of method cert.
-	login, err := c.api.Clone()
+	login, err := c.clone()
 	if err != nil {
-		return nil, fmt.Errorf("vault: %w", err)
+		return nil, err
 	}
-	login.ClearToken()
 	s, err := login.Logical().WriteWithContext(ctx, "auth/"+strings.Trim(c.auth.Mount, "/")+"/login", body)
 	if err != nil {
 		return nil, fmt.Errorf("vault: %s login at auth/%s: %w", c.auth.Method, c.auth.Mount, redactErr(err))

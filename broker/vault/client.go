@@ -4,8 +4,11 @@
 // (the broker's own X.509-SVID), JWT (a JWT-SVID from the Workload API) or
 // Kubernetes — keeps the token alive with vault/api's LifetimeWatcher, and
 // logs in again only when renewal ends. It reads secrets through those
-// clients. Errors it returns name the Vault path and a category, never
-// secret data, credentials or Vault's raw response body.
+// clients, and keeps the broker's restart state in KV (sealed with Transit
+// when vault.state.transit is set). The connection comes from the config
+// alone, never from VAULT_* environment variables. Errors it returns name
+// the Vault path and a category, never secret data, credentials, query
+// strings or Vault's raw response body.
 package vault
 
 import (
@@ -14,7 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -67,46 +72,97 @@ type Client struct {
 }
 
 // New builds the client of identity name. It does not contact Vault; Run
-// logs in.
+// logs in. It refuses to build one while the environment holds a VAULT_*
+// variable that would change where the broker connects or what it trusts
+// (see CheckEnvironment).
 func New(name string, conn config.Vault, auth config.VaultAuth, deps Deps, log *slog.Logger) (*Client, error) {
-	vc := vaultapi.DefaultConfig()
-	if vc.Error != nil {
-		return nil, fmt.Errorf("vault: %w", vc.Error)
+	if err := CheckEnvironment(); err != nil {
+		return nil, err
 	}
-	vc.Address, vc.AgentAddress = conn.Address, ""
-	if err := vc.ConfigureTLS(&vaultapi.TLSConfig{
-		CACert: conn.CAFile, TLSServerName: conn.ServerName,
-		ClientCert: conn.ClientCertFile, ClientKey: conn.ClientKeyFile,
-	}); err != nil {
-		return nil, fmt.Errorf("vault: TLS config: %w", err)
+	if auth.Method == config.AuthCert && deps.SVID == nil {
+		return nil, errors.New("vault: method cert needs the broker's SVID source")
 	}
-	t, ok := vc.HttpClient.Transport.(*http.Transport)
-	if !ok {
-		return nil, errors.New("vault: unexpected HTTP transport")
-	}
-	// One identity serves many bindings: keep enough warm connections.
-	t.MaxIdleConnsPerHost = MaxInFlight
-	t.TLSClientConfig.MinVersion = tls.VersionTLS12
-	if auth.Method == config.AuthCert {
-		if deps.SVID == nil {
-			return nil, errors.New("vault: method cert needs the broker's SVID source")
-		}
-		// Present the SVID current at each handshake, so rotation is picked up.
-		t.TLSClientConfig.GetClientCertificate = tlsconfig.GetClientCertificate(deps.SVID)
-	}
-	vc.Timeout = 30 * time.Second
-	api, err := vaultapi.NewClient(vc)
+	api, t, err := newAPI(conn, auth, deps)
 	if err != nil {
-		return nil, fmt.Errorf("vault: %w", err)
+		return nil, err
 	}
-	api.ClearToken() // never pick up VAULT_TOKEN from the environment
-	api.SetNamespace("")
 	return &Client{
 		name: name, api: api, transport: t, auth: auth, deps: deps, state: conn.State,
 		log:   log.With("vault_identity", name, "vault_auth", auth.Method, "vault_mount", auth.Mount),
 		ready: make(chan struct{}), attempted: make(chan struct{}),
 		slots: make(chan struct{}, MaxInFlight),
 	}, nil
+}
+
+// newAPI builds the vault/api client from Ferry's config alone. It does not
+// start from vaultapi.DefaultConfig, which applies VAULT_ADDR,
+// VAULT_SKIP_VERIFY, VAULT_CACERT, VAULT_PROXY_ADDR and the like from the
+// environment, and its transport uses no proxy (cleanhttp's would honour
+// HTTPS_PROXY): Vault is reached directly, with TLS end to end.
+func newAPI(conn config.Vault, auth config.VaultAuth, deps Deps) (*vaultapi.Client, *http.Transport, error) {
+	t := &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          100,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		// One identity serves many bindings: keep enough warm connections.
+		MaxIdleConnsPerHost: MaxInFlight,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+	}
+	vc := &vaultapi.Config{
+		Address: conn.Address,
+		HttpClient: &http.Client{
+			Transport: t,
+			// vault/api follows Vault's own redirects itself (standby to
+			// active node, https only); net/http must not.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		Timeout:      30 * time.Second,
+		MinRetryWait: time.Second,
+		MaxRetryWait: 1500 * time.Millisecond,
+		MaxRetries:   2,
+	}
+	if err := vc.ConfigureTLS(&vaultapi.TLSConfig{
+		CACert: conn.CAFile, TLSServerName: conn.ServerName,
+		ClientCert: conn.ClientCertFile, ClientKey: conn.ClientKeyFile,
+	}); err != nil {
+		return nil, nil, fmt.Errorf("vault: TLS config: %w", err)
+	}
+	if auth.Method == config.AuthCert {
+		// Present the SVID current at each handshake, so rotation is picked up.
+		t.TLSClientConfig.GetClientCertificate = tlsconfig.GetClientCertificate(deps.SVID)
+	}
+	// After ConfigureTLS, which needs the *http.Transport itself.
+	vc.HttpClient.Transport = limitBodies(t)
+	api, err := vaultapi.NewClient(vc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("vault: %w", err)
+	}
+	return detach(api), t, nil
+}
+
+// detach undoes what vaultapi.NewClient (and so every Clone) takes from
+// the environment: the token (VAULT_TOKEN), the namespace (VAULT_NAMESPACE),
+// extra headers (VAULT_HEADERS) and response wrapping (VAULT_WRAP_TTL).
+func detach(api *vaultapi.Client) *vaultapi.Client {
+	api.ClearToken()
+	api.ClearNamespace()
+	api.SetHeaders(http.Header{vaultapi.RequestHeaderName: {"true"}})
+	api.SetWrappingLookupFunc(func(string, string) string { return "" })
+	return api
+}
+
+// clone is c.api.Clone without what the clone would take from the
+// environment. It shares the HTTP client (and with it TLS and the
+// connection pool) but has no token.
+func (c *Client) clone() (*vaultapi.Client, error) {
+	api, err := c.api.Clone()
+	if err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	return detach(api), nil
 }
 
 // MaxInFlight bounds one identity's concurrent Vault requests (reads,
@@ -218,8 +274,12 @@ func (c *Client) watch(ctx context.Context, secret *vaultapi.Secret) {
 	}
 }
 
-// redactErr maps a vault/api error to one that carries the HTTP status and
-// request path but not Vault's response body.
+// redactErr is the one place where vault/api's errors are made safe to log
+// and return. A response error keeps the HTTP status and the request's
+// method and path, not Vault's response body (which may echo request data);
+// a transport error (*url.Error: refused connection, TLS failure, timeout)
+// keeps the method, the path and the cause. Neither keeps the query string:
+// GET parameters of a dynamic secret may be sensitive.
 func redactErr(err error) error {
 	var re *vaultapi.ResponseError
 	if errors.As(err, &re) {
@@ -230,6 +290,12 @@ func redactErr(err error) error {
 			return fmt.Errorf("%w (HTTP 404 from %s %s)", ErrNotFound, re.HTTPMethod, withoutQuery(re.URL))
 		}
 		return fmt.Errorf("HTTP %d from %s %s", re.StatusCode, re.HTTPMethod, withoutQuery(re.URL))
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		// Only the parts: the messages wrapped around a *url.Error
+		// (vault/api's, retryablehttp's) repeat the whole URL.
+		return fmt.Errorf("%s %s: %w", strings.ToUpper(ue.Op), withoutQuery(ue.URL), ue.Err)
 	}
 	return err
 }

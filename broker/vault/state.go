@@ -15,8 +15,12 @@ import (
 // configured.
 var ErrNoState = errors.New("no state store configured (vault.state)")
 
-// stateField is the KV field that holds a state entry's value.
-const stateField = "value"
+// The KV fields of a state entry: its value in the clear without
+// vault.state.transit, its Transit ciphertext with it.
+const (
+	stateField  = "value"
+	cipherField = "ciphertext"
+)
 
 // tokenStateKey is the state entry of the identity's own token.
 const tokenStateKey = "token"
@@ -62,11 +66,34 @@ func (c *Client) loadState(ctx context.Context, api *vaultapi.Client, key string
 		return nil, nil // absent, or its version deleted
 	}
 	inner, _ := s.Data["data"].(map[string]any)
-	v, _ := inner[stateField].(string)
-	if v == "" {
-		return nil, nil
+	plain, _ := inner[stateField].(string)
+	sealed, _ := inner[cipherField].(string)
+	switch {
+	case c.state.Transit == nil && sealed != "":
+		return nil, fmt.Errorf("vault: load state %s: the entry is encrypted with Transit but vault.state.transit is not set", path)
+	case c.state.Transit == nil:
+		if plain == "" {
+			return nil, nil
+		}
+		return []byte(plain), nil
+	case sealed != "":
+		v, err := c.decrypt(ctx, api, path, sealed)
+		if err != nil {
+			return nil, fmt.Errorf("vault: load state %s: %w", path, err)
+		}
+		return v, nil
+	case plain != "":
+		// Written before vault.state.transit was set, or by someone who
+		// can write the KV prefix but not encrypt: never trusted. Delete
+		// it with every version, so no credential stays in the clear.
+		c.log.Warn("vault state: an entry is stored in the clear although vault.state.transit is set; deleting it and issuing anew",
+			"path", path)
+		_, meta := c.statePaths(key)
+		if _, err := api.Logical().DeleteWithContext(ctx, meta); err != nil && !errors.Is(redactErr(err), ErrNotFound) {
+			c.log.Warn("vault state: deleting the entry stored in the clear failed", "path", path, "err", redactErr(err))
+		}
 	}
-	return []byte(v), nil
+	return nil, nil
 }
 
 // SaveState saves value under key, replacing what was there.
@@ -81,7 +108,15 @@ func (c *Client) SaveState(ctx context.Context, key string, value []byte) error 
 
 func (c *Client) saveState(ctx context.Context, api *vaultapi.Client, key string, value []byte) error {
 	path, _ := c.statePaths(key)
-	if _, err := api.Logical().WriteWithContext(ctx, path, map[string]any{"data": map[string]any{stateField: string(value)}}); err != nil {
+	entry := map[string]any{stateField: string(value)}
+	if c.state.Transit != nil {
+		sealed, err := c.encrypt(ctx, api, path, value)
+		if err != nil {
+			return fmt.Errorf("vault: save state %s: %w", path, err)
+		}
+		entry = map[string]any{cipherField: sealed}
+	}
+	if _, err := api.Logical().WriteWithContext(ctx, path, map[string]any{"data": entry}); err != nil {
 		return fmt.Errorf("vault: save state %s: %w", path, redactErr(err))
 	}
 	return nil
@@ -138,7 +173,7 @@ func (c *Client) adoptSavedToken(ctx context.Context, fresh *vaultapi.Secret) *v
 // lookupToken returns tok as a login result if Vault says it is valid and
 // has time left, nil otherwise.
 func (c *Client) lookupToken(ctx context.Context, tok string) *vaultapi.Secret {
-	api, err := c.api.Clone()
+	api, err := c.clone()
 	if err != nil {
 		return nil
 	}
@@ -158,7 +193,7 @@ func (c *Client) lookupToken(ctx context.Context, tok string) *vaultapi.Secret {
 
 // revokeToken revokes tok (revoke-self), logging a failure.
 func (c *Client) revokeToken(ctx context.Context, tok string) {
-	api, err := c.api.Clone()
+	api, err := c.clone()
 	if err != nil {
 		return
 	}

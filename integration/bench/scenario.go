@@ -362,8 +362,10 @@ func (e *env) setupFerryWith(spec ferrySpec) *ferry {
 		writerBins[j] = stack.LinkBinary(e.r, e.bins.Writer, "ferry-writer")
 		e.spire.Register(e.r, stack.Entry{SPIFFEID: writerSPIFFEID(j), Selectors: []string{"unix:path:" + writerBins[j]}})
 		token := e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", ferrystack.WriterRules)
+		// The bench measures creation: takeover too, which a writer accepts
+		// only when its config lists it.
 		writerCfgs[j] = ferrystack.WriteFile(e.r, e.dir, fmt.Sprintf("writer-%d.yaml", j), fmt.Sprintf(
-			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s}\nnamespaces: [%s]\nlog: {level: %s}\n",
+			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s}\nnamespaces: [%s]\ncreation_policies: [create, merge, takeover]\nlog: {level: %s}\n",
 			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), commaPrefixed(spec.writerKube), writerNS(j), writerLogLevel))
 	}
 	fmt.Fprintf(&cfg, "log: {level: info}\n")

@@ -122,6 +122,7 @@ type BrokerConfig struct {
 	VaultAddr, VaultCAFile   string
 	RoleIDFile, SecretIDFile string   // the broker's AppRole credentials
 	StateMount               string   // a KV v2 mount for vault.state; empty: no state store
+	StateTransitKey          string   // a key on the transit/ mount sealing the state entries; empty: none
 	Admins                   []string // SPIFFE IDs for debug.admins; none: no debug section
 	WriterID                 string
 	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
@@ -141,7 +142,10 @@ vault:
   ca_file: %s
   auth: {method: approle, role_id_file: %s, secret_id_file: %s}
 `, c.Listen, c.AgentSocket, c.VaultAddr, c.VaultCAFile, c.RoleIDFile, c.SecretIDFile)
-	if c.StateMount != "" {
+	switch {
+	case c.StateMount != "" && c.StateTransitKey != "":
+		fmt.Fprintf(&b, "  state: {mount: %s, transit: {mount: transit, key: %s}}\n", c.StateMount, c.StateTransitKey)
+	case c.StateMount != "":
 		fmt.Fprintf(&b, "  state: {mount: %s}\n", c.StateMount)
 	}
 	b.WriteString("log: {level: debug}\n")

@@ -16,7 +16,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
 // Config says where the SVID comes from. Exactly one of WorkloadAPI and Files
@@ -68,17 +67,15 @@ type Source interface {
 }
 
 // New returns a Source for c. With the Workload API it waits, until ctx ends,
-// for the first SVID; with files the files must be readable now.
+// for the first SVID, and logs a warning every few seconds while it does
+// (naming the socket, the last error and what to check); with files the
+// files must be readable now.
 func New(ctx context.Context, c Config, log *slog.Logger) (Source, error) {
 	if err := c.Validate("spiffe"); err != nil {
 		return nil, err
 	}
 	if c.WorkloadAPI != "" {
-		src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(c.WorkloadAPI)))
-		if err != nil {
-			return nil, fmt.Errorf("svidsource: workload API %s: %w", c.WorkloadAPI, err)
-		}
-		return src, nil
+		return newWorkloadAPISource(ctx, c.WorkloadAPI, waitWarnEvery, log)
 	}
 	return newFileSource(*c.Files, 2*time.Second, log)
 }

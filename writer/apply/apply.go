@@ -20,6 +20,13 @@
 // for a binding the broker explicitly removed with the delete policy, never
 // because a peer is unreachable.
 //
+// Whatever the broker asks, it refuses — with a *RefusedError and no
+// Kubernetes request — a Secret outside the writer's namespaces, of a type
+// outside its allow-list (never a type a controller mints credentials
+// for), with a label or annotation key reserved for Kubernetes, with an
+// invalid data key, or with a creation policy the writer was not given
+// (takeover is opt-in). The rules are internal/secretpolicy's.
+//
 // Errors it returns never contain secret data: apiserver refusals are cut
 // down to their reason, code and message.
 package apply
@@ -46,6 +53,7 @@ import (
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 	"github.com/ferry-secrets/ferry/writer/restart"
 )
@@ -95,6 +103,8 @@ func WithLogger(l *slog.Logger) Option { return func(a *Applier) { a.log = l } }
 type Applier struct {
 	secrets     corev1client.SecretsGetter
 	namespaces  map[string]bool
+	secretTypes []string                 // see WithSecretTypes
+	creation    []ferryv1.CreationPolicy // see WithCreationPolicies
 	timeout     time.Duration
 	allowDelete bool
 	restarter   Restarter
@@ -122,11 +132,15 @@ type entry struct {
 }
 
 // New returns an Applier that writes through secrets (typically a typed
-// clientset's CoreV1()) into the given namespaces only.
+// clientset's CoreV1()) into the given namespaces only, Secrets of the
+// default types (WithSecretTypes) with the default creation policies
+// (WithCreationPolicies).
 func New(secrets corev1client.SecretsGetter, namespaces []string, opts ...Option) *Applier {
 	a := &Applier{
 		secrets:      secrets,
 		namespaces:   make(map[string]bool, len(namespaces)),
+		secretTypes:  slices.Clone(secretpolicy.DefaultTypes),
+		creation:     slices.Clone(DefaultCreationPolicies),
 		timeout:      DefaultTimeout,
 		log:          slog.New(slog.DiscardHandler),
 		entries:      make(map[string]*entry),
@@ -181,14 +195,18 @@ func (a *Applier) ExpectExisting(s *ferryv1.Secret) {
 // label (so no get is needed) before the apply. Merge writes only into an
 // existing Secret and owns only the keys it sets; takeover writes whatever
 // is there.
+//
+// Before anything else, a Secret the writer's configuration does not allow
+// (see RefusedError) is refused with a *RefusedError and no request.
 func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool, err error) {
 	switch {
 	case s.GetNamespace() == "" || s.GetName() == "":
 		return false, fmt.Errorf("apply: binding %q: namespace and name are required", s.GetBinding())
 	case s.GetRevision() == "":
 		return false, fmt.Errorf("apply: %s/%s: revision is required", s.GetNamespace(), s.GetName())
-	case !a.namespaces[s.GetNamespace()]:
-		return false, fmt.Errorf("%w: %q is not one of the writer's namespaces", ErrNamespaceNotAllowed, s.GetNamespace())
+	}
+	if err := a.refuse(s); err != nil {
+		return false, err
 	}
 	e := a.entry(key(s.GetNamespace(), s.GetName()))
 	e.mu.Lock()

@@ -9,8 +9,8 @@ import (
 )
 
 var (
-	// ErrNamespaceNotAllowed is returned for a Secret outside the writer's
-	// namespaces; nothing is written.
+	// ErrNamespaceNotAllowed matches (errors.Is) the *RefusedError returned
+	// for a Secret outside the writer's namespaces; nothing is written.
 	ErrNamespaceNotAllowed = errors.New("apply: namespace not allowed")
 	// ErrNotOwned is returned when creation policy create meets an existing
 	// Secret that does not carry the binding's label; nothing is written.

@@ -19,8 +19,8 @@ import (
 // resyncing it. It reports whether anything was deleted.
 func (a *Applier) Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted bool, err error) {
 	ns, name := ref.GetNamespace(), ref.GetName()
-	if !a.namespaces[ns] {
-		return false, fmt.Errorf("%w: %q is not one of the writer's namespaces", ErrNamespaceNotAllowed, ns)
+	if err := a.refuseNamespace(ref.GetBinding(), ns); err != nil {
+		return false, err
 	}
 	k := key(ns, name)
 	e := a.entry(k)

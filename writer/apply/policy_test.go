@@ -101,7 +101,8 @@ func TestCreationPolicies(t *testing.T) {
 			}
 			s := testSecret("r1")
 			s.Creation = tc.policy
-			_, err := New(cs.CoreV1(), []string{"demo"}).Apply(ctx, s)
+			all := WithCreationPolicies(ferryv1.CreationPolicy_CREATION_POLICY_CREATE, ferryv1.CreationPolicy_CREATION_POLICY_MERGE, ferryv1.CreationPolicy_CREATION_POLICY_TAKEOVER)
+			_, err := New(cs.CoreV1(), []string{"demo"}, all).Apply(ctx, s)
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}

@@ -2,9 +2,11 @@
 // and which SPIFFE ID it must present, where the writer's own SVID comes
 // from, how it talks to the Kubernetes API, which namespaces it may write,
 // how often it re-asserts its Secrets, whether it may delete them, and which
-// workloads it may restart. It is read from one YAML file, strictly: field
-// names are case-sensitive, and every unknown or mistyped field and every
-// invalid value is reported at once with its field path and line.
+// workloads it may restart; and what it refuses whatever the broker asks:
+// Secret types outside its allow-list and creation policies it was not
+// given. It is read from one YAML file, strictly: field names are
+// case-sensitive, and every unknown or mistyped field and every invalid
+// value is reported at once with its field path and line.
 package config
 
 import (
@@ -12,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +46,19 @@ const (
 	DefaultRestartDelay = 5 * time.Second
 )
 
+// Creation policies the writer can be told to accept (creation_policies).
+// The broker names one per binding; the writer refuses a Secret whose
+// policy is not in its own list.
+const (
+	CreationCreate   = "create"
+	CreationMerge    = "merge"
+	CreationTakeover = "takeover"
+)
+
+// DefaultCreationPolicies are accepted when creation_policies is not set.
+// Takeover, which overwrites a Secret Ferry did not create, is opt-in.
+var DefaultCreationPolicies = []string{CreationCreate, CreationMerge}
+
 // maxParallelism bounds kubernetes.parallelism: far beyond what one
 // kube-apiserver connection serves well, low enough to catch a typo.
 const maxParallelism = 1024
@@ -67,12 +83,12 @@ type Config struct {
 	Deletion Deletion `json:"deletion,omitempty"`
 	// RolloutRestart lists the workloads the writer may restart.
 	RolloutRestart RolloutRestart `json:"rollout_restart,omitempty"`
-	// SecretTypes are the Secret types the writer may write; empty means
-	// secretpolicy.DefaultTypes. The writer chart renders the same list into
-	// its admission policy.
+	// SecretTypes are the only Secret types the writer writes (default
+	// secretpolicy.DefaultTypes). The types controllers mint credentials
+	// for (secretpolicy.ForbiddenTypes) can never be listed.
 	SecretTypes []string `json:"secret_types,omitempty"`
-	// CreationPolicies are the creation policies bindings may use: create,
-	// merge, takeover. Empty means create and merge.
+	// CreationPolicies are the only creation policies the writer accepts
+	// from the broker (default create, merge); takeover must be listed.
 	CreationPolicies []string `json:"creation_policies,omitempty"`
 }
 
@@ -124,6 +140,9 @@ type Kubernetes struct {
 	Burst int `json:"burst,omitempty"`
 	// Parallelism is the maximum number of applies in flight (default 32).
 	Parallelism int `json:"parallelism,omitempty"`
+	// AllowInsecure accepts a kubeconfig with insecure-skip-tls-verify or
+	// an http:// server. Development only; the writer logs a warning.
+	AllowInsecure bool `json:"allow_insecure,omitempty"`
 }
 
 // Log configures logging.
@@ -187,6 +206,13 @@ func (c *Config) SetDefaults() {
 	}
 	if c.RolloutRestart.Delay.Duration == 0 {
 		c.RolloutRestart.Delay.Duration = DefaultRestartDelay
+	}
+	// nil only: an explicit empty list is a mistake Validate reports.
+	if c.SecretTypes == nil {
+		c.SecretTypes = slices.Clone(secretpolicy.DefaultTypes)
+	}
+	if c.CreationPolicies == nil {
+		c.CreationPolicies = slices.Clone(DefaultCreationPolicies)
 	}
 }
 
@@ -261,18 +287,6 @@ func (c Config) validate() error {
 	if c.RolloutRestart.Delay.Duration < 0 {
 		p.Add("rollout_restart.delay", "%s is negative", c.RolloutRestart.Delay.Duration)
 	}
-	if c.SecretTypes != nil {
-		if err := secretpolicy.CheckTypeList(c.SecretTypes); err != nil {
-			p.Add("secret_types", "%v", err)
-		}
-	}
-	for i, cp := range c.CreationPolicies {
-		switch cp {
-		case "create", "merge", "takeover":
-		default:
-			p.Add(fmt.Sprintf("creation_policies[%d]", i), "%q is not one of create, merge, takeover", cp)
-		}
-	}
 	seenW := map[Workload]int{}
 	for i, w := range c.RolloutRestart.Targets {
 		f := fmt.Sprintf("rollout_restart.targets[%d]", i)
@@ -293,7 +307,43 @@ func (c Config) validate() error {
 			seenW[w] = i
 		}
 	}
+	if len(c.SecretTypes) == 0 {
+		p.Add("secret_types", "%v", secretpolicy.CheckTypeList(nil))
+	}
+	for i, t := range c.SecretTypes {
+		// One element at a time, so that the problem names its index.
+		if err := secretpolicy.CheckTypeList([]string{t}); err != nil {
+			p.Add(fmt.Sprintf("secret_types[%d]", i), "%v", err)
+		}
+	}
+	if i := firstDuplicate(c.SecretTypes); i >= 0 {
+		p.Add(fmt.Sprintf("secret_types[%d]", i), "%q is listed twice", c.SecretTypes[i])
+	}
+	if len(c.CreationPolicies) == 0 {
+		p.Add("creation_policies", "must name at least one policy")
+	}
+	for i, cp := range c.CreationPolicies {
+		switch cp {
+		case CreationCreate, CreationMerge, CreationTakeover:
+		default:
+			p.Add(fmt.Sprintf("creation_policies[%d]", i), "%q is not one of create, merge, takeover", cp)
+		}
+	}
+	if i := firstDuplicate(c.CreationPolicies); i >= 0 {
+		p.Add(fmt.Sprintf("creation_policies[%d]", i), "%q is listed twice", c.CreationPolicies[i])
+	}
 	return p.Err()
+}
+
+// firstDuplicate returns the index of the first element of list that
+// repeats an earlier one, or -1.
+func firstDuplicate(list []string) int {
+	for i := range list {
+		if slices.Contains(list[:i], list[i]) {
+			return i
+		}
+	}
+	return -1
 }
 
 // validateAddress checks that addr is host:port with a non-empty host and a

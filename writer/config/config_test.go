@@ -3,8 +3,11 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 )
 
 const validYAML = `
@@ -31,6 +34,34 @@ func TestParseDefaults(t *testing.T) {
 	}
 	if c.Broker.SPIFFEID != "spiffe://ferry.test/broker" || c.SPIFFE.WorkloadAPI == "" || len(c.Namespaces) != 2 {
 		t.Errorf("fields not decoded: %+v", c)
+	}
+}
+
+// TestParseSecretPolicy checks the defaults of secret_types,
+// creation_policies and kubernetes.allow_insecure, and that each is read.
+func TestParseSecretPolicy(t *testing.T) {
+	c, err := Parse([]byte(validYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.SecretTypes, secretpolicy.DefaultTypes) {
+		t.Errorf("secret_types default = %q, want %q", c.SecretTypes, secretpolicy.DefaultTypes)
+	}
+	if !slices.Equal(c.CreationPolicies, []string{"create", "merge"}) {
+		t.Errorf("creation_policies default = %q, want [create merge] (takeover is opt-in)", c.CreationPolicies)
+	}
+	if c.Kubernetes.AllowInsecure {
+		t.Errorf("kubernetes.allow_insecure defaults to true")
+	}
+	c, err = Parse([]byte(strings.Replace(validYAML, "  kubeconfig:", "  allow_insecure: true\n  kubeconfig:", 1) + `
+secret_types: [Opaque, example.com/custom]
+creation_policies: [create, merge, takeover]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.SecretTypes, []string{"Opaque", "example.com/custom"}) || !slices.Equal(c.CreationPolicies, []string{"create", "merge", "takeover"}) || !c.Kubernetes.AllowInsecure {
+		t.Errorf("secret_types %q, creation_policies %q, allow_insecure %v", c.SecretTypes, c.CreationPolicies, c.Kubernetes.AllowInsecure)
 	}
 }
 
@@ -83,9 +114,16 @@ func TestValidate(t *testing.T) {
 		{name: "namespace invalid", edit: func(c *Config) { c.Namespaces = []string{"demo", "Bad_NS"} }, substr: `namespaces[1]: "Bad_NS"`},
 		{name: "namespace twice", edit: func(c *Config) { c.Namespaces = []string{"demo", "demo"} }, substr: `namespaces[1]: "demo" is listed twice`},
 		{name: "log level", edit: func(c *Config) { c.Log.Level = "verbose" }, substr: `log.level: "verbose"`},
-		{name: "secret type forbidden", edit: func(c *Config) { c.SecretTypes = []string{"Opaque", "kubernetes.io/service-account-token"} }, substr: `secret_types: secret type "kubernetes.io/service-account-token" can never be allowed`},
-		{name: "secret types empty", yaml: validYAML + "secret_types: []\n", substr: "secret_types: must name at least one type"},
-		{name: "creation policy unknown", edit: func(c *Config) { c.CreationPolicies = []string{"create", "adopt"} }, substr: `creation_policies[1]: "adopt"`},
+		{name: "secret_types empty", yaml: validYAML + "secret_types: []\n", substr: "secret_types: must name at least one type"},
+		{name: "secret_types service-account-token", edit: func(c *Config) {
+			c.SecretTypes = []string{"Opaque", "kubernetes.io/service-account-token"}
+		}, substr: `secret_types[1]: secret type "kubernetes.io/service-account-token" can never be allowed`},
+		{name: "secret_types bootstrap token", edit: func(c *Config) { c.SecretTypes = []string{"bootstrap.kubernetes.io/token"} }, substr: `secret_types[0]: secret type "bootstrap.kubernetes.io/token" can never be allowed`},
+		{name: "secret_types empty string", edit: func(c *Config) { c.SecretTypes = []string{"Opaque", ""} }, substr: "secret_types[1]: empty secret type"},
+		{name: "secret_types twice", edit: func(c *Config) { c.SecretTypes = []string{"Opaque", "Opaque"} }, substr: `secret_types[1]: "Opaque" is listed twice`},
+		{name: "creation_policies empty", yaml: validYAML + "creation_policies: []\n", substr: "creation_policies: must name at least one policy"},
+		{name: "creation_policies unknown", edit: func(c *Config) { c.CreationPolicies = []string{"create", "overwrite"} }, substr: `creation_policies[1]: "overwrite" is not one of create, merge, takeover`},
+		{name: "creation_policies twice", edit: func(c *Config) { c.CreationPolicies = []string{"merge", "merge"} }, substr: `creation_policies[1]: "merge" is listed twice`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error

@@ -79,11 +79,11 @@ type Options struct {
 // DefaultParallelism is the default maximum number of applies in flight.
 const DefaultParallelism = 32
 
-// keepaliveTime is just above grpc-go servers' default keepalive
-// EnforcementPolicy.MinTime (5 minutes), so the broker never answers our
-// pings with GOAWAY too_many_pings; it bounds how long a silently dead
-// connection goes unnoticed.
-const keepaliveTime = 5*time.Minute + 10*time.Second
+// keepaliveTime is how often the writer pings an idle connection to the
+// broker: twice the broker's ferryv1.MinPingInterval, so the broker never
+// answers with GOAWAY too_many_pings. With ferryv1.PingTimeout it bounds how
+// long a silently dead connection goes unnoticed (40 s).
+const keepaliveTime = 2 * ferryv1.MinPingInterval
 
 // DialOptions returns the dial options for the broker: mutual TLS 1.3 with
 // the writer's X.509-SVID, accepting only a broker that presents brokerID.
@@ -92,7 +92,9 @@ const keepaliveTime = 5*time.Minute + 10*time.Second
 func DialOptions(svid x509svid.Source, bundle x509bundle.Source, brokerID spiffeid.ID) []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(Credentials(svid, bundle, brokerID)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 20 * time.Second}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: ferryv1.PingTimeout}),
+		// The broker's server uses the same limit.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(ferryv1.MaxMessageBytes), grpc.MaxCallSendMsgSize(ferryv1.MaxMessageBytes)),
 		// The connection's own reconnect backoff starts at 1 s in grpc-go;
 		// the stream's Backoff already paces sessions, so reconnect to a
 		// restarted broker quickly.
@@ -179,7 +181,15 @@ func (c *Client) Run(ctx context.Context) error {
 		if errors.Is(err, io.EOF) {
 			code = codes.OK // the broker ended the stream normally
 		}
-		log.Warn(msg, "code", code.String(), "err", err,
+		level := slog.LevelWarn
+		if code == codes.AlreadyExists {
+			// The broker holds one stream per writer ID: another replica of
+			// this writer has it (this one stands by), or the broker has not
+			// yet closed this writer's broken connection (it does within a
+			// minute).
+			msg, level = "another stream of this writer identity is open at the broker; standing by", slog.LevelInfo
+		}
+		log.Log(ctx, level, msg, "code", code.String(), "err", err,
 			"lived", lived.Round(time.Millisecond).String(), "retry_in", delay.Round(time.Millisecond).String())
 		t := time.NewTimer(delay)
 		select {
