@@ -7,6 +7,10 @@ export FERRY_TOOLS_BIN := $(FERRY_TOOLS_DIR)/bin
 export PATH := $(FERRY_TOOLS_BIN):$(PATH)
 
 GO_PKGS_UNIT = $(shell go list ./... | grep -v /integration)
+# Stamped into both binaries (`ferry-broker version`, ferry_build_info).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS = -X github.com/ferry-secrets/ferry/internal/buildinfo.version=$(VERSION) -X github.com/ferry-secrets/ferry/internal/buildinfo.commit=$(COMMIT)
 INTEGRATION_TIMEOUT ?= 40m
 
 .PHONY: all tools build unit integration test lint generate generate-check demo bench clean
@@ -17,9 +21,9 @@ all: build unit
 tools:
 	bash tools/build.sh
 
-## build: build ferry-broker and ferry-writer into bin/
+## build: build ferry-broker and ferry-writer into bin/, stamped with VERSION and COMMIT
 build:
-	go build -o bin/ ./cmd/...
+	go build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
 
 ## unit: fast tests with no external processes
 unit:

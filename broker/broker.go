@@ -5,11 +5,15 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"sort"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -17,9 +21,11 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	brokermetrics "github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/server"
 	"github.com/ferry-secrets/ferry/broker/source"
 	"github.com/ferry-secrets/ferry/broker/vault"
+	"github.com/ferry-secrets/ferry/internal/metrics"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	"github.com/ferry-secrets/ferry/internal/task"
 )
@@ -51,6 +57,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if cfg.Vault.AllowInsecureHTTP {
 		log.Warn("vault.allow_insecure_http is set: Vault traffic may be unencrypted; use only for local development", "vault_address", cfg.Vault.Address)
 	}
+	// Metrics and probes answer from the start (not ready until the
+	// listener serves and every Vault identity is logged in).
+	reg := metrics.NewRegistry()
+	m := brokermetrics.New(reg)
+	var probes metrics.Probes
+	msrv, err := metrics.Start(cfg.Metrics, reg, &probes, log)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	defer msrv.Stop()
+
 	src, err := svidsource.New(ctx, cfg.SPIFFE, log)
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
@@ -67,10 +84,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return fmt.Errorf("broker: config: %w", err)
 	}
 
-	vaults, err := vault.NewIdentities(cfg.Vault, vault.Deps{SVID: src, WorkloadAPI: cfg.SPIFFE.WorkloadAPI}, log)
+	vaults, err := vault.NewIdentities(cfg.Vault, vault.Deps{SVID: src, WorkloadAPI: cfg.SPIFFE.WorkloadAPI, Metrics: m}, log)
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
+	m.Identities(vaults.Names(), vaults)
 	vaultFor := func(identity string) source.Vault {
 		if c := vaults.Get(identity); c != nil {
 			return c
@@ -78,16 +96,20 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil
 	}
 	cat := catalog.New(cfg.Writers, source.Meta)
-	poller := source.NewPoller(cat, vaultFor, vaults.Settled(), log)
-	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td), log)
+	m.Catalog(cat)
+	poller := source.NewPoller(cat, vaultFor, vaults.Settled(), m, log)
+	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td), m, log)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("broker: listen: %w", err)
 	}
 	log.Info("broker listening", "addr", lis.Addr().String(), "trust_domain", td.String(), "writers", len(cfg.Writers))
+	var serving atomic.Bool
+	probes.Live("catalog", cat.Ping)
+	probes.Ready(func() error { return ready(serving.Load(), vaults.LoggedIn()) })
 	tasks := []task.Func{vaults.Run, poller.Run, func(ctx context.Context) error {
-		return serve(ctx, srv, lis, log)
+		return serve(ctx, srv, lis, &serving, log)
 	}}
 	if o.configPath != "" {
 		r := newReloader(o.configPath, cfg, td, cat, srv, log)
@@ -96,15 +118,38 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	return task.Run(ctx, tasks...)
 }
 
-func serve(ctx context.Context, srv *server.Server, lis net.Listener, log *slog.Logger) error {
+// ready is the broker's readiness: the gRPC listener serves, and every
+// Vault identity holds a valid token. The error names what is missing.
+func ready(serving bool, loggedIn map[string]bool) error {
+	if !serving {
+		return errors.New("the gRPC listener is not serving")
+	}
+	var out []string
+	for id, ok := range loggedIn {
+		if !ok {
+			out = append(out, id)
+		}
+	}
+	if len(out) > 0 {
+		sort.Strings(out)
+		return fmt.Errorf("Vault identities not logged in: %s", strings.Join(out, ", "))
+	}
+	return nil
+}
+
+// serve serves gRPC on lis until ctx ends, with serving set while it does.
+func serve(ctx context.Context, srv *server.Server, lis net.Listener, serving *atomic.Bool, log *slog.Logger) error {
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
+	serving.Store(true)
+	defer serving.Store(false)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("broker: serve: %w", err)
 	case <-ctx.Done():
 	}
+	serving.Store(false)
 	srv.Health.Shutdown()
 	srv.Drain()
 	stopped := make(chan struct{})

@@ -138,7 +138,7 @@ func startReloadFixture(t *testing.T, dynamic string) *reloadFixture {
 	fx.cat = catalog.New(cfg.Writers, source.Meta)
 	var logMu sync.Mutex
 	log := slog.New(slog.NewTextHandler(lockedWriter{&logMu, fx.logs}, nil))
-	poller := source.NewPoller(fx.cat, func(string) source.Vault { return fx.f }, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	poller := source.NewPoller(fx.cat, func(string) source.Vault { return fx.f }, nil, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	fx.r = newReloader(fx.path, cfg, spiffeid.RequireTrustDomainFromString("ferry.test"), fx.cat, noAdmins{}, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -19,10 +19,12 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
+	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/ferry-secrets/ferry/integration/stack"
 	"github.com/ferry-secrets/ferry/internal/secretpolicy"
@@ -62,7 +64,9 @@ type rendered struct {
 
 // renderChart runs helm template with values into release namespace ns and
 // decodes every document strictly with client-go's scheme: an unknown field
-// or a wrong type fails the test.
+// or a wrong type fails the test. Kinds client-go does not know
+// (prometheus-operator's monitoring.coreos.com) become
+// *unstructured.Unstructured, which tests check field by field.
 func renderChart(t *testing.T, ns, values string) rendered {
 	t.Helper()
 	out, err := helm(t, "template", "ferry", chartDir, "--namespace", ns, "-f", valuesFile(t, values))
@@ -82,6 +86,14 @@ func renderChart(t *testing.T, ns, values string) rendered {
 			t.Fatal(err)
 		}
 		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
+			continue
+		}
+		var u unstructured.Unstructured
+		if err := sigsyaml.Unmarshal(doc, &u.Object); err != nil {
+			t.Fatalf("rendered YAML: %v\n%s", err, doc)
+		}
+		if u.GroupVersionKind().Group == "monitoring.coreos.com" {
+			r.objects = append(r.objects, &u)
 			continue
 		}
 		obj, gvk, err := ser.Decode(doc, nil, nil)
@@ -182,6 +194,11 @@ func TestChart(t *testing.T) {
 				if v := volume(d, "spire-agent-socket"); v == nil || v.CSI == nil || v.CSI.Driver != "csi.spiffe.io" {
 					t.Errorf("SPIFFE CSI volume = %+v", v)
 				}
+				// Metrics and probes are on by default; no Service or ServiceMonitor.
+				checkMetricsPort(t, d, cfg, 9090)
+				if n := len(ofType[*corev1.Service](r)) + len(ofType[*unstructured.Unstructured](r)); n != 0 {
+					t.Errorf("%d Services/ServiceMonitors rendered by default", n)
+				}
 			},
 		},
 		{
@@ -243,6 +260,78 @@ admissionPolicy: {enabled: false}
 				}
 			},
 		},
+		{
+			name: "metrics off: no port or probes or ingress",
+			values: chartBaseValues + `
+metrics: {enabled: false, serviceMonitor: {enabled: true}}
+`,
+			roles: map[string][]rbacv1.PolicyRule{
+				"payments": {secretsRule("create", "patch")},
+				"billing":  {secretsRule("create", "patch")},
+			},
+			netpol: true,
+			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
+				checkMetricsPort(t, ofType[*appsv1.Deployment](r)[0], cfg, 0)
+				if n := len(ofType[*corev1.Service](r)) + len(ofType[*unstructured.Unstructured](r)); n != 0 {
+					t.Errorf("%d Services/ServiceMonitors rendered with metrics off", n)
+				}
+			},
+		},
+		{
+			name: "ServiceMonitor and its Service",
+			values: chartBaseValues + `
+metrics: {port: 9102, serviceMonitor: {enabled: true, interval: 15s, labels: {release: prom}}}
+networkPolicy: {enabled: false}
+`,
+			roles: map[string][]rbacv1.PolicyRule{
+				"payments": {secretsRule("create", "patch")},
+				"billing":  {secretsRule("create", "patch")},
+			},
+			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
+				d := ofType[*appsv1.Deployment](r)[0]
+				checkMetricsPort(t, d, cfg, 9102)
+				svcs := ofType[*corev1.Service](r)
+				if len(svcs) != 1 {
+					t.Fatalf("%d Services", len(svcs))
+				}
+				svc := svcs[0]
+				if !svc.Spec.PublishNotReadyAddresses || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "metrics" ||
+					svc.Spec.Ports[0].Port != 9102 || svc.Spec.Ports[0].TargetPort.String() != "metrics" {
+					t.Errorf("metrics Service spec = %+v", svc.Spec)
+				}
+				for k, v := range svc.Spec.Selector {
+					if d.Spec.Template.Labels[k] != v {
+						t.Errorf("Service selector %s=%s does not select the writer's pods", k, v)
+					}
+				}
+				sms := ofType[*unstructured.Unstructured](r)
+				if len(sms) != 1 || sms[0].GetKind() != "ServiceMonitor" || sms[0].GetAPIVersion() != "monitoring.coreos.com/v1" ||
+					sms[0].GetNamespace() != "ferry-system" || sms[0].GetLabels()["release"] != "prom" {
+					t.Fatalf("ServiceMonitors = %+v", sms)
+				}
+				sm := sms[0].Object
+				sel, _, _ := unstructured.NestedStringMap(sm, "spec", "selector", "matchLabels")
+				if len(sel) == 0 {
+					t.Error("ServiceMonitor selects nothing")
+				}
+				for k, v := range sel {
+					if svc.Labels[k] != v {
+						t.Errorf("ServiceMonitor selector %s=%s does not select the metrics Service (labels %v)", k, v, svc.Labels)
+					}
+				}
+				if ns, _, _ := unstructured.NestedStringSlice(sm, "spec", "namespaceSelector", "matchNames"); !slices.Equal(ns, []string{"ferry-system"}) {
+					t.Errorf("namespaceSelector = %v", ns)
+				}
+				eps, _, _ := unstructured.NestedSlice(sm, "spec", "endpoints")
+				if len(eps) != 1 {
+					t.Fatalf("endpoints = %v", eps)
+				}
+				ep := eps[0].(map[string]any)
+				if ep["port"] != "metrics" || ep["path"] != "/metrics" || ep["scheme"] != "http" || ep["interval"] != "15s" || ep["scrapeTimeout"] != "10s" || len(ep) != 5 {
+					t.Errorf("endpoint = %v", ep)
+				}
+			},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if out, err := helm(t, "lint", "--strict", chartDir, "-f", valuesFile(t, tc.values)); err != nil {
@@ -275,7 +364,11 @@ admissionPolicy: {enabled: false}
 			if nps := ofType[*networkingv1.NetworkPolicy](r); (len(nps) == 1) != tc.netpol {
 				t.Errorf("NetworkPolicies = %d, want present=%v", len(nps), tc.netpol)
 			} else if tc.netpol {
-				checkNetworkPolicy(t, nps[0])
+				metricsPort := 9090
+				if cfg := ofType[*corev1.ConfigMap](r); len(cfg) == 1 && !strings.Contains(cfg[0].Data["writer.yaml"], "metrics:") {
+					metricsPort = 0
+				}
+				checkNetworkPolicy(t, nps[0], metricsPort)
 			}
 			cms := ofType[*corev1.ConfigMap](r)
 			if len(cms) != 1 {
@@ -298,6 +391,15 @@ admissionPolicy: {enabled: false}
 	}
 
 	t.Run("bad values are refused", func(t *testing.T) {
+		for name, values := range map[string]string{
+			"metrics port out of range": chartBaseValues + "metrics: {port: 70000}\n",
+			"bad scrape interval":       chartBaseValues + "metrics: {serviceMonitor: {interval: often}}\n",
+			"unknown metrics key":       chartBaseValues + "metrics: {path: /m}\n",
+		} {
+			if out, err := helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, values)); err == nil {
+				t.Errorf("%s: helm template succeeded:\n%s", name, out)
+			}
+		}
 		for name, values := range map[string]string{
 			"no broker":                    "targetNamespaces: [a]\nnetworkPolicy: {enabled: false}\n",
 			"unknown key":                  chartBaseValues + "rbac: {clusterWide: true}\n",
@@ -396,6 +498,30 @@ func checkAdmissionPolicy(t *testing.T, r rendered, cfg writerconfig.Config, nam
 	for _, v := range p.Spec.Validations {
 		if v.MessageExpression != "" || v.Message == "" || v.Reason == nil || *v.Reason != metav1.StatusReasonForbidden {
 			t.Errorf("validation %q: want a static message (nothing of the object echoed) and reason Forbidden", v.Expression)
+		}
+	}
+}
+
+// checkMetricsPort checks the writer's metrics listener, container port and
+// probes: on port, or absent when port is 0.
+func checkMetricsPort(t *testing.T, d *appsv1.Deployment, cfg writerconfig.Config, port int) {
+	t.Helper()
+	c := d.Spec.Template.Spec.Containers[0]
+	if port == 0 {
+		if cfg.Metrics.Listen != "" || len(c.Ports) != 0 || c.LivenessProbe != nil || c.ReadinessProbe != nil {
+			t.Errorf("metrics off, yet listen %q, ports %v, probes %v %v", cfg.Metrics.Listen, c.Ports, c.LivenessProbe, c.ReadinessProbe)
+		}
+		return
+	}
+	if want := fmt.Sprintf(":%d", port); cfg.Metrics.Listen != want {
+		t.Errorf("writer.yaml metrics.listen = %q, want %q", cfg.Metrics.Listen, want)
+	}
+	if len(c.Ports) != 1 || c.Ports[0].Name != "metrics" || c.Ports[0].ContainerPort != int32(port) || c.Ports[0].Protocol != corev1.ProtocolTCP {
+		t.Errorf("container ports = %+v", c.Ports)
+	}
+	for path, p := range map[string]*corev1.Probe{"/healthz": c.LivenessProbe, "/readyz": c.ReadinessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port.String() != "metrics" || p.TimeoutSeconds <= 5 {
+			t.Errorf("probe for %s = %+v (want httpGet on port metrics, timeout above the 5s check timeout)", path, p)
 		}
 	}
 }
@@ -522,10 +648,23 @@ func checkHardened(t *testing.T, d *appsv1.Deployment) {
 	}
 }
 
-func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy) {
+// checkNetworkPolicy checks egress to the broker and the apiserver only,
+// and ingress only to the metrics port (9090, from any namespace by
+// default), or none at all when metricsPort is 0.
+func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, metricsPort int) {
 	t.Helper()
-	if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) || !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) || len(np.Spec.Ingress) != 0 {
-		t.Errorf("policy types %v, ingress %v", np.Spec.PolicyTypes, np.Spec.Ingress)
+	if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) || !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) {
+		t.Errorf("policy types %v", np.Spec.PolicyTypes)
+	}
+	switch in := np.Spec.Ingress; {
+	case metricsPort == 0:
+		if len(in) != 0 {
+			t.Errorf("ingress %+v, want none", in)
+		}
+	case len(in) != 1 || len(in[0].Ports) != 1 || in[0].Ports[0].Port.IntValue() != metricsPort ||
+		*in[0].Ports[0].Protocol != corev1.ProtocolTCP || len(in[0].From) != 1 ||
+		in[0].From[0].NamespaceSelector == nil || len(in[0].From[0].NamespaceSelector.MatchLabels) != 0 || in[0].From[0].IPBlock != nil:
+		t.Errorf("ingress %+v, want only TCP %d from in-cluster pods", in, metricsPort)
 	}
 	var cidrs []string
 	for _, e := range np.Spec.Egress {

@@ -21,6 +21,8 @@ func TestDemo(t *testing.T) {
 		"the Secret holds the new password",
 		"can get    secrets: no",
 		`"appliedRevision"`,
+		"ferry_broker_writer_connected{writer=",
+		`ferry_writer_applies_total{outcome="created"} 1`,
 		"Done (-exit)",
 	} {
 		if !strings.Contains(string(out), want) {

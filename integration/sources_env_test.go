@@ -39,6 +39,7 @@ type sourcesEnv struct {
 	broker    *stack.Process
 	writer    *stack.Process
 	addr      string
+	metrics   string // the broker's metrics.listen
 	ns        string
 	dir       string
 	cfgPath   string
@@ -85,8 +86,9 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	e.writerSA = token
 
 	e.addr = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
+	e.metrics = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
 	e.brokerCfg = ferrystack.BrokerConfig{
-		Listen: e.addr, AgentSocket: e.spire.AgentSocket,
+		Listen: e.addr, MetricsListen: e.metrics, AgentSocket: e.spire.AgentSocket,
 		VaultAddr: e.vault.Addr, VaultCAFile: e.vault.CAFile, RoleIDFile: roleID, SecretIDFile: secretID,
 		Admins: []string{writerID}, WriterID: writerID, StateMount: "secret", StateTransitKey: stateTransitKey,
 	}

@@ -100,7 +100,7 @@ func testRestartState(t *testing.T, e *sourcesEnv, seen *secretValues) {
 	if err := e.login(user, pw); err != nil {
 		t.Errorf("the credentials delivered before the restart no longer log in %v after issue: %v", time.Since(issuedAt).Round(time.Second), err)
 	}
-	if n := strings.Count(e.broker.Logs(), `"msg":"lease renewed"`); n == 0 {
+	if n := scrape(t, e.metrics).value(t, "ferry_broker_lease_renewals_total", "outcome", "ok"); n == 0 {
 		t.Errorf("the restarted broker never renewed a lease")
 	}
 }

@@ -140,10 +140,10 @@ rolloutRestart: {delay: %s, targets: [{namespace: %s, kind: Deployment, name: ap
 			}
 			before[n] = sec.ResourceVersion
 		}
-		resyncs := strings.Count(writer.Logs(), `"msg":"resync done"`)
+		resyncs := scrape(t, s.writerMetrics).value(t, "ferry_writer_resync_duration_seconds")
 		time.Sleep(5 * resync)
-		if n := strings.Count(writer.Logs(), `"msg":"resync done"`) - resyncs; n < 3 {
-			t.Fatalf("only %d resyncs in %v", n, 5*resync)
+		if n := scrape(t, s.writerMetrics).value(t, "ferry_writer_resync_duration_seconds") - resyncs; n < 3 {
+			t.Fatalf("only %v resyncs in %v", n, 5*resync)
 		}
 		for _, n := range names {
 			sec, _ := get(n)

@@ -34,6 +34,7 @@ type writerStack struct {
 	writerBin     string
 	brokerCfg     ferrystack.BrokerConfig // its Bindings set by writeBrokerConfig
 	brokerCfgFile string
+	writerMetrics string // metrics.listen of the writer startWriter started last
 }
 
 func startWriterStack(t *testing.T) *writerStack {
@@ -145,8 +146,9 @@ func (s *writerStack) installChart(ctx context.Context, ns, values string) (toke
 
 // startWriter runs ferry-writer with the config the chart rendered into its
 // ConfigMap, changed only where a pod and this test differ: the SPIRE
-// socket's path, and a kubeconfig holding the ServiceAccount token instead
-// of the in-cluster config; then edits, in order.
+// socket's path, a kubeconfig holding the ServiceAccount token instead
+// of the in-cluster config, and a free loopback port for the metrics
+// instead of the pod's own; then edits, in order.
 func (s *writerStack) startWriter(name string, r rendered, token string, edits ...func(*writerconfig.Config)) *stack.Process {
 	t := s.t
 	t.Helper()
@@ -161,6 +163,10 @@ func (s *writerStack) startWriter(name string, r rendered, token string, edits .
 	cfg.SPIFFE.WorkloadAPI = "unix://" + s.spire.AgentSocket
 	cfg.Kubernetes.Kubeconfig = s.kube.Kubeconfig(t, token)
 	cfg.Log.Level = "debug"
+	if cfg.Metrics.Listen != "" {
+		cfg.Metrics.Listen = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
+		s.writerMetrics = cfg.Metrics.Listen
+	}
 	for _, edit := range edits {
 		edit(&cfg)
 	}

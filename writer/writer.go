@@ -24,11 +24,14 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ferry-secrets/ferry/internal/buildinfo"
+	"github.com/ferry-secrets/ferry/internal/metrics"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	"github.com/ferry-secrets/ferry/internal/task"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 	"github.com/ferry-secrets/ferry/writer/apply"
 	"github.com/ferry-secrets/ferry/writer/config"
+	writermetrics "github.com/ferry-secrets/ferry/writer/metrics"
 	"github.com/ferry-secrets/ferry/writer/restart"
 	"github.com/ferry-secrets/ferry/writer/stream"
 )
@@ -46,16 +49,28 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("writer: broker.spiffe_id: %w", err)
 	}
+	// Metrics and probes answer from the start (not ready until the stream
+	// is open and its snapshot applied).
+	reg := metrics.NewRegistry()
+	m := writermetrics.New(reg)
+	var probes metrics.Probes
+	msrv, err := metrics.Start(cfg.Metrics, reg, &probes, log)
+	if err != nil {
+		return fmt.Errorf("writer: %w", err)
+	}
+	defer msrv.Stop()
+
 	restCfg, err := restConfig(cfg.Kubernetes, log)
 	if err != nil {
 		return err
 	}
+	m.KubeClient()
 	kube, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("writer: kubernetes client: %w", err)
 	}
 
-	log.Info("ferry-writer starting", "version", version(), "broker", cfg.BrokerAddresses(), "broker_id", brokerID.String(),
+	log.Info("ferry-writer starting", "version", buildinfo.Get().Version, "commit", buildinfo.Get().Commit, "broker", cfg.BrokerAddresses(), "broker_id", brokerID.String(),
 		"namespaces", cfg.Namespaces, "parallelism", cfg.Kubernetes.Parallelism, "resync", cfg.Resync.Duration.String(),
 		"deletion_enabled", cfg.Deletion.Enabled, "rollout_restart_targets", len(cfg.RolloutRestart.Targets),
 		"qps", cfg.Kubernetes.QPS, "burst", cfg.Kubernetes.Burst, "api_server", restCfg.Host,
@@ -74,6 +89,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 
 	opts := []apply.Option{
 		apply.WithLogger(log),
+		apply.WithMetrics(m),
 		apply.WithSecretTypes(cfg.SecretTypes),
 		apply.WithCreationPolicies(creationPolicies(cfg.CreationPolicies)...),
 	}
@@ -84,7 +100,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	for _, w := range cfg.RolloutRestart.Targets {
 		targets = append(targets, restart.Workload{Namespace: w.Namespace, Kind: w.Kind, Name: w.Name})
 	}
-	restarter := restart.New(kube.AppsV1(), targets, cfg.RolloutRestart.Delay.Duration, log)
+	restarter := restart.New(kube.AppsV1(), targets, cfg.RolloutRestart.Delay.Duration, m, log)
 	if len(targets) > 0 {
 		opts = append(opts, apply.WithRestarter(restarter))
 	}
@@ -93,15 +109,19 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	client, err := stream.New(stream.Options{
 		Target:        addrs[0],
 		Fallbacks:     addrs[1:],
-		DialOptions:   stream.DialOptions(src, src, brokerID),
+		DialOptions:   append(stream.DialOptions(src, src, brokerID), m.DialOptions()...),
 		Applier:       applier,
 		Parallelism:   cfg.Kubernetes.Parallelism,
-		WriterVersion: version(),
+		WriterVersion: buildinfo.Get().Version,
 		Log:           log,
+		Metrics:       m,
 	})
 	if err != nil {
 		return fmt.Errorf("writer: %w", err)
 	}
+	m.Gauges(applier.Held, client.Connected)
+	probes.Live("applier", func() error { applier.Held(); return nil })
+	probes.Ready(client.Ready)
 	// The stream returns only when ctx ends (or it cannot start); resync,
 	// retries of failed applies and restarts run beside it.
 	err = task.Run(ctx, client.Run, restarter.Run, func(ctx context.Context) error {

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -26,6 +28,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ferry-secrets/ferry/internal/logtest"
+	"github.com/ferry-secrets/ferry/internal/metrics"
 	"github.com/ferry-secrets/ferry/internal/spiffetest"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -103,7 +106,7 @@ func caKubeconfig(t *testing.T, server string, caPEM []byte) string {
 // fakeBroker serves WriterService.Sync over mTLS as brokerID, with an SVID
 // minted by ca: it sends msgs to the writer, then returns its apply results
 // on the channel.
-func fakeBroker(t *testing.T, ca *spiffetest.CA, msgs []*ferryv1.SyncResponse) (addr string, results chan *ferryv1.ApplyResult) {
+func fakeBroker(t *testing.T, ca *spiffetest.CA, msgs []*ferryv1.SyncResponse, hold ...<-chan struct{}) (addr string, results chan *ferryv1.ApplyResult) {
 	brokerSrc := ca.Source(t, brokerID)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -114,6 +117,9 @@ func fakeBroker(t *testing.T, ca *spiffetest.CA, msgs []*ferryv1.SyncResponse) (
 	ferryv1.RegisterWriterServiceServer(srv, &syncServer{sync: func(st ferryv1.WriterService_SyncServer) error {
 		if req, err := st.Recv(); err != nil || req.GetHello() == nil {
 			return fmt.Errorf("want hello first, got %v, %v", req, err)
+		}
+		for _, h := range hold { // the test releases the snapshot
+			<-h
 		}
 		for _, m := range msgs {
 			if err := st.Send(m); err != nil {
@@ -210,6 +216,173 @@ func TestRun(t *testing.T) {
 		t.Errorf("unexpected second request %s %s", req.method, req.path)
 	default:
 	}
+}
+
+// TestRunServesMetricsAndReadiness runs the whole writer with its metrics
+// listener: /readyz fails until the broker's snapshot is applied, then the
+// counters say what happened, and no label carries secret material.
+func TestRunServesMetricsAndReadiness(t *testing.T) {
+	ca := spiffetest.NewCA(t, "ferry.test")
+	release := make(chan struct{}) // the broker holds the snapshot until the test has seen /readyz fail
+	addr, results := fakeBroker(t, ca, []*ferryv1.SyncResponse{
+		{Message: &ferryv1.SyncResponse_Upsert{Upsert: &ferryv1.Secret{Binding: "db", Namespace: "demo", Name: "db", Revision: "r1", Data: map[string][]byte{"password": []byte(secretValue)}}}},
+		{Message: &ferryv1.SyncResponse_Upsert{Upsert: &ferryv1.Secret{Binding: "other", Namespace: "kube-system", Name: "x", Revision: "r1"}}},
+		{Message: &ferryv1.SyncResponse_SnapshotComplete{SnapshotComplete: &ferryv1.SnapshotComplete{Count: 2}}},
+	}, release)
+	apiURL, caPEM, reqs := fakeAPIServer(t)
+	cfg := writerConfig(t, ca, addr, caKubeconfig(t, apiURL, caPEM))
+	cfg.Metrics = metrics.Config{Listen: freeAddr(t)}
+	var logs logtest.Buffer
+	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, log) }()
+
+	// Not ready before the broker's snapshot is applied.
+	base := "http://" + cfg.Metrics.Listen
+	code, body := httpGet(t, base+"/readyz")
+	for code == 0 {
+		time.Sleep(20 * time.Millisecond)
+		code, body = httpGet(t, base+"/readyz")
+	}
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz before the snapshot = %d %q, want 503", code, body)
+	}
+	close(release)
+
+	got := map[string]*ferryv1.ApplyResult{}
+	for len(got) < 2 {
+		select {
+		case r := <-results:
+			got[r.Binding] = r
+		case err := <-done:
+			t.Fatalf("Run returned early: %v", err)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("timed out; logs:\n%s", logs.String())
+		}
+	}
+	if r := got["db"]; r.Error != "" || r.Revision != "r1" || r.Unchanged {
+		t.Errorf("db result = %+v", r)
+	}
+	if r := got["other"]; !strings.Contains(r.Error, `"kube-system" is not one of the writer's namespaces`) {
+		t.Errorf("kube-system result = %+v, want refusal", r)
+	}
+	req := <-reqs
+	if req.method != http.MethodPatch || req.path != "/api/v1/namespaces/demo/secrets/db" ||
+		req.contentType != "application/apply-patch+yaml" || req.fieldManager != "ferry-writer" || req.force != "true" ||
+		!strings.HasPrefix(req.userAgent, UserAgent) {
+		t.Errorf("apply request = %+v", req)
+	}
+	labels := req.body["metadata"].(map[string]any)["labels"].(map[string]any)
+	if labels["app.kubernetes.io/managed-by"] != "ferry" || labels["ferry.dev/binding"] != "db" || req.body["type"] != "Opaque" {
+		t.Errorf("apply body metadata/type = %v %v", req.body["metadata"], req.body["type"])
+	}
+	select {
+	case req := <-reqs:
+		t.Errorf("unexpected second request %s %s", req.method, req.path)
+	default:
+	}
+
+	// Ready once the snapshot is applied; the metrics say what happened.
+	for code, body = httpGet(t, base+"/readyz"); code != http.StatusOK; code, body = httpGet(t, base+"/readyz") {
+		if !strings.Contains(body, "not ready") {
+			t.Fatalf("/readyz = %d %q", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, body := httpGet(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+	_, text := httpGet(t, base+"/metrics")
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	value := func(name string, labels ...string) float64 {
+		t.Helper()
+		f := families[name]
+		if f == nil {
+			t.Fatalf("/metrics has no %s", name)
+		}
+	next:
+		for _, m := range f.Metric {
+			for i := 0; i < len(labels); i += 2 {
+				found := false
+				for _, l := range m.Label {
+					found = found || (l.GetName() == labels[i] && l.GetValue() == labels[i+1])
+				}
+				if !found {
+					continue next
+				}
+			}
+			if m.Counter != nil {
+				return m.Counter.GetValue()
+			}
+			return m.Gauge.GetValue()
+		}
+		t.Fatalf("/metrics has no %s%v", name, labels)
+		return 0
+	}
+	for _, tc := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"ferry_writer_applies_total", []string{"outcome", "created"}, 1},
+		{"ferry_writer_applies_total", []string{"outcome", "refused"}, 1},
+		{"ferry_writer_applies_total", []string{"outcome", "failed"}, 0},
+		{"ferry_writer_kube_requests_total", []string{"verb", "PATCH", "code", "200"}, 1},
+		{"ferry_writer_secrets", nil, 1},
+		{"ferry_writer_stream_connected", nil, 1},
+		{"grpc_client_started_total", []string{"grpc_method", "Sync"}, 1},
+		{"ferry_build_info", nil, 1},
+	} {
+		if got := value(tc.name, tc.labels...); got != tc.want {
+			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
+	for _, f := range families {
+		for _, m := range f.Metric {
+			for _, l := range m.Label {
+				if strings.Contains(l.GetValue(), secretValue) || l.GetValue() == "password" {
+					t.Errorf("%s{%s} carries secret material", f.GetName(), l.GetName())
+				}
+			}
+		}
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run = %v, want nil after cancel", err)
+	}
+	if strings.Contains(logs.String(), secretValue) {
+		t.Errorf("logs contain a secret value")
+	}
+	if code, _ := httpGet(t, base+"/metrics"); code != 0 {
+		t.Errorf("metrics still served after Run returned")
+	}
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // TestRunRefusesWhatTheBrokerMayNotAsk plays a compromised broker (a

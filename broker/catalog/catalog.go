@@ -56,6 +56,12 @@ type binding struct {
 	applied  string
 	applyErr string
 
+	// published is when the source published the desired revision;
+	// propagated, whether a writer has reported that revision applied
+	// since (so the propagation time is observed once per revision).
+	published  time.Time
+	propagated bool
+
 	lease *Lease // dynamic and PKI sources only
 }
 
@@ -115,6 +121,7 @@ func (c *Catalog) SetDesired(writerID, name string, data map[string][]byte, vaul
 		return s.GetRevision(), false
 	}
 	b.desired = s
+	b.published, b.propagated = at, false
 	for sub := range w.subs {
 		sub.mark(name)
 	}
@@ -170,30 +177,42 @@ func (c *Catalog) SetNextRefresh(writerID, name string, at time.Time) {
 
 // RecordResult records a writer's apply result: an error stays the
 // binding's apply_error until an apply of it succeeds. Results for unknown
-// bindings are ignored and reported false.
-func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) bool {
+// bindings are ignored and reported false (known). When r is the first
+// report of the desired revision and says it was written (not unchanged,
+// no error), published is when the source published that revision, for
+// the propagation time; otherwise it is zero.
+func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) (known bool, published time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if r.GetRevision() == "" {
 		// The result of a delete message: it never concerns a live
 		// binding's delivery state (a moved binding keeps its name).
-		return c.removedLocked(writerID, r.GetBinding())
+		return c.removedLocked(writerID, r.GetBinding()), time.Time{}
 	}
 	_, b := c.lookup(writerID, r.GetBinding())
 	if b == nil {
-		return false
+		return false, time.Time{}
 	}
 	if cur := b.desired.GetRevision(); b.applied == cur && cur != "" && r.GetRevision() != cur {
 		// An older revision's outcome (a writer's retry reported late)
 		// never undoes the current one's.
-		return true
+		return true, time.Time{}
 	}
 	if r.GetError() != "" {
 		b.applyErr = r.GetError()
-		return true
+		return true, time.Time{}
 	}
 	b.applied, b.applyErr = r.GetRevision(), ""
-	return true
+	if !b.propagated && b.desired != nil && r.GetRevision() == b.desired.GetRevision() {
+		// An unchanged result (the Secret already held the content, e.g.
+		// after a broker restart) ends the revision's propagation without
+		// a time: nothing travelled.
+		b.propagated = true
+		if !r.GetUnchanged() {
+			published = b.published
+		}
+	}
+	return true, published
 }
 
 func (c *Catalog) lookup(writerID, name string) (*writer, *binding) {

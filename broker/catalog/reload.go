@@ -3,6 +3,7 @@ package catalog
 import (
 	"reflect"
 	"sort"
+	"time"
 
 	"github.com/ferry-secrets/ferry/broker/config"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -134,6 +135,7 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 			if change.Has(ChangeDelivery) && old.desired != nil {
 				// Re-rendered from the data held: no source is asked.
 				old.desired = render(c.key, b, old.desired.GetData())
+				old.published, old.propagated = time.Now(), false
 				for sub := range w.subs {
 					sub.mark(b.Name)
 				}

@@ -58,7 +58,7 @@ func TestUpdateSendsDeletesAndKeepsTheSnapshotContract(t *testing.T) {
 	if len(next) != 1 || next[0].GetBinding() != "b" || len(next[0].GetRolloutRestart()) != 1 || next[0].GetRevision() != revB {
 		t.Fatalf("next = %v", next)
 	}
-	if !c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a"}) {
+	if known, _ := c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a"}); !known {
 		t.Error("the result of a removed binding's delete is not accepted")
 	}
 
@@ -138,7 +138,7 @@ func TestUpdateMovedBinding(t *testing.T) {
 				t.Error("the moved binding counts as delivered before its new Secret was applied")
 			}
 			// The result of the delete is accepted and changes nothing else.
-			if !c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a"}) {
+			if known, _ := c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a"}); !known {
 				t.Error("the result of the old Secret's delete is refused")
 			}
 			if st := c.Status(wid)[0]; st.GetApplyError() != "" || st.GetAppliedRevision() != "" || st.GetSecretName() != "a2" {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ferry-secrets/ferry/internal/metrics"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	"github.com/ferry-secrets/ferry/internal/yamlconfig"
 )
@@ -38,6 +39,9 @@ type Config struct {
 	Debug Debug `json:"debug"`
 	// Writers grants secrets to writer SPIFFE IDs. An ID not listed gets nothing.
 	Writers []Writer `json:"writers"`
+	// Metrics is where /metrics, /healthz and /readyz are served (plain
+	// HTTP); off unless metrics.listen is set.
+	Metrics metrics.Config `json:"metrics,omitempty"`
 }
 
 // Log configures the broker's logger.
@@ -153,6 +157,7 @@ func (c *Config) Validate() error {
 		p.Add("listen", "%q is not host:port", c.Listen)
 	}
 	p.AddErr(c.SPIFFE.Validate("spiffe"))
+	p.AddErr(c.Metrics.Validate("metrics"))
 	c.Vault.validate(&p, c.SPIFFE.WorkloadAPI != "")
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -26,6 +26,13 @@ func TestParseValidAppliesDefaults(t *testing.T) {
 	if b.SecretName != "db" || b.Type != "Opaque" || b.KV.EngineVersion != 2 || b.Refresh.Seconds() != 30 || c.Vault.Auth.Mount != "approle" {
 		t.Fatalf("defaults not applied: %+v", b)
 	}
+	if c.Metrics.Listen != "" {
+		t.Errorf("metrics.listen defaults to %q, want off", c.Metrics.Listen)
+	}
+	c, err = Parse([]byte(valid + "metrics: {listen: 127.0.0.1:9090}\n"))
+	if err != nil || c.Metrics.Listen != "127.0.0.1:9090" {
+		t.Fatalf("metrics.listen: %+v, %v", c.Metrics, err)
+	}
 }
 
 // edit is a config with one change applied, and what Parse must then say.
@@ -65,6 +72,7 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"bad refresh", "refresh: 30s", "refresh: soon", "invalid duration"},
 		{"no spiffe", "spiffe: {workload_api: unix:///tmp/agent.sock}", "", "spiffe: set workload_api or files"},
 		{"bad log level", "listen:", "log: {level: loud}\nlisten:", "log.level:"},
+		{"bad metrics listen", "listen:", "metrics: {listen: localhost}\nlisten:", `metrics.listen: "localhost" is not host:port`},
 	})
 }
 

@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
@@ -44,10 +45,11 @@ type Server struct {
 	GRPC   *grpc.Server
 	Health *health.Server
 
-	cat    *catalog.Catalog
-	admins atomic.Pointer[[]string] // debug.admins; SetAdmins replaces it
-	limits Limits
-	log    *slog.Logger
+	cat     *catalog.Catalog
+	admins  atomic.Pointer[[]string] // debug.admins; SetAdmins replaces it
+	limits  Limits
+	metrics *metrics.Metrics // nil: none
+	log     *slog.Logger
 
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
@@ -117,13 +119,31 @@ func TransportCredentials(src svidsource.Source, td spiffeid.TrustDomain) creden
 
 // New builds the server. creds may be nil in tests that use their own
 // transport (then no peer has an ID and every authorized RPC is denied).
-func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCredentials, log *slog.Logger, options ...Option) *Server {
-	s := &Server{cat: cat, log: log, Health: health.NewServer(), draining: make(chan struct{}), limits: DefaultLimits, streams: map[string]bool{}}
+// m may be nil; otherwise the server records grpc_server_* (through
+// go-grpc-middleware's providers/prometheus) and the broker's stream
+// metrics into it.
+func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCredentials, m *metrics.Metrics, log *slog.Logger, options ...Option) *Server {
+	s := &Server{cat: cat, metrics: m, log: log, Health: health.NewServer(), draining: make(chan struct{}), limits: DefaultLimits, streams: map[string]bool{}}
 	s.SetAdmins(admins)
 	for _, o := range options {
 		o(s)
 	}
 	authFn := s.authorize
+	unary := []grpc.UnaryServerInterceptor{
+		logging.UnaryServerInterceptor(grpcLogger(log), loggingOptions()...),
+		recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered)),
+		auth.UnaryServerInterceptor(authFn),
+	}
+	stream := []grpc.StreamServerInterceptor{
+		logging.StreamServerInterceptor(grpcLogger(log), loggingOptions()...),
+		recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered)),
+		auth.StreamServerInterceptor(authFn),
+	}
+	if m != nil {
+		// First, so denied and failed calls are counted with their codes.
+		unary = append([]grpc.UnaryServerInterceptor{m.GRPC.UnaryServerInterceptor()}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{m.GRPC.StreamServerInterceptor()}, stream...)
+	}
 	l := s.limits
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(ferryv1.MaxMessageBytes),
@@ -132,16 +152,8 @@ func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCrede
 		grpc.ConnectionTimeout(l.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.MinPingInterval, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.PingIdle, Timeout: l.PingTimeout}),
-		grpc.ChainUnaryInterceptor(
-			logging.UnaryServerInterceptor(grpcLogger(log), loggingOptions()...),
-			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered)),
-			auth.UnaryServerInterceptor(authFn),
-		),
-		grpc.ChainStreamInterceptor(
-			logging.StreamServerInterceptor(grpcLogger(log), loggingOptions()...),
-			recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered)),
-			auth.StreamServerInterceptor(authFn),
-		),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	}
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
@@ -151,6 +163,9 @@ func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCrede
 	ferryv1.RegisterDebugServiceServer(s.GRPC, &debugService{s: s})
 	healthpb.RegisterHealthServer(s.GRPC, s.Health)
 	reflection.Register(s.GRPC)
+	if m != nil {
+		m.GRPC.InitializeMetrics(s.GRPC)
+	}
 	return s
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"go.uber.org/goleak"
@@ -23,9 +24,11 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/server"
 	"github.com/ferry-secrets/ferry/broker/source"
 	"github.com/ferry-secrets/ferry/internal/logtest"
+	"github.com/ferry-secrets/ferry/internal/metricstest"
 	"github.com/ferry-secrets/ferry/internal/spiffetest"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
@@ -45,6 +48,7 @@ type fixture struct {
 	addr string
 	cat  *catalog.Catalog
 	logs *logtest.Buffer
+	reg  *prometheus.Registry
 	srv  *server.Server
 }
 
@@ -59,14 +63,17 @@ func start(t *testing.T, opts ...server.Option) *fixture {
 	logs := &logtest.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	src := ca.Source(t, brokerID, "broker.ferry.test")
-	srv := server.New(cat, []string{adminID}, server.TransportCredentials(src, ca.TD), log, opts...)
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	m.Catalog(cat)
+	srv := server.New(cat, []string{adminID}, server.TransportCredentials(src, ca.TD), m, log, opts...)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.GRPC.Stop)
-	return &fixture{ca: ca, addr: lis.Addr().String(), cat: cat, logs: logs, srv: srv}
+	return &fixture{ca: ca, addr: lis.Addr().String(), cat: cat, logs: logs, reg: reg, srv: srv}
 }
 
 func (f *fixture) publish(t *testing.T, v string) *ferryv1.Secret {
@@ -187,6 +194,13 @@ func TestAuthorization(t *testing.T) {
 		if !strings.Contains(f.logs.String(), `"msg":"authorization denied"`) || !strings.Contains(f.logs.String(), writerB) {
 			t.Fatalf("no denial line naming %s in logs:\n%s", writerB, f.logs.String())
 		}
+		// go-grpc-middleware's server metrics count the denial by code.
+		waitFor(t, func() bool {
+			return metricstest.Has(f.reg, "grpc_server_handled_total", "grpc_service", "ferry.v1.WriterService", "grpc_method", "Sync",
+				"grpc_type", "bidi_stream", "grpc_code", "PermissionDenied") &&
+				metricstest.Value(t, f.reg, "grpc_server_handled_total", "grpc_service", "ferry.v1.WriterService", "grpc_method", "Sync",
+					"grpc_type", "bidi_stream", "grpc_code", "PermissionDenied") == 1
+		})
 	})
 	t.Run("writer cannot list another writer's bindings", func(t *testing.T) {
 		_, err := ferryv1.NewDebugServiceClient(f.dial(t, f.ca, writerA)).ListBindings(ctx, &ferryv1.ListBindingsRequest{WriterId: writerB})
@@ -222,6 +236,66 @@ func TestAuthorization(t *testing.T) {
 			t.Fatalf("got %v, want Unavailable (handshake failure)", err)
 		}
 	})
+}
+
+// The stream's metrics: messages by type, writers' results by outcome, the
+// propagation time of a revision, the writer's connection; no label
+// carries the value.
+func TestSyncMetrics(t *testing.T) {
+	f := start(t)
+	metric := func(name string, labels ...string) float64 { return metricstest.Value(t, f.reg, name, labels...) }
+	if metric("ferry_broker_writer_connected", "writer", writerA) != 0 {
+		t.Error("writer connected before any stream")
+	}
+	first := f.publish(t, value)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream := f.openSync(t, ctx)
+	for range 2 { // the upsert and snapshot_complete
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if metric("ferry_broker_messages_sent_total", "type", "upsert") != 1 || metric("ferry_broker_messages_sent_total", "type", "snapshot_complete") != 1 {
+		t.Errorf("messages sent: upsert %v, snapshot_complete %v", metric("ferry_broker_messages_sent_total", "type", "upsert"),
+			metric("ferry_broker_messages_sent_total", "type", "snapshot_complete"))
+	}
+	if metric("ferry_broker_writer_connected", "writer", writerA) != 1 {
+		t.Error("writer_connected is not 1 while its stream is open")
+	}
+	send := func(r *ferryv1.ApplyResult) {
+		t.Helper()
+		if err := stream.Send(&ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Result{Result: r}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(&ferryv1.ApplyResult{Binding: "app", Revision: "older", Superseded: true})
+	send(&ferryv1.ApplyResult{Binding: "app", Revision: first.Revision, Error: "apiserver: Forbidden (403): denied"})
+	send(&ferryv1.ApplyResult{Binding: "app", Revision: first.Revision})
+	send(&ferryv1.ApplyResult{Binding: "app", Revision: first.Revision, Unchanged: true})
+	waitFor(t, func() bool { return metric("ferry_broker_apply_results_total", "outcome", "unchanged") == 1 })
+	for outcome, want := range map[string]float64{"superseded": 1, "error": 1, "applied": 1, "unchanged": 1} {
+		if got := metric("ferry_broker_apply_results_total", "outcome", outcome); got != want {
+			t.Errorf("apply_results_total{outcome=%s} = %v, want %v", outcome, got, want)
+		}
+	}
+	if got := metric("ferry_broker_propagation_seconds"); got != 1 {
+		t.Errorf("propagation samples = %v, want 1 (the first applied report of the revision)", got)
+	}
+	f.publish(t, value+"-2")
+	if m, err := stream.Recv(); err != nil || m.GetUpsert() == nil {
+		t.Fatalf("change = %v, %v", m, err)
+	}
+	if got := metric("ferry_broker_messages_sent_total", "type", "upsert"); got != 2 {
+		t.Errorf("upserts sent = %v, want 2", got)
+	}
+	for v, where := range metricstest.LabelValues(t, f.reg) {
+		if strings.Contains(v, value) || strings.Contains(v, "password") {
+			t.Errorf("%s carries %q", where, v)
+		}
+	}
+	cancel()
+	waitFor(t, func() bool { return metric("ferry_broker_writer_connected", "writer", writerA) == 0 })
 }
 
 func waitFor(t *testing.T, cond func() bool) {

@@ -8,11 +8,13 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
@@ -61,13 +63,13 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 
 	for _, sec := range snapshot {
 		msg := &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}, AppliedBefore: w.s.cat.WasApplied(id, sec.GetBinding())}
-		if err := stream.Send(msg); err != nil {
+		if err := w.send(stream, msg, metrics.MsgUpsert); err != nil {
 			return err
 		}
 	}
-	if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_SnapshotComplete{
+	if err := w.send(stream, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_SnapshotComplete{
 		SnapshotComplete: &ferryv1.SnapshotComplete{Count: uint32(len(snapshot))},
-	}}); err != nil {
+	}}, metrics.MsgSnapshotComplete); err != nil {
 		return err
 	}
 	for {
@@ -94,17 +96,26 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 			}
 			// Deletes of removed bindings go before the round's upserts.
 			for _, ref := range sub.Deletes() {
-				if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Delete{Delete: ref}}); err != nil {
+				if err := w.send(stream, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Delete{Delete: ref}}, metrics.MsgDelete); err != nil {
 					return err
 				}
 			}
 			for _, sec := range sub.Next() {
-				if err := stream.Send(&ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}); err != nil {
+				if err := w.send(stream, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}, metrics.MsgUpsert); err != nil {
 					return err
 				}
 			}
 		}
 	}
+}
+
+// send sends msg, counting it as a message of type typ once sent.
+func (w *writerService) send(stream ferryv1.WriterService_SyncServer, msg *ferryv1.SyncResponse, typ string) error {
+	if err := stream.Send(msg); err != nil {
+		return err
+	}
+	w.s.metrics.MessageSent(typ)
+	return nil
 }
 
 // receiveResults records apply results until the stream ends.
@@ -120,13 +131,18 @@ func (w *writerService) receiveResults(stream ferryv1.WriterService_SyncServer, 
 		}
 		// The writer's error text is stored, listed and logged: bound it.
 		r.Error = truncateUTF8(r.Error, MaxApplyErrorBytes)
+		w.s.metrics.ApplyResult(resultOutcome(r))
 		if r.GetSuperseded() {
 			w.s.log.Debug("writer skipped a superseded revision", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision())
 			continue
 		}
-		if !w.s.cat.RecordResult(id, r) {
+		known, published := w.s.cat.RecordResult(id, r)
+		if !known {
 			w.s.log.Warn("apply result for an unknown binding", "spiffe_id", id, "binding", r.GetBinding())
 			continue
+		}
+		if !published.IsZero() {
+			w.s.metrics.Propagated(time.Since(published))
 		}
 		if r.GetError() != "" {
 			w.s.log.Warn("writer failed to apply", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision(), "err", r.GetError())
@@ -134,6 +150,19 @@ func (w *writerService) receiveResults(stream ferryv1.WriterService_SyncServer, 
 			w.s.log.Debug("writer applied", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision(), "unchanged", r.GetUnchanged())
 		}
 	}
+}
+
+// resultOutcome is the metrics outcome of an apply result.
+func resultOutcome(r *ferryv1.ApplyResult) string {
+	switch {
+	case r.GetSuperseded():
+		return metrics.ResultSuperseded
+	case r.GetError() != "":
+		return metrics.ResultError
+	case r.GetUnchanged():
+		return metrics.ResultUnchanged
+	}
+	return metrics.ResultApplied
 }
 
 type debugService struct {

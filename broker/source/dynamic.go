@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/vault"
 )
 
@@ -301,10 +302,12 @@ func (d *dynamicSource) renew(ctx context.Context) {
 			return
 		}
 		if errors.Is(err, vault.ErrLeaseInvalid) {
+			d.p.metrics.LeaseRenewal(metrics.RenewalReplaced)
 			d.log.Warn("lease renewal refused; issuing new credentials", "lease_id", cur.id, "err", err)
 			d.next, d.act = now, actIssue
 			return
 		}
+		d.p.metrics.LeaseRenewal(metrics.RenewalError)
 		d.sourceError(err)
 		replaceAt := cur.expires.Add(-replaceLead(cur.period))
 		wait := d.retry.NextBackOff()
@@ -322,6 +325,7 @@ func (d *dynamicSource) renew(ctx context.Context) {
 	// are not notified.
 	defer func() { d.p.cat.SetRefreshed(d.writerID, d.b.Name, 0, now, d.next) }()
 	if r.LeaseDuration+time.Second >= cur.period && r.Renewable {
+		d.p.metrics.LeaseRenewal(metrics.RenewalOK)
 		d.granted, d.grantTTL = now, r.LeaseDuration
 		d.next = now.Add(renewDelay(r.LeaseDuration, d.cfg.RenewPercent))
 		d.log.Info("lease renewed", "lease_id", cur.id, "ttl", r.LeaseDuration, "next_renewal", d.next)
@@ -332,6 +336,7 @@ func (d *dynamicSource) renew(ctx context.Context) {
 	}
 	// Vault capped the renewal at the lease's max TTL (or it is no longer
 	// renewable): replace the credentials while enough time is left.
+	d.p.metrics.LeaseRenewal(metrics.RenewalReplaced)
 	cur.capped = true
 	d.next, d.act, d.issueAt = maxTime(now, cur.expires.Add(-replaceLead(cur.period))), actIssue, time.Time{}
 	d.log.Info("lease renewed up to its max TTL; new credentials will be issued before it ends",

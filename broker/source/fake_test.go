@@ -22,6 +22,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/vault"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
@@ -292,6 +293,12 @@ const failingPath = "database/creds/denied"
 // stop ends it like a broker shutdown.
 func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *testPoller, cat *catalog.Catalog, stop func()) {
 	t.Helper()
+	return startPollerWithMetrics(t, f, nil, bs...)
+}
+
+// startPollerWithMetrics is startPoller recording into m.
+func startPollerWithMetrics(t *testing.T, f *fakeVault, m *metrics.Metrics, bs ...config.Binding) (p *testPoller, cat *catalog.Catalog, stop func()) {
+	t.Helper()
 	cfg := &config.Config{Writers: []config.Writer{{ID: testWriter, Secrets: bs}}}
 	cfg.SetDefaults()
 	ws := cfg.Writers
@@ -300,7 +307,7 @@ func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *testPolle
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(tWriter{t}, nil))
 	}
-	p = &testPoller{Poller: NewPoller(cat, func(string) Vault { return f }, nil, log), cat: cat, bs: ws[0].Secrets}
+	p = &testPoller{Poller: NewPoller(cat, func(string) Vault { return f }, nil, m, log), cat: cat, bs: ws[0].Secrets}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()

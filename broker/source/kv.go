@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/vault"
 )
 
@@ -202,6 +203,10 @@ func (s *kvScheduler) read(ctx context.Context, kp *kvPath, members []*handle) [
 	next := kp.next
 	members = append(members, kp.members...)
 	s.mu.Unlock()
+	if err != nil {
+		s.p.metrics.SourceError(metrics.KindKV)
+	}
+	s.p.metrics.SharedReadsSaved(len(members) - 1)
 	for _, m := range members {
 		s.deliver(m, val, err, now, next)
 	}
@@ -259,6 +264,7 @@ func (s *kvScheduler) add(h *handle, v access) {
 		// A recent read: h gets it now, under s.mu so that no later read's
 		// fan-out can precede it.
 		s.deliver(h, kp.val, kp.err, kp.at, kp.next)
+		s.p.metrics.SharedReadsSaved(1)
 		if due := kp.at.Add(jitter(kp.refresh)); due.Before(kp.next) {
 			s.schedule(kp, due) // h refreshes more often than the others
 		}

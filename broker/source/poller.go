@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/vault"
 )
 
@@ -27,9 +28,10 @@ type Vaults func(identity string) Vault
 // scheduler (kv.go); dynamic and PKI bindings each run their own source
 // goroutine.
 type Poller struct {
-	cat    *catalog.Catalog
-	vaults Vaults
-	log    *slog.Logger
+	cat     *catalog.Catalog
+	vaults  Vaults
+	metrics *metrics.Metrics // nil: none
+	log     *slog.Logger
 	// ready, when set, is awaited before the first reads (Vault login).
 	ready <-chan struct{}
 	kv    *kvScheduler
@@ -61,9 +63,10 @@ type handle struct {
 	updates chan config.Binding
 }
 
-// NewPoller returns a poller for the bindings of cat. ready may be nil.
-func NewPoller(cat *catalog.Catalog, vaults Vaults, ready <-chan struct{}, log *slog.Logger) *Poller {
-	p := &Poller{cat: cat, vaults: vaults, ready: ready, log: log, running: map[bindingKey]*handle{}}
+// NewPoller returns a poller for the bindings of cat. ready and m may be
+// nil.
+func NewPoller(cat *catalog.Catalog, vaults Vaults, ready <-chan struct{}, m *metrics.Metrics, log *slog.Logger) *Poller {
+	p := &Poller{cat: cat, vaults: vaults, ready: ready, metrics: m, log: log, running: map[bindingKey]*handle{}}
 	p.kv = newKVScheduler(p, vault.MaxInFlight)
 	return p
 }
@@ -189,6 +192,7 @@ func (p *Poller) start(writerID string, b *config.Binding) *handle {
 		// A configuration the validation should have refused: report it
 		// until the binding is removed or changed.
 		p.log.Error("binding has no Vault client", "writer_id", writerID, "binding", b.Name, "err", err)
+		p.metrics.SourceError(metrics.Kind(Meta(writerID, *b).SourceKind))
 		p.cat.SetSourceError(writerID, b.Name, err)
 		return h
 	}

@@ -94,8 +94,14 @@ func (p *Poller) publish(writerID, name string, data map[string][]byte, vaultVer
 	return rev, changed, nil
 }
 
-// sourceError records a failed read; the last good Secret stays.
+// sourceError records a failed read, issue or renewal of a dynamic or PKI
+// source; the last good Secret stays.
 func (bc *binding) sourceError(err error) {
+	kind := KindDynamic
+	if bc.b.PKI != nil {
+		kind = KindPKI
+	}
+	bc.p.metrics.SourceError(kind)
 	bc.p.cat.SetSourceError(bc.writerID, bc.b.Name, err)
 }
 

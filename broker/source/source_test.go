@@ -9,7 +9,12 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
+	"github.com/ferry-secrets/ferry/broker/vault"
+	"github.com/ferry-secrets/ferry/internal/metricstest"
 )
 
 func dur(d time.Duration) config.Duration { return config.Duration{Duration: d} }
@@ -27,7 +32,8 @@ func dynamicBinding(name string, grace time.Duration) config.Binding {
 func TestDynamicRenewsThenReplacesBeforeMaxTTL(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFakeVault()
-		_, cat, stop := startPoller(t, f, dynamicBinding("db", 5*time.Second))
+		reg := prometheus.NewRegistry()
+		_, cat, stop := startPollerWithMetrics(t, f, metrics.New(reg), dynamicBinding("db", 5*time.Second))
 		defer stop()
 		start := time.Now()
 		var minLeft time.Duration = time.Hour
@@ -72,6 +78,16 @@ func TestDynamicRenewsThenReplacesBeforeMaxTTL(t *testing.T) {
 		}
 		if minLeft < 5*time.Second {
 			t.Errorf("a published lease had only %v left: replacement comes too late", minLeft)
+		}
+		// Every renewal Vault granted is counted: in full (ok), or capped
+		// at the max TTL, which leads to a replacement (replaced).
+		ok := metricstest.Value(t, reg, "ferry_broker_lease_renewals_total", "outcome", "ok")
+		replaced := metricstest.Value(t, reg, "ferry_broker_lease_renewals_total", "outcome", "replaced")
+		if int(ok+replaced) != renewals || replaced < float64(issued-2) || replaced > float64(issued) {
+			t.Errorf("renewals counted ok %v + replaced %v; Vault granted %d for %d leases", ok, replaced, renewals, issued)
+		}
+		if errs := metricstest.Value(t, reg, "ferry_broker_lease_renewals_total", "outcome", "error"); errs != 0 {
+			t.Errorf("%v renewal errors counted, none happened", errs)
 		}
 		st := status(cat, "db")
 		if !strings.HasPrefix(st.GetLeaseId(), "database/creds/app/") || st.GetLeaseTtlRemaining().AsDuration() <= 0 || st.GetNextRenewalTime() == nil {
@@ -167,7 +183,8 @@ func TestKVFanOutOneReadPerCycle(t *testing.T) {
 		}
 		// A binding of another path is read on its own.
 		bs = append(bs, config.Binding{Name: "lone", Namespace: "ns", Refresh: dur(10 * time.Second), KV: &config.KV{Mount: "secret", Path: "other"}})
-		_, cat, stop := startPoller(t, f, bs...)
+		reg := prometheus.NewRegistry()
+		_, cat, stop := startPollerWithMetrics(t, f, metrics.New(reg), bs...)
 		defer stop()
 		time.Sleep(100*time.Second + 500*time.Millisecond)
 		synctest.Wait()
@@ -179,6 +196,24 @@ func TestKVFanOutOneReadPerCycle(t *testing.T) {
 		if reads < 18 || reads > 24 {
 			t.Errorf("%d Vault reads for 2 paths over ~10 cycles; want ~2 per cycle", reads)
 		}
+		// Each read of the shared path saved 19 reads; the lone path's
+		// reads saved none.
+		saved := int(metricstest.Value(t, reg, "ferry_broker_shared_reads_saved_total"))
+		if shared := saved / 19; saved%19 != 0 || shared < reads/2-2 || shared > reads/2+2 {
+			t.Errorf("shared_reads_saved_total = %d for %d reads of 2 paths; want 19 per read of the shared path", saved, reads)
+		}
+		f.mu.Lock()
+		f.kvErr = vault.ErrPermissionDenied
+		f.mu.Unlock()
+		time.Sleep(12 * time.Second)
+		synctest.Wait()
+		// One failed read per path and cycle, however many bindings share it.
+		if errs := metricstest.Value(t, reg, "ferry_broker_source_errors_total", "kind", "kv"); errs < 2 || errs > 4 {
+			t.Errorf("source_errors_total{kind=kv} = %v after ~1 failing cycle of 2 paths", errs)
+		}
+		f.mu.Lock()
+		f.kvErr = nil
+		f.mu.Unlock()
 		time.Sleep(12 * time.Second)
 		synctest.Wait()
 		for _, b := range bs {

@@ -29,6 +29,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/internal/retry"
 	"github.com/ferry-secrets/ferry/internal/task"
 )
@@ -49,6 +50,8 @@ type Deps struct {
 	SVID x509svid.Source
 	// WorkloadAPI is the Workload API address (method jwt fetches JWT-SVIDs there).
 	WorkloadAPI string
+	// Metrics counts requests and logins; nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 // Client is one Vault identity's logged-in client.
@@ -65,8 +68,11 @@ type Client struct {
 	// at once queue here instead of opening thousands of connections.
 	slots chan struct{}
 
-	mu        sync.Mutex
-	loggedIn  bool
+	mu       sync.Mutex
+	loggedIn bool // a login has succeeded (reads may go ahead)
+	// valid: the last login or token renewal succeeded, so the token is
+	// good (ferry_broker_vault_logged_in and the broker's readiness).
+	valid     bool
 	ready     chan struct{} // closed at the first successful login
 	attempted chan struct{} // closed after the first login attempt, good or bad
 }
@@ -203,15 +209,19 @@ func (c *Client) Run(ctx context.Context) error {
 	first := true
 	for ctx.Err() == nil {
 		secret, err := c.login(ctx)
+		if ctx.Err() == nil {
+			c.deps.Metrics.VaultLogin(c.name, err == nil)
+		}
 		if err == nil {
 			secret = c.adoptSavedToken(ctx, secret)
-			c.mu.Lock()
-			if !c.loggedIn {
-				c.loggedIn = true
-				close(c.ready)
-			}
-			c.mu.Unlock()
 		}
+		c.mu.Lock()
+		c.valid = err == nil
+		if err == nil && !c.loggedIn {
+			c.loggedIn = true
+			close(c.ready)
+		}
+		c.mu.Unlock()
 		if first {
 			// After the login is usable: first reads wait for this.
 			first = false
@@ -263,6 +273,7 @@ func (c *Client) watch(ctx context.Context, secret *vaultapi.Secret) {
 			return
 		case err := <-w.DoneCh():
 			if err != nil {
+				c.setValid(false)
 				c.log.Warn("vault token renewal failed; logging in again", "err", redactErr(err))
 			} else {
 				c.log.Info("vault token reached its max TTL; logging in again")
@@ -272,6 +283,41 @@ func (c *Client) watch(ctx context.Context, secret *vaultapi.Secret) {
 			c.log.Debug("vault token renewed", "token_ttl", time.Duration(r.Secret.Auth.LeaseDuration)*time.Second)
 		}
 	}
+}
+
+// setValid records whether the identity's token is good.
+func (c *Client) setValid(v bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.valid = v
+}
+
+// LoggedIn reports whether the identity holds a valid token: its last
+// login or token renewal succeeded.
+func (c *Client) LoggedIn() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.valid
+}
+
+// observe records one Vault request of operation op that started at start
+// and ended with *errp.
+func (c *Client) observe(op string, start time.Time, errp *error) {
+	c.deps.Metrics.VaultRequest(c.name, op, outcome(*errp), time.Since(start))
+}
+
+// outcome is the metrics outcome of a Vault request's error.
+func outcome(err error) string {
+	err = redactErr(err)
+	switch {
+	case err == nil:
+		return metrics.OutcomeOK
+	case errors.Is(err, ErrPermissionDenied):
+		return metrics.OutcomeDenied
+	case errors.Is(err, ErrNotFound):
+		return metrics.OutcomeNotFound
+	}
+	return metrics.OutcomeError
 }
 
 // redactErr is the one place where vault/api's errors are made safe to log

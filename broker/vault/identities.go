@@ -40,6 +40,19 @@ func (ids *Identities) Get(name string) *Client {
 	return ids.clients[name]
 }
 
+// Names lists the identities, "default" first.
+func (ids *Identities) Names() []string { return ids.order }
+
+// LoggedIn reports, per identity, whether it holds a valid token (its last
+// login or token renewal succeeded).
+func (ids *Identities) LoggedIn() map[string]bool {
+	out := make(map[string]bool, len(ids.clients))
+	for name, c := range ids.clients {
+		out[name] = c.LoggedIn()
+	}
+	return out
+}
+
 // Settled is closed once every identity has made its first login attempt,
 // so first reads neither race the logins nor wait for a failing one.
 func (ids *Identities) Settled() <-chan struct{} { return ids.settled }

@@ -9,7 +9,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
+
+	"github.com/ferry-secrets/ferry/broker/metrics"
 )
 
 // KVSecret is one KV read: the data as Kubernetes Secret bytes, and for KV v2
@@ -34,12 +37,13 @@ func KVPath(mount, path string, engineVersion int) string {
 // The response is decoded straight into the data's bytes (through a pooled
 // body buffer), not through vault/api's map[string]any Secret: at thousands
 // of reads per refresh cycle that garbage is most of the broker's allocation.
-func (c *Client) ReadKV(ctx context.Context, mount, path string, engineVersion int, version int64) (*KVSecret, error) {
+func (c *Client) ReadKV(ctx context.Context, mount, path string, engineVersion int, version int64) (_ *KVSecret, err error) {
 	api, done, err := c.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
+	defer c.observe(metrics.OpKVRead, time.Now(), &err)
 	p := KVPath(mount, path, engineVersion)
 	var params map[string][]string
 	if engineVersion == 2 && version > 0 {

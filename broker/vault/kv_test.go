@@ -12,7 +12,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
+	"github.com/ferry-secrets/ferry/internal/metricstest"
 )
 
 // TestReadKV decodes KV v1 and v2 responses as Vault sends them: strings
@@ -52,8 +56,9 @@ func TestReadKV(t *testing.T) {
 	if err := os.WriteFile(tok, []byte("root"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	reg := prometheus.NewRegistry()
 	c, err := New(config.DefaultIdentity, config.Vault{Address: srv.URL, AllowInsecureHTTP: true},
-		config.VaultAuth{Method: config.AuthToken, TokenFile: tok}, Deps{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		config.VaultAuth{Method: config.AuthToken, TokenFile: tok}, Deps{Metrics: metrics.New(reg)}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,5 +114,59 @@ func TestReadKV(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "secret-ish") {
 			t.Errorf("%s: Vault's error text leaked: %v", tc.path, err)
 		}
+	}
+
+	// Every read is counted by identity, operation and outcome.
+	for outcome, want := range map[string]float64{"ok": 3, "not_found": 2, "denied": 1} {
+		if got := metricstest.Value(t, reg, "ferry_broker_vault_requests_total", "identity", "default", "operation", "kv_read", "outcome", outcome); got != want {
+			t.Errorf("vault_requests_total{kv_read,%s} = %v, want %v", outcome, got, want)
+		}
+	}
+	if got := metricstest.Value(t, reg, "ferry_broker_vault_request_duration_seconds", "identity", "default", "operation", "kv_read"); got != 6 {
+		t.Errorf("kv_read latency samples = %v, want 6", got)
+	}
+	if got := metricstest.Value(t, reg, "ferry_broker_vault_logins_total", "identity", "default", "outcome", "ok"); got != 1 {
+		t.Errorf("logins = %v, want 1", got)
+	}
+	if !c.LoggedIn() {
+		t.Error("LoggedIn = false after a successful login")
+	}
+	for v, where := range metricstest.LabelValues(t, reg) {
+		for _, secret := range []string{"p4ss", "plain", "escaped", "secret-ish", "root"} {
+			if strings.Contains(v, secret) {
+				t.Errorf("%s = %q carries %q", where, v, secret)
+			}
+		}
+	}
+}
+
+// A failing login is counted and the identity is not logged in.
+func TestFailedLoginIsCounted(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, `{"errors":["permission denied"]}`)
+	}))
+	defer srv.Close()
+	tok := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tok, []byte("revoked-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	c, err := New(config.DefaultIdentity, config.Vault{Address: srv.URL, AllowInsecureHTTP: true},
+		config.VaultAuth{Method: config.AuthToken, TokenFile: tok}, Deps{Metrics: metrics.New(reg)}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	<-c.Attempted()
+	cancel()
+	<-done
+	if got := metricstest.Value(t, reg, "ferry_broker_vault_logins_total", "identity", "default", "outcome", "error"); got != 1 {
+		t.Errorf("failed logins = %v, want 1", got)
+	}
+	if c.LoggedIn() {
+		t.Error("LoggedIn = true after a failed login")
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/ferry-secrets/ferry/broker/metrics"
 )
 
 // ErrLeaseInvalid means Vault refused to renew a lease that no longer exists
@@ -37,12 +39,13 @@ type Renewal struct {
 
 // ReadLeased reads (GET) or writes (POST) path with params and returns the
 // response's data and lease. GET params become query parameters.
-func (c *Client) ReadLeased(ctx context.Context, method, path string, params map[string]any) (*Leased, error) {
+func (c *Client) ReadLeased(ctx context.Context, method, path string, params map[string]any) (_ *Leased, err error) {
 	api, done, err := c.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
+	defer c.observe(metrics.OpDynamicRead, time.Now(), &err)
 	path = strings.Trim(path, "/")
 	var s *vaultapi.Secret
 	switch method {
@@ -82,12 +85,13 @@ func (c *Client) ReadLeased(ctx context.Context, method, path string, params map
 // RenewLease asks Vault to extend leaseID by increment (sys/leases/renew).
 // A refused renewal (unknown, expired or non-renewable lease) wraps
 // ErrLeaseInvalid.
-func (c *Client) RenewLease(ctx context.Context, leaseID string, increment time.Duration) (*Renewal, error) {
+func (c *Client) RenewLease(ctx context.Context, leaseID string, increment time.Duration) (_ *Renewal, err error) {
 	api, done, err := c.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
+	defer c.observe(metrics.OpLeaseRenew, time.Now(), &err)
 	s, err := api.Logical().WriteWithContext(ctx, "sys/leases/renew", map[string]any{
 		"lease_id": leaseID, "increment": int(increment.Seconds()),
 	})
@@ -106,12 +110,13 @@ func (c *Client) RenewLease(ctx context.Context, leaseID string, increment time.
 
 // RevokeLease revokes leaseID now (sys/leases/revoke). Revoking an unknown
 // or already expired lease succeeds.
-func (c *Client) RevokeLease(ctx context.Context, leaseID string) error {
+func (c *Client) RevokeLease(ctx context.Context, leaseID string) (err error) {
 	api, done, err := c.begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
+	defer c.observe(metrics.OpLeaseRevoke, time.Now(), &err)
 	if _, err := api.Logical().WriteWithContext(ctx, "sys/leases/revoke", map[string]any{"lease_id": leaseID}); err != nil {
 		return fmt.Errorf("vault: revoke lease %s: %w", leaseID, redactErr(err))
 	}
@@ -126,12 +131,13 @@ type LeaseInfo struct {
 
 // LookupLease asks Vault about leaseID. An unknown or expired lease wraps
 // ErrLeaseInvalid.
-func (c *Client) LookupLease(ctx context.Context, leaseID string) (*LeaseInfo, error) {
+func (c *Client) LookupLease(ctx context.Context, leaseID string) (_ *LeaseInfo, err error) {
 	api, done, err := c.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
+	defer c.observe(metrics.OpLeaseLookup, time.Now(), &err)
 	s, err := api.Logical().WriteWithContext(ctx, "sys/leases/lookup", map[string]any{"lease_id": leaseID})
 	if err != nil {
 		var re *vaultapi.ResponseError

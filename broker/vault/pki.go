@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/ferry-secrets/ferry/broker/metrics"
 )
 
 // CertRequest asks a PKI role for a certificate.
@@ -34,12 +36,13 @@ type Certificate struct {
 }
 
 // IssueCert issues a certificate from <mount>/issue/<role>.
-func (c *Client) IssueCert(ctx context.Context, mount, role string, req CertRequest) (*Certificate, error) {
+func (c *Client) IssueCert(ctx context.Context, mount, role string, req CertRequest) (_ *Certificate, err error) {
 	api, done, err := c.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
+	defer c.observe(metrics.OpPKIIssue, time.Now(), &err)
 	path := strings.Trim(mount, "/") + "/issue/" + role
 	body := map[string]any{"common_name": req.CommonName, "format": "pem"}
 	if len(req.AltNames) > 0 {
@@ -91,12 +94,13 @@ func (c *Client) IssueCert(ctx context.Context, mount, role string, req CertRequ
 }
 
 // RevokeCert revokes a certificate by serial number (<mount>/revoke).
-func (c *Client) RevokeCert(ctx context.Context, mount, serial string) error {
+func (c *Client) RevokeCert(ctx context.Context, mount, serial string) (err error) {
 	api, done, err := c.begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
+	defer c.observe(metrics.OpPKIRevoke, time.Now(), &err)
 	path := strings.Trim(mount, "/") + "/revoke"
 	if _, err := api.Logical().WriteWithContext(ctx, path, map[string]any{"serial_number": serial}); err != nil {
 		return fmt.Errorf("vault: revoke certificate %s: %w", serial, redactErr(err))

@@ -9,6 +9,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 )
 
 // ErrNoState is returned by the state methods when vault.state is not
@@ -53,7 +54,8 @@ func (c *Client) LoadState(ctx context.Context, key string) ([]byte, error) {
 	return c.loadState(ctx, api, key)
 }
 
-func (c *Client) loadState(ctx context.Context, api *vaultapi.Client, key string) ([]byte, error) {
+func (c *Client) loadState(ctx context.Context, api *vaultapi.Client, key string) (_ []byte, err error) {
+	defer c.observe(metrics.OpStateRead, time.Now(), &err)
 	path, _ := c.statePaths(key)
 	s, err := api.Logical().ReadWithContext(ctx, path)
 	if err != nil {
@@ -106,7 +108,8 @@ func (c *Client) SaveState(ctx context.Context, key string, value []byte) error 
 	return c.saveState(ctx, api, key, value)
 }
 
-func (c *Client) saveState(ctx context.Context, api *vaultapi.Client, key string, value []byte) error {
+func (c *Client) saveState(ctx context.Context, api *vaultapi.Client, key string, value []byte) (err error) {
+	defer c.observe(metrics.OpStateWrite, time.Now(), &err)
 	path, _ := c.statePaths(key)
 	entry := map[string]any{stateField: string(value)}
 	if c.state.Transit != nil {
@@ -123,12 +126,13 @@ func (c *Client) saveState(ctx context.Context, api *vaultapi.Client, key string
 }
 
 // DeleteState removes key and every version of it.
-func (c *Client) DeleteState(ctx context.Context, key string) error {
+func (c *Client) DeleteState(ctx context.Context, key string) (err error) {
 	api, done, err := c.beginState(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
+	defer c.observe(metrics.OpStateDelete, time.Now(), &err)
 	_, path := c.statePaths(key)
 	if _, err := api.Logical().DeleteWithContext(ctx, path); err != nil && !errors.Is(redactErr(err), ErrNotFound) {
 		return fmt.Errorf("vault: delete state %s: %w", path, redactErr(err))
@@ -178,7 +182,9 @@ func (c *Client) lookupToken(ctx context.Context, tok string) *vaultapi.Secret {
 		return nil
 	}
 	api.SetToken(tok)
+	start := time.Now()
 	s, err := api.Auth().Token().LookupSelfWithContext(ctx)
+	c.observe(metrics.OpTokenLookup, start, &err)
 	if err != nil || s == nil {
 		c.log.Info("vault state: the saved token is no longer valid; using the new one", "err", redactErr(err))
 		return nil
@@ -198,7 +204,10 @@ func (c *Client) revokeToken(ctx context.Context, tok string) {
 		return
 	}
 	api.SetToken(tok)
-	if err := api.Auth().Token().RevokeSelfWithContext(ctx, ""); err != nil {
+	start := time.Now()
+	err = api.Auth().Token().RevokeSelfWithContext(ctx, "")
+	c.observe(metrics.OpTokenRevoke, start, &err)
+	if err != nil {
 		c.log.Warn("vault state: revoking the unused new token failed; it expires on its own", "err", redactErr(err))
 	}
 }

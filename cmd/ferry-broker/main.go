@@ -2,6 +2,8 @@
 //
 //	ferry-broker -config broker.yaml            run
 //	ferry-broker validate -config broker.yaml   check the config and exit
+//	ferry-broker version                        print version, commit and Go version
+//	ferry-broker -h                             list the subcommands and flags
 //
 // -cpuprofile FILE writes a CPU profile until the process stops.
 package main
@@ -22,6 +24,10 @@ func run(args []string) error {
 	line, err := command.Parse("ferry-broker", "/etc/ferry/broker.yaml", "path of the broker config file", args)
 	if err != nil {
 		return err
+	}
+	if line.Version {
+		fmt.Println(command.Version("ferry-broker"))
+		return nil
 	}
 	cfg, err := config.Load(line.Config)
 	if err != nil {

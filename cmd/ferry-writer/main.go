@@ -3,6 +3,8 @@
 //
 //	ferry-writer -config FILE            run until SIGINT/SIGTERM
 //	ferry-writer validate -config FILE   check the configuration, exit 0 or 1
+//	ferry-writer version                 print version, commit and Go version
+//	ferry-writer -h                      list the subcommands and flags
 //
 // -kube-qps, -kube-burst and -parallelism override the file's
 // kubernetes.qps, kubernetes.burst and kubernetes.parallelism;
@@ -32,6 +34,10 @@ func run(args []string) error {
 	})
 	if err != nil {
 		return err
+	}
+	if line.Version {
+		fmt.Println(command.Version("ferry-writer"))
+		return nil
 	}
 	cfg, err := config.Load(line.Config)
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,8 +77,11 @@ func demo(r *stack.Runner, exit bool) {
 	adminKubeconfig := kube.Kubeconfig(r, "")
 
 	brokerAddr := fmt.Sprintf("127.0.0.1:%d", stack.FreePort(r))
+	brokerMetrics := fmt.Sprintf("127.0.0.1:%d", stack.FreePort(r))
+	writerMetrics := fmt.Sprintf("127.0.0.1:%d", stack.FreePort(r))
 	brokerCfg := ferrystack.WriteFile(r, dir, "broker.yaml", fmt.Sprintf(`# ferry-broker config (demo)
 listen: %s
+metrics: {listen: "%s"}
 spiffe: {workload_api: "unix://%s"}
 vault:
   address: %s
@@ -90,19 +95,21 @@ writers:
         secret_name: %s
         refresh: 2s
         kv: {mount: secret, path: %s}
-`, brokerAddr, spire.AgentSocket, vault.Addr, vault.CAFile, roleID, secretID, writerID, namespace, secretName, vaultPath))
+`, brokerAddr, brokerMetrics, spire.AgentSocket, vault.Addr, vault.CAFile, roleID, secretID, writerID, namespace, secretName, vaultPath))
 	writerCfg := ferrystack.WriteFile(r, dir, "writer.yaml", fmt.Sprintf(`# ferry-writer config (demo)
 broker: {address: "%s", spiffe_id: "%s"}
+metrics: {listen: "%s"}
 spiffe: {workload_api: "unix://%s"}
 kubernetes: {kubeconfig: %s}
 namespaces: [%s]
-`, brokerAddr, brokerID, spire.AgentSocket, kube.Kubeconfig(r, token), namespace))
+`, brokerAddr, brokerID, writerMetrics, spire.AgentSocket, kube.Kubeconfig(r, token), namespace))
 
 	step("Starting ferry-broker (beside Vault) and ferry-writer (in the cluster)")
 	broker := stack.StartProcess(r, "ferry-broker", dir, bins.Broker, []string{"-config", brokerCfg})
 	writer := stack.StartProcess(r, "ferry-writer", dir, bins.Writer, []string{"-config", writerCfg})
 	info("broker %s  config %s  log %s", brokerAddr, brokerCfg, broker.LogFile())
 	info("writer          config %s  log %s", writerCfg, writer.LogFile())
+	info("metrics: broker http://%s/metrics  writer http://%s/metrics  (and /healthz, /readyz)", brokerMetrics, writerMetrics)
 
 	admin := kube.Admin(r)
 	waitPassword := func(want string) time.Duration {
@@ -159,6 +166,17 @@ namespaces: [%s]
 		info("  %s", l)
 	}
 
+	step("Metrics (plain HTTP, metrics.listen): what each side did, with no secret in any label")
+	for _, m := range []struct{ addr, prefix string }{{brokerMetrics, "ferry_broker_"}, {writerMetrics, "ferry_writer_"}} {
+		info("$ curl -s http://%s/readyz; curl -s http://%s/metrics | grep ^%s", m.addr, m.addr, m.prefix)
+		info("  %s", strings.TrimSpace(httpGet(r, "http://"+m.addr+"/readyz")))
+		for _, l := range strings.Split(httpGet(r, "http://"+m.addr+"/metrics"), "\n") {
+			if strings.HasPrefix(l, m.prefix) && !strings.Contains(l, "_bucket{") && !strings.HasSuffix(l, " 0") {
+				info("  %s", l)
+			}
+		}
+	}
+
 	if exit {
 		step("Done (-exit): stopping the stack")
 		return
@@ -174,12 +192,29 @@ namespaces: [%s]
   %s ferry.v1.DebugService/ListBindings
   %s list
 
+  curl -s http://%s/metrics | grep ^ferry_broker_    # broker metrics (and /healthz, /readyz)
+  curl -s http://%s/metrics | grep ^ferry_writer_    # writer metrics
+
   logs: %s  %s
 
 Press Ctrl-C to stop everything.
 `, adminKubeconfig, secretName, namespace, vault.Addr, vault.CAFile, vault.Token, stack.Bin(r, "vault"), vaultPath,
-		strings.Join(grpcurl, " "), strings.Join(grpcurl, " "), broker.LogFile(), writer.LogFile())
+		strings.Join(grpcurl, " "), strings.Join(grpcurl, " "), brokerMetrics, writerMetrics, broker.LogFile(), writer.LogFile())
 	waitForSignal()
+}
+
+// httpGet returns the body of a GET of url.
+func httpGet(r *stack.Runner, url string) string {
+	resp, err := http.Get(url)
+	if err != nil {
+		r.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		r.Fatalf("GET %s: %v", url, err)
+	}
+	return string(b)
 }
 
 // selfPath is this program's binary, as SPIRE's unix:path selector sees it.

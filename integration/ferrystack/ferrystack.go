@@ -124,6 +124,7 @@ type BrokerConfig struct {
 	StateMount               string   // a KV v2 mount for vault.state; empty: no state store
 	StateTransitKey          string   // a key on the transit/ mount sealing the state entries; empty: none
 	Admins                   []string // SPIFFE IDs for debug.admins; none: no debug section
+	MetricsListen            string   // metrics.listen (host:port); empty: no metrics endpoint
 	WriterID                 string
 	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
 }
@@ -152,6 +153,9 @@ vault:
 	if len(c.Admins) > 0 {
 		fmt.Fprintf(&b, "debug: {admins: [%s]}\n", strings.Join(c.Admins, ", "))
 	}
+	if c.MetricsListen != "" {
+		fmt.Fprintf(&b, "metrics: {listen: %q}\n", c.MetricsListen)
+	}
 	fmt.Fprintf(&b, "writers:\n  - id: %s\n    secrets:\n%s", c.WriterID, c.Bindings)
 	path := filepath.Join(dir, "broker.yaml")
 	tmp := WriteFile(t, dir, "broker.yaml.tmp", b.String())
@@ -169,6 +173,7 @@ type WriterConfig struct {
 	Kubeconfig           string
 	Namespaces           []string
 	LogLevel             string // empty: the writer's default
+	MetricsListen        string // metrics.listen (host:port); empty: no metrics endpoint
 }
 
 // Write writes the config to dir/Name.yaml and returns the path.
@@ -183,6 +188,9 @@ namespaces: [%s]
 `, c.BrokerAddr, c.BrokerID, c.AgentSocket, c.Kubeconfig, strings.Join(c.Namespaces, ", "))
 	if c.LogLevel != "" {
 		fmt.Fprintf(&b, "log: {level: %s}\n", c.LogLevel)
+	}
+	if c.MetricsListen != "" {
+		fmt.Fprintf(&b, "metrics: {listen: %q}\n", c.MetricsListen)
 	}
 	return WriteFile(t, dir, c.Name+".yaml", b.String())
 }

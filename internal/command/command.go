@@ -1,33 +1,61 @@
 // Package command is the frame the ferry-broker and ferry-writer mains share:
-// the command line `NAME [validate] -config FILE`, exit status and error
-// output, and a context that SIGINT or SIGTERM cancels.
+// the command line `NAME [validate|version] -config FILE`, its -h text, exit
+// status and error output, and a context that SIGINT or SIGTERM cancels.
 package command
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"syscall"
+
+	"github.com/ferry-secrets/ferry/internal/buildinfo"
 )
 
 // Main runs run with the command-line arguments. When run fails it prints
-// "name: error" to stderr and exits with status 1.
+// "name: error" to stderr and exits with status 1; when it returns a *Help
+// (-h), it prints the help to stdout and exits 0.
 func Main(name string, run func(args []string) error) {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, name+":", err)
-		os.Exit(1)
-	}
+	os.Exit(exit(name, run(os.Args[1:]), os.Stdout, os.Stderr))
 }
+
+// exit prints what err asks for and returns the exit status.
+func exit(name string, err error, stdout, stderr io.Writer) int {
+	var help *Help
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &help):
+		fmt.Fprint(stdout, help.Text)
+		return 0
+	}
+	fmt.Fprintln(stderr, name+":", err)
+	return 1
+}
+
+// Help is what Parse returns for -h or -help: the usage text, which Main
+// prints to stdout before exiting 0.
+type Help struct{ Text string }
+
+func (h *Help) Error() string { return "help requested" }
 
 // Line is a parsed command line.
 type Line struct {
 	Config     string // path of the config file (-config)
 	Validate   bool   // "validate": check the config and exit
+	Version    bool   // "version": print the build's version and exit
 	CPUProfile string // -cpuprofile: where to write a CPU profile; "" for none
 }
+
+// Version is the line `NAME version` prints: the version, commit and Go
+// version of the build.
+func Version(name string) string { return name + " " + buildinfo.Get().String() }
 
 // StartProfile starts the CPU profile asked for with -cpuprofile (for
 // performance work; `go tool pprof` reads it) and returns the function that
@@ -47,28 +75,54 @@ func (l Line) StartProfile() (stop func(), err error) {
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
-// Parse parses args, `[validate] -config FILE`, for the command name.
-// defaultConfig is the -config default and usage its help text; extra, if
-// given, registers more flags. Arguments after the flags are an error, so a
-// misplaced "validate" never starts the service.
+// Parse parses args, `[validate|version] -config FILE`, for the command
+// name. defaultConfig is the -config default and usage its help text;
+// extra, if given, registers more flags. Arguments after the flags are an
+// error, so a misplaced "validate" never starts the service. -h and -help
+// return a *Help listing the subcommands and flags.
 func Parse(name, defaultConfig, usage string, args []string, extra ...func(*flag.FlagSet)) (Line, error) {
 	var l Line
-	if len(args) > 0 && args[0] == "validate" {
-		l.Validate, args = true, args[1:]
+	if len(args) > 0 {
+		switch args[0] {
+		case "validate":
+			l.Validate, args = true, args[1:]
+		case "version":
+			l.Version, args = true, args[1:]
+		}
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned; -h is a *Help
 	fs.StringVar(&l.Config, "config", defaultConfig, usage)
 	fs.StringVar(&l.CPUProfile, "cpuprofile", "", "write a CPU profile to this file until the process stops")
 	for _, f := range extra {
 		f(fs)
 	}
 	if err := fs.Parse(args); err != nil {
-		return Line{}, err
+		if errors.Is(err, flag.ErrHelp) {
+			return Line{}, &Help{Text: helpText(name, fs)}
+		}
+		return Line{}, fmt.Errorf("%w (%s -h lists the flags)", err, name)
 	}
 	if fs.NArg() > 0 {
 		return Line{}, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	return l, nil
+}
+
+// helpText is the -h output: the subcommands, then the flags.
+func helpText(name string, fs *flag.FlagSet) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `Usage:
+  %[1]s [flags]            run until SIGINT or SIGTERM
+  %[1]s validate [flags]   check the config file and exit (status 0: valid)
+  %[1]s version            print the version, commit and Go version and exit
+
+Flags:
+`, name)
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	return b.String()
 }
 
 // SignalContext returns a context that the first SIGINT or SIGTERM cancels,

@@ -1,6 +1,9 @@
 package command
 
 import (
+	"bytes"
+	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,5 +53,49 @@ func TestCPUProfile(t *testing.T) {
 	}
 	if stop, err := (Line{}).StartProfile(); err != nil || stop == nil {
 		t.Fatalf("without -cpuprofile: %v", err)
+	}
+}
+
+func TestVersionSubcommand(t *testing.T) {
+	l, err := Parse("ferry-test", "/etc/x.yaml", "config file", []string{"version"})
+	if err != nil || !l.Version || l.Validate {
+		t.Fatalf("Parse(version) = %+v, %v", l, err)
+	}
+	v := Version("ferry-test")
+	if !strings.HasPrefix(v, "ferry-test version ") || !strings.Contains(v, ", commit ") || !strings.Contains(v, ", go1.") {
+		t.Errorf("Version = %q, want name, version, commit and Go version", v)
+	}
+	if _, err := Parse("ferry-test", "/etc/x.yaml", "config file", []string{"version", "extra"}); err == nil {
+		t.Error("version with an extra argument was accepted")
+	}
+}
+
+// -h is a request, not an error: the help goes to stdout with status 0 and
+// names every subcommand and flag.
+func TestHelp(t *testing.T) {
+	for _, arg := range []string{"-h", "-help", "--help"} {
+		_, err := Parse("ferry-test", "/etc/x.yaml", "config file", []string{arg}, func(fs *flag.FlagSet) {
+			fs.Int("parallelism", 0, "applies in flight")
+		})
+		var help *Help
+		if !errors.As(err, &help) {
+			t.Fatalf("Parse(%s) error = %v, want *Help", arg, err)
+		}
+		var stdout, stderr bytes.Buffer
+		if code := exit("ferry-test", err, &stdout, &stderr); code != 0 || stderr.Len() != 0 {
+			t.Errorf("%s: exit status %d, stderr %q", arg, code, stderr.String())
+		}
+		for _, want := range []string{"ferry-test validate", "ferry-test version", "-config", "-cpuprofile", "-parallelism", "applies in flight"} {
+			if !strings.Contains(stdout.String(), want) {
+				t.Errorf("%s: help does not mention %q:\n%s", arg, want, stdout.String())
+			}
+		}
+	}
+	// A bad flag is still an error, on stderr, with status 1.
+	_, err := Parse("ferry-test", "/etc/x.yaml", "", []string{"-nope"})
+	var stdout, stderr bytes.Buffer
+	if code := exit("ferry-test", err, &stdout, &stderr); code != 1 || stdout.Len() != 0 ||
+		!strings.Contains(stderr.String(), "ferry-test: flag provided but not defined: -nope (ferry-test -h lists the flags)") {
+		t.Errorf("bad flag: status %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
 	}
 }

@@ -55,6 +55,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+	"github.com/ferry-secrets/ferry/writer/metrics"
 	"github.com/ferry-secrets/ferry/writer/restart"
 )
 
@@ -98,6 +99,10 @@ func WithRetryBackoff(initial, max time.Duration) Option {
 // WithLogger sets the logger of Resync and the retries.
 func WithLogger(l *slog.Logger) Option { return func(a *Applier) { a.log = l } }
 
+// WithMetrics records every apply's outcome and duration, and each
+// resync's duration.
+func WithMetrics(m *metrics.Metrics) Option { return func(a *Applier) { a.metrics = m } }
+
 // Applier applies Secrets. It is safe for concurrent use; applies, resyncs
 // and deletes of one namespace/name are serialized.
 type Applier struct {
@@ -109,6 +114,7 @@ type Applier struct {
 	allowDelete bool
 	restarter   Restarter
 	log         *slog.Logger
+	metrics     *metrics.Metrics // nil: none
 
 	mu      sync.Mutex
 	entries map[string]*entry // namespace/name
@@ -199,14 +205,37 @@ func (a *Applier) ExpectExisting(s *ferryv1.Secret) {
 // Before anything else, a Secret the writer's configuration does not allow
 // (see RefusedError) is refused with a *RefusedError and no request.
 func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool, err error) {
+	start := time.Now()
+	unchanged, created, err := a.apply(ctx, s)
+	a.metrics.Apply(outcome(unchanged, created, err), time.Since(start))
+	return unchanged, err
+}
+
+// outcome is an apply's outcome as the metrics count it.
+func outcome(unchanged, created bool, err error) string {
+	switch {
+	case err != nil && Refused(err):
+		return metrics.Refused
+	case err != nil:
+		return metrics.Failed
+	case unchanged:
+		return metrics.Unchanged
+	case created:
+		return metrics.Created
+	}
+	return metrics.Updated
+}
+
+// apply is Apply; created reports that the write created the Secret.
+func (a *Applier) apply(ctx context.Context, s *ferryv1.Secret) (unchanged, created bool, err error) {
 	switch {
 	case s.GetNamespace() == "" || s.GetName() == "":
-		return false, fmt.Errorf("apply: binding %q: namespace and name are required", s.GetBinding())
+		return false, false, fmt.Errorf("apply: binding %q: %w: namespace and name are required", s.GetBinding(), ErrMalformed)
 	case s.GetRevision() == "":
-		return false, fmt.Errorf("apply: %s/%s: revision is required", s.GetNamespace(), s.GetName())
+		return false, false, fmt.Errorf("apply: %s/%s: %w: revision is required", s.GetNamespace(), s.GetName(), ErrMalformed)
 	}
 	if err := a.refuse(s); err != nil {
-		return false, err
+		return false, false, err
 	}
 	e := a.entry(key(s.GetNamespace(), s.GetName()))
 	e.mu.Lock()
@@ -218,22 +247,22 @@ func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool,
 	// revisions; the content, not the label, decides whether to write).
 	if e.applied != "" && (e.applied == s.GetRevision() || (prev != nil && e.applied == prev.GetRevision() && sameContent(prev, s))) {
 		e.applied = s.GetRevision()
-		return true, nil
+		return true, false, nil
 	}
 	e.applied = ""
-	err = a.applyLocked(ctx, e, s)
+	created, err = a.applyLocked(ctx, e, s)
 	a.settle(key(s.GetNamespace(), s.GetName()), e)
-	return false, err
+	return false, created, err
 }
 
 // applyLocked writes s and, once it is written, asks for the rollout
 // restarts it names; e.mu is held. e.applied is s's revision once s is
 // written, even if a restart could not be asked for (that is reported, not
-// retried).
-func (a *Applier) applyLocked(ctx context.Context, e *entry, s *ferryv1.Secret) error {
-	uid, err := a.write(ctx, e, s)
+// retried). created reports that the write created the Secret.
+func (a *Applier) applyLocked(ctx context.Context, e *entry, s *ferryv1.Secret) (created bool, err error) {
+	uid, created, err := a.write(ctx, e, s)
 	if err != nil {
-		return err
+		return false, err
 	}
 	e.applied = s.GetRevision()
 	if len(s.GetRolloutRestart()) > 0 && a.restarter != nil {
@@ -242,16 +271,19 @@ func (a *Applier) applyLocked(ctx context.Context, e *entry, s *ferryv1.Secret) 
 			kinds, names = append(kinds, w.GetKind()), append(names, w.GetName())
 		}
 		if err := a.restarter.Changed(s.GetNamespace(), kinds, names, s.GetName(), restart.Digest(uid, string(secretType(s)), s.GetData())); err != nil {
-			return fmt.Errorf("apply: %s/%s applied, but: %w", s.GetNamespace(), s.GetName(), err)
+			return created, fmt.Errorf("apply: %s/%s applied, but: %w", s.GetNamespace(), s.GetName(), err)
 		}
 	} else if len(s.GetRolloutRestart()) > 0 {
-		return fmt.Errorf("apply: %s/%s applied, but rollout restarts are not configured in this writer", s.GetNamespace(), s.GetName())
+		return created, fmt.Errorf("apply: %s/%s applied, but rollout restarts are not configured in this writer", s.GetNamespace(), s.GetName())
 	}
-	return nil
+	return created, nil
 }
 
-// write applies s according to its creation policy; e.mu is held.
-func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (types.UID, error) {
+// write applies s according to its creation policy; e.mu is held. created
+// reports that the write created the Secret (known for creation policy
+// create, whose first write is a create-only apply; merge never creates,
+// and a takeover write counts as an update).
+func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (_ types.UID, created bool, _ error) {
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	ns, name := s.GetNamespace(), s.GetName()
@@ -260,10 +292,10 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (types
 		// Every time: merge never creates, not even after a deletion by hand.
 		exists, _, err := a.test(ctx, ns, name, nil)
 		if err != nil {
-			return "", fmt.Errorf("apply: %s/%s: %w", ns, name, err)
+			return "", false, fmt.Errorf("apply: %s/%s: %w", ns, name, err)
 		}
 		if !exists {
-			return "", fmt.Errorf("%w: %s/%s", ErrMergeTargetMissing, ns, name)
+			return "", false, fmt.Errorf("%w: %s/%s", ErrMergeTargetMissing, ns, name)
 		}
 	case ferryv1.CreationPolicy_CREATION_POLICY_TAKEOVER:
 	default:
@@ -276,27 +308,28 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (types
 				got, err := a.secrets.Secrets(ns).Apply(ctx, createOnly(applyConfig(s)), metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
 				if err == nil {
 					e.owned = true
-					return got.GetUID(), nil
+					return got.GetUID(), true, nil
 				}
 				if !apierrors.IsConflict(err) {
-					return "", fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
+					return "", false, fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
 				}
 			}
 			exists, ours, err := a.test(ctx, ns, name, labelTest(s.GetBinding()))
 			if err != nil {
-				return "", fmt.Errorf("apply: %s/%s: %w", ns, name, err)
+				return "", false, fmt.Errorf("apply: %s/%s: %w", ns, name, err)
 			}
 			if exists && !ours {
-				return "", fmt.Errorf("%w: %s/%s", ErrNotOwned, ns, name)
+				return "", false, fmt.Errorf("%w: %s/%s", ErrNotOwned, ns, name)
 			}
 			e.owned = true
+			created = !exists
 		}
 	}
 	got, err := a.secrets.Secrets(ns).Apply(ctx, applyConfig(s), metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
 	if err != nil {
-		return "", fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
+		return "", false, fmt.Errorf("apply: %s/%s: %w", ns, name, safeError(err))
 	}
-	return got.GetUID(), nil
+	return got.GetUID(), created, nil
 }
 
 // impossibleResourceVersion is a resourceVersion no stored object has:
@@ -397,6 +430,14 @@ func (a *Applier) testUID(ctx context.Context, ns, name string, ops []jsonPatchO
 }
 
 func key(namespace, name string) string { return namespace + "/" + name }
+
+// Held is the number of Secrets the applier holds: applied or being
+// applied, and resynced (ferry_writer_secrets).
+func (a *Applier) Held() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.entries)
+}
 
 // sameContent reports whether a and b would write the same Secret: every
 // field but the revision.

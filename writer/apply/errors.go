@@ -21,7 +21,25 @@ var (
 	// ErrDeleteDisabled is returned for a delete message when deletion is
 	// not enabled in the writer's configuration; nothing is deleted.
 	ErrDeleteDisabled = errors.New("apply: binding removed with deletion policy delete, but the writer's deletion.enabled is false; Secret retained")
+	// ErrMalformed is returned for an upsert without namespace, name or
+	// revision; nothing is written.
+	ErrMalformed = errors.New("malformed upsert")
 )
+
+// Refused reports whether err is the writer's own refusal of an upsert
+// (nothing was written), as opposed to a failure of the apiserver or the
+// connection.
+func Refused(err error) bool {
+	if _, ok := errors.AsType[*RefusedError](err); ok {
+		return true
+	}
+	for _, r := range []error{ErrNamespaceNotAllowed, ErrNotOwned, ErrMergeTargetMissing, ErrMalformed} {
+		if errors.Is(err, r) {
+			return true
+		}
+	}
+	return false
+}
 
 // APIError is an apiserver's refusal of an apply, cut down to what is safe to
 // report: never the object, only reason, code and message. It implements

@@ -51,8 +51,8 @@ func (a *Applier) Resync(ctx context.Context, parallelism int) (applied, failed 
 			var err error
 			wasFailing := e.applied != s.GetRevision()
 			if wasFailing {
-				err = a.applyLocked(ctx, e, s) // as an apply: with its rollout restarts
-			} else if _, err = a.write(ctx, e, s); err != nil {
+				_, err = a.applyLocked(ctx, e, s) // as an apply: with its rollout restarts
+			} else if _, _, err = a.write(ctx, e, s); err != nil {
 				e.applied = "" // retried, and no longer skipped as unchanged
 			}
 			if ctx.Err() != nil {
@@ -92,6 +92,8 @@ func (a *Applier) RunResync(ctx context.Context, interval time.Duration, paralle
 		}
 		start := time.Now()
 		applied, failed := a.Resync(ctx, parallelism)
-		a.log.Info("resync done", "applied", applied, "failed", failed, "took", time.Since(start).Round(time.Millisecond).String())
+		took := time.Since(start)
+		a.metrics.Resync(took)
+		a.log.Info("resync done", "applied", applied, "failed", failed, "took", took.Round(time.Millisecond).String())
 	}
 }

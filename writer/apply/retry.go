@@ -150,7 +150,9 @@ func (a *Applier) retryNext(ctx context.Context) bool {
 		return true
 	}
 	attempt := a.retries.NumRequeues(k)
-	err := a.applyLocked(ctx, e, s)
+	start := time.Now()
+	created, err := a.applyLocked(ctx, e, s)
+	a.metrics.Apply(outcome(false, created, err), time.Since(start))
 	if ctx.Err() != nil {
 		e.mu.Unlock()
 		return false // shutting down: the next process starts afresh

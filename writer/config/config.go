@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/ferry-secrets/ferry/internal/metrics"
 	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
 	"github.com/ferry-secrets/ferry/internal/yamlconfig"
@@ -90,6 +91,9 @@ type Config struct {
 	// CreationPolicies are the only creation policies the writer accepts
 	// from the broker (default create, merge); takeover must be listed.
 	CreationPolicies []string `json:"creation_policies,omitempty"`
+	// Metrics is where /metrics, /healthz and /readyz are served (plain
+	// HTTP); off unless metrics.listen is set.
+	Metrics metrics.Config `json:"metrics,omitempty"`
 }
 
 // Deletion configures deletes.
@@ -255,6 +259,7 @@ func (c Config) validate() error {
 		p.Add("broker.spiffe_id", "%q is not a SPIFFE ID: %v", c.Broker.SPIFFEID, err)
 	}
 	p.AddErr(c.SPIFFE.Validate("spiffe"))
+	p.AddErr(c.Metrics.Validate("metrics"))
 	k := c.Kubernetes
 	if k.QPS <= 0 {
 		p.Add("kubernetes.qps", "%v must be positive", k.QPS)

@@ -72,6 +72,7 @@ spiffe: {files: {cert: /s/cert.pem, key: /s/key.pem, bundle: /s/bundle.pem}}
 kubernetes: {qps: 200, burst: 400, parallelism: 64}
 namespaces: [a]
 log: {level: debug}
+metrics: {listen: "0.0.0.0:9090"}
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +85,9 @@ log: {level: debug}
 	}
 	if c.Log.Level != "debug" {
 		t.Errorf("log.level = %q", c.Log.Level)
+	}
+	if c.Metrics.Listen != "0.0.0.0:9090" {
+		t.Errorf("metrics.listen = %q", c.Metrics.Listen)
 	}
 }
 
@@ -124,6 +128,7 @@ func TestValidate(t *testing.T) {
 		{name: "creation_policies empty", yaml: validYAML + "creation_policies: []\n", substr: "creation_policies: must name at least one policy"},
 		{name: "creation_policies unknown", edit: func(c *Config) { c.CreationPolicies = []string{"create", "overwrite"} }, substr: `creation_policies[1]: "overwrite" is not one of create, merge, takeover`},
 		{name: "creation_policies twice", edit: func(c *Config) { c.CreationPolicies = []string{"merge", "merge"} }, substr: `creation_policies[1]: "merge" is listed twice`},
+		{name: "metrics listen", yaml: validYAML + "metrics: {listen: \"9090\"}\n", substr: `metrics.listen: "9090" is not host:port`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error

@@ -31,6 +31,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	appsv1client "k8s.io/client-go/kubernetes/typed/apps/v1"
+
+	"github.com/ferry-secrets/ferry/writer/metrics"
 )
 
 // AnnotationPrefix is the prefix of the pod template annotations.
@@ -51,6 +53,7 @@ type Restarter struct {
 	apps    appsv1client.AppsV1Interface
 	allowed map[Workload]bool
 	delay   time.Duration
+	metrics *metrics.Metrics // nil: none
 	log     *slog.Logger
 
 	mu      sync.Mutex
@@ -62,10 +65,10 @@ type Restarter struct {
 }
 
 // New returns a Restarter that may patch only the allowed workloads,
-// gathering changes for delay.
-func New(apps appsv1client.AppsV1Interface, allowed []Workload, delay time.Duration, log *slog.Logger) *Restarter {
+// gathering changes for delay. m (may be nil) counts the patches.
+func New(apps appsv1client.AppsV1Interface, allowed []Workload, delay time.Duration, m *metrics.Metrics, log *slog.Logger) *Restarter {
 	r := &Restarter{
-		apps: apps, allowed: map[Workload]bool{}, delay: delay, log: log, ctx: context.Background(),
+		apps: apps, allowed: map[Workload]bool{}, delay: delay, metrics: m, log: log, ctx: context.Background(),
 		pending: map[Workload]map[string]string{}, sent: map[Workload]map[string]string{}, armed: map[Workload]bool{},
 	}
 	for _, w := range allowed {
@@ -143,6 +146,7 @@ func (r *Restarter) flush(w Workload) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	err := r.patch(ctx, w, ann)
+	r.metrics.Restart(err == nil)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {

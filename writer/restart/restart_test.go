@@ -18,7 +18,7 @@ func TestChangesCoalesceIntoOnePatch(t *testing.T) {
 	defer cancel()
 	cs := fake.NewClientset(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "demo"}})
 	api := Workload{Namespace: "demo", Kind: "Deployment", Name: "api"}
-	r := New(cs.AppsV1(), []Workload{api}, 100*time.Millisecond, slog.New(slog.DiscardHandler))
+	r := New(cs.AppsV1(), []Workload{api}, 100*time.Millisecond, nil, slog.New(slog.DiscardHandler))
 	go r.Run(ctx)
 	time.Sleep(10 * time.Millisecond)
 

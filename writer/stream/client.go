@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -34,6 +35,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+	"github.com/ferry-secrets/ferry/writer/metrics"
 )
 
 // Applier applies what the broker sends. The stream never calls it
@@ -74,6 +76,8 @@ type Options struct {
 	// Log receives connection events and, at debug level, one line per
 	// apply with binding, namespace, name and revision (never values).
 	Log *slog.Logger
+	// Metrics counts superseded upserts; nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 // DefaultParallelism is the default maximum number of applies in flight.
@@ -117,6 +121,34 @@ func Credentials(svid x509svid.Source, bundle x509bundle.Source, brokerID spiffe
 type Client struct {
 	opts Options
 	log  *slog.Logger
+
+	// connected: the broker accepted the current stream (its first
+	// message arrived). synced: and every upsert of that stream's snapshot
+	// has been applied (or has failed and been reported).
+	connected, synced atomic.Bool
+}
+
+// Errors of Ready.
+var (
+	ErrNotConnected = errors.New("no stream open to the broker")
+	ErrNotSynced    = errors.New("the broker's snapshot is not applied yet")
+)
+
+// Connected reports whether a stream to the broker is open.
+func (c *Client) Connected() bool { return c.connected.Load() }
+
+// Ready is the writer's readiness: nil once a stream is open and every
+// upsert of the snapshot the broker sent on it has been applied (a failed
+// apply counts as done: it is reported, and retried by the applier with
+// backoff); ErrNotConnected or ErrNotSynced otherwise.
+func (c *Client) Ready() error {
+	switch {
+	case !c.connected.Load():
+		return ErrNotConnected
+	case !c.synced.Load():
+		return ErrNotSynced
+	}
+	return nil
 }
 
 // New checks opts and returns a Client.

@@ -29,8 +29,10 @@ func (c *Client) session(ctx context.Context, api ferryv1.WriterServiceClient, l
 	}
 	start := time.Now()
 	log.Info("connected to broker")
+	defer func() { c.connected.Store(false); c.synced.Store(false) }()
 
 	s := &session{
+		client:  c,
 		log:     log,
 		applier: c.opts.Applier,
 		out:     make(chan *ferryv1.SyncRequest, c.opts.Parallelism),
@@ -57,6 +59,7 @@ func (c *Client) session(ctx context.Context, api ferryv1.WriterServiceClient, l
 
 // session is the state of one Sync stream.
 type session struct {
+	client  *Client
 	log     *slog.Logger
 	applier Applier
 	out     chan *ferryv1.SyncRequest // to the broker, sent by send alone
@@ -64,6 +67,10 @@ type session struct {
 
 	mu      sync.Mutex
 	pending map[string]*queue // namespace/name -> work queued or running
+	// The snapshot: whether its end marker arrived, and how many of its
+	// ops have not finished yet.
+	snapshotDone bool
+	snapshotLeft int
 }
 
 // op is one upsert or delete from the broker.
@@ -71,6 +78,15 @@ type op struct {
 	upsert     *ferryv1.Secret
 	del        *ferryv1.SecretRef
 	superseded []string // revisions of upserts this one replaced, in order
+	snapshot   bool     // part of the snapshot (sent before snapshot_complete)
+}
+
+// checkSynced marks the session's snapshot applied when its end marker has
+// arrived and none of its ops is left; s.mu is held.
+func (s *session) checkSynced() {
+	if s.snapshotDone && s.snapshotLeft == 0 {
+		s.client.synced.Store(true)
+	}
 }
 
 // queue holds the ops not yet started for one namespace/name. While it is
@@ -125,6 +141,7 @@ func (s *session) send(ctx context.Context, cancel context.CancelCauseFunc, st f
 // receive reads the stream until it breaks, queueing the work it carries.
 func (s *session) receive(ctx context.Context, st ferryv1.WriterService_SyncClient) error {
 	upserts := 0
+	snapshot := true // until snapshot_complete
 	for {
 		msg, err := st.Recv()
 		if errors.Is(err, io.EOF) {
@@ -133,6 +150,7 @@ func (s *session) receive(ctx context.Context, st ferryv1.WriterService_SyncClie
 		if err != nil {
 			return fmt.Errorf("stream: receive: %w", err)
 		}
+		s.client.connected.Store(true) // the broker accepted the stream
 		switch m := msg.GetMessage().(type) {
 		case *ferryv1.SyncResponse_Upsert:
 			if m.Upsert == nil {
@@ -143,7 +161,7 @@ func (s *session) receive(ctx context.Context, st ferryv1.WriterService_SyncClie
 			if msg.GetAppliedBefore() {
 				s.applier.ExpectExisting(m.Upsert)
 			}
-			if err := s.submit(ctx, op{upsert: m.Upsert}); err != nil {
+			if err := s.submit(ctx, op{upsert: m.Upsert, snapshot: snapshot}); err != nil {
 				return err
 			}
 		case *ferryv1.SyncResponse_Delete:
@@ -151,11 +169,18 @@ func (s *session) receive(ctx context.Context, st ferryv1.WriterService_SyncClie
 				s.log.Warn("ignoring an empty delete from the broker")
 				continue
 			}
-			if err := s.submit(ctx, op{del: m.Delete}); err != nil {
+			if err := s.submit(ctx, op{del: m.Delete, snapshot: snapshot}); err != nil {
 				return err
 			}
 		case *ferryv1.SyncResponse_SnapshotComplete:
 			s.log.Info("snapshot complete", "count", m.SnapshotComplete.GetCount(), "upserts_received", upserts)
+			if snapshot {
+				snapshot = false
+				s.mu.Lock()
+				s.snapshotDone = true
+				s.checkSynced()
+				s.mu.Unlock()
+			}
 		default:
 			s.log.Warn("ignoring an unknown message from the broker")
 		}
@@ -173,10 +198,20 @@ func (s *session) submit(ctx context.Context, o op) error {
 		k = key(o.del.GetNamespace(), o.del.GetName())
 	}
 	s.mu.Lock()
+	if o.snapshot {
+		s.snapshotLeft++
+	}
 	if q := s.pending[k]; q != nil {
 		if n := len(q.ops); o.upsert != nil && n > 0 && q.ops[n-1].upsert != nil {
 			last := q.ops[n-1]
 			o.superseded = append(last.superseded, last.upsert.GetRevision())
+			if last.snapshot {
+				// One op now stands for both: it finishes the snapshot's.
+				if o.snapshot {
+					s.snapshotLeft--
+				}
+				o.snapshot = true
+			}
 			q.ops[n-1] = o
 		} else {
 			q.ops = append(q.ops, o)
@@ -222,6 +257,12 @@ func (s *session) work(ctx context.Context) {
 					return
 				}
 			}
+			if o.snapshot {
+				s.mu.Lock()
+				s.snapshotLeft--
+				s.checkSynced()
+				s.mu.Unlock()
+			}
 		}
 	}
 }
@@ -245,6 +286,7 @@ func (s *session) run(ctx context.Context, o op) []*ferryv1.ApplyResult {
 		return []*ferryv1.ApplyResult{r}
 	}
 	sec := o.upsert
+	s.client.opts.Metrics.Superseded(len(o.superseded))
 	results := make([]*ferryv1.ApplyResult, 0, len(o.superseded)+1)
 	for _, rev := range o.superseded {
 		results = append(results, &ferryv1.ApplyResult{Binding: sec.GetBinding(), Revision: rev, Superseded: true})

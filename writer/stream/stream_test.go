@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -21,7 +22,9 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/ferry-secrets/ferry/internal/logtest"
+	"github.com/ferry-secrets/ferry/internal/metricstest"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
+	"github.com/ferry-secrets/ferry/writer/metrics"
 )
 
 const secretValue = "s3cr3t-value-never-logged"
@@ -131,6 +134,8 @@ type harness struct {
 	broker  *fakeBroker
 	applier *fakeApplier
 	logs    *logtest.Buffer
+	client  *Client
+	reg     *prometheus.Registry
 	stop    func() // stops the client; idempotent
 }
 
@@ -146,7 +151,7 @@ func start(t *testing.T, syncFn func(call int, st ferryv1.WriterService_SyncServ
 	}
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
-	h := &harness{t: t, broker: &fakeBroker{sync: syncFn}, applier: applier, logs: &logtest.Buffer{}}
+	h := &harness{t: t, broker: &fakeBroker{sync: syncFn}, applier: applier, logs: &logtest.Buffer{}, reg: prometheus.NewRegistry()}
 	ferryv1.RegisterWriterServiceServer(srv, h.broker)
 	go srv.Serve(lis)
 	t.Cleanup(func() { srv.Stop(); lis.Close() })
@@ -162,10 +167,12 @@ func start(t *testing.T, syncFn func(call int, st ferryv1.WriterService_SyncServ
 		Backoff:       Backoff{Initial: time.Millisecond, Max: 10 * time.Millisecond, ResetAfter: time.Minute},
 		WriterVersion: "test",
 		Log:           slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Metrics:       metrics.New(h.reg),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.client = c
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
@@ -553,5 +560,80 @@ func TestWaitsForAStartingBroker(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "cannot open stream") {
 		t.Errorf("a failed open was logged while the broker was starting:\n%s", logs)
+	}
+}
+
+// TestReadiness: the writer is ready once its stream is open and every
+// upsert of the snapshot on it has been applied — also when a newer
+// revision of a snapshot Secret replaced it in the queue — and not ready
+// again as soon as the stream breaks.
+func TestReadiness(t *testing.T) {
+	applier := newFakeApplier(t)
+	gate := applier.gate("demo/a", "1")
+	results := make(chan []*ferryv1.ApplyResult, 1)
+	endStream := make(chan struct{})
+	h := start(t, func(call int, st ferryv1.WriterService_SyncServer) error {
+		if err := expectHello(t, st); err != nil {
+			return err
+		}
+		if call > 1 {
+			<-st.Context().Done() // the reconnect: accepted, nothing sent yet
+			return nil
+		}
+		if err := st.Send(upsert("demo", "a", "1")); err != nil {
+			return err
+		}
+		for s := range applier.started {
+			if s == "demo/a@1" {
+				break
+			}
+		}
+		// While a@1 is held: two more revisions of a in the snapshot (the
+		// second replaces the first in the queue), the snapshot's end, and
+		// a change that replaces the queued snapshot revision.
+		for _, m := range []*ferryv1.SyncResponse{upsert("demo", "a", "2"), upsert("demo", "a", "3"),
+			{Message: &ferryv1.SyncResponse_SnapshotComplete{SnapshotComplete: &ferryv1.SnapshotComplete{Count: 3}}},
+			upsert("demo", "a", "4")} {
+			if err := st.Send(m); err != nil {
+				return err
+			}
+		}
+		rs, err := recvResults(st, 4)
+		results <- rs
+		if err != nil {
+			return err
+		}
+		<-endStream
+		return status.Error(codes.Unavailable, "broker stopping")
+	}, 4, applier)
+
+	if err := h.client.Ready(); !errors.Is(err, ErrNotConnected) && !errors.Is(err, ErrNotSynced) {
+		t.Fatalf("Ready at start = %v", err)
+	}
+	// The snapshot's end has arrived while a@1 is held: connected, not
+	// ready.
+	waitUntil(t, "snapshot_complete received", func() bool { return strings.Contains(h.logs.String(), `"msg":"snapshot complete"`) })
+	if err := h.client.Ready(); !h.client.Connected() || !errors.Is(err, ErrNotSynced) {
+		t.Fatalf("Ready while a snapshot apply is held = %v (connected %v), want ErrNotSynced", err, h.client.Connected())
+	}
+	close(gate)
+	rs := wait(t, results)
+	if len(rs) != 4 {
+		t.Fatalf("results = %v", rs)
+	}
+	waitUntil(t, "ready after the snapshot", func() bool { return h.client.Ready() == nil })
+	if got := metricstest.Value(t, h.reg, "ferry_writer_applies_total", "outcome", "superseded"); got != 2 {
+		t.Errorf("applies_total{outcome=superseded} = %v, want 2 (a@2, a@3)", got)
+	}
+	close(endStream)
+	waitUntil(t, "not ready once the stream broke", func() bool { return errors.Is(h.client.Ready(), ErrNotConnected) })
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
 	}
 }
