@@ -19,6 +19,7 @@ import (
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/ferry-secrets/ferry/broker/audit"
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 	brokermetrics "github.com/ferry-secrets/ferry/broker/metrics"
@@ -95,10 +96,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		}
 		return nil
 	}
+	aud, err := audit.Open(cfg.Audit.File, log)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	defer aud.Close()
 	cat := catalog.New(cfg.Writers, source.Meta)
 	m.Catalog(cat)
 	poller := source.NewPoller(cat, vaultFor, vaults.Settled(), m, log)
-	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td), m, log)
+	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td, aud), m, log, server.WithAudit(aud))
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -110,6 +116,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	probes.Ready(func() error { return ready(serving.Load(), vaults.LoggedIn()) })
 	tasks := []task.Func{vaults.Run, poller.Run, func(ctx context.Context) error {
 		return serve(ctx, srv, lis, &serving, log)
+	}, func(ctx context.Context) error {
+		return reopenOnHangup(ctx, aud, log)
 	}}
 	if o.configPath != "" {
 		r := newReloader(o.configPath, cfg, td, cat, srv, log)
@@ -161,4 +169,23 @@ func serve(ctx context.Context, srv *server.Server, lis net.Listener, serving *a
 		srv.GRPC.Stop()
 	}
 	return nil
+}
+
+// reopenOnHangup reopens the audit log file on every SIGHUP until ctx ends,
+// so that lines go to a new file after log rotation (logrotate's
+// postrotate, or `systemctl reload`) moved the old one away.
+func reopenOnHangup(ctx context.Context, aud *audit.Log, log *slog.Logger) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+			if err := aud.Reopen(); err != nil {
+				log.Error("audit log not reopened; writing on to the old file", "err", err)
+			}
+		}
+	}
 }

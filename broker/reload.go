@@ -85,7 +85,7 @@ func (r *reloader) reload() bool {
 	}
 	writers, admins := next.Writers, next.Debug.Admins
 	next.Writers, next.Debug.Admins = nil, nil
-	if !reflect.DeepEqual(*next, r.fixed) { // every other section, metrics included
+	if !reflect.DeepEqual(*next, r.fixed) { // every other section, metrics and audit included
 		r.log.Warn("config reload: only `writers` and `debug.admins` are reloaded; restart the broker to apply changes to other sections", "path", r.path)
 	}
 	// Revocations first: admins removed from the list lose ListBindings, and

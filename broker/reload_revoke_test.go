@@ -68,7 +68,7 @@ func TestReloadRevokesRemovedWritersAndAdmins(t *testing.T) {
 	log := slog.New(slog.NewJSONHandler(logs, nil))
 	ca := spiffetest.NewCA(t, "ferry.test")
 	cat := catalog.New(cfg.Writers, source.Meta)
-	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(ca.Source(t, brokerID), ca.TD), nil, log)
+	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(ca.Source(t, brokerID), ca.TD, nil), nil, log)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

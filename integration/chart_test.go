@@ -261,7 +261,8 @@ admissionPolicy: {enabled: false}
 			},
 		},
 		{
-			name: "metrics off: no port or probes or ingress",
+			name:   "metrics off: no port or probes or ingress",
+			policy: []string{},
 			values: chartBaseValues + `
 metrics: {enabled: false, serviceMonitor: {enabled: true}}
 `,
@@ -278,7 +279,8 @@ metrics: {enabled: false, serviceMonitor: {enabled: true}}
 			},
 		},
 		{
-			name: "ServiceMonitor and its Service",
+			name:   "ServiceMonitor and its Service",
+			policy: []string{},
 			values: chartBaseValues + `
 metrics: {port: 9102, serviceMonitor: {enabled: true, interval: 15s, labels: {release: prom}}}
 networkPolicy: {enabled: false}

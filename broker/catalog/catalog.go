@@ -109,6 +109,10 @@ func (c *Catalog) Known(id string) bool {
 func (c *Catalog) SetDesired(writerID, name string, data map[string][]byte, vaultVersion int64, at time.Time) (revision string, changed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.setDesiredLocked(writerID, name, data, vaultVersion, at)
+}
+
+func (c *Catalog) setDesiredLocked(writerID, name string, data map[string][]byte, vaultVersion int64, at time.Time) (revision string, changed bool) {
 	w, b := c.lookup(writerID, name)
 	if b == nil {
 		return "", false
@@ -191,7 +195,9 @@ func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) (known b
 	}
 	_, b := c.lookup(writerID, r.GetBinding())
 	if b == nil {
-		return false, time.Time{}
+		// Known if a reload removed the binding after the writer applied
+		// (a delete for it is pending); nothing is recorded.
+		return c.removedLocked(writerID, r.GetBinding()), time.Time{}
 	}
 	if cur := b.desired.GetRevision(); b.applied == cur && cur != "" && r.GetRevision() != cur {
 		// An older revision's outcome (a writer's retry reported late)

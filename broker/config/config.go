@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -37,6 +38,8 @@ type Config struct {
 	Log Log `json:"log"`
 	// Debug configures the debug RPCs.
 	Debug Debug `json:"debug"`
+	// Audit configures the audit log.
+	Audit Audit `json:"audit"`
 	// Writers grants secrets to writer SPIFFE IDs. An ID not listed gets nothing.
 	Writers []Writer `json:"writers"`
 	// Metrics is where /metrics, /healthz and /readyz are served (plain
@@ -48,6 +51,14 @@ type Config struct {
 type Log struct {
 	// Level is debug, info, warn or error. Default info.
 	Level string `json:"level,omitempty"`
+}
+
+// Audit configures the audit log (package broker/audit).
+type Audit struct {
+	// File is the audit log's path, an absolute path; the broker appends to
+	// it and opens it again on SIGHUP (log rotation). Empty: stderr, in
+	// lines marked "log":"audit".
+	File string `json:"file,omitempty"`
 }
 
 // Debug configures the debug RPCs.
@@ -163,6 +174,9 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		p.Add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if c.Audit.File != "" && !filepath.IsAbs(c.Audit.File) {
+		p.Add("audit.file", "%q is not an absolute path", c.Audit.File)
 	}
 	c.validateIDs(&p)
 	seenWriter := map[string]int{}

@@ -72,6 +72,7 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"bad refresh", "refresh: 30s", "refresh: soon", "invalid duration"},
 		{"no spiffe", "spiffe: {workload_api: unix:///tmp/agent.sock}", "", "spiffe: set workload_api or files"},
 		{"bad log level", "listen:", "log: {level: loud}\nlisten:", "log.level:"},
+		{"relative audit file", "listen:", "audit: {file: audit.log}\nlisten:", `audit.file: "audit.log" is not an absolute path`},
 		{"bad metrics listen", "listen:", "metrics: {listen: localhost}\nlisten:", `metrics.listen: "localhost" is not host:port`},
 	})
 }

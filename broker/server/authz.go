@@ -46,6 +46,7 @@ func (s *Server) authorize(ctx context.Context) (context.Context, error) {
 	id, ok := peerID(ctx)
 	if !ok {
 		s.log.Warn("authorization denied", "reason", "no SPIFFE ID", "method", method)
+		s.auditDenied(ctx, "", method, "no SPIFFE ID")
 		return nil, status.Error(codes.PermissionDenied, "caller has no SPIFFE ID")
 	}
 	caller := id.String()
@@ -60,6 +61,7 @@ func (s *Server) authorize(ctx context.Context) (context.Context, error) {
 	}
 	if !allowed {
 		s.log.Warn("authorization denied", "reason", "SPIFFE ID not granted this RPC", "spiffe_id", caller, "method", method)
+		s.auditDenied(ctx, caller, method, "SPIFFE ID not granted this RPC")
 		return nil, status.Errorf(codes.PermissionDenied, "%s may not call %s", caller, method)
 	}
 	return context.WithValue(ctx, callerKey{}, caller), nil

@@ -57,7 +57,7 @@ func startPipe(t *testing.T, opts ...server.Option) *pipeFixture {
 	}
 	cat := catalog.New(writers, source.Meta)
 	logs := &logtest.Buffer{}
-	srv := server.New(cat, nil, server.TransportCredentials(ca.Source(t, brokerID), ca.TD), nil, slog.New(slog.NewJSONHandler(logs, nil)), opts...)
+	srv := server.New(cat, nil, server.TransportCredentials(ca.Source(t, brokerID), ca.TD, nil), nil, slog.New(slog.NewJSONHandler(logs, nil)), opts...)
 	lis := &cutListener{Listener: bufconn.Listen(1 << 20)}
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.GRPC.Stop)

@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferry-secrets/ferry/broker/audit"
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/internal/svidsource"
@@ -49,6 +50,7 @@ type Server struct {
 	admins  atomic.Pointer[[]string] // debug.admins; SetAdmins replaces it
 	limits  Limits
 	metrics *metrics.Metrics // nil: none
+	audit   *audit.Log       // nil: no audit log (audit.go)
 	log     *slog.Logger
 
 	draining  chan struct{} // closed by Drain
@@ -111,11 +113,17 @@ func (s *Server) Drain() {
 // TransportCredentials returns mTLS server credentials (TLS 1.3 only) that
 // present src's current SVID and accept clients with an SVID from td. Which
 // ID may call what is decided per RPC by the authorization interceptor.
-func TransportCredentials(src svidsource.Source, td spiffeid.TrustDomain) credentials.TransportCredentials {
+// Every refused handshake is recorded in aud (handshake.go).
+func TransportCredentials(src svidsource.Source, td spiffeid.TrustDomain, aud *audit.Log) credentials.TransportCredentials {
 	cfg := tlsconfig.MTLSServerConfig(src, src, tlsconfig.AuthorizeMemberOf(td))
 	cfg.MinVersion = tls.VersionTLS13
-	return credentials.NewTLS(cfg)
+	return auditHandshakes(cfg, td, aud)
 }
+
+// WithAudit records stream opens and closes, deliveries, apply results and
+// authorization denials in a. (Refused handshakes are recorded by the
+// transport credentials.)
+func WithAudit(a *audit.Log) Option { return func(s *Server) { s.audit = a } }
 
 // New builds the server. creds may be nil in tests that use their own
 // transport (then no peer has an ID and every authorized RPC is denied).

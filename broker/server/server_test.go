@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/prototext"
 
+	"github.com/ferry-secrets/ferry/broker/audit"
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/metrics"
@@ -44,36 +45,44 @@ const (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type fixture struct {
-	ca   *spiffetest.CA
-	addr string
-	cat  *catalog.Catalog
-	logs *logtest.Buffer
-	reg  *prometheus.Registry
-	srv  *server.Server
+	ca    *spiffetest.CA
+	addr  string
+	cat   *catalog.Catalog
+	logs  *logtest.Buffer
+	audit *logtest.Buffer // the audit log
+	reg   *prometheus.Registry
+	srv   *server.Server
 }
 
 func start(t *testing.T, opts ...server.Option) *fixture {
 	t.Helper()
-	ca := spiffetest.NewCA(t, "ferry.test")
-	writers := []config.Writer{{ID: writerA, Secrets: []config.Binding{{
+	return startWith(t, []config.Writer{{ID: writerA, Secrets: []config.Binding{{
 		Name: "app", Namespace: "demo", SecretName: "app", Type: "Opaque",
 		KV: &config.KV{Mount: "secret", Path: "app", EngineVersion: 2},
-	}}}}
+	}}}}, opts...)
+}
+
+// startWith serves writers (with debug admin adminID) over mTLS, with an
+// audit log.
+func startWith(t *testing.T, writers []config.Writer, opts ...server.Option) *fixture {
+	t.Helper()
+	ca := spiffetest.NewCA(t, "ferry.test")
 	cat := catalog.New(writers, source.Meta)
-	logs := &logtest.Buffer{}
+	logs, auditLines := &logtest.Buffer{}, &logtest.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	aud := audit.New(auditLines, log)
 	src := ca.Source(t, brokerID, "broker.ferry.test")
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
 	m.Catalog(cat)
-	srv := server.New(cat, []string{adminID}, server.TransportCredentials(src, ca.TD), m, log, opts...)
+	srv := server.New(cat, []string{adminID}, server.TransportCredentials(src, ca.TD, aud), m, log, append(opts, server.WithAudit(aud))...)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.GRPC.Stop)
-	return &fixture{ca: ca, addr: lis.Addr().String(), cat: cat, logs: logs, reg: reg, srv: srv}
+	return &fixture{ca: ca, addr: lis.Addr().String(), cat: cat, logs: logs, audit: auditLines, reg: reg, srv: srv}
 }
 
 func (f *fixture) publish(t *testing.T, v string) *ferryv1.Secret {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferry-secrets/ferry/broker/audit"
 	"github.com/ferry-secrets/ferry/broker/metrics"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
@@ -25,7 +26,7 @@ type writerService struct {
 
 // Sync streams the caller's desired Secrets: the snapshot, its end marker,
 // then every change; it records the writer's apply results.
-func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
+func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) (err error) {
 	ctx := stream.Context()
 	id := callerID(ctx)
 	log := w.s.log.With("spiffe_id", id)
@@ -40,6 +41,7 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 	// Limits.PingIdle+PingTimeout, freeing the slot.
 	if !w.s.claimStream(id) {
 		log.Warn("refused a second Sync stream of the same writer", "code", codes.AlreadyExists.String())
+		w.s.auditDenied(ctx, id, ferryv1.WriterService_Sync_FullMethodName, "this writer ID already has an open Sync stream")
 		return status.Error(codes.AlreadyExists, "this writer ID already has an open Sync stream (another replica, or a broken connection the broker closes within a minute); retry later")
 	}
 	defer w.s.releaseStream(id)
@@ -52,24 +54,27 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 		return status.Error(codes.InvalidArgument, "the first message must be hello")
 	}
 	sub, snapshot := w.s.cat.Subscribe(id)
-	if sub == nil {
+	if sub == nil { // removed by a reload since authorization
+		w.s.auditDenied(ctx, id, ferryv1.WriterService_Sync_FullMethodName, "unknown writer")
 		return status.Error(codes.PermissionDenied, "unknown writer")
 	}
 	defer sub.Close()
+	w.s.auditStream(ctx, audit.StreamOpen, id, nil)
+	defer func() { w.s.auditStream(ctx, audit.StreamClose, id, err) }()
 	log.Info("writer connected", "writer_version", first.GetHello().GetWriterVersion(), "snapshot", len(snapshot))
 
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- w.receiveResults(stream, id) }()
+	go func() { recvErr <- w.receiveResults(ctx, stream, id) }()
 
 	for _, sec := range snapshot {
 		msg := &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}, AppliedBefore: w.s.cat.WasApplied(id, sec.GetBinding())}
-		if err := w.send(stream, msg, metrics.MsgUpsert); err != nil {
+		if err := w.send(stream, id, msg, metrics.MsgUpsert, true); err != nil {
 			return err
 		}
 	}
-	if err := w.send(stream, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_SnapshotComplete{
+	if err := w.send(stream, id, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_SnapshotComplete{
 		SnapshotComplete: &ferryv1.SnapshotComplete{Count: uint32(len(snapshot))},
-	}}, metrics.MsgSnapshotComplete); err != nil {
+	}}, metrics.MsgSnapshotComplete, false); err != nil {
 		return err
 	}
 	for {
@@ -96,12 +101,12 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 			}
 			// Deletes of removed bindings go before the round's upserts.
 			for _, ref := range sub.Deletes() {
-				if err := w.send(stream, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Delete{Delete: ref}}, metrics.MsgDelete); err != nil {
+				if err := w.send(stream, id, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Delete{Delete: ref}}, metrics.MsgDelete, false); err != nil {
 					return err
 				}
 			}
 			for _, sec := range sub.Next() {
-				if err := w.send(stream, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}, metrics.MsgUpsert); err != nil {
+				if err := w.send(stream, id, &ferryv1.SyncResponse{Message: &ferryv1.SyncResponse_Upsert{Upsert: sec}}, metrics.MsgUpsert, false); err != nil {
 					return err
 				}
 			}
@@ -109,17 +114,20 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) error {
 	}
 }
 
-// send sends msg, counting it as a message of type typ once sent.
-func (w *writerService) send(stream ferryv1.WriterService_SyncServer, msg *ferryv1.SyncResponse, typ string) error {
-	if err := stream.Send(msg); err != nil {
-		return err
+// send sends msg to writer id, counting it as a message of type typ once
+// sent, and records it in the audit log (snapshot: part of the stream's
+// snapshot) whether or not sending worked.
+func (w *writerService) send(stream ferryv1.WriterService_SyncServer, id string, msg *ferryv1.SyncResponse, typ string, snapshot bool) error {
+	err := stream.Send(msg)
+	if err == nil {
+		w.s.metrics.MessageSent(typ)
 	}
-	w.s.metrics.MessageSent(typ)
-	return nil
+	w.s.auditSent(stream.Context(), id, msg, snapshot, err)
+	return err
 }
 
 // receiveResults records apply results until the stream ends.
-func (w *writerService) receiveResults(stream ferryv1.WriterService_SyncServer, id string) error {
+func (w *writerService) receiveResults(ctx context.Context, stream ferryv1.WriterService_SyncServer, id string) error {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -133,14 +141,17 @@ func (w *writerService) receiveResults(stream ferryv1.WriterService_SyncServer, 
 		r.Error = truncateUTF8(r.Error, MaxApplyErrorBytes)
 		w.s.metrics.ApplyResult(resultOutcome(r))
 		if r.GetSuperseded() {
+			w.s.auditResult(ctx, id, r, metrics.ResultSuperseded)
 			w.s.log.Debug("writer skipped a superseded revision", "spiffe_id", id, "binding", r.GetBinding(), "revision", r.GetRevision())
 			continue
 		}
 		known, published := w.s.cat.RecordResult(id, r)
 		if !known {
+			w.s.auditResult(ctx, id, r, unknownBinding)
 			w.s.log.Warn("apply result for an unknown binding", "spiffe_id", id, "binding", r.GetBinding())
 			continue
 		}
+		w.s.auditResult(ctx, id, r, resultOutcome(r))
 		if !published.IsZero() {
 			w.s.metrics.Propagated(time.Since(published))
 		}
@@ -178,6 +189,7 @@ func (d *debugService) ListBindings(ctx context.Context, req *ferryv1.ListBindin
 	switch {
 	case req.GetWriterId() != "" && req.GetWriterId() != id:
 		if !admin {
+			d.s.auditDenied(ctx, id, ferryv1.DebugService_ListBindings_FullMethodName, "only debug admins may list another writer's bindings")
 			return nil, status.Error(codes.PermissionDenied, "only debug admins may list another writer's bindings")
 		}
 		target = req.GetWriterId()

@@ -221,7 +221,7 @@ func (d *dynamicSource) issue(ctx context.Context) {
 		d.publishLeaseless(l, now)
 		return
 	}
-	rev, _, err := d.publish(l.Data, 0)
+	rev, _, err := d.publishLeased(l.Data, catalog.Lease{ID: l.LeaseID, Expires: now.Add(l.LeaseDuration)})
 	if err != nil {
 		// Credentials no writer can be sent are of no use: revoke them at
 		// once, keep the current ones, and try again later.
@@ -256,7 +256,7 @@ func (d *dynamicSource) publishLeaseless(l *vault.Leased, now time.Time) {
 		}
 		delete(l.Data, ttlKey)
 	}
-	rev, changed, err := d.publish(l.Data, 0)
+	rev, changed, err := d.publishLeased(l.Data, catalog.Lease{}) // no lease any more
 	if err != nil {
 		wait := d.retry.NextBackOff()
 		d.log.Warn("credentials refused; keeping the last delivered Secret", "err", err, "retry_in", wait)

@@ -63,6 +63,9 @@ type fakeVault struct {
 
 	state    map[string][]byte // the state store; nil: not configured
 	stateErr error             // when set, state reads fail with it (e.g. a failed Transit decrypt)
+	// onSave, when set, runs at the start of every SaveState, outside the
+	// lock: in the middle of a source's work, after it published a Secret.
+	onSave func()
 }
 
 type fakeLease struct {
@@ -176,6 +179,9 @@ func (f *fakeVault) LoadState(ctx context.Context, key string) ([]byte, error) {
 }
 
 func (f *fakeVault) SaveState(ctx context.Context, key string, value []byte) error {
+	if f.onSave != nil {
+		f.onSave()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.state == nil {

@@ -224,7 +224,7 @@ func (s *kvScheduler) deliver(m *handle, val *vault.KVSecret, err error, at, nex
 		return // same data as the desired Secret: nothing to render
 	default:
 		first := m.kv.published == nil
-		rev, changed, err := s.p.publish(m.writerID, m.name, val.Data, val.Version, at)
+		rev, changed, err := s.p.publish(m.writerID, m.name, val.Data, val.Version, nil, at)
 		if err != nil {
 			s.p.log.Warn("source data refused; keeping the last delivered Secret", "writer_id", m.writerID, "binding", m.name, "vault_version", val.Version, "err", err)
 			break

@@ -99,7 +99,7 @@ func (s *pkiSource) issue(ctx context.Context) {
 	}
 	s.retry.Reset()
 	data := tlsData(c)
-	rev, _, err := s.publish(data, 0)
+	rev, _, err := s.publishLeased(data, catalog.Lease{Serial: c.Serial, Expires: c.NotAfter})
 	if err != nil {
 		wait := s.retry.NextBackOff()
 		s.log.Warn("issued certificate refused; keeping the last delivered Secret", "err", err, "refused_serial", c.Serial, "retry_in", wait, "serial", s.serial)

@@ -69,7 +69,14 @@ type binding struct {
 // (Poller.publish); it returns the revision and whether the content
 // changed.
 func (bc *binding) publish(data map[string][]byte, vaultVersion int64) (string, bool, error) {
-	return bc.p.publish(bc.writerID, bc.b.Name, data, vaultVersion, time.Now())
+	return bc.p.publish(bc.writerID, bc.b.Name, data, vaultVersion, nil, time.Now())
+}
+
+// publishLeased hands data, which lease l (a dynamic lease or a
+// certificate) carries, to the catalog and records both at once: the audit
+// line of every delivery of the Secret names its own lease.
+func (bc *binding) publishLeased(data map[string][]byte, l catalog.Lease) (string, bool, error) {
+	return bc.p.publish(bc.writerID, bc.b.Name, data, 0, &l, time.Now())
 }
 
 // publish hands data read for binding name to the catalog, which renders
@@ -84,11 +91,15 @@ func (bc *binding) publish(data map[string][]byte, vaultVersion int64) (string, 
 // over the stream's message limit, break the writer's stream for all its
 // bindings). The binding keeps its last good Secret and reports the refusal
 // as its source error, which names the key or the size, never a value.
-func (p *Poller) publish(writerID, name string, data map[string][]byte, vaultVersion int64, at time.Time) (string, bool, error) {
+func (p *Poller) publish(writerID, name string, data map[string][]byte, vaultVersion int64, lease *catalog.Lease, at time.Time) (string, bool, error) {
 	if err := secretpolicy.CheckData(data); err != nil {
 		err = fmt.Errorf("not published: %w", err)
 		p.cat.SetSourceError(writerID, name, err)
 		return "", false, err
+	}
+	if lease != nil {
+		rev, changed := p.cat.SetDesiredLease(writerID, name, data, *lease, at)
+		return rev, changed, nil
 	}
 	rev, changed := p.cat.SetDesired(writerID, name, data, vaultVersion, at)
 	return rev, changed, nil

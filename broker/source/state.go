@@ -8,6 +8,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/vault"
 )
 
@@ -167,7 +168,7 @@ func (d *dynamicSource) restore(ctx context.Context) bool {
 	}
 	now := time.Now()
 	d.cur = &heldLease{id: st.Lease.ID, period: st.Lease.Period, renewable: info.Renewable, expires: now.Add(info.TTL), via: d.v}
-	rev, _, err := d.publish(st.Data, 0)
+	rev, _, err := d.publishLeased(st.Data, catalog.Lease{ID: d.cur.id, Expires: d.cur.expires})
 	if err != nil {
 		// Kept as the current lease, so it is retired once its successor
 		// is published.
@@ -202,7 +203,7 @@ func (s *pkiSource) restore(ctx context.Context) bool {
 	if !at.After(time.Now()) {
 		return false
 	}
-	rev, _, err := s.publish(st.Data, 0)
+	rev, _, err := s.publishLeased(st.Data, catalog.Lease{Serial: st.Cert.Serial, Expires: st.Cert.NotAfter, NextRenewal: at})
 	if err != nil {
 		s.log.Warn("vault state: the saved certificate is refused; issuing a new one", "serial", st.Cert.Serial, "err", err)
 		return false

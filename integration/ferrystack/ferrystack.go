@@ -124,6 +124,7 @@ type BrokerConfig struct {
 	StateMount               string   // a KV v2 mount for vault.state; empty: no state store
 	StateTransitKey          string   // a key on the transit/ mount sealing the state entries; empty: none
 	Admins                   []string // SPIFFE IDs for debug.admins; none: no debug section
+	AuditFile                string   // audit.file; empty: audit lines go to stderr
 	MetricsListen            string   // metrics.listen (host:port); empty: no metrics endpoint
 	WriterID                 string
 	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
@@ -150,6 +151,9 @@ vault:
 		fmt.Fprintf(&b, "  state: {mount: %s}\n", c.StateMount)
 	}
 	b.WriteString("log: {level: debug}\n")
+	if c.AuditFile != "" {
+		fmt.Fprintf(&b, "audit: {file: %s}\n", c.AuditFile)
+	}
 	if len(c.Admins) > 0 {
 		fmt.Fprintf(&b, "debug: {admins: [%s]}\n", strings.Join(c.Admins, ", "))
 	}

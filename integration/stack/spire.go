@@ -268,6 +268,18 @@ func svidIDs(c *workloadapi.X509Context) []string {
 	return ids
 }
 
+// MintX509SVID has the server sign an X.509-SVID for id with lifetime ttl
+// (`spire-server x509 mint`, rounded up to whole seconds), as anyone holding
+// the server API can, and writes its chain, PKCS#8 key and the trust bundle
+// as PEM files into a fresh directory.
+func (s *Spire) MintX509SVID(t TB, id string, ttl time.Duration) (certFile, keyFile, bundleFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	run(t, 30*time.Second, s.serverBin, "x509", "mint", "-socketPath", s.ServerSocket, "-spiffeID", id,
+		"-ttl", ttl.String(), "-write", dir)
+	return filepath.Join(dir, "svid.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "bundle.pem")
+}
+
 // BundleFile writes the server's trust bundle as PEM and returns its path.
 func (s *Spire) BundleFile(t TB) string {
 	t.Helper()

@@ -7,6 +7,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -83,6 +84,48 @@ func (ca *CA) SVID(t testing.TB, id string, ttl time.Duration, dnsNames ...strin
 	}
 	cert, _ := x509.ParseCertificate(der)
 	return &x509svid.SVID{ID: sid, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
+}
+
+// Sign signs tmpl (with a fresh key) as ca and returns the certificate
+// with its key, for certificates an SVID could not be: no URI SAN, a
+// validity in the future, and so on. tmpl's serial number and key usages
+// are filled in when unset.
+func (ca *CA) Sign(t testing.TB, tmpl *x509.Certificate) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tmpl.SerialNumber == nil {
+		tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	}
+	if tmpl.KeyUsage == 0 {
+		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	}
+	if len(tmpl.ExtKeyUsage) == 0 {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TLSCertificate returns svid as a certificate for a tls.Config.
+func TLSCertificate(svid *x509svid.SVID) tls.Certificate {
+	c := tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, cert := range svid.Certificates {
+		c.Certificate = append(c.Certificate, cert.Raw)
+	}
+	return c
+}
+
+// Pool returns a pool holding the CA's certificate.
+func (ca *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.cert)
+	return p
 }
 
 // Source serves one fixed SVID and the CA's bundle; it implements
