@@ -40,9 +40,18 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	for _, opt := range opts {
 		opt(&o)
 	}
+	var hup chan os.Signal
+	if o.configPath != "" {
+		// Before anything else (and before "ferry-broker starting" is
+		// logged): a SIGHUP while the broker starts (SVID, Vault login) is
+		// kept for the reloader instead of ending the process.
+		hup = make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
 	log.Info("ferry-broker starting", "listen", cfg.Listen, "vault_address", cfg.Vault.Address, "vault_identities", len(cfg.Vault.IdentityNames()))
-	// Before anything else: VAULT_* variables must not redirect the broker
-	// or weaken its TLS to Vault.
+	// Before any Vault client: VAULT_* variables must not redirect the
+	// broker or weaken its TLS to Vault.
 	if err := vault.CheckEnvironment(); err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
@@ -94,7 +103,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	defer aud.Close()
 	cat := catalog.New(cfg.Writers, source.Meta)
 	m.Catalog(cat)
-	poller := source.NewPoller(cat, vaultFor, cfg.Writers, vaults.Settled(), m, log)
+	poller := source.NewPoller(cat, vaultFor, vaults.Settled(), m, log)
 	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td, aud), m, log, server.WithAudit(aud))
 
 	lis, err := net.Listen("tcp", cfg.Listen)
@@ -111,9 +120,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return reopenOnHangup(ctx, aud, log)
 	}}
 	if o.configPath != "" {
-		running := *cfg
-		r := &reloader{path: o.configPath, trustDomain: td, cat: cat, sources: poller, admins: srv, log: log, running: &running}
-		tasks = append(tasks, r.run)
+		r := newReloader(o.configPath, cfg, td, cat, srv, log)
+		tasks = append(tasks, func(ctx context.Context) error { return r.run(ctx, hup) })
 	}
 	return task.Run(ctx, tasks...)
 }

@@ -40,11 +40,6 @@ func writerEntry(id string) string {
 	return "  - id: " + id + "\n    secrets:\n      - {name: db, namespace: payments, kv: {mount: secret, path: payments/db}}\n"
 }
 
-type noSources struct{}
-
-func (noSources) Add(string, config.Binding) error             { return nil }
-func (noSources) Remove(context.Context, string, string) error { return nil }
-
 // TestReloadRevokesRemovedWritersAndAdmins: a reload (SIGHUP) whose file no
 // longer lists a writer ends that writer's open stream at once
 // (PermissionDenied), and an ID no longer in debug.admins is denied its next
@@ -80,8 +75,7 @@ func TestReloadRevokesRemovedWritersAndAdmins(t *testing.T) {
 	}
 	go func() { _ = srv.Serve(lis) }()
 	defer srv.GRPC.Stop()
-	running := *cfg
-	r := &reloader{path: path, trustDomain: ca.TD, cat: cat, sources: noSources{}, admins: srv, log: log, running: &running}
+	r := newReloader(path, cfg, ca.TD, cat, srv, log)
 
 	dial := func(id string) *grpc.ClientConn {
 		src := ca.Source(t, id)
@@ -110,7 +104,7 @@ func TestReloadRevokesRemovedWritersAndAdmins(t *testing.T) {
 	}
 
 	write("", writerEntry(writerB))
-	r.reload(ctx)
+	r.reload()
 	m, err := sync.Recv()
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "removed") {
 		t.Fatalf("the removed writer's stream after the reload: %v, %v; want PermissionDenied", m, err)

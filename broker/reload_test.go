@@ -2,7 +2,6 @@ package broker
 
 import (
 	"bytes"
-	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -14,16 +13,6 @@ import (
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 )
-
-// recordingSources records the sources a reload starts.
-type recordingSources struct{ added []string }
-
-func (s *recordingSources) Add(writerID string, b config.Binding) error {
-	s.added = append(s.added, writerID+"/"+b.Name)
-	return nil
-}
-
-func (s *recordingSources) Remove(context.Context, string, string) error { return nil }
 
 const runningConfig = `
 spiffe: {workload_api: unix:///tmp/agent.sock}
@@ -85,18 +74,18 @@ func TestReloadHoldsWritersToTheRunningBroker(t *testing.T) {
 			}
 			r0 := *running
 			cat := catalog.New(r0.Writers, func(id string, b config.Binding) catalog.Meta { return catalog.Meta{WriterID: id, Name: b.Name} })
-			srcs := &recordingSources{}
 			var logs bytes.Buffer
-			r := &reloader{path: path, trustDomain: td, cat: cat, sources: srcs, admins: noAdmins{}, log: slog.New(slog.NewTextHandler(&logs, nil)), running: &r0}
-			r.reload(context.Background())
+			r := newReloader(path, &r0, td, cat, noAdmins{}, slog.New(slog.NewTextHandler(&logs, nil)))
+			took := r.reload()
+			bs, _ := cat.Bindings()
 			if tc.applied {
-				if len(srcs.added) != 1 || !strings.Contains(logs.String(), "config reloaded") {
-					t.Fatalf("not applied: sources %v, log %s", srcs.added, logs.String())
+				if !took || len(bs) != 2 || !strings.Contains(logs.String(), "config reloaded") {
+					t.Fatalf("not applied: bindings %d, log %s", len(bs), logs.String())
 				}
 				return
 			}
-			if len(srcs.added) != 0 || !cat.Known("spiffe://ferry.test/writer/a") || cat.Known("spiffe://evil.test/writer/a") {
-				t.Errorf("the file was applied: sources started %v", srcs.added)
+			if took || len(bs) != 1 || !cat.Known("spiffe://ferry.test/writer/a") || cat.Known("spiffe://evil.test/writer/a") {
+				t.Errorf("the file was applied: %d bindings", len(bs))
 			}
 			for _, want := range append(tc.logged, "config reload failed") {
 				if !strings.Contains(logs.String(), want) {

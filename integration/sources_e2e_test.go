@@ -14,9 +14,12 @@ import (
 // certificates (SANs, chain, re-issue before expiry), 20 bindings on one
 // KV path costing one Vault read per refresh cycle, counted in Vault's own
 // audit log, and secrets Kubernetes would refuse (over 1 MiB, bad data keys)
-// or over the broker's Vault read bound failing alone; then a broker restart
-// that issues nothing, its state sealed with Transit, and a broker refused
-// for VAULT_SKIP_VERIFY in its environment. The source subtests share one
+// or over the broker's Vault read bound failing alone; config reloads that
+// keep a dynamic binding's lease (relabel, refresh) or replace it
+// make-before-break (new role); an apply refused by an admission policy,
+// retried until it succeeds; then a broker restart that issues nothing, its
+// state sealed with Transit, and a broker refused for VAULT_SKIP_VERIFY in
+// its environment. The source subtests share one
 // stack and run in parallel.
 func TestSources(t *testing.T) {
 	if testing.Short() {
@@ -32,6 +35,18 @@ func TestSources(t *testing.T) {
 		t.Run("PKI certificate with SANs and chain, re-issued before expiry", func(t *testing.T) { t.Parallel(); testPKI(t, e) })
 		t.Run("oversized values and bad keys are one binding's error; the others keep syncing", func(t *testing.T) { t.Parallel(); testLimits(t, e) })
 		t.Run("templates: one Secret from dynamic, KV and PKI sources; typed Secrets; render and source errors", func(t *testing.T) { t.Parallel(); testTemplates(t, e, seen) })
+		t.Run("reload: relabel and refresh keep the lease", func(t *testing.T) {
+			t.Parallel()
+			testReloadKeepsLease(t, e, seen)
+		})
+		t.Run("reload: a new role is make-before-break", func(t *testing.T) {
+			t.Parallel()
+			testReloadSourceChange(t, e, seen)
+		})
+		t.Run("a refused apply is retried", func(t *testing.T) {
+			t.Parallel()
+			testRefusedApplyRetried(t, e)
+		})
 	})
 	t.Run("a restarted broker carries on with its token, leases and certificates (vault.state, sealed with Transit)", func(t *testing.T) { testRestartState(t, e, seen) })
 	t.Run("VAULT_SKIP_VERIFY in the environment: the broker refuses to start and reaches nothing", func(t *testing.T) { testSkipVerifyRefused(t, e) })

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,7 +32,9 @@ type sourcesEnv struct {
 	vc        *vaultapi.Client
 	audit     *stack.Audit
 	pg        *stack.Postgres
+	kube      *stack.Kube
 	admin     kubernetes.Interface
+	writerSA  string // the writer's ServiceAccount token
 	spire     *stack.Spire
 	broker    *stack.Process
 	writer    *stack.Process
@@ -42,8 +45,12 @@ type sourcesEnv struct {
 	cfgPath   string
 	brokerBin string
 	brokerCfg ferrystack.BrokerConfig // Bindings rendered from bindings
-	bindings  map[string]string       // binding name → YAML flow mapping (without name)
 	ctx       context.Context
+
+	// cfgMu serializes changes of the broker's config: parallel subtests
+	// reload it.
+	cfgMu    sync.Mutex
+	bindings map[string]string // binding name → YAML flow mapping (without name)
 }
 
 // Fan-out: bindings on one KV path.
@@ -64,6 +71,7 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	e.vault = stack.StartVault(t, stack.VaultOptions{TLS: true})
 	e.pg = stack.StartPostgres(t)
 	kube := stack.StartKube(t)
+	e.kube = kube
 	e.spire = stack.StartSpire(t, stack.SpireOptions{TrustDomain: trustDomain})
 	e.audit = e.vault.EnableFileAudit(t)
 	e.vc = e.vault.Client(t)
@@ -75,6 +83,7 @@ func startSourcesEnv(t *testing.T) *sourcesEnv {
 	e.setupVault(t)
 	roleID, secretID := e.brokerAppRole(t)
 	token := kube.ServiceAccount(t, e.ns, "ferry-writer", ferrystack.WriterRules)
+	e.writerSA = token
 
 	e.addr = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
 	e.metrics = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
@@ -158,6 +167,16 @@ func (e *sourcesEnv) setupVault(t *testing.T) {
 			` GRANT CONNECT ON DATABASE postgres TO "{{name}}";`,
 		"default_ttl": int(dbTTL.Seconds()), "max_ttl": int(dbMaxTTL.Seconds()),
 	})
+	// Roles for the reload tests: TTLs long enough that nothing is renewed
+	// or replaced while they run.
+	for _, role := range []string{"relabel", "swap-a", "swap-b"} {
+		write("database/roles/"+role, map[string]any{
+			"db_name": "pg",
+			"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';` +
+				` GRANT CONNECT ON DATABASE postgres TO "{{name}}";`,
+			"default_ttl": 600, "max_ttl": 1200,
+		})
+	}
 	write("database/static-roles/static-app", map[string]any{"db_name": "pg", "username": "static_app", "rotation_period": "10s"})
 
 	// PKI: a root and a role for *.ferry.test and IP SANs.
@@ -186,6 +205,9 @@ func (e *sourcesEnv) brokerAppRole(t *testing.T) (roleIDFile, secretIDFile strin
 path "secret/data/apps/*"               { capabilities = ["read"] }
 path "kv1/apps/*"                       { capabilities = ["read"] }
 path "database/creds/app"               { capabilities = ["read"] }
+path "database/creds/relabel"           { capabilities = ["read"] }
+path "database/creds/swap-a"            { capabilities = ["read"] }
+path "database/creds/swap-b"            { capabilities = ["read"] }
 path "database/static-creds/static-app" { capabilities = ["read"] }
 path "sys/leases/renew"                 { capabilities = ["update"] }
 path "sys/leases/revoke"                { capabilities = ["update"] }
@@ -208,7 +230,7 @@ path "transit/decrypt/ferry-state"            { capabilities = ["update"] }
 }
 
 // writeBrokerConfig writes broker.yaml with the bindings in e.bindings and
-// returns its path.
+// returns its path; e.cfgMu is held (or no subtest runs yet).
 func (e *sourcesEnv) writeBrokerConfig(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
@@ -223,8 +245,23 @@ func (e *sourcesEnv) writeBrokerConfig(t *testing.T) string {
 // mapping without the name) and makes the broker reload it (SIGHUP).
 func (e *sourcesEnv) addBinding(t *testing.T, name, spec string) {
 	t.Helper()
+	e.cfgMu.Lock()
+	defer e.cfgMu.Unlock()
 	e.bindings[name] = spec
 	e.writeBrokerConfig(t)
+	e.hup(t)
+}
+
+// hup sends the broker a SIGHUP once it handles one (it logs its start
+// after registering for SIGHUP).
+func (e *sourcesEnv) hup(t *testing.T) {
+	t.Helper()
+	eventually(t, 30*time.Second, "the broker started", func() error {
+		if !e.broker.LogContains(`"msg":"ferry-broker starting"`) {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
 	if err := syscall.Kill(e.broker.Pid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -234,11 +271,11 @@ func (e *sourcesEnv) addBinding(t *testing.T, name, spec string) {
 // broker reload it (SIGHUP).
 func (e *sourcesEnv) removeBinding(t *testing.T, name string) {
 	t.Helper()
+	e.cfgMu.Lock()
+	defer e.cfgMu.Unlock()
 	delete(e.bindings, name)
 	e.writeBrokerConfig(t)
-	if err := syscall.Kill(e.broker.Pid(), syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	e.hup(t)
 }
 
 // secret returns the Kubernetes Secret of binding name, or an error.

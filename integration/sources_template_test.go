@@ -32,8 +32,7 @@ var templateBindings = map[string]string{
 		`{name: tls, pki: {role: web, common_name: app.ferry.test, ttl: 1h}}], ` +
 		`template: {data: {` +
 		`DATABASE_URL: "postgres://{{ .db.username | urlEscape }}:{{ .db.password | urlEscape }}@{{ .cfg.host }}:{{ .cfg.port }}/postgres?sslmode=disable&connect_timeout=5", ` +
-		`tls.crt: "{{ index .tls \"tls.crt\" }}", tls.key: "{{ index .tls \"tls.key\" }}"}, ` +
-		`labels: {app.kubernetes.io/instance: "{{ .Binding.Name }}"}}`,
+		`tls.crt: "{{ index .tls \"tls.crt\" }}", tls.key: "{{ index .tls \"tls.key\" }}"}}`,
 	// The typed Secrets, from one KV source (short form with a template).
 	"tmpl-docker": `type: kubernetes.io/dockerconfigjson, refresh: 2s, kv: {mount: secret, path: apps/tmpl/registry}, ` +
 		`template: {data: {.dockerconfigjson: "{{ dockerConfigJson .kv.registry .kv.username .kv.password }}"}}`,
@@ -77,8 +76,8 @@ func testTemplateDatabase(t *testing.T, e *sourcesEnv, seen *secretValues) {
 		return nil
 	}
 	first := e.waitSecret(t, "tmpl-app", 90*time.Second, hasURL)
-	if first.Type != corev1.SecretTypeTLS || len(first.Data) != 3 || first.Labels["app.kubernetes.io/instance"] != "tmpl-app" {
-		t.Fatalf("Secret type %s, %d keys, labels %v", first.Type, len(first.Data), first.Labels)
+	if first.Type != corev1.SecretTypeTLS || len(first.Data) != 3 {
+		t.Fatalf("Secret type %s, %d keys", first.Type, len(first.Data))
 	}
 	block, _ := pem.Decode(first.Data["tls.crt"])
 	if block == nil {

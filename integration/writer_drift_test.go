@@ -26,8 +26,9 @@ import (
 // content never move resourceVersion); the creation policies create, merge
 // and takeover; rollout restarts by content digest, several changes
 // coalesced into one; broker config reload (an invalid file is ignored; a
-// removed binding is deleted or retained as its policy says); and that
-// stopping the broker deletes nothing.
+// removed binding is deleted or retained as its policy says; a moved
+// binding's old Secret is deleted or retained, and forgotten either way);
+// and that stopping the broker deletes nothing.
 func TestWriterDriftPoliciesRestarts(t *testing.T) {
 	s := startWriterStack(t)
 	ctx := ctxT(t)
@@ -297,6 +298,74 @@ rolloutRestart: {delay: %s, targets: [{namespace: %s, kind: Deployment, name: ap
 			if !writer.LogContains(want) {
 				t.Errorf("writer log lacks %q", want)
 			}
+		}
+	})
+
+	t.Run("config reload: a moved binding deletes or forgets its old Secret", func(t *testing.T) {
+		base := fmt.Sprintf(`
+      - {name: foreign, %[1]s, kv: {mount: secret, path: apps/keep}}
+      - {name: taken, creation: takeover, %[1]s, kv: {mount: secret, path: apps/keep}}
+      - {name: added, %[1]s, kv: {mount: secret, path: apps/added}}
+`, common)
+		at := func(suffix string) string {
+			return fmt.Sprintf(`      - {name: mv-del, secret_name: mv-del-%[2]s, deletion: delete, %[1]s, kv: {mount: secret, path: apps/keep}}
+      - {name: mv-keep, secret_name: mv-keep-%[2]s, %[1]s, kv: {mount: secret, path: apps/keep}}
+`, common, suffix)
+		}
+		reload := func(bindings string) {
+			s.writeBrokerConfig(bindings)
+			eventually(t, 30*time.Second, "the broker handles SIGHUP", func() error {
+				if !broker.LogContains(`"msg":"ferry-broker starting"`) { // logged once it does
+					return fmt.Errorf("not yet")
+				}
+				return nil
+			})
+			if err := broker.Signal(syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+		}
+		reload(base + at("a"))
+		eventually(t, 15*time.Second, "mv-del-a delivered", holds("mv-del-a", "password", "keep-SECRET"))
+		eventually(t, 15*time.Second, "mv-keep-a delivered", holds("mv-keep-a", "password", "keep-SECRET"))
+		keepA, _ := get("mv-keep-a")
+
+		reload(base + at("b"))
+		eventually(t, 15*time.Second, "mv-del-b delivered", holds("mv-del-b", "password", "keep-SECRET"))
+		eventually(t, 15*time.Second, "mv-keep-b delivered", holds("mv-keep-b", "password", "keep-SECRET"))
+		took := eventually(t, 15*time.Second, "mv-del-a deleted", func() error {
+			if _, err := get("mv-del-a"); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("mv-del-a: %v", err)
+			}
+			return nil
+		})
+		t.Logf("old Secret of the moved binding (deletion: delete) deleted %v after the new one arrived", took.Round(time.Millisecond))
+		if k, err := get("mv-keep-a"); err != nil || k.UID != keepA.UID {
+			t.Fatalf("mv-keep-a (deletion: retain) was not retained as it was: %v", err)
+		}
+
+		// The retained Secret is forgotten: deleted by hand, it stays deleted
+		// through several resyncs, and the writer sends nothing for it.
+		if err := admin.CoreV1().Secrets(ns).Delete(ctx, "mv-keep-a", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		requests := len(s.kube.SecretRequests(t, ""))
+		resyncs := strings.Count(writer.Logs(), `"msg":"resync done"`)
+		eventually(t, 10*resync+10*time.Second, "three resyncs", func() error {
+			if n := strings.Count(writer.Logs(), `"msg":"resync done"`) - resyncs; n < 3 {
+				return fmt.Errorf("%d resyncs", n)
+			}
+			return nil
+		})
+		if _, err := get("mv-keep-a"); !apierrors.IsNotFound(err) {
+			t.Errorf("the moved binding's retained Secret came back after it was deleted by hand: %v", err)
+		}
+		for _, ev := range s.kube.SecretRequests(t, "")[requests:] {
+			if (ev.ObjectRef.Name == "mv-keep-a" || ev.ObjectRef.Name == "mv-del-a") && ev.Verb != "get" { // the test's own gets
+				t.Errorf("%s %s/%s by %s (%d) after the move", ev.Verb, ev.ObjectRef.Namespace, ev.ObjectRef.Name, ev.User.Username, ev.ResponseStatus.Code)
+			}
+		}
+		if !writer.LogContains("binding removed; Secret deleted") || !writer.LogContains(`"name":"mv-keep-a","deletion":"DELETION_POLICY_RETAIN"`) {
+			t.Errorf("writer log lacks the old Secrets' delete and retain")
 		}
 	})
 

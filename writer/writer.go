@@ -122,10 +122,12 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	m.Gauges(applier.Held, client.Connected)
 	probes.Live("applier", func() error { applier.Held(); return nil })
 	probes.Ready(client.Ready)
-	// The stream returns only when ctx ends (or it cannot start); resync and
-	// restarts run beside it.
+	// The stream returns only when ctx ends (or it cannot start); resync,
+	// retries of failed applies and restarts run beside it.
 	err = task.Run(ctx, client.Run, restarter.Run, func(ctx context.Context) error {
 		return applier.RunResync(ctx, cfg.Resync.Duration, cfg.Kubernetes.Parallelism)
+	}, func(ctx context.Context) error {
+		return applier.RunRetries(ctx, cfg.Kubernetes.Parallelism)
 	})
 	if err != nil {
 		return fmt.Errorf("writer: %w", err)

@@ -184,44 +184,10 @@ func collect(t *testing.T, cfg config.Config, results chan *ferryv1.ApplyResult,
 }
 
 // TestRun runs the whole writer: SVID from files, real mTLS to a fake
-// broker, server-side apply to a fake kube-apiserver over TLS.
+// broker, server-side apply to a fake kube-apiserver over TLS, and its
+// metrics listener: /readyz fails until the broker's snapshot is applied,
+// then the counters say what happened, and no label carries secret material.
 func TestRun(t *testing.T) {
-	ca := spiffetest.NewCA(t, "ferry.test")
-	addr, results := fakeBroker(t, ca, []*ferryv1.SyncResponse{
-		{Message: &ferryv1.SyncResponse_Upsert{Upsert: &ferryv1.Secret{Binding: "db", Namespace: "demo", Name: "db", Revision: "r1", Data: map[string][]byte{"password": []byte(secretValue)}}}},
-		{Message: &ferryv1.SyncResponse_Upsert{Upsert: &ferryv1.Secret{Binding: "other", Namespace: "kube-system", Name: "x", Revision: "r1"}}},
-		{Message: &ferryv1.SyncResponse_SnapshotComplete{SnapshotComplete: &ferryv1.SnapshotComplete{Count: 2}}},
-	})
-	apiURL, caPEM, reqs := fakeAPIServer(t)
-	got, _ := collect(t, writerConfig(t, ca, addr, caKubeconfig(t, apiURL, caPEM)), results, 2)
-
-	if r := got["db"]; r.Error != "" || r.Revision != "r1" || r.Unchanged {
-		t.Errorf("db result = %+v", r)
-	}
-	if r := got["other"]; !strings.Contains(r.Error, `"kube-system" is not one of the writer's namespaces`) {
-		t.Errorf("kube-system result = %+v, want refusal", r)
-	}
-	req := <-reqs
-	if req.method != http.MethodPatch || req.path != "/api/v1/namespaces/demo/secrets/db" ||
-		req.contentType != "application/apply-patch+yaml" || req.fieldManager != "ferry-writer" || req.force != "true" ||
-		!strings.HasPrefix(req.userAgent, UserAgent) {
-		t.Errorf("apply request = %+v", req)
-	}
-	labels := req.body["metadata"].(map[string]any)["labels"].(map[string]any)
-	if labels["app.kubernetes.io/managed-by"] != "ferry" || labels["ferry.dev/binding"] != "db" || req.body["type"] != "Opaque" {
-		t.Errorf("apply body metadata/type = %v %v", req.body["metadata"], req.body["type"])
-	}
-	select {
-	case req := <-reqs:
-		t.Errorf("unexpected second request %s %s", req.method, req.path)
-	default:
-	}
-}
-
-// TestRunServesMetricsAndReadiness runs the whole writer with its metrics
-// listener: /readyz fails until the broker's snapshot is applied, then the
-// counters say what happened, and no label carries secret material.
-func TestRunServesMetricsAndReadiness(t *testing.T) {
 	ca := spiffetest.NewCA(t, "ferry.test")
 	release := make(chan struct{}) // the broker holds the snapshot until the test has seen /readyz fail
 	addr, results := fakeBroker(t, ca, []*ferryv1.SyncResponse{

@@ -22,6 +22,7 @@ type Catalog struct {
 	mu      sync.Mutex
 	writers map[string]*writer
 	meta    func(writerID string, b config.Binding) Meta
+	key     []byte // revision key (render.go)
 	// changed is closed and replaced when the binding set changes (reload.go).
 	changed chan struct{}
 }
@@ -31,8 +32,9 @@ type writer struct {
 	bindings  map[string]*binding
 	subs      map[*Subscription]struct{}
 	connected int
-	// removed holds a delete message for each binding removed by a reload,
-	// sent to every stream after its snapshot (reload.go).
+	// removed holds a delete message for each destination a reload removed
+	// (a removed binding, or a moved binding's old Secret), keyed by
+	// namespace/name and sent to every stream after its snapshot (reload.go).
 	removed map[string]*ferryv1.SecretRef
 	// gone marks a writer removed from the configuration.
 	gone bool
@@ -77,7 +79,7 @@ type Meta struct {
 // meta maps each binding to its source description. The catalog keeps
 // pointers into ws's bindings: the caller must not modify them.
 func New(ws []config.Writer, meta func(writerID string, b config.Binding) Meta) *Catalog {
-	c := &Catalog{writers: make(map[string]*writer, len(ws)), meta: meta, changed: make(chan struct{})}
+	c := &Catalog{writers: make(map[string]*writer, len(ws)), meta: meta, key: newRevisionKey(), changed: make(chan struct{})}
 	for _, w := range ws {
 		st := &writer{bindings: make(map[string]*binding, len(w.Secrets)), subs: map[*Subscription]struct{}{}, removed: map[string]*ferryv1.SecretRef{}}
 		st.order = make([]string, 0, len(w.Secrets))
@@ -99,32 +101,45 @@ func (c *Catalog) Known(id string) bool {
 	return ok && !w.gone
 }
 
-// SetDesired records a successful source read. Subscribers are notified
-// only when the revision changed; it reports whether it did.
-func (c *Catalog) SetDesired(writerID, name string, s *ferryv1.Secret, vaultVersion int64, at time.Time) bool {
+// SetDesired records a successful source read of data: the catalog renders
+// the binding's Secret from it with the binding's current configuration
+// (render.go). Subscribers are notified only when the revision changed; it
+// returns the revision and whether it changed ("" and false for a binding
+// that is not configured).
+func (c *Catalog) SetDesired(writerID, name string, data map[string][]byte, vaultVersion int64, at time.Time) (revision string, changed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.setDesiredLocked(writerID, name, s, vaultVersion, at)
+	return c.setDesiredLocked(writerID, name, data, vaultVersion, at)
 }
 
-func (c *Catalog) setDesiredLocked(writerID, name string, s *ferryv1.Secret, vaultVersion int64, at time.Time) bool {
+func (c *Catalog) setDesiredLocked(writerID, name string, data map[string][]byte, vaultVersion int64, at time.Time) (revision string, changed bool) {
 	w, b := c.lookup(writerID, name)
 	if b == nil {
-		return false
+		return "", false
 	}
 	b.sourceErr = ""
 	b.lastRefresh = at
 	b.vaultVersion = vaultVersion
+	s := render(c.key, b.cfg, data)
 	if b.desired != nil && b.desired.GetRevision() == s.GetRevision() {
-		return false
+		return s.GetRevision(), false
 	}
-	stampDelivery(s, *b.cfg)
 	b.desired = s
 	b.published, b.propagated = at, false
 	for sub := range w.subs {
 		sub.mark(name)
 	}
-	return true
+	return s.GetRevision(), true
+}
+
+// Delivered reports whether the binding's writer has reported the
+// binding's current desired revision applied: what a source waits for
+// before it revokes the lease that revision replaced.
+func (c *Catalog) Delivered(writerID, name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, b := c.lookup(writerID, name)
+	return b != nil && b.desired != nil && b.applied == b.desired.GetRevision()
 }
 
 // SetRefreshed records a successful source read whose content is already
@@ -164,7 +179,8 @@ func (c *Catalog) SetNextRefresh(writerID, name string, at time.Time) {
 	}
 }
 
-// RecordResult records a writer's apply result. Results for unknown
+// RecordResult records a writer's apply result: an error stays the
+// binding's apply_error until an apply of it succeeds. Results for unknown
 // bindings are ignored and reported false (known). When r is the first
 // report of the desired revision and says it was written (not unchanged,
 // no error), published is when the source published that revision, for
@@ -172,9 +188,21 @@ func (c *Catalog) SetNextRefresh(writerID, name string, at time.Time) {
 func (c *Catalog) RecordResult(writerID string, r *ferryv1.ApplyResult) (known bool, published time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if r.GetRevision() == "" {
+		// The result of a delete message: it never concerns a live
+		// binding's delivery state (a moved binding keeps its name).
+		return c.removedLocked(writerID, r.GetBinding()), time.Time{}
+	}
 	_, b := c.lookup(writerID, r.GetBinding())
 	if b == nil {
+		// Known if a reload removed the binding after the writer applied
+		// (a delete for it is pending); nothing is recorded.
 		return c.removedLocked(writerID, r.GetBinding()), time.Time{}
+	}
+	if cur := b.desired.GetRevision(); b.applied == cur && cur != "" && r.GetRevision() != cur {
+		// An older revision's outcome (a writer's retry reported late)
+		// never undoes the current one's.
+		return true, time.Time{}
 	}
 	if r.GetError() != "" {
 		b.applyErr = r.GetError()
@@ -281,7 +309,7 @@ type Subscription struct {
 	notify   chan struct{}
 	done     chan struct{}                 // closed when the writer is removed (reload.go)
 	dirty    map[string]struct{}           // guarded by c.mu
-	deletes  map[string]*ferryv1.SecretRef // guarded by c.mu; see reload.go
+	deletes  map[string]*ferryv1.SecretRef // namespace/name; guarded by c.mu; see reload.go
 }
 
 // Subscribe opens a subscription for writerID and returns it with the
@@ -296,8 +324,8 @@ func (c *Catalog) Subscribe(writerID string) (*Subscription, []*ferryv1.Secret) 
 	}
 	sub := &Subscription{c: c, writerID: writerID, notify: make(chan struct{}, 1), done: make(chan struct{}), dirty: map[string]struct{}{}, deletes: map[string]*ferryv1.SecretRef{}}
 	w.subs[sub] = struct{}{}
-	for n, ref := range w.removed {
-		sub.markDeleted(n, ref)
+	for dest, ref := range w.removed {
+		sub.markDeleted(dest, ref)
 	}
 	w.connected++
 	snap := make([]*ferryv1.Secret, 0, len(w.order))

@@ -32,17 +32,17 @@ func (c *Catalog) SetLease(writerID, name string, l Lease) {
 }
 
 // SetDesiredLease is SetDesired for a dynamic or PKI source: it records l,
-// the lease or certificate that s carries, in the same step, so that no
-// reader (a delivery's audit line, ListBindings, the metrics) sees s with
-// another lease. l.NextRenewal may be zero until the source plans the
-// renewal and records it with SetLease.
-func (c *Catalog) SetDesiredLease(writerID, name string, s *ferryv1.Secret, l Lease, at time.Time) bool {
+// the lease or certificate that data carries, in the same step, so that no
+// reader (a delivery's audit line, ListBindings, the metrics) sees its
+// Secret with another lease. l.NextRenewal may be zero until the source
+// plans the renewal and records it with SetLease.
+func (c *Catalog) SetDesiredLease(writerID, name string, data map[string][]byte, l Lease, at time.Time) (revision string, changed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, b := c.lookup(writerID, name); b != nil {
 		b.lease = &l
 	}
-	return c.setDesiredLocked(writerID, name, s, 0, at)
+	return c.setDesiredLocked(writerID, name, data, 0, at)
 }
 
 // fill copies the lease status into st, with the TTL left as of now.

@@ -3,35 +3,40 @@ package catalog
 import (
 	"reflect"
 	"sort"
-
-	"google.golang.org/protobuf/proto"
+	"time"
 
 	"github.com/ferry-secrets/ferry/broker/config"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
-// Binding is one configured binding, as the sources see it.
+// Binding is one configured binding, as the sources see it. Config points
+// into the configuration the catalog was given (New, Update) and is never
+// modified.
 type Binding struct {
 	WriterID string
-	Config   config.Binding
+	Config   *config.Binding
 }
 
-// Bindings returns every configured binding, in configuration order, and a
-// channel that is closed when the set next changes (an Update). Sources use
-// it to start and stop polling as the configuration is reloaded.
+// Bindings returns every configured binding, in configuration order per
+// writer (writers sorted by ID), and a channel that is closed when the set
+// next changes (an Update). The catalog is the one owner of the binding
+// set: sources start, re-time, replace and stop their polling by comparing
+// this set with what they run.
 func (c *Catalog) Bindings() ([]Binding, <-chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ids := make([]string, 0, len(c.writers))
-	for id := range c.writers {
+	n := 0
+	for id, w := range c.writers {
 		ids = append(ids, id)
+		n += len(w.order)
 	}
 	sort.Strings(ids)
-	var out []Binding
+	out := make([]Binding, 0, n)
 	for _, id := range ids {
 		w := c.writers[id]
 		for _, n := range w.order {
-			out = append(out, Binding{WriterID: id, Config: *w.bindings[n].cfg})
+			out = append(out, Binding{WriterID: id, Config: w.bindings[n].cfg})
 		}
 	}
 	return out, c.changed
@@ -40,20 +45,27 @@ func (c *Catalog) Bindings() ([]Binding, <-chan struct{}) {
 // Changes summarizes an Update.
 type Changes struct {
 	Added, Removed, Updated int
+	// Moved counts bindings whose destination changed (also in Updated).
+	Moved int
+	// Delivery counts updated bindings re-rendered and sent again without
+	// asking their source (also in Updated).
+	Delivery int
 	// WritersRemoved counts writer IDs no longer in the configuration.
 	WritersRemoved int
 }
 
 // Update replaces the configured writers and bindings with ws, a reloaded
 // and validated configuration. New bindings start with no data (they arrive
-// when their source is read); a removed binding, or one whose destination
-// Secret changed, becomes a delete message carrying its deletion policy,
-// sent to every connected stream of its writer and, after the snapshot, to
-// every stream that connects later. A binding whose delivery policy changed
-// is sent again. Desired Secrets of unchanged bindings are kept. A writer no
-// longer in ws is sent nothing more: its subscriptions are ended (Removed)
-// without delete messages. As with New, the catalog keeps pointers into ws's
-// bindings.
+// when their source is read). A removed binding becomes a delete message
+// carrying its deletion policy, sent to every connected stream of its
+// writer and, after the snapshot, to every stream that connects later. An
+// updated binding is classified (Classify): a delivery change re-renders
+// the desired Secret from the data already held and sends it again — for a
+// moved binding after a delete message for its old destination — and
+// schedule and source changes are left to the sources, which watch
+// Bindings. A writer no longer in ws is sent nothing more: its
+// subscriptions are ended (Removed) without delete messages. As with New,
+// the catalog keeps pointers into ws's bindings.
 func (c *Catalog) Update(ws []config.Writer) Changes {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -73,7 +85,8 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 		}
 		w.connected = 0
 		for _, n := range w.order {
-			w.remove(n)
+			w.remove(w.bindings[n], nil)
+			delete(w.bindings, n)
 			ch.Removed++
 		}
 		w.order, w.gone = nil, true
@@ -92,7 +105,8 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 		}
 		for _, n := range w.order {
 			if !keep[n] {
-				w.remove(n)
+				w.remove(w.bindings[n], nil)
+				delete(w.bindings, n)
 				ch.Removed++
 			}
 		}
@@ -101,13 +115,8 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 			b := &cw.Secrets[i]
 			w.order = append(w.order, b.Name)
 			old := w.bindings[b.Name]
-			if old != nil && (old.cfg.Namespace != b.Namespace || old.cfg.SecretName != b.SecretName) {
-				w.remove(b.Name) // moved: the old destination is removed
-				ch.Removed++
-				old = nil
-			}
 			if old == nil {
-				w.add(b.Name, &binding{meta: c.meta(cw.ID, *b), cfg: b})
+				w.bindings[b.Name] = &binding{meta: c.meta(cw.ID, *b), cfg: b}
 				ch.Added++
 				continue
 			}
@@ -116,18 +125,27 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 				continue
 			}
 			ch.Updated++
-			deliveryChanged := old.cfg.CreationPolicy() != b.CreationPolicy() ||
-				old.cfg.DeletionPolicy() != b.DeletionPolicy() ||
-				!reflect.DeepEqual(old.cfg.RolloutRestart, b.RolloutRestart)
+			change := Classify(*old.cfg, *b)
+			if change.Has(ChangeDestination) {
+				w.remove(old, b) // the old Secret gets its delete message
+				old.applied, old.applyErr = "", ""
+				ch.Moved++
+			}
 			old.cfg, old.meta = b, c.meta(cw.ID, *b)
-			if deliveryChanged && old.desired != nil {
-				d := proto.Clone(old.desired).(*ferryv1.Secret)
-				stampDelivery(d, *b)
-				old.desired = d
+			if change.Has(ChangeDelivery) && old.desired != nil {
+				// Re-rendered from the data held: no source is asked.
+				old.desired = render(c.key, b, old.desired.GetData())
+				old.published, old.propagated = time.Now(), false
 				for sub := range w.subs {
 					sub.mark(b.Name)
 				}
+				ch.Delivery++
 			}
+		}
+		// Last, so that no binding's move or removal deletes a Secret
+		// another binding now delivers, whatever their order.
+		for i := range cw.Secrets {
+			w.claim(&cw.Secrets[i])
 		}
 	}
 	close(c.changed)
@@ -135,55 +153,68 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 	return ch
 }
 
-// remove drops binding n, keeping a delete message for it; c.mu is held.
-func (w *writer) remove(n string) {
-	b := w.bindings[n]
+// remove queues a delete message for b's destination, carrying its creation
+// policy and the deletion policy of next (the binding as configured now)
+// or, for a removed binding (next nil), of b; c.mu is held.
+func (w *writer) remove(b *binding, next *config.Binding) {
 	if b == nil {
 		return
 	}
-	delete(w.bindings, n)
+	deletion := b.cfg.DeletionPolicy()
+	if next != nil {
+		deletion = next.DeletionPolicy()
+	}
 	ref := &ferryv1.SecretRef{
-		Binding:   n,
+		Binding:   b.cfg.Name,
 		Namespace: b.cfg.Namespace,
 		Name:      b.cfg.SecretName,
-		Deletion:  deletionPolicy(b.cfg.DeletionPolicy()),
+		Deletion:  deletionPolicy(deletion),
 		Creation:  creationPolicy(b.cfg.CreationPolicy()),
 	}
-	w.removed[n] = ref
+	dest := destination(b.cfg.Namespace, b.cfg.SecretName)
+	w.removed[dest] = ref
 	for sub := range w.subs {
-		delete(sub.dirty, n)
-		sub.markDeleted(n, ref)
-	}
-}
-
-// add registers a new binding, dropping any delete message for the same
-// binding name or destination; c.mu is held.
-func (w *writer) add(n string, b *binding) {
-	w.bindings[n] = b
-	for rn, ref := range w.removed {
-		if rn == n || (ref.GetNamespace() == b.cfg.Namespace && ref.GetName() == b.cfg.SecretName) {
-			delete(w.removed, rn)
-			for sub := range w.subs {
-				delete(sub.deletes, rn)
-			}
+		if next == nil {
+			delete(sub.dirty, b.cfg.Name)
 		}
+		sub.markDeleted(dest, ref)
 	}
 }
 
-// removedLocked reports whether writerID's binding name was removed by a
-// reload (so a writer's result for its delete message is expected).
+// claim drops any pending delete message for b's destination: a binding
+// delivers there again; c.mu is held.
+func (w *writer) claim(b *config.Binding) {
+	dest := destination(b.Namespace, b.SecretName)
+	if _, ok := w.removed[dest]; !ok {
+		return
+	}
+	delete(w.removed, dest)
+	for sub := range w.subs {
+		delete(sub.deletes, dest)
+	}
+}
+
+func destination(namespace, name string) string { return namespace + "/" + name }
+
+// removedLocked reports whether a delete message for writerID's binding
+// name is pending (so the writer's result for it is expected).
 func (c *Catalog) removedLocked(writerID, name string) bool {
 	w := c.writers[writerID]
 	if w == nil {
 		return false
 	}
-	_, ok := w.removed[name]
-	return ok
+	for _, ref := range w.removed {
+		if ref.GetBinding() == name {
+			return true
+		}
+	}
+	return false
 }
 
-// markDeleted queues a delete message; called with c.mu held.
-func (s *Subscription) markDeleted(name string, ref *ferryv1.SecretRef) {
-	s.deletes[name] = ref
+// markDeleted queues a delete message for destination dest; called with
+// c.mu held.
+func (s *Subscription) markDeleted(dest string, ref *ferryv1.SecretRef) {
+	s.deletes[dest] = ref
 	select {
 	case s.notify <- struct{}{}:
 	default:
@@ -196,9 +227,9 @@ func (s *Subscription) Deletes() []*ferryv1.SecretRef {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
 	out := make([]*ferryv1.SecretRef, 0, len(s.deletes))
-	for n, ref := range s.deletes {
+	for dest, ref := range s.deletes {
 		out = append(out, ref)
-		delete(s.deletes, n)
+		delete(s.deletes, dest)
 	}
 	return out
 }

@@ -15,17 +15,17 @@ import (
 func TestRecordResultGivesThePublicationTimeOnce(t *testing.T) {
 	c := New([]config.Writer{{ID: wid, Secrets: []config.Binding{cfgBinding("a", ""), cfgBinding("b", "")}}}, meta)
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	c.SetDesired(wid, "a", &ferryv1.Secret{Binding: "a", Revision: "r1"}, 1, t0)
+	r1, _ := c.SetDesired(wid, "a", map[string][]byte{"k": []byte("1")}, 1, t0)
 
 	for _, tc := range []struct {
 		name string
 		r    *ferryv1.ApplyResult
 		want time.Time
 	}{
-		{"an error", &ferryv1.ApplyResult{Binding: "a", Revision: "r1", Error: "apiserver: Forbidden"}, time.Time{}},
+		{"an error", &ferryv1.ApplyResult{Binding: "a", Revision: r1, Error: "apiserver: Forbidden"}, time.Time{}},
 		{"an older revision", &ferryv1.ApplyResult{Binding: "a", Revision: "r0"}, time.Time{}},
-		{"the first write", &ferryv1.ApplyResult{Binding: "a", Revision: "r1"}, t0},
-		{"a second report of it", &ferryv1.ApplyResult{Binding: "a", Revision: "r1"}, time.Time{}},
+		{"the first write", &ferryv1.ApplyResult{Binding: "a", Revision: r1}, t0},
+		{"a second report of it", &ferryv1.ApplyResult{Binding: "a", Revision: r1}, time.Time{}},
 	} {
 		known, published := c.RecordResult(wid, tc.r)
 		if !known || !published.Equal(tc.want) {
@@ -34,13 +34,13 @@ func TestRecordResultGivesThePublicationTimeOnce(t *testing.T) {
 	}
 	// A new revision starts over.
 	t1 := t0.Add(time.Minute)
-	c.SetDesired(wid, "a", &ferryv1.Secret{Binding: "a", Revision: "r2"}, 2, t1)
-	if _, published := c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a", Revision: "r2"}); !published.Equal(t1) {
+	r2, _ := c.SetDesired(wid, "a", map[string][]byte{"k": []byte("2")}, 2, t1)
+	if _, published := c.RecordResult(wid, &ferryv1.ApplyResult{Binding: "a", Revision: r2}); !published.Equal(t1) {
 		t.Errorf("r2: published = %v, want %v", published, t1)
 	}
 	// Unchanged (the Secret already held it) ends the revision without a time.
-	c.SetDesired(wid, "b", &ferryv1.Secret{Binding: "b", Revision: "rb"}, 1, t1)
-	for _, r := range []*ferryv1.ApplyResult{{Binding: "b", Revision: "rb", Unchanged: true}, {Binding: "b", Revision: "rb"}} {
+	rb, _ := c.SetDesired(wid, "b", map[string][]byte{"k": []byte("b")}, 1, t1)
+	for _, r := range []*ferryv1.ApplyResult{{Binding: "b", Revision: rb, Unchanged: true}, {Binding: "b", Revision: rb}} {
 		if _, published := c.RecordResult(wid, r); !published.IsZero() {
 			t.Errorf("b %+v: published = %v, want none", r, published)
 		}
@@ -52,8 +52,8 @@ func TestRecordResultGivesThePublicationTimeOnce(t *testing.T) {
 
 func TestStates(t *testing.T) {
 	c := New([]config.Writer{{ID: wid, Secrets: []config.Binding{cfgBinding("ok", ""), cfgBinding("pending", ""), cfgBinding("failing", "")}}}, meta)
-	c.SetDesired(wid, "ok", &ferryv1.Secret{Binding: "ok", Revision: "r"}, 1, time.Now())
-	c.SetDesired(wid, "failing", &ferryv1.Secret{Binding: "failing", Revision: "r"}, 1, time.Now())
+	c.SetDesired(wid, "ok", map[string][]byte{"k": []byte("ok")}, 1, time.Now())
+	c.SetDesired(wid, "failing", map[string][]byte{"k": []byte("f")}, 1, time.Now())
 	c.SetSourceError(wid, "failing", errors.New("vault down"))
 	exp := time.Now().Add(time.Hour)
 	c.SetLease(wid, "ok", Lease{ID: "l", Expires: exp})

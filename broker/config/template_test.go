@@ -25,7 +25,7 @@ writers:
             DATABASE_URL: "postgresql://{{ .db.username | urlEscape }}:{{ .db.password | urlEscape }}@{{ .cfg.host }}:{{ .cfg.port }}/app"
             tls.crt: '{{ index .tls "tls.crt" }}'
             tls.key: '{{ index .tls "tls.key" }}'
-          labels: {app.kubernetes.io/instance: "{{ .Binding.Name }}"}
+            who: "{{ .Binding.Namespace }}/{{ .Binding.SecretName }}"
       - name: merged
         namespace: payments
         sources:
@@ -69,9 +69,9 @@ func TestValidateSources(t *testing.T) {
 		{"bad prefix", "prefix: a_", "prefix: a/", `writers[0].secrets[1].sources[0].prefix: "a/" cannot start`},
 		{"prefix with template", "{name: db, dynamic: {path: database/creds/app}}", "{name: db, prefix: x_, dynamic: {path: database/creds/app}}", "writers[0].secrets[0].sources[0]: prefix, include and exclude apply only without template.data"},
 		{"unclosed action", `{{ .cfg.port }}/app"`, `{{ .cfg.port /app"`, `writers[0].secrets[0].template.data.DATABASE_URL: template does not parse: line 1, column`},
-		{"env function", `{{ .Binding.Name }}`, `{{ env \"HOME\" }}`, `template.labels["app.kubernetes.io/instance"]: template does not parse: line 1, column 4: function "env" not defined`},
+		{"env function", `{{ .Binding.Namespace }}/`, `{{ env \"HOME\" }}/`, `template.data.who: template does not parse: line 1, column 4: function "env" not defined`},
 		{"bad data key", "tls.key: '", "tls/key: '", `writers[0].secrets[0].template.data["tls/key"]: data key "tls/key" is not valid`},
-		{"reserved label", "app.kubernetes.io/instance:", "node.kubernetes.io/x:", `template.labels["node.kubernetes.io/x"]`},
+		{"labels are the binding's", "        template:\n", "        template:\n          labels: {a: b}\n", `unknown field "labels"`},
 	})
 }
 

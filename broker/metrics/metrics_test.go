@@ -11,7 +11,6 @@ import (
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/internal/metricstest"
-	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
 const (
@@ -52,7 +51,7 @@ func TestCatalogGauges(t *testing.T) {
 	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	reg.MustRegister(&catalogCollector{cat: cat, now: func() time.Time { return now }})
 
-	sec := func(name string) *ferryv1.Secret { return &ferryv1.Secret{Binding: name, Revision: "r-" + name} }
+	sec := func(name string) map[string][]byte { return map[string][]byte{"k": []byte(name)} }
 	cat.SetDesired(writerA, "kv-ok", sec("kv-ok"), 1, now)
 	cat.SetDesired(writerA, "db", sec("db"), 0, now)
 	cat.SetDesired(writerA, "tls", sec("tls"), 0, now)

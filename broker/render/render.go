@@ -16,8 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"text/template"
-
-	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // MaxOutput bounds one rendered template (as the whole Secret is bounded by
@@ -44,21 +42,20 @@ type Binding struct{ Name, Namespace, SecretName string }
 type Spec struct {
 	Binding Binding
 	Sources []Source
-	// Data, Labels and Annotations are templates per key. When Data is
-	// empty the sources' fields are merged instead.
-	Data, Labels, Annotations map[string]string
+	// Data are templates per key. When Data is empty the sources' fields
+	// are merged instead.
+	Data map[string]string
 }
 
 // Result is a rendered Secret's content.
 type Result struct {
-	Data                map[string][]byte
-	Labels, Annotations map[string]string
+	Data map[string][]byte
 }
 
 // Renderer renders one binding's Secret.
 type Renderer struct {
-	spec                      Spec
-	data, labels, annotations map[string]*template.Template
+	spec Spec
+	data map[string]*template.Template
 }
 
 // Parse parses one template with the function set and missingkey=error.
@@ -108,12 +105,6 @@ func New(spec Spec) (*Renderer, error) {
 	if r.data, err = parseAll("data", spec.Data); err != nil {
 		return nil, err
 	}
-	if r.labels, err = parseAll("labels", spec.Labels); err != nil {
-		return nil, err
-	}
-	if r.annotations, err = parseAll("annotations", spec.Annotations); err != nil {
-		return nil, err
-	}
 	return r, nil
 }
 
@@ -155,13 +146,6 @@ func (r *Renderer) Render(in map[string]map[string][]byte) (Result, error) {
 			}
 			res.Data[k] = []byte(out)
 		}
-		var err error
-		if res.Labels, err = r.meta(r.labels, ctx, checkLabel); err != nil {
-			return Result{}, err
-		}
-		if res.Annotations, err = r.meta(r.annotations, ctx, nil); err != nil {
-			return Result{}, err
-		}
 		return res, nil
 	}
 	data, err := r.merge(in)
@@ -169,43 +153,7 @@ func (r *Renderer) Render(in map[string]map[string][]byte) (Result, error) {
 		return Result{}, err
 	}
 	res.Data = data
-	if len(r.labels)+len(r.annotations) > 0 {
-		ctx := r.context(in)
-		if res.Labels, err = r.meta(r.labels, ctx, checkLabel); err != nil {
-			return Result{}, err
-		}
-		if res.Annotations, err = r.meta(r.annotations, ctx, nil); err != nil {
-			return Result{}, err
-		}
-	}
 	return res, nil
-}
-
-func checkLabel(key, v string) error {
-	if len(validation.IsValidLabelValue(v)) > 0 {
-		return fmt.Errorf("template labels.%s: the rendered value is not a valid label value (63 characters of letters, digits, '-', '_' or '.')", key)
-	}
-	return nil
-}
-
-func (r *Renderer) meta(ts map[string]*template.Template, ctx map[string]any, check func(k, v string) error) (map[string]string, error) {
-	if len(ts) == 0 {
-		return nil, nil
-	}
-	out := make(map[string]string, len(ts))
-	for _, k := range slices.Sorted(maps.Keys(ts)) {
-		v, err := execute(ts[k], ctx)
-		if err != nil {
-			return nil, err
-		}
-		if check != nil {
-			if err := check(k, v); err != nil {
-				return nil, err
-			}
-		}
-		out[k] = v
-	}
-	return out, nil
 }
 
 // context is what templates see: .<source>.<field> as strings, and .Binding.

@@ -31,7 +31,6 @@ func TestRenderTemplate(t *testing.T) {
 			"cfg.json":     `{{ toJson .cfg }}`,
 			"up":           `{{ .cfg.host | upper | b64enc | b64dec }}`,
 		},
-		Labels: map[string]string{"app.kubernetes.io/instance": `{{ .Binding.Name }}`},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -53,9 +52,6 @@ func TestRenderTemplate(t *testing.T) {
 		if string(got.Data[k]) != v {
 			t.Errorf("%s = %q, want %q", k, got.Data[k], v)
 		}
-	}
-	if got.Labels["app.kubernetes.io/instance"] != "app" {
-		t.Errorf("labels = %v", got.Labels)
 	}
 }
 

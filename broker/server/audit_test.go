@@ -20,7 +20,6 @@ import (
 	"github.com/ferry-secrets/ferry/broker/audit"
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
-	"github.com/ferry-secrets/ferry/broker/source"
 	"github.com/ferry-secrets/ferry/internal/spiffetest"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
@@ -86,12 +85,12 @@ func TestAuditStreamDeliveriesResults(t *testing.T) {
 		{Name: "tls", Namespace: "demo", SecretName: "tls", Type: "kubernetes.io/tls", PKI: &config.PKI{Mount: "pki", Role: "web", CommonName: "a.test"}},
 	}}})
 	publish := func(binding, v string, version int64) *ferryv1.Secret {
-		s := &ferryv1.Secret{Binding: binding, Namespace: "demo", Name: binding, Type: "Opaque", Data: map[string][]byte{"password": []byte(v)}}
-		s.Revision = source.Revision([]byte("k"), s)
-		if !f.cat.SetDesired(writerA, binding, s, version, time.Now()) {
+		data := map[string][]byte{"password": []byte(v)}
+		rev, changed := f.cat.SetDesired(writerA, binding, data, version, time.Now())
+		if !changed {
 			t.Fatalf("SetDesired(%s) reported no change", binding)
 		}
-		return s
+		return &ferryv1.Secret{Binding: binding, Namespace: "demo", Name: binding, Type: "Opaque", Data: data, Revision: rev}
 	}
 	app := publish("app", value, 7)
 	pg := publish("pg", value+"-pg", 0)

@@ -96,12 +96,12 @@ func openStream(t *testing.T, ctx context.Context, conn *grpc.ClientConn) ferryv
 
 func publish(t *testing.T, cat *catalog.Catalog, v string) *ferryv1.Secret {
 	t.Helper()
-	s := &ferryv1.Secret{Binding: "app", Namespace: "demo", Name: "app", Type: "Opaque", Data: map[string][]byte{"password": []byte(v)}}
-	s.Revision = source.Revision([]byte("k"), s)
-	if !cat.SetDesired(writerA, "app", s, 1, time.Now()) {
+	data := map[string][]byte{"password": []byte(v)}
+	rev, changed := cat.SetDesired(writerA, "app", data, 1, time.Now())
+	if !changed {
 		t.Fatal("SetDesired reported no change")
 	}
-	return s
+	return &ferryv1.Secret{Binding: "app", Namespace: "demo", Name: "app", Type: "Opaque", Data: data, Revision: rev}
 }
 
 // cutListener hands out connections the test can cut as a dead network

@@ -86,12 +86,12 @@ func startWith(t *testing.T, writers []config.Writer, opts ...server.Option) *fi
 }
 
 func (f *fixture) publish(t *testing.T, v string) *ferryv1.Secret {
-	s := &ferryv1.Secret{Binding: "app", Namespace: "demo", Name: "app", Type: "Opaque", Data: map[string][]byte{"password": []byte(v)}}
-	s.Revision = source.Revision([]byte("k"), s)
-	if !f.cat.SetDesired(writerA, "app", s, 1, time.Now()) {
+	data := map[string][]byte{"password": []byte(v)}
+	rev, changed := f.cat.SetDesired(writerA, "app", data, 1, time.Now())
+	if !changed {
 		t.Fatal("SetDesired reported no change")
 	}
-	return s
+	return &ferryv1.Secret{Binding: "app", Namespace: "demo", Name: "app", Type: "Opaque", Data: data, Revision: rev}
 }
 
 // dial connects as id, signed by ca, verifying the broker's ID.

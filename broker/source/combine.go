@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/render"
 	"github.com/ferry-secrets/ferry/internal/secretpolicy"
-	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
 // KindSources is the catalog source kind of a binding with several named
@@ -53,15 +51,17 @@ func (sc *sourceCatalog) part(writerID, name string) *part {
 	return p
 }
 
-// SetDesired, for a part, records a renewal that kept the part's data.
-func (sc *sourceCatalog) SetDesired(writerID, name string, s *ferryv1.Secret, vaultVersion int64, at time.Time) bool {
+// Delivered, for a part, reports whether the binding's writer applied a
+// Secret holding the part's latest data: what a dynamic source waits for
+// before it revokes the lease that data replaced.
+func (sc *sourceCatalog) Delivered(writerID, name string) bool {
 	if pt := sc.part(writerID, name); pt != nil {
-		return pt.c.refreshed(pt.name, at)
+		return pt.c.delivered(pt.name)
 	}
-	return sc.Catalog.SetDesired(writerID, name, s, vaultVersion, at)
+	return sc.Catalog.Delivered(writerID, name)
 }
 
-// SetRefreshed, for a part, records a read that returned the part's data.
+// SetRefreshed, for a part, records a read or renewal that kept the part's data.
 func (sc *sourceCatalog) SetRefreshed(writerID, name string, vaultVersion int64, at, next time.Time) bool {
 	if pt := sc.part(writerID, name); pt != nil {
 		pt.c.setNext(pt.name, next)
@@ -112,64 +112,56 @@ type combiner struct {
 	leases map[string]catalog.Lease
 	next   map[string]time.Time
 	failed error // the last render's error (or refusal), if it failed
-	secret *ferryv1.Secret
+	// stale are the sources whose latest data is not in the published Secret.
+	stale     map[string]bool
+	published bool // a Secret was published
 	// renders counts renders that published new content (tests).
 	renders int
 }
 
-// addParts makes h a multi-source binding with one part per source; p.mu
-// is held or p is not running yet.
+// addParts makes h a multi-source binding with one part per source.
 func (p *Poller) addParts(h *handle, parts []config.Source) {
 	b := h.b
 	c := &combiner{p: p, writerID: h.writerID, b: b,
 		data: map[string]map[string][]byte{}, errs: map[string]error{},
-		leases: map[string]catalog.Lease{}, next: map[string]time.Time{}}
+		leases: map[string]catalog.Lease{}, next: map[string]time.Time{}, stale: map[string]bool{}}
 	spec := render.Spec{Binding: render.Binding{Name: b.Name, Namespace: b.Namespace, SecretName: b.SecretName}}
 	if t := b.Template; t != nil {
-		spec.Data, spec.Labels, spec.Annotations = t.Data, t.Labels, t.Annotations
+		spec.Data = t.Data
 	}
 	for _, s := range parts {
 		c.names = append(c.names, s.Name)
 		spec.Sources = append(spec.Sources, render.Source{Name: s.Name, Prefix: s.Prefix, Include: s.Include, Exclude: s.Exclude})
 		pb := &config.Binding{Name: b.Name + "/" + s.Name, Namespace: b.Namespace, SecretName: b.SecretName, Type: b.Type,
 			VaultIdentity: b.VaultIdentity, Refresh: b.Refresh, KV: s.KV, Dynamic: s.Dynamic, PKI: s.PKI}
-		h.parts = append(h.parts, &handle{writerID: h.writerID, b: pb})
 		p.cat.parts.Store(bindingKey{h.writerID, pb.Name}, &part{c: c, name: s.Name})
+		h.partBindings = append(h.partBindings, pb)
 	}
 	c.r, c.rerr = render.New(spec)
 	h.combiner = c
 }
 
-// startParts starts each part of h; p.mu is held.
+// startParts starts each part of h (from addParts).
 func (p *Poller) startParts(h *handle) {
 	if h.combiner.rerr != nil {
 		p.cat.Catalog.SetSourceError(h.writerID, h.b.Name, h.combiner.rerr)
 		return
 	}
-	for _, ph := range h.parts {
-		p.start(ph)
+	for _, pb := range h.partBindings {
+		h.partHandles = append(h.partHandles, p.start(h.writerID, pb))
 	}
 }
 
 // removeParts stops and cleans up every part of a removed binding.
 func (p *Poller) removeParts(ctx context.Context, h *handle) error {
 	var errs []error
-	for _, ph := range h.parts {
-		switch {
-		case ph.kv.path != nil:
-			p.kv.remove(ph)
-		case ph.cancel != nil:
-			ph.cancel(ErrRemoved)
-			select {
-			case <-ph.done:
-				if ph.err != nil {
-					errs = append(errs, fmt.Errorf("source %s: %w", ph.b.Name, ph.err))
-				}
-			case <-ctx.Done():
-				errs = append(errs, fmt.Errorf("source: remove %s of %s: %w", ph.b.Name, h.writerID, ctx.Err()))
-			}
+	for _, ph := range h.partHandles {
+		if err := p.stop(ctx, ph); err != nil {
+			errs = append(errs, fmt.Errorf("source %s: %w", ph.name, err))
 		}
-		p.cat.parts.Delete(bindingKey{h.writerID, ph.b.Name})
+	}
+	for _, pb := range h.partBindings {
+		p.cat.parts.Delete(bindingKey{h.writerID, pb.Name})
 	}
 	return errors.Join(errs...)
 }
@@ -188,15 +180,15 @@ func partsMeta(m catalog.Meta, writerID string, b config.Binding) catalog.Meta {
 }
 
 // update records a part's new data and publishes the binding's Secret when
-// it can. It is what Poller.publish does for a part: it returns the part's
-// own (unpublished) Secret and whether the part's data changed; it fails
-// only for data no Secret could hold, which the source then treats as it
-// treats refused data.
-func (c *combiner) update(name string, data map[string][]byte, lease *catalog.Lease, at time.Time) (*ferryv1.Secret, bool, error) {
+// it can. It is what Poller.publish does for a part: it returns the
+// binding's revision and whether the part's data changed; it fails only for
+// data no Secret could hold, which the source then treats as it treats
+// refused data.
+func (c *combiner) update(name string, data map[string][]byte, lease *catalog.Lease, at time.Time) (string, bool, error) {
 	if err := secretpolicy.CheckData(data); err != nil && !c.r.Templated() {
 		err = fmt.Errorf("source %s: not published: %w", name, err)
 		c.fail(name, err)
-		return nil, false, err
+		return "", false, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -211,23 +203,23 @@ func (c *combiner) update(name string, data map[string][]byte, lease *catalog.Le
 			c.leases[name] = *lease
 		}
 	}
-	s := &ferryv1.Secret{Binding: c.b.Name + "/" + name, Data: data}
-	s.Revision = Revision(c.p.key, s)
+	var rev string
 	if changed || c.failed != nil {
-		c.publishLocked(at)
+		c.stale[name] = true
+		rev = c.publishLocked(at)
 	} else {
 		c.recordLocked(at)
 	}
-	return s, changed, nil
+	return rev, changed, nil
 }
 
 // publishLocked renders the Secret from every part's data and publishes it
-// when every part has data; c.mu is held.
-func (c *combiner) publishLocked(at time.Time) {
+// when every part has data, returning its revision; c.mu is held.
+func (c *combiner) publishLocked(at time.Time) string {
 	for _, n := range c.names {
 		if c.data[n] == nil {
 			c.reportLocked()
-			return // not complete yet: nothing is published
+			return "" // not complete yet: nothing is published
 		}
 	}
 	res, err := c.r.Render(c.data)
@@ -239,34 +231,41 @@ func (c *combiner) publishLocked(at time.Time) {
 		c.p.metrics.SourceError(KindSources)
 		c.p.log.Warn("rendering failed; keeping the last delivered Secret", "writer_id", c.writerID, "binding", c.b.Name, "err", c.failed)
 		c.reportLocked()
-		return
+		return ""
 	}
 	c.failed = nil
-	b := *c.b
-	b.Labels = mergeMeta(c.b.Labels, res.Labels)
-	b.Annotations = mergeMeta(c.b.Annotations, res.Annotations)
-	s := c.p.render(b, res.Data)
+	var rev string
 	var changed bool
 	if l, ok := c.leaseLocked(); ok {
-		changed = c.p.cat.Catalog.SetDesiredLease(c.writerID, c.b.Name, s, l, at)
+		rev, changed = c.p.cat.Catalog.SetDesiredLease(c.writerID, c.b.Name, res.Data, l, at)
 	} else {
-		changed = c.p.cat.Catalog.SetDesired(c.writerID, c.b.Name, s, 0, at)
+		rev, changed = c.p.cat.Catalog.SetDesired(c.writerID, c.b.Name, res.Data, 0, at)
 	}
-	c.secret = s
+	c.published = true
+	clear(c.stale)
 	if changed {
 		c.renders++
-		c.p.log.Info("secret rendered", "writer_id", c.writerID, "binding", c.b.Name, "revision", s.Revision)
+		c.p.log.Info("secret rendered", "writer_id", c.writerID, "binding", c.b.Name, "revision", rev)
 	}
 	c.reportLocked()
+	return rev
 }
 
 // recordLocked records a successful read or renewal that changed nothing;
 // c.mu is held.
 func (c *combiner) recordLocked(at time.Time) {
-	if c.secret != nil && c.failed == nil {
-		c.p.cat.Catalog.SetDesired(c.writerID, c.b.Name, c.secret, 0, at) // same revision: no notification
+	if c.published && c.failed == nil {
+		c.p.cat.Catalog.SetRefreshed(c.writerID, c.b.Name, 0, at, c.nextLocked()) // clears an earlier error; no notification
 	}
 	c.reportLocked()
+}
+
+// delivered reports whether the writer applied a Secret with source
+// name's latest data.
+func (c *combiner) delivered(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.published && !c.stale[name] && c.p.cat.Catalog.Delivered(c.writerID, c.b.Name)
 }
 
 // refreshed records that part name's source still returns its data.
@@ -313,13 +312,18 @@ func (c *combiner) setNext(name string, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.next[name] = at
+	c.p.cat.Catalog.SetNextRefresh(c.writerID, c.b.Name, c.nextLocked())
+}
+
+// nextLocked is when the binding's first source is read next; c.mu is held.
+func (c *combiner) nextLocked() time.Time {
 	var first time.Time
 	for _, t := range c.next {
 		if first.IsZero() || (!t.IsZero() && t.Before(first)) {
 			first = t
 		}
 	}
-	c.p.cat.Catalog.SetNextRefresh(c.writerID, c.b.Name, first)
+	return first
 }
 
 func (c *combiner) setLease(name string, l catalog.Lease) {
@@ -349,14 +353,3 @@ func (c *combiner) leaseLocked() (catalog.Lease, bool) {
 	return out, ok
 }
 
-func mergeMeta(own, rendered map[string]string) map[string]string {
-	if len(rendered) == 0 {
-		return own
-	}
-	out := maps.Clone(own)
-	if out == nil {
-		out = make(map[string]string, len(rendered))
-	}
-	maps.Copy(out, rendered)
-	return out
-}

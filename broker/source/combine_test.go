@@ -19,7 +19,7 @@ func multiBinding(tmpl map[string]string) config.Binding {
 		{Name: "tls", PKI: &config.PKI{Role: "app", CommonName: "app.ns.svc"}},
 	}}
 	if tmpl != nil {
-		b.Template = &config.Template{Data: tmpl, Labels: map[string]string{"instance": "{{ .Binding.Name }}"}}
+		b.Template = &config.Template{Data: tmpl}
 	}
 	return b
 }
@@ -30,10 +30,9 @@ var appTemplate = map[string]string{
 	"tls.key":      `{{ index .tls "tls.key" }}`,
 }
 
-func renders(p *Poller, name string) int {
-	p.mu.Lock()
-	c := p.bindings[bindingKey{testWriter, name}].combiner
-	p.mu.Unlock()
+// renders is how often binding name's combiner published new content.
+func renders(p *testPoller, name string) int {
+	c := p.Poller.cat.part(testWriter, name+"/"+p.bs[0].Parts()[0].Name).c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.renders
@@ -63,8 +62,8 @@ func TestMultiSourceConsistency(t *testing.T) {
 			t.Fatalf("DATABASE_URL = %q", got)
 		}
 		verifyTLS(t, map[string][]byte{"tls.crt": s.Data["tls.crt"], "tls.key": s.Data["tls.key"], "ca.crt": f.caPEM})
-		if len(s.Data) != 3 || s.Labels["instance"] != "app" {
-			t.Fatalf("keys %d, labels %v", len(s.Data), s.Labels)
+		if len(s.Data) != 3 {
+			t.Fatalf("keys %d", len(s.Data))
 		}
 		if st := status(cat, "app"); st.SourceKind != KindSources || !strings.Contains(st.VaultPath, "cfg=secret/data/app/config") || st.LeaseId == "" {
 			t.Errorf("status = %v", st)

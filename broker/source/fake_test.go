@@ -13,9 +13,11 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
@@ -44,6 +46,9 @@ type fakeVault struct {
 	issued        int
 	renewals      int
 	refuseRenewal bool
+	revocations   int
+	// revokeHook, when set, runs (unlocked) at the start of RevokeLease.
+	revokeHook func(id string)
 
 	staticPassword int
 	staticRotates  time.Time
@@ -64,7 +69,7 @@ type fakeVault struct {
 }
 
 type fakeLease struct {
-	user                  string
+	path, user            string
 	issued, expires, maxE time.Time
 	revoked               bool
 }
@@ -116,9 +121,12 @@ func (f *fakeVault) ReadLeased(ctx context.Context, method, path string, params 
 			"ttl": []byte(strconv.Itoa(int(ttl.Seconds()))),
 		}}, nil
 	}
+	if path == failingPath {
+		return nil, fmt.Errorf("fake: 403 permission denied on %s", path)
+	}
 	f.issued++
 	id := fmt.Sprintf("database/creds/app/%d", f.issued)
-	l := &fakeLease{user: fmt.Sprintf("v-user-%d", f.issued), issued: now, expires: now.Add(f.ttl), maxE: now.Add(f.maxTTL)}
+	l := &fakeLease{path: path, user: fmt.Sprintf("v-user-%d", f.issued), issued: now, expires: now.Add(f.ttl), maxE: now.Add(f.maxTTL)}
 	f.leases[id] = l
 	data := map[string][]byte{"username": []byte(l.user), "password": []byte("pw-" + l.user)}
 	for k, v := range f.leasedExtra {
@@ -195,11 +203,37 @@ func (f *fakeVault) DeleteState(ctx context.Context, key string) error {
 
 func (f *fakeVault) RevokeLease(ctx context.Context, id string) error {
 	f.mu.Lock()
+	hook := f.revokeHook
+	f.mu.Unlock()
+	if hook != nil {
+		hook(id)
+	}
+	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.revocations++
 	if l := f.leases[id]; l != nil {
 		l.revoked = true
 	}
 	return nil
+}
+
+// counts returns how many leases were issued and revoked so far.
+func (f *fakeVault) counts() (issued, revoked int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.issued, f.revocations
+}
+
+// pathOf returns the path user's lease was issued from.
+func (f *fakeVault) pathOf(user string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, l := range f.leases {
+		if l.user == user {
+			return l.path
+		}
+	}
+	return ""
 }
 
 // valid reports whether user's lease is alive now.
@@ -257,15 +291,19 @@ func (f *fakeVault) RevokeCert(ctx context.Context, mount, serial string) error 
 
 const testWriter = "spiffe://ferry.test/writer"
 
+// failingPath is a dynamic path the fake refuses to issue from.
+const failingPath = "database/creds/denied"
+
 // startPoller runs a poller over bindings bs (defaults applied) in the
-// current synctest bubble; stop ends it like a broker shutdown.
-func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *Poller, cat *catalog.Catalog, stop func()) {
+// current synctest bubble, with a writer that reports every Secret applied;
+// stop ends it like a broker shutdown.
+func startPoller(t *testing.T, f *fakeVault, bs ...config.Binding) (p *testPoller, cat *catalog.Catalog, stop func()) {
 	t.Helper()
 	return startPollerWithMetrics(t, f, nil, bs...)
 }
 
 // startPollerWithMetrics is startPoller recording into m.
-func startPollerWithMetrics(t *testing.T, f *fakeVault, m *metrics.Metrics, bs ...config.Binding) (p *Poller, cat *catalog.Catalog, stop func()) {
+func startPollerWithMetrics(t *testing.T, f *fakeVault, m *metrics.Metrics, bs ...config.Binding) (p *testPoller, cat *catalog.Catalog, stop func()) {
 	t.Helper()
 	cfg := &config.Config{Writers: []config.Writer{{ID: testWriter, Secrets: bs}}}
 	cfg.SetDefaults()
@@ -275,11 +313,111 @@ func startPollerWithMetrics(t *testing.T, f *fakeVault, m *metrics.Metrics, bs .
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(tWriter{t}, nil))
 	}
-	p = NewPoller(cat, func(string) Vault { return f }, ws, nil, m, log)
+	p = &testPoller{Poller: NewPoller(cat, func(string) Vault { return f }, nil, m, log), cat: cat, bs: ws[0].Secrets}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
-	return p, cat, func() { cancel(); <-done }
+	p.writer = &fakeWriter{cat: cat}
+	applied := make(chan struct{})
+	go func() { p.writer.run(ctx); close(applied) }()
+	return p, cat, func() { cancel(); <-done; <-applied }
+}
+
+// testPoller changes the configuration as a reload does: through the
+// catalog, which the poller follows.
+type testPoller struct {
+	*Poller
+	cat    *catalog.Catalog
+	bs     []config.Binding
+	writer *fakeWriter
+}
+
+// Add adds binding b (defaults applied) and waits until the poller acted.
+func (p *testPoller) Add(b config.Binding) {
+	p.reload(append(slices.Clone(p.bs), b))
+}
+
+// Remove removes binding name and waits until its source stopped (and
+// revoked what its config says).
+func (p *testPoller) Remove(name string) {
+	p.reload(slices.DeleteFunc(slices.Clone(p.bs), func(b config.Binding) bool { return b.Name == name }))
+}
+
+// Replace replaces the binding of b's name by b.
+func (p *testPoller) Replace(b config.Binding) {
+	bs := slices.Clone(p.bs)
+	for i := range bs {
+		if bs[i].Name == b.Name {
+			bs[i] = b
+		}
+	}
+	p.reload(bs)
+}
+
+func (p *testPoller) reload(bs []config.Binding) {
+	cfg := &config.Config{Writers: []config.Writer{{ID: testWriter, Secrets: bs}}}
+	cfg.SetDefaults()
+	p.bs = cfg.Writers[0].Secrets
+	p.cat.Update(cfg.Writers)
+	synctest.Wait()
+}
+
+// fakeWriter is a writer that applies whatever the catalog sends at once
+// and reports it, unless it is held: then it keeps what it received until
+// it is released.
+type fakeWriter struct {
+	cat *catalog.Catalog
+
+	mu      sync.Mutex
+	held    bool
+	pending []*ferryv1.Secret
+}
+
+func (w *fakeWriter) run(ctx context.Context) {
+	sub, snap := w.cat.Subscribe(testWriter)
+	defer sub.Close()
+	w.receive(snap)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sub.Changed():
+			sub.Deletes()
+			w.receive(sub.Next())
+		}
+	}
+}
+
+func (w *fakeWriter) receive(ss []*ferryv1.Secret) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.held {
+		w.pending = append(w.pending, ss...)
+		return
+	}
+	w.report(ss)
+}
+
+func (w *fakeWriter) report(ss []*ferryv1.Secret) {
+	for _, s := range ss {
+		w.cat.RecordResult(testWriter, &ferryv1.ApplyResult{Binding: s.GetBinding(), Revision: s.GetRevision()})
+	}
+}
+
+// hold stops reporting applies; release reports what was held and
+// resumes.
+func (w *fakeWriter) hold() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.held = true
+}
+
+func (w *fakeWriter) release() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.held = false
+	w.report(w.pending)
+	w.pending = nil
 }
 
 type tWriter struct{ t *testing.T }

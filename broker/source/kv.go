@@ -218,15 +218,15 @@ func (s *kvScheduler) deliver(m *handle, val *vault.KVSecret, err error, at, nex
 	cat := s.p.cat
 	switch {
 	case err != nil:
-		s.p.log.Warn("source read failed; keeping the last delivered Secret", "writer_id", m.writerID, "binding", m.b.Name, "err", err)
-		cat.SetSourceError(m.writerID, m.b.Name, err)
-	case m.kv.published == val && cat.SetRefreshed(m.writerID, m.b.Name, val.Version, at, next):
+		s.p.log.Warn("source read failed; keeping the last delivered Secret", "writer_id", m.writerID, "binding", m.name, "err", err)
+		cat.SetSourceError(m.writerID, m.name, err)
+	case m.kv.published == val && cat.SetRefreshed(m.writerID, m.name, val.Version, at, next):
 		return // same data as the desired Secret: nothing to render
 	default:
 		first := m.kv.published == nil
-		sec, changed, err := s.p.publish(m.writerID, m.b, val.Data, val.Version, nil, at)
+		rev, changed, err := s.p.publish(m.writerID, m.name, val.Data, val.Version, nil, at)
 		if err != nil {
-			s.p.log.Warn("source data refused; keeping the last delivered Secret", "writer_id", m.writerID, "binding", m.b.Name, "vault_version", val.Version, "err", err)
+			s.p.log.Warn("source data refused; keeping the last delivered Secret", "writer_id", m.writerID, "binding", m.name, "vault_version", val.Version, "err", err)
 			break
 		}
 		if changed {
@@ -236,11 +236,11 @@ func (s *kvScheduler) deliver(m *handle, val *vault.KVSecret, err error, at, nex
 			if first {
 				level = slog.LevelDebug
 			}
-			s.p.log.Log(context.Background(), level, "secret changed", "writer_id", m.writerID, "binding", m.b.Name, "vault_version", val.Version, "revision", sec.Revision, "first_read", first)
+			s.p.log.Log(context.Background(), level, "secret changed", "writer_id", m.writerID, "binding", m.name, "vault_version", val.Version, "revision", rev, "first_read", first)
 		}
 		m.kv.published = val
 	}
-	cat.SetNextRefresh(m.writerID, m.b.Name, next)
+	cat.SetNextRefresh(m.writerID, m.name, next)
 }
 
 // add makes KV binding h read its path, through v.
@@ -302,6 +302,26 @@ func (s *kvScheduler) remove(m *handle) {
 	// A barrier: wait out a fan-out that may have taken m before it left.
 	kp.fan.Lock()
 	kp.fan.Unlock()
+}
+
+// retime gives KV binding h configuration b, whose path is h's: a changed
+// refresh interval takes effect from the path's next read, or at once when
+// it makes the path due sooner.
+func (s *kvScheduler) retime(h *handle, b *config.Binding) {
+	kp := h.kv.path
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h.b = b
+	kp.refresh = kp.members[0].b.Refresh.Duration
+	for _, o := range kp.members[1:] {
+		kp.refresh = min(kp.refresh, o.b.Refresh.Duration)
+	}
+	if kp.closed || kp.reading || kp.at.IsZero() {
+		return
+	}
+	if due := kp.at.Add(jitter(kp.refresh)); due.Before(kp.next) {
+		s.schedule(kp, maxTime(due, time.Now()))
+	}
 }
 
 // sameData reports whether two reads carry the same data.

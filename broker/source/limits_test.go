@@ -37,7 +37,7 @@ func TestPublishRefusesWhatKubernetesWouldRefuse(t *testing.T) {
 		logs := &logtest.Buffer{}
 		ws := []config.Writer{{ID: testWriter, Secrets: []config.Binding{kv("bad", "bad"), kv("good", "good")}}}
 		cat := catalog.New(ws, Meta)
-		p := NewPoller(cat, func(string) Vault { return f }, ws, nil, nil, slog.New(slog.NewJSONHandler(logs, nil)))
+		p := NewPoller(cat, func(string) Vault { return f }, nil, nil, slog.New(slog.NewJSONHandler(logs, nil)))
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		go p.Run(ctx)

@@ -9,10 +9,11 @@ import (
 	mrand "math/rand/v2"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/vault"
-	"github.com/ferry-secrets/ferry/internal/task"
 )
 
 // Keys of a kubernetes.io/tls Secret.
@@ -25,18 +26,20 @@ const (
 // pkiSource issues one binding's certificate and re-issues it renew_before
 // its expiry (or at renew_percent of its lifetime). A replaced certificate
 // is not revoked: it stays valid until it expires, for consumers that still
-// use it.
+// use it. A reload that changes what is issued (mount, role, names, ttl)
+// re-issues at once; one that changes renew_before or renew_percent
+// re-times the next issue.
 type pkiSource struct {
 	*binding
 	cfg *config.PKI
 
-	serial   string
-	notAfter time.Time
-	next     time.Time
-	retry    backoff
+	serial              string
+	notBefore, notAfter time.Time
+	next                time.Time
+	retry               *backoff.ExponentialBackOff
 }
 
-func newPKI(bc *binding) *pkiSource { return &pkiSource{binding: bc, cfg: bc.b.PKI} }
+func newPKI(bc *binding) *pkiSource { return &pkiSource{binding: bc, cfg: bc.b.PKI, retry: newRetry()} }
 
 func (s *pkiSource) run(ctx context.Context) error {
 	s.next = time.Now()
@@ -44,13 +47,38 @@ func (s *pkiSource) run(ctx context.Context) error {
 	for {
 		s.p.cat.SetLease(s.writerID, s.b.Name, catalog.Lease{Serial: s.serial, Expires: s.notAfter, NextRenewal: s.next})
 		s.p.cat.SetNextRefresh(s.writerID, s.b.Name, s.next)
-		if !task.Sleep(ctx, time.Until(s.next)) {
+		b, ok := s.wait(ctx, time.Until(s.next))
+		if !ok {
 			if errors.Is(context.Cause(ctx), ErrRemoved) {
 				return s.removed(ctx)
 			}
 			return nil
 		}
+		if b != nil {
+			s.reconfigured(*b)
+			continue
+		}
 		s.issue(ctx)
+	}
+}
+
+// reconfigured applies a reload's change of the binding.
+func (s *pkiSource) reconfigured(b config.Binding) {
+	ch, _, err := s.reconfigure(b)
+	if err != nil {
+		s.log.Error("reload: the binding's new source has no Vault client; keeping the current one", "err", err)
+		s.sourceError(err)
+		return
+	}
+	s.cfg = s.b.PKI
+	now := time.Now()
+	switch {
+	case ch.Has(catalog.ChangeSource):
+		s.next = now
+		s.log.Info("reload: the binding's certificate settings changed; issuing a new certificate", "serial", s.serial)
+	case ch.Has(catalog.ChangeSchedule) && s.serial != "":
+		s.next = maxTime(now, reissueAt(s.notBefore, s.notAfter, s.cfg.RenewBefore.Duration, s.cfg.RenewPercent, now))
+		s.log.Info("reload: the binding's renewal schedule changed; no new certificate", "serial", s.serial, "next_renewal", s.next)
 	}
 }
 
@@ -63,25 +91,25 @@ func (s *pkiSource) issue(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		wait := s.retry.delay()
+		wait := s.retry.NextBackOff()
 		s.log.Warn("issuing a certificate failed; keeping the last delivered Secret", "err", err, "retry_in", wait, "serial", s.serial)
 		s.sourceError(err)
 		s.next = now.Add(wait)
 		return
 	}
-	s.retry.reset()
+	s.retry.Reset()
 	data := tlsData(c)
-	sec, _, err := s.publishLeased(data, catalog.Lease{Serial: c.Serial, Expires: c.NotAfter})
+	rev, _, err := s.publishLeased(data, catalog.Lease{Serial: c.Serial, Expires: c.NotAfter})
 	if err != nil {
-		wait := s.retry.delay()
+		wait := s.retry.NextBackOff()
 		s.log.Warn("issued certificate refused; keeping the last delivered Secret", "err", err, "refused_serial", c.Serial, "retry_in", wait, "serial", s.serial)
 		s.next = now.Add(wait)
 		return
 	}
-	s.serial, s.notAfter = c.Serial, c.NotAfter
+	s.serial, s.notBefore, s.notAfter = c.Serial, c.NotBefore, c.NotAfter
 	s.saveCert(ctx, data, c.NotBefore)
 	s.next = reissueAt(c.NotBefore, c.NotAfter, s.cfg.RenewBefore.Duration, s.cfg.RenewPercent, now)
-	s.log.Info("certificate issued", "serial", c.Serial, "not_after", c.NotAfter, "next_renewal", s.next, "revision", sec.Revision)
+	s.log.Info("certificate issued", "serial", c.Serial, "not_after", c.NotAfter, "next_renewal", s.next, "revision", rev)
 }
 
 // reissueAt is when a certificate valid from notBefore to notAfter is

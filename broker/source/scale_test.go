@@ -107,7 +107,7 @@ func BenchmarkKVSync10k(b *testing.B) {
 		start := time.Now()
 		cat := catalog.New(cfg.Writers, Meta)
 		log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-		p := NewPoller(cat, func(string) Vault { return vc }, cfg.Writers, nil, nil, log)
+		p := NewPoller(cat, func(string) Vault { return vc }, nil, nil, log)
 		done := make(chan struct{})
 		go func() { p.Run(ctx); close(done) }()
 		var peakHeap uint64

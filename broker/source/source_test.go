@@ -1,7 +1,6 @@
 package source
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -135,15 +134,11 @@ func TestDynamicRemoveRevokesShutdownDoesNot(t *testing.T) {
 		synctest.Wait()
 		user := func(n string) string { return string(desired(cat, n).Data["username"]) }
 		removed, kept, other := user("db"), user("keep"), user("other")
-		if err := p.Remove(context.Background(), testWriter, "db"); err != nil {
-			t.Fatal(err)
-		}
+		p.Remove("db")
 		if ok, _ := f.valid(removed); ok {
 			t.Errorf("lease of the removed binding is still valid")
 		}
-		if err := p.Remove(context.Background(), testWriter, "keep"); err != nil {
-			t.Fatal(err)
-		}
+		p.Remove("keep")
 		if ok, _ := f.valid(kept); !ok {
 			t.Errorf("revoke_on_delete: false, yet the lease was revoked")
 		}
@@ -260,9 +255,7 @@ func TestPKIReissuesBeforeExpiry(t *testing.T) {
 		if st := status(cat, "tls"); st.GetCertificateSerial() != second.SerialNumber.String() || st.GetNextRenewalTime() == nil {
 			t.Errorf("status: %v", st)
 		}
-		if err := p.Remove(context.Background(), testWriter, "tls"); err != nil {
-			t.Fatal(err)
-		}
+		p.Remove("tls")
 		if len(f.revoked) != 1 || f.revoked[0] != second.SerialNumber.String() {
 			t.Errorf("revoked %v, want the current serial", f.revoked)
 		}
@@ -348,14 +341,8 @@ func TestKVPathScheduling(t *testing.T) {
 			t.Fatalf("after 1s: %d reads of x, Secret %v", reads("x"), desired(cat, "a"))
 		}
 		// Shares the read of 1s ago (< refresh/2) and refreshes the path every ~10s.
-		// A reload registers the binding in the catalog, then starts its source.
-		ws := []config.Writer{{ID: testWriter, Secrets: []config.Binding{kv("a", "x", time.Minute), kv("b", "x", 10*time.Second)}}}
-		(&config.Config{Writers: ws}).SetDefaults()
-		cat.Update(ws)
-		if err := p.Add(testWriter, ws[0].Secrets[1]); err != nil {
-			t.Fatal(err)
-		}
-		synctest.Wait()
+		// A reload registers the binding in the catalog; the poller starts its source.
+		p.Add(kv("b", "x", 10*time.Second))
 		if reads("x") != 1 {
 			t.Errorf("a binding joining a fresh path caused a read: %d reads", reads("x"))
 		}
@@ -403,9 +390,7 @@ func TestKVPathScheduling(t *testing.T) {
 		}
 
 		// Removing b: a is refreshed at its own 60s again; removing a: x is not read.
-		if err := p.Remove(context.Background(), testWriter, "b"); err != nil {
-			t.Fatal(err)
-		}
+		p.Remove("b")
 		time.Sleep(70 * time.Second) // the next read, due ≤11s ahead, then one at ~60s
 		synctest.Wait()
 		before := reads("x")
@@ -414,9 +399,7 @@ func TestKVPathScheduling(t *testing.T) {
 		if n := reads("x") - before; n > 1 {
 			t.Errorf("%d reads of x in 50s after the 10s binding left; want ≤ 1 (refresh 60s)", n)
 		}
-		if err := p.Remove(context.Background(), testWriter, "a"); err != nil {
-			t.Fatal(err)
-		}
+		p.Remove("a")
 		before = reads("x")
 		time.Sleep(3 * time.Minute)
 		synctest.Wait()

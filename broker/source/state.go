@@ -134,11 +134,11 @@ func (l *heldLease) saved() savedLease {
 // saveLeases records the current lease, its credentials and the replaced
 // leases still waiting for revocation.
 func (d *dynamicSource) saveLeases(ctx context.Context) {
-	if d.cur == nil || d.secret == nil {
+	if d.cur == nil || d.data == nil {
 		return
 	}
 	cur := d.cur.saved()
-	st := &saved{Data: d.secret.GetData(), Lease: &cur}
+	st := &saved{Data: d.data, Lease: &cur}
 	for _, o := range d.old {
 		st.Replaced = append(st.Replaced, o.saved())
 	}
@@ -157,7 +157,7 @@ func (d *dynamicSource) restore(ctx context.Context) bool {
 		return false
 	}
 	for _, o := range st.Replaced {
-		d.old = append(d.old, &heldLease{id: o.ID, period: o.Period, expires: o.Expires, revokeAt: o.RevokeAt})
+		d.old = append(d.old, &heldLease{id: o.ID, period: o.Period, expires: o.Expires, revokeAt: o.RevokeAt, retired: o.RevokeAt.Add(-d.cfg.RevokeGrace.Duration)})
 	}
 	lctx, cancel := context.WithTimeout(ctx, stateTimeout)
 	info, err := d.v.LookupLease(lctx, st.Lease.ID)
@@ -167,8 +167,8 @@ func (d *dynamicSource) restore(ctx context.Context) bool {
 		return false
 	}
 	now := time.Now()
-	d.cur = &heldLease{id: st.Lease.ID, period: st.Lease.Period, renewable: info.Renewable, expires: now.Add(info.TTL)}
-	sec, _, err := d.publishLeased(st.Data, catalog.Lease{ID: d.cur.id, Expires: d.cur.expires})
+	d.cur = &heldLease{id: st.Lease.ID, period: st.Lease.Period, renewable: info.Renewable, expires: now.Add(info.TTL), via: d.v}
+	rev, _, err := d.publishLeased(st.Data, catalog.Lease{ID: d.cur.id, Expires: d.cur.expires})
 	if err != nil {
 		// Kept as the current lease, so it is retired once its successor
 		// is published.
@@ -176,14 +176,14 @@ func (d *dynamicSource) restore(ctx context.Context) bool {
 		d.next, d.act = now, actIssue
 		return true
 	}
-	d.secret = sec
+	d.rev, d.data = rev, st.Data
 	if info.TTL <= replaceLead(d.cur.period) {
 		d.next, d.act = now, actIssue
 	} else {
 		d.scheduleAfterGrant(now, info.TTL)
 	}
 	d.log.Info("vault state: carrying on with the lease of the previous broker process", "lease_id", d.cur.id,
-		"ttl", info.TTL, "next", d.next, "renew", d.act == actRenew, "revision", d.secret.GetRevision())
+		"ttl", info.TTL, "next", d.next, "renew", d.act == actRenew, "revision", d.rev)
 	return true
 }
 
@@ -203,13 +203,13 @@ func (s *pkiSource) restore(ctx context.Context) bool {
 	if !at.After(time.Now()) {
 		return false
 	}
-	sec, _, err := s.publishLeased(st.Data, catalog.Lease{Serial: st.Cert.Serial, Expires: st.Cert.NotAfter, NextRenewal: at})
+	rev, _, err := s.publishLeased(st.Data, catalog.Lease{Serial: st.Cert.Serial, Expires: st.Cert.NotAfter, NextRenewal: at})
 	if err != nil {
 		s.log.Warn("vault state: the saved certificate is refused; issuing a new one", "serial", st.Cert.Serial, "err", err)
 		return false
 	}
-	s.serial, s.notAfter, s.next = st.Cert.Serial, st.Cert.NotAfter, at
+	s.serial, s.notBefore, s.notAfter, s.next = st.Cert.Serial, st.Cert.NotBefore, st.Cert.NotAfter, at
 	s.log.Info("vault state: carrying on with the certificate of the previous broker process", "serial", s.serial,
-		"not_after", s.notAfter, "next_renewal", s.next, "revision", sec.GetRevision())
+		"not_after", s.notAfter, "next_renewal", s.next, "revision", rev)
 	return true
 }

@@ -2,7 +2,6 @@ package source
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"testing"
 	"testing/synctest"
@@ -69,9 +68,7 @@ func TestRestartCarriesOnWithSavedLeaseAndCert(t *testing.T) {
 			t.Errorf("the restored lease was not kept alive (valid %v, renewals %d -> %d)", ok, renewals, renewedAfter)
 		}
 		for _, name := range []string{"db", "tls"} {
-			if err := p.Remove(context.Background(), testWriter, name); err != nil {
-				t.Fatal(err)
-			}
+			p.Remove(name)
 		}
 		f.mu.Lock()
 		left := len(f.state)

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/metrics"
+	"github.com/ferry-secrets/ferry/internal/retry"
 	"github.com/ferry-secrets/ferry/internal/task"
 )
 
@@ -205,7 +205,7 @@ func (c *Client) Attempted() <-chan struct{} { return c.attempted }
 // retried with backoff; when renewal ends (max TTL, revoked token) it logs
 // in again. A renewable token is never replaced while it can be renewed.
 func (c *Client) Run(ctx context.Context) error {
-	backoff := 500 * time.Millisecond
+	backoff := retry.Exponential(500*time.Millisecond, 30*time.Second)
 	first := true
 	for ctx.Err() == nil {
 		secret, err := c.login(ctx)
@@ -231,14 +231,14 @@ func (c *Client) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
-			c.log.Error("vault login failed", "err", err, "retry_in", backoff)
-			if !task.Sleep(ctx, backoff+time.Duration(rand.Int64N(int64(backoff)))) {
+			wait := backoff.NextBackOff()
+			c.log.Error("vault login failed", "err", err, "retry_in", wait)
+			if !task.Sleep(ctx, wait) {
 				break
 			}
-			backoff = min(backoff*2, 30*time.Second)
 			continue
 		}
-		backoff = 500 * time.Millisecond
+		backoff.Reset()
 		ttl := time.Duration(secret.Auth.LeaseDuration) * time.Second
 		c.log.Info("vault login succeeded", "token_ttl", ttl, "renewable", secret.Auth.Renewable)
 		if !secret.Auth.Renewable || ttl == 0 {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
 )
@@ -13,13 +14,16 @@ import (
 // Audit is a Vault file audit device: Vault's own record of every request,
 // used to count reads and logins independently of Ferry's counters.
 type Audit struct {
-	Path string
+	Path   string
+	device string // the audit device's mount path in Vault
+	vault  *Vault
 }
 
 // AuditEntry is the part of one audit log line the tests look at. Vault
 // writes one "request" and one "response" entry per request.
 type AuditEntry struct {
-	Type string `json:"type"` // "request" or "response"
+	Time time.Time `json:"time"`
+	Type string    `json:"type"` // "request" or "response"
 	Auth struct {
 		EntityID    string   `json:"entity_id"`
 		DisplayName string   `json:"display_name"`
@@ -28,6 +32,8 @@ type AuditEntry struct {
 	Request struct {
 		Path      string `json:"path"`
 		Operation string `json:"operation"`
+		// Data holds the request's fields, string values HMAC'd (Hash).
+		Data map[string]any `json:"data"`
 	} `json:"request"`
 	Error string `json:"error"`
 }
@@ -35,7 +41,7 @@ type AuditEntry struct {
 // EnableFileAudit enables a file audit device writing to a file in v.Dir.
 func (v *Vault) EnableFileAudit(t TB) *Audit {
 	t.Helper()
-	a := &Audit{Path: filepath.Join(v.Dir, "audit.log")}
+	a := &Audit{Path: filepath.Join(v.Dir, "audit.log"), device: "file", vault: v}
 	err := v.Client(t).Sys().EnableAuditWithOptions("file", &vaultapi.EnableAuditOptions{
 		Type: "file", Options: map[string]string{"file_path": a.Path},
 	})
@@ -43,6 +49,18 @@ func (v *Vault) EnableFileAudit(t TB) *Audit {
 		t.Fatalf("stack: enable file audit: %v", err)
 	}
 	return a
+}
+
+// Hash returns value as the audit log shows it in request data: HMAC'd
+// with the device's key (sys/audit-hash), so a lease ID in a revocation
+// can be matched without the log holding it.
+func (a *Audit) Hash(t TB, value string) string {
+	t.Helper()
+	h, err := a.vault.Client(t).Sys().AuditHash(a.device, value)
+	if err != nil {
+		t.Fatalf("stack: audit hash: %v", err)
+	}
+	return h
 }
 
 // Entries parses the audit log written so far.

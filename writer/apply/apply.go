@@ -9,7 +9,11 @@
 // apply everything again periodically: a Secret deleted by hand comes back,
 // a value edited by hand is restored, and since a server-side apply of
 // identical content is a no-op in etcd, an untouched Secret's
-// resourceVersion never moves.
+// resourceVersion never moves. A failed apply (an apiserver error, a
+// timeout, an admission refusal, a Secret it may not own) is retried per
+// Secret with exponential backoff and jitter until it succeeds or a newer
+// upsert or a delete replaces it (RunRetries); each retry's outcome is
+// reported on Results.
 //
 // Creation policies decide how a Secret that exists before Ferry first
 // writes it is treated (see Apply); deletion happens only through Forget,
@@ -31,13 +35,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net/http"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -49,6 +51,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/util/workqueue"
 
 	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -71,39 +74,6 @@ const (
 // DefaultTimeout bounds one request.
 const DefaultTimeout = 30 * time.Second
 
-var (
-	// ErrNamespaceNotAllowed matches (errors.Is) the *RefusedError returned
-	// for a Secret outside the writer's namespaces; nothing is written.
-	ErrNamespaceNotAllowed = errors.New("apply: namespace not allowed")
-	// ErrNotOwned is returned when creation policy create meets an existing
-	// Secret that does not carry the binding's label; nothing is written.
-	ErrNotOwned = errors.New("apply: the Secret exists and was not created by this binding; set creation: merge or takeover to write into it")
-	// ErrMergeTargetMissing is returned when creation policy merge finds no
-	// Secret to merge into; nothing is written.
-	ErrMergeTargetMissing = errors.New("apply: creation policy merge: the Secret does not exist (merge never creates it)")
-	// ErrDeleteDisabled is returned for a delete message when deletion is
-	// not enabled in the writer's configuration; nothing is deleted.
-	ErrDeleteDisabled = errors.New("apply: binding removed with deletion policy delete, but the writer's deletion.enabled is false; Secret retained")
-	// ErrMalformed is returned for an upsert without namespace, name or
-	// revision; nothing is written.
-	ErrMalformed = errors.New("malformed upsert")
-)
-
-// Refused reports whether err is the writer's own refusal of an upsert
-// (nothing was written), as opposed to a failure of the apiserver or the
-// connection.
-func Refused(err error) bool {
-	if _, ok := errors.AsType[*RefusedError](err); ok {
-		return true
-	}
-	for _, r := range []error{ErrNamespaceNotAllowed, ErrNotOwned, ErrMergeTargetMissing, ErrMalformed} {
-		if errors.Is(err, r) {
-			return true
-		}
-	}
-	return false
-}
-
 // Restarter is told about content changes of Secrets that name workloads to
 // restart; *restart.Restarter implements it.
 type Restarter interface {
@@ -120,7 +90,13 @@ func WithDelete() Option { return func(a *Applier) { a.allowDelete = true } }
 // WithRestarter enables rollout restarts.
 func WithRestarter(r Restarter) Option { return func(a *Applier) { a.restarter = r } }
 
-// WithLogger sets the logger of Resync.
+// WithRetryBackoff sets the delay of a Secret's first retry and the most
+// it grows to (default 1s and 30s).
+func WithRetryBackoff(initial, max time.Duration) Option {
+	return func(a *Applier) { a.retryInitial, a.retryMax = initial, max }
+}
+
+// WithLogger sets the logger of Resync and the retries.
 func WithLogger(l *slog.Logger) Option { return func(a *Applier) { a.log = l } }
 
 // WithMetrics records every apply's outcome and duration, and each
@@ -142,6 +118,11 @@ type Applier struct {
 
 	mu      sync.Mutex
 	entries map[string]*entry // namespace/name
+
+	// Failed applies, by namespace/name (retry.go).
+	retries                workqueue.TypedRateLimitingInterface[string]
+	retryInitial, retryMax time.Duration
+	results                chan *ferryv1.ApplyResult
 }
 
 // entry is what the writer knows of one Secret.
@@ -162,13 +143,16 @@ type entry struct {
 // (WithCreationPolicies).
 func New(secrets corev1client.SecretsGetter, namespaces []string, opts ...Option) *Applier {
 	a := &Applier{
-		secrets:     secrets,
-		namespaces:  make(map[string]bool, len(namespaces)),
-		secretTypes: slices.Clone(secretpolicy.DefaultTypes),
-		creation:    slices.Clone(DefaultCreationPolicies),
-		timeout:     DefaultTimeout,
-		log:         slog.New(slog.DiscardHandler),
-		entries:     make(map[string]*entry),
+		secrets:      secrets,
+		namespaces:   make(map[string]bool, len(namespaces)),
+		secretTypes:  slices.Clone(secretpolicy.DefaultTypes),
+		creation:     slices.Clone(DefaultCreationPolicies),
+		timeout:      DefaultTimeout,
+		log:          slog.New(slog.DiscardHandler),
+		entries:      make(map[string]*entry),
+		retryInitial: DefaultRetryInitial,
+		retryMax:     DefaultRetryMax,
+		results:      make(chan *ferryv1.ApplyResult, resultsBuffer),
 	}
 	for _, ns := range namespaces {
 		a.namespaces[ns] = true
@@ -176,6 +160,7 @@ func New(secrets corev1client.SecretsGetter, namespaces []string, opts ...Option
 	for _, o := range opts {
 		o(a)
 	}
+	a.retries = newRetryQueue(a.retryInitial, a.retryMax)
 	return a
 }
 
@@ -222,19 +207,23 @@ func (a *Applier) ExpectExisting(s *ferryv1.Secret) {
 func (a *Applier) Apply(ctx context.Context, s *ferryv1.Secret) (unchanged bool, err error) {
 	start := time.Now()
 	unchanged, created, err := a.apply(ctx, s)
-	outcome := metrics.Updated
+	a.metrics.Apply(outcome(unchanged, created, err), time.Since(start))
+	return unchanged, err
+}
+
+// outcome is an apply's outcome as the metrics count it.
+func outcome(unchanged, created bool, err error) string {
 	switch {
 	case err != nil && Refused(err):
-		outcome = metrics.Refused
+		return metrics.Refused
 	case err != nil:
-		outcome = metrics.Failed
+		return metrics.Failed
 	case unchanged:
-		outcome = metrics.Unchanged
+		return metrics.Unchanged
 	case created:
-		outcome = metrics.Created
+		return metrics.Created
 	}
-	a.metrics.Apply(outcome, time.Since(start))
-	return unchanged, err
+	return metrics.Updated
 }
 
 // apply is Apply; created reports that the write created the Secret.
@@ -261,9 +250,19 @@ func (a *Applier) apply(ctx context.Context, s *ferryv1.Secret) (unchanged, crea
 		return true, false, nil
 	}
 	e.applied = ""
+	created, err = a.applyLocked(ctx, e, s)
+	a.settle(key(s.GetNamespace(), s.GetName()), e)
+	return false, created, err
+}
+
+// applyLocked writes s and, once it is written, asks for the rollout
+// restarts it names; e.mu is held. e.applied is s's revision once s is
+// written, even if a restart could not be asked for (that is reported, not
+// retried). created reports that the write created the Secret.
+func (a *Applier) applyLocked(ctx context.Context, e *entry, s *ferryv1.Secret) (created bool, err error) {
 	uid, created, err := a.write(ctx, e, s)
 	if err != nil {
-		return false, false, err
+		return false, err
 	}
 	e.applied = s.GetRevision()
 	if len(s.GetRolloutRestart()) > 0 && a.restarter != nil {
@@ -272,12 +271,12 @@ func (a *Applier) apply(ctx context.Context, s *ferryv1.Secret) (unchanged, crea
 			kinds, names = append(kinds, w.GetKind()), append(names, w.GetName())
 		}
 		if err := a.restarter.Changed(s.GetNamespace(), kinds, names, s.GetName(), restart.Digest(uid, string(secretType(s)), s.GetData())); err != nil {
-			return false, created, fmt.Errorf("apply: %s/%s applied, but: %w", s.GetNamespace(), s.GetName(), err)
+			return created, fmt.Errorf("apply: %s/%s applied, but: %w", s.GetNamespace(), s.GetName(), err)
 		}
 	} else if len(s.GetRolloutRestart()) > 0 {
-		return false, created, fmt.Errorf("apply: %s/%s applied, but rollout restarts are not configured in this writer", s.GetNamespace(), s.GetName())
+		return created, fmt.Errorf("apply: %s/%s applied, but rollout restarts are not configured in this writer", s.GetNamespace(), s.GetName())
 	}
-	return false, created, nil
+	return created, nil
 }
 
 // write applies s according to its creation policy; e.mu is held. created
@@ -430,144 +429,6 @@ func (a *Applier) testUID(ctx context.Context, ns, name string, ops []jsonPatchO
 	return false, false, "", safeError(err)
 }
 
-func isStatus(err error, code int32) bool {
-	var st apierrors.APIStatus
-	return errors.As(err, &st) && st.Status().Code == code
-}
-
-// Forget handles a binding the broker removed. With deletion policy delete
-// (and deletion enabled), it deletes the Secret — only if it still carries
-// the binding's label, and with a UID precondition — or, for a merged
-// binding, removes only the fields Ferry owns by applying an empty
-// configuration. Otherwise it retains the Secret. Either way it stops
-// resyncing it. It reports whether anything was deleted.
-func (a *Applier) Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted bool, err error) {
-	ns, name := ref.GetNamespace(), ref.GetName()
-	if err := a.refuseNamespace(ref.GetBinding(), ns); err != nil {
-		return false, err
-	}
-	k := key(ns, name)
-	e := a.entry(k)
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	a.mu.Lock()
-	delete(a.entries, k)
-	a.mu.Unlock()
-	e.desired, e.applied = nil, ""
-
-	if ref.GetDeletion() != ferryv1.DeletionPolicy_DELETION_POLICY_DELETE {
-		return false, nil
-	}
-	if !a.allowDelete {
-		return false, fmt.Errorf("%w: %s/%s", ErrDeleteDisabled, ns, name)
-	}
-	ctx, cancel := context.WithTimeout(ctx, a.timeout)
-	defer cancel()
-	if ref.GetCreation() == ferryv1.CreationPolicy_CREATION_POLICY_MERGE {
-		exists, ours, err := a.test(ctx, ns, name, labelTest(ref.GetBinding()))
-		if err != nil || !exists || !ours {
-			return false, wrapForget(ns, name, err)
-		}
-		empty := corev1apply.Secret(name, ns)
-		if _, err := a.secrets.Secrets(ns).Apply(ctx, empty, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
-			return false, wrapForget(ns, name, safeError(err))
-		}
-		return true, nil
-	}
-	exists, ours, uid, err := a.testUID(ctx, ns, name, labelTest(ref.GetBinding()))
-	switch {
-	case err != nil:
-		return false, wrapForget(ns, name, err)
-	case !exists:
-		return false, nil
-	case !ours:
-		return false, fmt.Errorf("apply: %s/%s: not deleted: it no longer carries label %s=%s", ns, name, LabelBinding, ref.GetBinding())
-	}
-	err = a.secrets.Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return false, wrapForget(ns, name, safeError(err))
-	}
-	return err == nil, nil
-}
-
-func wrapForget(ns, name string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return fmt.Errorf("apply: delete %s/%s: %w", ns, name, err)
-}
-
-// Resync applies every Secret the writer holds again, at most parallelism
-// at a time, ignoring remembered revisions. It returns how many it applied
-// and how many failed; failures are logged (without values) and retried at
-// the next resync or update.
-func (a *Applier) Resync(ctx context.Context, parallelism int) (applied, failed int) {
-	a.mu.Lock()
-	keys := make([]string, 0, len(a.entries))
-	for k := range a.entries {
-		keys = append(keys, k)
-	}
-	a.mu.Unlock()
-	sort.Strings(keys)
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, max(parallelism, 1))
-	)
-	for _, k := range keys {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
-			return applied, failed
-		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			a.mu.Lock()
-			e := a.entries[k]
-			a.mu.Unlock()
-			if e == nil {
-				return
-			}
-			e.mu.Lock()
-			defer e.mu.Unlock()
-			s := e.desired
-			if s == nil || e.applied == "" {
-				return // never applied (or failing): the stream's own retries cover it
-			}
-			_, _, err := a.write(ctx, e, s)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				failed++
-				a.log.Warn("resync failed", "binding", s.GetBinding(), "namespace", s.GetNamespace(), "name", s.GetName(), "err", err)
-				return
-			}
-			applied++
-		})
-	}
-	wg.Wait()
-	return applied, failed
-}
-
-// RunResync calls Resync every interval until ctx ends.
-func (a *Applier) RunResync(ctx context.Context, interval time.Duration, parallelism int) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		start := time.Now()
-		applied, failed := a.Resync(ctx, parallelism)
-		took := time.Since(start)
-		a.metrics.Resync(took)
-		a.log.Info("resync done", "applied", applied, "failed", failed, "took", took.Round(time.Millisecond).String())
-	}
-}
-
 func key(namespace, name string) string { return namespace + "/" + name }
 
 // Held is the number of Secrets the applier holds: applied or being
@@ -576,35 +437,6 @@ func (a *Applier) Held() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.entries)
-}
-
-// APIError is an apiserver's refusal of an apply, cut down to what is safe to
-// report: never the object, only reason, code and message. It implements
-// apierrors.APIStatus, so apierrors.IsConflict and friends work on it.
-type APIError struct {
-	Reason  metav1.StatusReason
-	Code    int32
-	Message string
-}
-
-func (e *APIError) Error() string {
-	return fmt.Sprintf("apiserver: %s (%d): %s", e.Reason, e.Code, e.Message)
-}
-
-// Status implements apierrors.APIStatus.
-func (e *APIError) Status() metav1.Status {
-	return metav1.Status{Status: metav1.StatusFailure, Reason: e.Reason, Code: e.Code, Message: e.Message}
-}
-
-// safeError replaces an apiserver status error by an APIError; other errors
-// (transport, context) carry no object and are kept so errors.Is works.
-func safeError(err error) error {
-	var st apierrors.APIStatus
-	if errors.As(err, &st) {
-		s := st.Status()
-		return &APIError{Reason: s.Reason, Code: s.Code, Message: s.Message}
-	}
-	return err
 }
 
 // sameContent reports whether a and b would write the same Secret: every

@@ -1,12 +1,17 @@
 package stream
 
 import (
-	"math/rand/v2"
 	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/ferry-secrets/ferry/internal/retry"
 )
 
-// Backoff paces reconnects: exponential growth from Initial to Max with full
-// jitter, starting over after a stream that stayed open for ResetAfter.
+// Backoff paces reconnects: Ferry's one exponential backoff
+// (internal/retry) from Initial doubling to Max, each delay randomized by
+// ±50% so that writers cut off together do not return together, starting
+// over after a stream that stayed open for ResetAfter.
 type Backoff struct {
 	Initial    time.Duration
 	Max        time.Duration
@@ -16,25 +21,21 @@ type Backoff struct {
 // DefaultBackoff is 250 ms doubling to 30 s, reset after a 30 s stream.
 var DefaultBackoff = Backoff{Initial: 250 * time.Millisecond, Max: 30 * time.Second, ResetAfter: 30 * time.Second}
 
-// Ceiling is the largest delay after attempt earlier failures in a row:
-// min(Max, Initial * 2^attempt).
-func (b Backoff) Ceiling(attempt int) time.Duration {
-	d := b.Initial
-	for range attempt {
-		if d >= b.Max/2 {
-			return b.Max
-		}
-		d *= 2
-	}
-	return min(d, b.Max)
+// reconnectPacer is one Client's reconnect backoff.
+type reconnectPacer struct {
+	resetAfter time.Duration
+	b          *backoff.ExponentialBackOff
 }
 
-// Delay is a uniformly random delay in [0, Ceiling(attempt)] ("full
-// jitter"), so that writers cut off together do not return together.
-func (b Backoff) Delay(attempt int) time.Duration {
-	c := b.Ceiling(attempt)
-	if c <= 0 {
-		return 0
+func (b Backoff) reconnects() *reconnectPacer {
+	return &reconnectPacer{resetAfter: b.ResetAfter, b: retry.Exponential(b.Initial, b.Max)}
+}
+
+// after returns the delay before the next stream, after one that stayed
+// open for lived.
+func (p *reconnectPacer) after(lived time.Duration) time.Duration {
+	if lived >= p.resetAfter {
+		p.b.Reset()
 	}
-	return rand.N(c + 1)
+	return p.b.NextBackOff()
 }

@@ -54,6 +54,7 @@ type fakeApplier struct {
 	forgotten   []string
 	gates       map[string]chan struct{} // key@revision -> released when closed
 	started     chan string              // key@revision of every apply started
+	results     chan *ferryv1.ApplyResult
 }
 
 func newFakeApplier(t *testing.T) *fakeApplier {
@@ -64,8 +65,11 @@ func newFakeApplier(t *testing.T) *fakeApplier {
 		last:     map[string]string{},
 		gates:    map[string]chan struct{}{},
 		started:  make(chan string, 1000),
+		results:  make(chan *ferryv1.ApplyResult, 16),
 	}
 }
+
+func (f *fakeApplier) Results() <-chan *ferryv1.ApplyResult { return f.results }
 
 func (f *fakeApplier) gate(k, rev string) chan struct{} {
 	f.mu.Lock()
@@ -431,6 +435,27 @@ func TestReconnect(t *testing.T) {
 }
 
 // TestRunStopsWhileBrokerUnreachable cancels Run while it backs off.
+// TestRetryResultsReachTheBroker: the outcome of the applier's own retry
+// of a failed apply is sent on the open stream.
+func TestRetryResultsReachTheBroker(t *testing.T) {
+	got := make(chan *ferryv1.ApplyResult, 1)
+	h := start(t, func(_ int, st ferryv1.WriterService_SyncServer) error {
+		if err := expectHello(t, st); err != nil {
+			return err
+		}
+		rs, err := recvResults(st, 1)
+		if err == nil {
+			got <- rs[0]
+		}
+		<-st.Context().Done()
+		return nil
+	}, 2, nil)
+	h.applier.results <- &ferryv1.ApplyResult{Binding: "db", Revision: "r1"}
+	if r := wait(t, got); r.GetBinding() != "db" || r.GetRevision() != "r1" || r.GetError() != "" {
+		t.Errorf("broker got %v", r)
+	}
+}
+
 func TestRunStopsWhileBrokerUnreachable(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	c, err := New(Options{
@@ -466,27 +491,21 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	b := DefaultBackoff
-	want := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}
-	for i, w := range want {
-		if got := b.Ceiling(i); got != w {
-			t.Errorf("Ceiling(%d) = %v, want %v", i, got, w)
+func TestBackoffGrowsAndStartsOverAfterALongStream(t *testing.T) {
+	p := DefaultBackoff.reconnects()
+	for i, interval := range []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second} {
+		if d := p.after(0); d < interval/2 || d > interval*3/2 {
+			t.Errorf("delay %d = %v, want %v ±50%%", i, d, interval)
 		}
 	}
-	if got := b.Ceiling(1 << 20); got != b.Max {
-		t.Errorf("Ceiling(huge) = %v", got)
+	if d := p.after(DefaultBackoff.ResetAfter); d > 375*time.Millisecond {
+		t.Errorf("after a %v stream: %v, want about the initial 250ms", DefaultBackoff.ResetAfter, d)
 	}
-	var sum time.Duration
-	for range 1000 {
-		d := b.Delay(3)
-		if d < 0 || d > 2*time.Second {
-			t.Fatalf("Delay(3) = %v, outside [0, 2s]", d)
-		}
-		sum += d
+	for range 20 {
+		p.after(0)
 	}
-	if avg := sum / 1000; avg < 700*time.Millisecond || avg > 1300*time.Millisecond {
-		t.Errorf("mean Delay(3) = %v, want about 1s (full jitter)", avg)
+	if d := p.after(0); d < DefaultBackoff.Max/2 || d > DefaultBackoff.Max*3/2 {
+		t.Errorf("after many failures: %v, want the cap %v ±50%%", d, DefaultBackoff.Max)
 	}
 }
 

@@ -1,0 +1,59 @@
+package catalog
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ferry-secrets/ferry/broker/config"
+)
+
+func TestClassify(t *testing.T) {
+	d := func(p time.Duration) config.Duration { return config.Duration{Duration: p} }
+	dyn := func() config.Binding {
+		return config.Binding{Name: "db", Namespace: "ns", SecretName: "db", Refresh: d(time.Minute),
+			Dynamic: &config.Dynamic{Path: "database/creds/app", RenewPercent: 67, RevokeGrace: d(30 * time.Second)}}
+	}
+	pki := func() config.Binding {
+		return config.Binding{Name: "tls", Namespace: "ns", SecretName: "tls", Refresh: d(time.Minute),
+			PKI: &config.PKI{Mount: "pki", Role: "web", CommonName: "a.example", RenewPercent: 67}}
+	}
+	for _, tc := range []struct {
+		name   string
+		base   func() config.Binding
+		change func(*config.Binding)
+		want   Change
+	}{
+		{"nothing", dyn, func(*config.Binding) {}, 0},
+		{"labels", dyn, func(b *config.Binding) { b.Labels = map[string]string{"a": "b"} }, ChangeDelivery},
+		{"annotations", dyn, func(b *config.Binding) { b.Annotations = map[string]string{"a": "b"} }, ChangeDelivery},
+		{"type", dyn, func(b *config.Binding) { b.Type = "example.com/x" }, ChangeDelivery},
+		{"deletion", dyn, func(b *config.Binding) { b.Deletion = config.DeletionDelete }, ChangeDelivery},
+		{"creation", dyn, func(b *config.Binding) { b.Creation = config.CreationMerge }, ChangeDelivery},
+		{"rollout", dyn, func(b *config.Binding) { b.RolloutRestart = []config.WorkloadRef{{Kind: "Deployment", Name: "x"}} }, ChangeDelivery},
+		{"secret_name", dyn, func(b *config.Binding) { b.SecretName = "db2" }, ChangeDestination | ChangeDelivery},
+		{"namespace", dyn, func(b *config.Binding) { b.Namespace = "ns2" }, ChangeDestination | ChangeDelivery},
+		{"refresh", dyn, func(b *config.Binding) { b.Refresh = d(time.Hour) }, ChangeSchedule},
+		{"renew_percent", dyn, func(b *config.Binding) { b.Dynamic.RenewPercent = 50 }, ChangeSchedule},
+		{"revoke_grace", dyn, func(b *config.Binding) { b.Dynamic.RevokeGrace = d(time.Minute) }, ChangeSchedule},
+		{"revoke_on_delete", dyn, func(b *config.Binding) { no := false; b.Dynamic.RevokeOnDelete = &no }, ChangeSchedule},
+		{"labels and refresh", dyn, func(b *config.Binding) { b.Labels = map[string]string{"a": "b"}; b.Refresh = d(time.Hour) }, ChangeDelivery | ChangeSchedule},
+		{"path", dyn, func(b *config.Binding) { b.Dynamic.Path = "database/creds/other" }, ChangeSource},
+		{"method", dyn, func(b *config.Binding) { b.Dynamic.Method = "POST" }, ChangeSource},
+		{"params", dyn, func(b *config.Binding) { b.Dynamic.Params = map[string]any{"x": 1} }, ChangeSource},
+		{"vault_identity", dyn, func(b *config.Binding) { b.VaultIdentity = "other" }, ChangeSource},
+		{"kind", dyn, func(b *config.Binding) { b.Dynamic = nil; b.KV = &config.KV{Mount: "secret", Path: "x"} }, ChangeKind | ChangeSource | ChangeSchedule},
+		{"pki renew_before", pki, func(b *config.Binding) { b.PKI.RenewBefore = d(time.Hour) }, ChangeSchedule},
+		{"pki role", pki, func(b *config.Binding) { b.PKI.Role = "api" }, ChangeSource},
+		{"pki mount", pki, func(b *config.Binding) { b.PKI.Mount = "pki2" }, ChangeSource},
+		{"pki ttl", pki, func(b *config.Binding) { b.PKI.TTL = d(time.Hour) }, ChangeSource},
+		{"kv path", func() config.Binding { return cfgBinding("a", "") }, func(b *config.Binding) { b.KV.Path = "y" }, ChangeSource},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old, next := tc.base(), tc.base()
+			tc.change(&next)
+			if got := Classify(old, next); got != tc.want {
+				t.Errorf("Classify = %b, want %b", got, tc.want)
+			}
+		})
+	}
+}
