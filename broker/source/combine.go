@@ -352,4 +352,3 @@ func (c *combiner) leaseLocked() (catalog.Lease, bool) {
 	}
 	return out, ok
 }
-
