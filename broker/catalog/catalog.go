@@ -47,6 +47,9 @@ type binding struct {
 	meta    Meta
 	cfg     *config.Binding // as configured; delivery policies come from it
 	desired *ferryv1.Secret // nil until the source was read once
+	// rendered are the labels and annotations the binding's template
+	// rendered with desired's data (nil without a template).
+	rendered *Metadata
 
 	vaultVersion int64
 	sourceErr    string
@@ -109,10 +112,24 @@ func (c *Catalog) Known(id string) bool {
 func (c *Catalog) SetDesired(writerID, name string, data map[string][]byte, vaultVersion int64, at time.Time) (revision string, changed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.setDesiredLocked(writerID, name, data, vaultVersion, at)
+	return c.setDesiredLocked(writerID, name, data, nil, vaultVersion, at)
 }
 
-func (c *Catalog) setDesiredLocked(writerID, name string, data map[string][]byte, vaultVersion int64, at time.Time) (revision string, changed bool) {
+// SetDesiredRendered is SetDesired, or with l set SetDesiredLease, for a
+// binding with a template: md are the labels and annotations the template
+// rendered from the same source data, set over the binding's configured
+// ones.
+func (c *Catalog) SetDesiredRendered(writerID, name string, data map[string][]byte, md Metadata, l *Lease, at time.Time) (revision string, changed bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, b := c.lookup(writerID, name); b != nil && l != nil {
+		lc := *l
+		b.lease = &lc
+	}
+	return c.setDesiredLocked(writerID, name, data, &md, 0, at)
+}
+
+func (c *Catalog) setDesiredLocked(writerID, name string, data map[string][]byte, md *Metadata, vaultVersion int64, at time.Time) (revision string, changed bool) {
 	w, b := c.lookup(writerID, name)
 	if b == nil {
 		return "", false
@@ -120,7 +137,8 @@ func (c *Catalog) setDesiredLocked(writerID, name string, data map[string][]byte
 	b.sourceErr = ""
 	b.lastRefresh = at
 	b.vaultVersion = vaultVersion
-	s := render(c.key, b.cfg, data)
+	s := render(c.key, b.cfg, data, md)
+	b.rendered = md
 	if b.desired != nil && b.desired.GetRevision() == s.GetRevision() {
 		return s.GetRevision(), false
 	}

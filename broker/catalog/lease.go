@@ -42,7 +42,7 @@ func (c *Catalog) SetDesiredLease(writerID, name string, data map[string][]byte,
 	if _, b := c.lookup(writerID, name); b != nil {
 		b.lease = &l
 	}
-	return c.setDesiredLocked(writerID, name, data, 0, at)
+	return c.setDesiredLocked(writerID, name, data, nil, 0, at)
 }
 
 // fill copies the lease status into st, with the TTL left as of now.

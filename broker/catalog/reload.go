@@ -134,7 +134,7 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 			old.cfg, old.meta = b, c.meta(cw.ID, *b)
 			if change.Has(ChangeDelivery) && old.desired != nil {
 				// Re-rendered from the data held: no source is asked.
-				old.desired = render(c.key, b, old.desired.GetData())
+				old.desired = render(c.key, b, old.desired.GetData(), old.rendered)
 				old.published, old.propagated = time.Now(), false
 				for sub := range w.subs {
 					sub.mark(b.Name)

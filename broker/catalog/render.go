@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"maps"
 	"sort"
 
 	"github.com/ferry-secrets/ferry/broker/config"
@@ -23,11 +24,17 @@ func newRevisionKey() []byte {
 	return key
 }
 
+// Metadata are labels and annotations a binding's template rendered.
+type Metadata struct {
+	Labels, Annotations map[string]string
+}
+
 // render builds the Secret binding b delivers with data: its destination,
 // type, labels and annotations, delivery policies and revision all come
 // from b as configured now, so sources publish data only and a delivery
-// change needs no source at all.
-func render(key []byte, b *config.Binding, data map[string][]byte) *ferryv1.Secret {
+// change needs no source at all. md, when set, are labels and annotations
+// the binding's template rendered: they are set over b's own.
+func render(key []byte, b *config.Binding, data map[string][]byte, md *Metadata) *ferryv1.Secret {
 	s := &ferryv1.Secret{
 		Binding:     b.Name,
 		Namespace:   b.Namespace,
@@ -36,6 +43,10 @@ func render(key []byte, b *config.Binding, data map[string][]byte) *ferryv1.Secr
 		Data:        data,
 		Labels:      b.Labels,
 		Annotations: b.Annotations,
+	}
+	if md != nil {
+		s.Labels = over(b.Labels, md.Labels)
+		s.Annotations = over(b.Annotations, md.Annotations)
 	}
 	s.Revision = Revision(key, s)
 	stampDelivery(s, *b)
@@ -83,4 +94,15 @@ func Revision(key []byte, s *ferryv1.Secret) string {
 		field(s.Data[k])
 	}
 	return base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:18])
+}
+
+// over returns base with top's entries set over it; base is not modified.
+func over(base, top map[string]string) map[string]string {
+	if len(top) == 0 {
+		return base
+	}
+	out := make(map[string]string, len(base)+len(top))
+	maps.Copy(out, base)
+	maps.Copy(out, top)
+	return out
 }

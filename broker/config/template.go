@@ -37,9 +37,14 @@ type Source struct {
 type Template struct {
 	// Data are the Secret's keys and their templates. When set, the Secret
 	// holds exactly these keys; when empty, the sources' fields are merged.
-	// (The Secret's labels and annotations are the binding's own: the
-	// catalog renders them from the configuration.)
 	Data map[string]string `json:"data,omitempty"`
+	// Labels and Annotations are label and annotation keys and templates of
+	// their values, set on the Secret over the binding's own labels and
+	// annotations. Only values are templated: keys are checked here like
+	// the binding's, and a rendered label value must be a valid label
+	// value (or the binding's error names the key).
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // sourceName is a source name usable as a template field (.db.password).
@@ -162,14 +167,25 @@ func (b Binding) validateSources(p *yamlconfig.Problems, f string, state *VaultS
 // validate parses every template; a parse error names the key and the line
 // inside the template.
 func (t *Template) validate(p *yamlconfig.Problems, f string) {
-	for _, k := range slices.Sorted(maps.Keys(t.Data)) {
-		kf := yamlconfig.Key(f+".data", k)
-		if err := secretpolicy.CheckDataKey(k); err != nil {
-			p.Add(kf, "%v", err)
-		}
-		if _, err := render.Parse("data."+k, t.Data[k]); err != nil {
-			line, col, msg := render.ParseErrorPosition(err, t.Data[k])
-			p.Add(kf, "template does not parse: line %d, column %d: %s", line, col, msg)
+	for _, m := range []struct {
+		field string
+		tmpls map[string]string
+	}{{"data", t.Data}, {"labels", t.Labels}, {"annotations", t.Annotations}} {
+		for _, k := range slices.Sorted(maps.Keys(m.tmpls)) {
+			kf := yamlconfig.Key(f+"."+m.field, k)
+			var err error
+			if m.field == "data" {
+				err = secretpolicy.CheckDataKey(k)
+			} else {
+				err = secretpolicy.CheckMetadataKey(k)
+			}
+			if err != nil {
+				p.Add(kf, "%v", err)
+			}
+			if _, err := render.Parse(m.field+"."+k, m.tmpls[k]); err != nil {
+				line, col, msg := render.ParseErrorPosition(err, m.tmpls[k])
+				p.Add(kf, "template does not parse: line %d, column %d: %s", line, col, msg)
+			}
 		}
 	}
 }

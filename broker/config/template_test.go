@@ -26,6 +26,10 @@ writers:
             tls.crt: '{{ index .tls "tls.crt" }}'
             tls.key: '{{ index .tls "tls.key" }}'
             who: "{{ .Binding.Namespace }}/{{ .Binding.SecretName }}"
+          labels:
+            example.com/db-role: "{{ .cfg.role }}"
+          annotations:
+            example.com/endpoint: "{{ .cfg.host }}:{{ .cfg.port }}"
       - name: merged
         namespace: payments
         sources:
@@ -39,7 +43,7 @@ func TestParseSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := c.Writers[0].Secrets[0]
-	if len(b.Parts()) != 3 || !b.Templated() || b.Type != "Opaque" {
+	if len(b.Parts()) != 3 || !b.Templated() || b.Type != "Opaque" || b.Template.Labels["example.com/db-role"] != "{{ .cfg.role }}" || len(b.Template.Annotations) != 1 {
 		t.Fatalf("binding = %+v", b)
 	}
 	if b.Sources[0].Dynamic.Method != "GET" || b.Sources[0].Dynamic.RenewPercent != DefaultRenewPercent ||
@@ -71,7 +75,10 @@ func TestValidateSources(t *testing.T) {
 		{"unclosed action", `{{ .cfg.port }}/app"`, `{{ .cfg.port /app"`, `writers[0].secrets[0].template.data.DATABASE_URL: template does not parse: line 1, column`},
 		{"env function", `{{ .Binding.Namespace }}/`, `{{ env \"HOME\" }}/`, `template.data.who: template does not parse: line 1, column 4: function "env" not defined`},
 		{"bad data key", "tls.key: '", "tls/key: '", `writers[0].secrets[0].template.data["tls/key"]: data key "tls/key" is not valid`},
-		{"labels are the binding's", "        template:\n", "        template:\n          labels: {a: b}\n", `unknown field "labels"`},
+		{"reserved label key", "example.com/db-role:", "kubernetes.io/db-role:", `writers[0].secrets[0].template.labels["kubernetes.io/db-role"]: key "kubernetes.io/db-role" is under "kubernetes.io"`},
+		{"bad annotation key", "example.com/endpoint:", "bad key:", `writers[0].secrets[0].template.annotations["bad key"]: key "bad key" is not a valid label or annotation key`},
+		{"label template", `"{{ .cfg.role }}"`, `"{{ .cfg.role "`, `writers[0].secrets[0].template.labels["example.com/db-role"]: template does not parse: line 1`},
+		{"annotation template", `"{{ .cfg.host }}:`, `"{{ env \"X\" }}:`, `writers[0].secrets[0].template.annotations["example.com/endpoint"]: template does not parse: line 1, column 4: function "env" not defined`},
 	})
 }
 

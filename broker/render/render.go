@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"text/template"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // MaxOutput bounds one rendered template (as the whole Secret is bounded by
@@ -45,17 +47,24 @@ type Spec struct {
 	// Data are templates per key. When Data is empty the sources' fields
 	// are merged instead.
 	Data map[string]string
+	// Labels and Annotations are templates per key of the Secret's labels
+	// and annotations (the keys are configuration, only values are
+	// rendered).
+	Labels, Annotations map[string]string
 }
 
 // Result is a rendered Secret's content.
 type Result struct {
 	Data map[string][]byte
+	// Labels and Annotations are the rendered Spec.Labels and
+	// Spec.Annotations (nil when there are none).
+	Labels, Annotations map[string]string
 }
 
 // Renderer renders one binding's Secret.
 type Renderer struct {
-	spec Spec
-	data map[string]*template.Template
+	spec                      Spec
+	data, labels, annotations map[string]*template.Template
 }
 
 // Parse parses one template with the function set and missingkey=error.
@@ -105,6 +114,12 @@ func New(spec Spec) (*Renderer, error) {
 	if r.data, err = parseAll("data", spec.Data); err != nil {
 		return nil, err
 	}
+	if r.labels, err = parseAll("labels", spec.Labels); err != nil {
+		return nil, err
+	}
+	if r.annotations, err = parseAll("annotations", spec.Annotations); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -136,8 +151,11 @@ func (e *DuplicateKeyError) Error() string {
 // must hold every source. The result's maps are new; in is not modified.
 func (r *Renderer) Render(in map[string]map[string][]byte) (Result, error) {
 	var res Result
+	var ctx map[string]any
+	if r.Templated() || len(r.labels)+len(r.annotations) > 0 {
+		ctx = r.context(in)
+	}
 	if r.Templated() {
-		ctx := r.context(in)
 		res.Data = make(map[string][]byte, len(r.data))
 		for _, k := range slices.Sorted(maps.Keys(r.data)) {
 			out, err := execute(r.data[k], ctx)
@@ -146,14 +164,52 @@ func (r *Renderer) Render(in map[string]map[string][]byte) (Result, error) {
 			}
 			res.Data[k] = []byte(out)
 		}
-		return res, nil
+	} else {
+		data, err := r.merge(in)
+		if err != nil {
+			return Result{}, err
+		}
+		res.Data = data
 	}
-	data, err := r.merge(in)
-	if err != nil {
+	var err error
+	if res.Labels, err = r.meta(r.labels, ctx, checkLabel); err != nil {
 		return Result{}, err
 	}
-	res.Data = data
+	if res.Annotations, err = r.meta(r.annotations, ctx, nil); err != nil {
+		return Result{}, err
+	}
 	return res, nil
+}
+
+// checkLabel refuses a rendered label value Kubernetes would refuse,
+// naming the key and never the value.
+func checkLabel(key, v string) error {
+	if len(validation.IsValidLabelValue(v)) > 0 {
+		return &Error{Template: "labels." + key, Reason: fmt.Sprintf("the rendered value is not a valid label value (at most %d characters: letters, digits, '-', '_' or '.', starting and ending with a letter or digit)", validation.LabelValueMaxLength)}
+	}
+	return nil
+}
+
+// meta renders the label or annotation templates ts, checking each value
+// with check.
+func (r *Renderer) meta(ts map[string]*template.Template, ctx map[string]any, check func(k, v string) error) (map[string]string, error) {
+	if len(ts) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(ts))
+	for _, k := range slices.Sorted(maps.Keys(ts)) {
+		v, err := execute(ts[k], ctx)
+		if err != nil {
+			return nil, err
+		}
+		if check != nil {
+			if err := check(k, v); err != nil {
+				return nil, err
+			}
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 // context is what templates see: .<source>.<field> as strings, and .Binding.

@@ -166,3 +166,69 @@ func TestREADMEListsEveryFunction(t *testing.T) {
 		}
 	}
 }
+
+func TestRenderLabelsAndAnnotations(t *testing.T) {
+	spec := Spec{
+		Binding: Binding{Name: "app", Namespace: "ns", SecretName: "app-secret"},
+		Sources: []Source{{Name: "db"}, {Name: "cfg"}},
+		Labels:  map[string]string{"example.com/db-user": `{{ .db.username }}`, "port": `{{ .cfg.port }}`},
+		Annotations: map[string]string{
+			"example.com/endpoint": `{{ .cfg.host }}:{{ .cfg.port }} for {{ .Binding.Name }}`,
+		},
+	}
+	for _, templated := range []bool{false, true} {
+		s := spec
+		if templated {
+			s.Data = map[string]string{"URL": `{{ .cfg.host }}`}
+		} else {
+			s.Sources = []Source{{Name: "db"}, {Name: "cfg", Prefix: "cfg_"}}
+		}
+		r, err := New(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := r.Render(sources())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Labels["example.com/db-user"] != "v-app-x" || got.Labels["port"] != "5432" || len(got.Labels) != 2 {
+			t.Errorf("templated=%v: labels %v", templated, got.Labels)
+		}
+		if got.Annotations["example.com/endpoint"] != "db.internal:5432 for app" || len(got.Annotations) != 1 {
+			t.Errorf("templated=%v: annotations %v", templated, got.Annotations)
+		}
+		if len(got.Data) == 0 {
+			t.Errorf("templated=%v: no data", templated)
+		}
+	}
+
+	// A rendered label value Kubernetes would refuse is an error naming the
+	// label's key, never the value; an annotation takes any value.
+	for _, tmpl := range []string{`{{ .db.password }}`, `{{ .db.username }}{{ .db.username }}{{ .db.username }}{{ .db.username }}{{ .db.username }}{{ .db.username }}{{ .db.username }}{{ .db.username }}{{ .db.username }}{{ .db.username }}`, `-{{ .db.username }}`} {
+		r, err := New(Spec{Sources: []Source{{Name: "db"}},
+			Labels:      map[string]string{"example.com/who": tmpl},
+			Annotations: map[string]string{"note": `{{ .db.password }}`}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := map[string]map[string][]byte{"db": {"username": []byte("v-app-x"), "password": []byte(secretValue + " with spaces")}}
+		_, err = r.Render(in)
+		var re *Error
+		if !errors.As(err, &re) || re.Template != "labels.example.com/who" || !strings.Contains(err.Error(), "not a valid label value") {
+			t.Errorf("%s: got %v, want an error naming labels.example.com/who", tmpl, err)
+		}
+		if err != nil && strings.Contains(err.Error(), secretValue) {
+			t.Errorf("%s: the error holds the value: %v", tmpl, err)
+		}
+	}
+	r, err := New(Spec{Sources: []Source{{Name: "db"}}, Annotations: map[string]string{"note": `{{ .db.password }}`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.Render(map[string]map[string][]byte{"db": {"password": []byte("any value: at all")}}); err != nil || got.Annotations["note"] != "any value: at all" {
+		t.Errorf("annotation: %v, %v", got.Annotations, err)
+	}
+	if _, err := New(Spec{Labels: map[string]string{"x": `{{ .db.`}}); err == nil || !strings.Contains(err.Error(), "template labels.x") {
+		t.Errorf("a label template that does not parse: %v", err)
+	}
+}

@@ -127,7 +127,7 @@ func (p *Poller) addParts(h *handle, parts []config.Source) {
 		leases: map[string]catalog.Lease{}, next: map[string]time.Time{}, stale: map[string]bool{}}
 	spec := render.Spec{Binding: render.Binding{Name: b.Name, Namespace: b.Namespace, SecretName: b.SecretName}}
 	if t := b.Template; t != nil {
-		spec.Data = t.Data
+		spec.Data, spec.Labels, spec.Annotations = t.Data, t.Labels, t.Annotations
 	}
 	for _, s := range parts {
 		c.names = append(c.names, s.Name)
@@ -234,13 +234,12 @@ func (c *combiner) publishLocked(at time.Time) string {
 		return ""
 	}
 	c.failed = nil
-	var rev string
-	var changed bool
+	var lease *catalog.Lease
 	if l, ok := c.leaseLocked(); ok {
-		rev, changed = c.p.cat.Catalog.SetDesiredLease(c.writerID, c.b.Name, res.Data, l, at)
-	} else {
-		rev, changed = c.p.cat.Catalog.SetDesired(c.writerID, c.b.Name, res.Data, 0, at)
+		lease = &l
 	}
+	md := catalog.Metadata{Labels: res.Labels, Annotations: res.Annotations}
+	rev, changed := c.p.cat.Catalog.SetDesiredRendered(c.writerID, c.b.Name, res.Data, md, lease, at)
 	c.published = true
 	clear(c.stale)
 	if changed {
