@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 )
 
 // Registry credentials and an SSH key in Vault, rendered into typed Secrets.
@@ -36,8 +37,16 @@ var templateBindings = map[string]string{
 	// The typed Secrets, from one KV source (short form with a template).
 	"tmpl-docker": `type: kubernetes.io/dockerconfigjson, refresh: 2s, kv: {mount: secret, path: apps/tmpl/registry}, ` +
 		`template: {data: {.dockerconfigjson: "{{ dockerConfigJson .kv.registry .kv.username .kv.password }}"}}`,
+	// Its template also renders a label (over the binding's own) and an
+	// annotation.
 	"tmpl-basic": `type: kubernetes.io/basic-auth, refresh: 2s, kv: {mount: secret, path: apps/tmpl/registry}, ` +
-		`template: {data: {username: "{{ .kv.username }}", password: "{{ .kv.password }}"}}`,
+		`labels: {team: platform, example.com/registry: static}, annotations: {example.com/owner: ops}, ` +
+		`template: {data: {username: "{{ .kv.username }}", password: "{{ .kv.password }}"}, ` +
+		`labels: {example.com/registry: "{{ .kv.registry | replace \":\" \"-\" }}"}, ` +
+		`annotations: {example.com/login: "{{ .kv.username }}@{{ .kv.registry }}"}}`,
+	// A label rendered from a value no label can hold (the password).
+	"tmpl-badlabel": `refresh: 2s, kv: {mount: secret, path: apps/tmpl/registry}, ` +
+		`template: {labels: {example.com/pass: "{{ .kv.password }}"}}`,
 	"tmpl-ssh": `type: kubernetes.io/ssh-auth, refresh: 2s, kv: {mount: secret, path: apps/tmpl/registry}, ` +
 		`template: {data: {ssh-privatekey: "{{ .kv.ssh_key }}"}}`,
 	// A template that needs a field Vault will stop returning.
@@ -171,6 +180,29 @@ func testTemplateTypedSecrets(t *testing.T, e *sourcesEnv) {
 	b := e.waitSecret(t, "tmpl-basic", 60*time.Second, nil)
 	if b.Type != corev1.SecretTypeBasicAuth || string(b.Data["username"]) != tmplRegUser || string(b.Data["password"]) != tmplRegPass {
 		t.Fatalf("basic-auth Secret: type %s, keys %d", b.Type, len(b.Data))
+	}
+	// The template's label and annotation, set over the binding's own.
+	if got := b.Labels["example.com/registry"]; got != "registry.ferry.test-5000" || b.Labels["team"] != "platform" {
+		t.Errorf("labels %v: want example.com/registry rendered over the binding's and team kept", b.Labels)
+	}
+	if got := b.Annotations["example.com/login"]; got != tmplRegUser+"@"+tmplRegistry || b.Annotations["example.com/owner"] != "ops" {
+		t.Errorf("annotations %v: want example.com/login rendered and example.com/owner kept", b.Annotations)
+	}
+	// A label rendered from a value no label can hold is the binding's
+	// error, naming the label and not the value, and nothing is written.
+	var msg string
+	eventually(t, 30*time.Second, "tmpl-badlabel reports its label", func() error {
+		msg = e.status(t, "tmpl-badlabel").GetSourceError()
+		if !strings.Contains(msg, "template labels.example.com/pass: the rendered value is not a valid label value") {
+			return fmt.Errorf("source error %q", msg)
+		}
+		return nil
+	})
+	if strings.Contains(msg, tmplRegPass) {
+		t.Error("the binding's error holds the password")
+	}
+	if _, err := e.secret("tmpl-badlabel"); !apierrors.IsNotFound(err) {
+		t.Errorf("tmpl-badlabel's Secret: %v, want not found", err)
 	}
 	k := e.waitSecret(t, "tmpl-ssh", 60*time.Second, nil)
 	if k.Type != corev1.SecretTypeSSHAuth || string(k.Data["ssh-privatekey"]) != tmplSSHKey {
