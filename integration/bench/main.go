@@ -34,6 +34,8 @@ type options struct {
 	shared       bool // run the shared-paths and dynamic-secrets scenario
 	dynamic      int  // its dynamic database bindings
 	state        bool // its broker keeps lease state in Vault (vault.state)
+	sync         bool // run the initial-sync scenarios of -sizes
+	templates    int  // bindings of the templated-vs-untemplated scenario (0: skip)
 }
 
 func main() {
@@ -53,6 +55,8 @@ func main() {
 	flag.BoolVar(&o.shared, "shared", true, "measure shared paths (every writer binds every path of the first size) with dynamic database and PKI bindings, and a broker restart")
 	flag.IntVar(&o.dynamic, "dynamic", 20, "dynamic database bindings of the -shared scenario")
 	flag.BoolVar(&o.state, "state", true, "the -shared scenario's broker keeps lease state in Vault (vault.state: {mount: secret, path: ferry-broker})")
+	flag.BoolVar(&o.sync, "sync", true, "measure the initial sync (with steady state and a broker restart) at each of -sizes")
+	flag.IntVar(&o.templates, "templates", 1000, "bindings of the templates scenario: each renders two KV sources with a template, next to the same bindings untemplated (0: skip)")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
 	if o.reps < 1 {
@@ -102,6 +106,9 @@ func run(r *stack.Runner, o options) *report {
 		})
 	}
 	for i, n := range o.sizes {
+		if !o.sync {
+			break
+		}
 		sync(n, o.writers, true, "create")
 		if i == 0 && o.takeover {
 			// What the default policy's ownership check costs: creation
@@ -116,6 +123,12 @@ func run(r *stack.Runner, o options) *report {
 		isolated(r, o, func(sr *stack.Runner) {
 			res := sharedScenario(sr, o)
 			rep.shared = &res
+		})
+	}
+	if o.templates > 0 {
+		isolated(r, o, func(sr *stack.Runner) {
+			res := templatesScenario(sr, o, o.templates)
+			rep.templates = &res
 		})
 	}
 	if o.changes > 0 {

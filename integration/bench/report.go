@@ -11,12 +11,13 @@ import (
 )
 
 type report struct {
-	opts    options
-	started time.Time
-	took    time.Duration
-	syncs   []syncResult
-	shared  *sharedResult // nil: not measured
-	latency latencyResult
+	opts      options
+	started   time.Time
+	took      time.Duration
+	syncs     []syncResult
+	shared    *sharedResult    // nil: not measured
+	templates *templatesResult // nil: not measured
+	latency   latencyResult
 }
 
 // seconds lists durations as "1.52, 1.61, 1.58".
@@ -37,35 +38,14 @@ func (r *report) markdown(command string) string {
 		r.started.UTC().Format("2006-01-02 15:04 MST"), command, r.took.Round(time.Second))
 	fmt.Fprintf(&b, "Machine: %s, %d cores, %s; %s.\n\n", cpuModel(), runtime.NumCPU(), memTotal(), goVersion())
 
-	fmt.Fprintf(&b, "## Initial sync: time until every Secret holds the right data\n\n")
-	fmt.Fprintf(&b, "Each secret is a distinct KV v2 path of ~1 KiB (8 keys × 128 characters). The clock runs from starting the broker until a watch on the apiserver has seen every Secret with the expected data. The bare loop is the physical limit, measured in the same run on the same stack: %d goroutines that each read a path from Vault and server-side-apply it, with no client-side rate limit. The bare loop and Ferry take turns, %d times each, on fresh Secrets (Ferry's broker and writers are restarted each time), so that the machine's noise lands on both; the table gives the medians and every run. Requests, reads and CPU are those of the last run.\n\n", r.opts.parallel, r.opts.reps)
-	fmt.Fprintf(&b, "| secrets | writers | creation policy | bare loop (median) | Ferry (median) | Ferry ÷ bare | runs: bare / Ferry | broker peak RSS | writers peak RSS (sum / max) | Vault reads by the broker | apiserver requests by the writers |\n|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|\n")
-	for _, s := range r.syncs {
-		fmt.Fprintf(&b, "| %d | %d | %s | %.2f s | %.2f s | %.2f | %s / %s | %s | %s / %s | %d | %d |\n", s.n, s.writers, s.creation, s.bare.Seconds(), s.ferry.Seconds(),
-			s.ferry.Seconds()/s.bare.Seconds(), seconds(s.bareRuns), seconds(s.ferryRuns), mib(s.brokerRSS), mib(s.writerRSSSum), mib(s.writerRSSMax), s.vaultReads, s.writerRequests)
-	}
-	fmt.Fprintf(&b, "\nCPU time by process during the last run of each (2 cores, so at most 2 s of CPU per second):\n\n| secrets | writers | bare loop | Ferry |\n|---:|---:|---|---|\n")
-	for _, s := range r.syncs {
-		fmt.Fprintf(&b, "| %d | %d | %s | %s |\n", s.n, s.writers, s.bareCPU, s.ferryCPU)
-	}
-	fmt.Fprintf(&b, "\n## Steady state: %d refresh cycles of %v with nothing changing\n\n", r.opts.steadyCycles, r.opts.refresh)
-	fmt.Fprintf(&b, "Vault reads counted in Vault's audit log (paths read: distinct paths read at least once during the whole window); Kubernetes writes are Secret changes seen by the apiserver watch; requests are the writers' requests on Secrets in the apiserver's audit log (a periodic drift-repair re-apply of unchanged content is a request but no write).\n\n")
-	fmt.Fprintf(&b, "| secrets (distinct paths) | writers | Vault reads per cycle | paths read | Kubernetes writes | writer requests |\n|---:|---:|---:|---:|---:|---:|\n")
-	for _, s := range r.syncs {
-		if s.steady {
-			fmt.Fprintf(&b, "| %d | %d | %.1f | %d | %d | %d |\n", s.n, s.writers, s.readsPerCycle, s.pathsRead, s.steadyWrites, s.steadyRequests)
-		}
-	}
-	fmt.Fprintf(&b, "\n## Broker restart after the sync\n\n")
-	fmt.Fprintf(&b, "The broker is stopped (SIGTERM) and started again; the writers stay up and reconnect.\n\n")
-	fmt.Fprintf(&b, "| secrets | writers | writer requests on Secrets | Secret writes | until every binding is reported applied again |\n|---:|---:|---:|---:|---:|\n")
-	for _, s := range r.syncs {
-		if s.steady {
-			fmt.Fprintf(&b, "| %d | %d | %d | %d | %.1f s |\n", s.n, s.writers, s.restartRequests, s.restartWrites, s.restartConverged.Seconds())
-		}
+	if len(r.syncs) > 0 {
+		r.syncMarkdown(&b)
 	}
 	if r.shared != nil {
 		r.shared.markdown(&b, r.opts.refresh)
+	}
+	if r.templates != nil {
+		r.templates.markdown(&b)
 	}
 	if r.latency.changes > 0 {
 		l := r.latency
@@ -74,6 +54,37 @@ func (r *report) markdown(command string) string {
 	}
 	b.WriteString(analysis)
 	return b.String()
+}
+
+// syncMarkdown writes the initial-sync, steady-state and restart tables.
+func (r *report) syncMarkdown(b *strings.Builder) {
+	fmt.Fprintf(b, "## Initial sync: time until every Secret holds the right data\n\n")
+	fmt.Fprintf(b, "Each secret is a distinct KV v2 path of ~1 KiB (8 keys × 128 characters). The clock runs from starting the broker until a watch on the apiserver has seen every Secret with the expected data. The bare loop is the physical limit, measured in the same run on the same stack: %d goroutines that each read a path from Vault and server-side-apply it, with no client-side rate limit. The bare loop and Ferry take turns, %d times each, on fresh Secrets (Ferry's broker and writers are restarted each time), so that the machine's noise lands on both; the table gives the medians and every run. Requests, reads and CPU are those of the last run.\n\n", r.opts.parallel, r.opts.reps)
+	fmt.Fprintf(b, "| secrets | writers | creation policy | bare loop (median) | Ferry (median) | Ferry ÷ bare | runs: bare / Ferry | broker peak RSS | writers peak RSS (sum / max) | Vault reads by the broker | apiserver requests by the writers |\n|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|\n")
+	for _, s := range r.syncs {
+		fmt.Fprintf(b, "| %d | %d | %s | %.2f s | %.2f s | %.2f | %s / %s | %s | %s / %s | %d | %d |\n", s.n, s.writers, s.creation, s.bare.Seconds(), s.ferry.Seconds(),
+			s.ferry.Seconds()/s.bare.Seconds(), seconds(s.bareRuns), seconds(s.ferryRuns), mib(s.brokerRSS), mib(s.writerRSSSum), mib(s.writerRSSMax), s.vaultReads, s.writerRequests)
+	}
+	fmt.Fprintf(b, "\nCPU time by process during the last run of each (2 cores, so at most 2 s of CPU per second):\n\n| secrets | writers | bare loop | Ferry |\n|---:|---:|---|---|\n")
+	for _, s := range r.syncs {
+		fmt.Fprintf(b, "| %d | %d | %s | %s |\n", s.n, s.writers, s.bareCPU, s.ferryCPU)
+	}
+	fmt.Fprintf(b, "\n## Steady state: %d refresh cycles of %v with nothing changing\n\n", r.opts.steadyCycles, r.opts.refresh)
+	fmt.Fprintf(b, "Vault reads counted in Vault's audit log (paths read: distinct paths read at least once during the whole window); Kubernetes writes are Secret changes seen by the apiserver watch; requests are the writers' requests on Secrets in the apiserver's audit log (a periodic drift-repair re-apply of unchanged content is a request but no write).\n\n")
+	fmt.Fprintf(b, "| secrets (distinct paths) | writers | Vault reads per cycle | paths read | Kubernetes writes | writer requests |\n|---:|---:|---:|---:|---:|---:|\n")
+	for _, s := range r.syncs {
+		if s.steady {
+			fmt.Fprintf(b, "| %d | %d | %.1f | %d | %d | %d |\n", s.n, s.writers, s.readsPerCycle, s.pathsRead, s.steadyWrites, s.steadyRequests)
+		}
+	}
+	fmt.Fprintf(b, "\n## Broker restart after the sync\n\n")
+	fmt.Fprintf(b, "The broker is stopped (SIGTERM) and started again; the writers stay up and reconnect.\n\n")
+	fmt.Fprintf(b, "| secrets | writers | writer requests on Secrets | Secret writes | until every binding is reported applied again |\n|---:|---:|---:|---:|---:|\n")
+	for _, s := range r.syncs {
+		if s.steady {
+			fmt.Fprintf(b, "| %d | %d | %d | %d | %.1f s |\n", s.n, s.writers, s.restartRequests, s.restartWrites, s.restartConverged.Seconds())
+		}
+	}
 }
 
 // markdown writes the section of the shared-paths scenario.
