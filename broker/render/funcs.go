@@ -14,7 +14,7 @@ import (
 
 // Funcs is the function set templates may call besides text/template's
 // builtins (and, or, not, eq, ne, lt, le, gt, ge, len, index, slice, print,
-// printf, println, urlquery, html, js, call). Every function is a pure
+// println, urlquery, html, js, call; printf is replaced by a bounded one). Every function is a pure
 // function of its arguments: none reads the environment, a file, the
 // network or a clock, and none generates random data, so a template can
 // only reshape what the binding's Vault sources returned.
@@ -49,7 +49,47 @@ func Funcs() template.FuncMap {
 		// presence
 		"default":  dflt,
 		"required": required,
+		// text/template's printf, with bounded widths and precisions
+		"printf": printf,
 	}
+}
+
+// MaxFormatWidth bounds a width or precision in a printf format: without
+// it `printf "%01000000000d" 1` would allocate a gigabyte before the output
+// limit could stop it.
+const MaxFormatWidth = 4096
+
+// printf is fmt.Sprintf (text/template's builtin printf) refusing a width
+// or precision above MaxFormatWidth, or one taken from an argument ('*').
+func printf(format string, args ...any) (string, error) {
+	for i := 0; i < len(format); i++ {
+		if format[i] != '%' {
+			continue
+		}
+		// A verb: flags, an argument index, width, '.', precision, verb;
+		// every run of digits before the verb letter is a width,
+		// precision or argument index, and each is bounded.
+		for i++; i < len(format); i++ {
+			c := format[i]
+			switch {
+			case c == '*':
+				return "", &funcError{"printf: a width or precision from an argument ('*') is not supported"}
+			case c >= '0' && c <= '9':
+				n := 0
+				for ; i < len(format) && format[i] >= '0' && format[i] <= '9'; i++ {
+					if n = n*10 + int(format[i]-'0'); n > MaxFormatWidth {
+						return "", &funcError{fmt.Sprintf("printf: a width or precision is above %d", MaxFormatWidth)}
+					}
+				}
+				i--
+				continue
+			case strings.IndexByte("+-# .[]", c) >= 0:
+				continue
+			}
+			break // the verb (or '%' of "%%")
+		}
+	}
+	return fmt.Sprintf(format, args...), nil
 }
 
 // FuncNames lists Funcs' names, for the documentation test.

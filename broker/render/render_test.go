@@ -63,7 +63,7 @@ func TestRenderErrorsHoldNoValue(t *testing.T) {
 		{"bad base64", `{{ b64dec .db.password }}`, "b64dec: the argument is not standard base64"},
 		{"field of string", `{{ .db.password.foo }}`, "could not be evaluated"},
 		{"slice out of range", `{{ slice .db.password 0 999 }}`, "could not be evaluated"},
-		{"huge output", `{{ range $i := (split "" (printf "%01000000d" 0)) }}{{ $.db.password }}{{ end }}`, "over 1048576 bytes"},
+		{"huge output", `{{ range split "" (printf "%04096d" 0) }}{{ range split "" (printf "%011d" 0) }}{{ $.db.password }}{{ end }}{{ end }}`, "over 1048576 bytes"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -230,5 +230,45 @@ func TestRenderLabelsAndAnnotations(t *testing.T) {
 	}
 	if _, err := New(Spec{Labels: map[string]string{"x": `{{ .db.`}}); err == nil || !strings.Contains(err.Error(), "template labels.x") {
 		t.Errorf("a label template that does not parse: %v", err)
+	}
+}
+
+// TestPrintfBoundsWidth: text/template's printf would allocate whatever
+// width a format asks for; the replacement refuses more than
+// MaxFormatWidth (and '*'), naming no value, and formats as fmt does
+// otherwise.
+func TestPrintfBoundsWidth(t *testing.T) {
+	in := map[string]map[string][]byte{"db": {"port": []byte("5432"), "password": []byte(secretValue)}}
+	for _, tc := range []struct{ tmpl, want string }{
+		{`{{ printf "%s:%05d" .db.port 7 }}`, "5432:00007"},
+		{`{{ printf "%-6s|%.2f|%%|%[1]q" .db.port 3.14159 }}`, `5432  |3.14|%|"5432"`},
+		{`{{ printf "%4096d" 1 | len }}`, "4096"},
+		{`{{ printf "%.4096s" .db.password }}`, secretValue},
+	} {
+		r, err := New(Spec{Sources: []Source{{Name: "db"}}, Data: map[string]string{"k": tc.tmpl}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := r.Render(in)
+		if err != nil || string(got.Data["k"]) != tc.want {
+			t.Errorf("%s = %q, %v; want %q", tc.tmpl, got.Data["k"], err, tc.want)
+		}
+	}
+	for _, tmpl := range []string{
+		`{{ printf "%01000000000d" 1 }}`, `{{ printf "%4097d" 1 }}`, `{{ printf "%.1000000000f" 1.0 }}`,
+		`{{ printf "%s%[1]*d" .db.password 5 }}`, `{{ printf "%*d" 1000000000 1 }}`, `{{ printf "%[99999999999999999999]d" 1 }}`,
+	} {
+		r, err := New(Spec{Sources: []Source{{Name: "db"}}, Data: map[string]string{"k": tmpl}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = r.Render(in)
+		var re *Error
+		if !errors.As(err, &re) || !strings.Contains(re.Reason, "printf: a width or precision") {
+			t.Errorf("%s: got %v, want printf's refusal", tmpl, err)
+		}
+		if err != nil && strings.Contains(err.Error(), secretValue) {
+			t.Errorf("%s: the error holds the value", tmpl)
+		}
 	}
 }
