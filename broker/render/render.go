@@ -14,8 +14,11 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"runtime"
 	"strings"
+	"sync"
 	"text/template"
+	"weak"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 )
@@ -126,7 +129,7 @@ func New(spec Spec) (*Renderer, error) {
 func parseAll(field string, m map[string]string) (map[string]*template.Template, error) {
 	out := make(map[string]*template.Template, len(m))
 	for k, text := range m {
-		t, err := Parse(field+"."+k, text)
+		t, err := parseShared(field+"."+k, text)
 		if err != nil {
 			line, col, msg := ParseErrorPosition(err, text)
 			return nil, fmt.Errorf("template %s.%s: line %d, column %d: %s", field, k, line, col, msg)
@@ -134,6 +137,32 @@ func parseAll(field string, m map[string]string) (map[string]*template.Template,
 		out[k] = t
 	}
 	return out, nil
+}
+
+// parsed holds every template a Renderer uses, by name and text, so that
+// bindings with the same template (a configuration often gives many the
+// same) share one parse: a parsed template with its function table is
+// several KiB, and may be executed concurrently. Entries are weak: a
+// template no Renderer uses any more is collected and its entry removed.
+var parsed sync.Map // name + "\x00" + text -> weak.Pointer[template.Template]
+
+// parseShared is Parse, sharing the result with every other Renderer that
+// parses the same name and text.
+func parseShared(name, text string) (*template.Template, error) {
+	key := name + "\x00" + text
+	if v, ok := parsed.Load(key); ok {
+		if t := v.(weak.Pointer[template.Template]).Value(); t != nil {
+			return t, nil
+		}
+	}
+	t, err := Parse(name, text)
+	if err != nil {
+		return nil, err
+	}
+	wp := weak.Make(t)
+	parsed.Store(key, wp)
+	runtime.AddCleanup(t, func(key string) { parsed.CompareAndDelete(key, wp) }, key)
+	return t, nil
 }
 
 // Templated reports whether the Secret's data is rendered from templates
