@@ -129,8 +129,10 @@ func testTemplateDatabase(t *testing.T, e *sourcesEnv, seen *secretValues) {
 	versions := map[string]string{}  // resourceVersion -> DATABASE_URL
 	var order []string
 	failures := 0
-	deadline := issued.Add(dbMaxTTL + 5*time.Second)
-	for time.Now().Before(deadline) {
+	// Watch until a renewal and one replacement were seen (whichever lease
+	// the watch starts with: under load it may start late in a lease's life).
+	deadline := issued.Add(dbMaxTTL + dbTTL + 5*time.Second)
+	for time.Now().Before(deadline) && !(renewed && len(order) == 2) {
 		s, err := e.secret("tmpl-app")
 		if err != nil {
 			t.Fatal(err)
