@@ -17,6 +17,17 @@ func TestClassify(t *testing.T) {
 		return config.Binding{Name: "tls", Namespace: "ns", SecretName: "tls", Refresh: d(time.Minute),
 			PKI: &config.PKI{Mount: "pki", Role: "web", CommonName: "a.example", RenewPercent: 67}}
 	}
+	// A binding of several sources is restarted as a whole on any source,
+	// schedule or destination change (its combiner has no reconfigure path;
+	// the Poller relies on ChangeKind here).
+	multi := func() config.Binding {
+		return config.Binding{Name: "app", Namespace: "ns", SecretName: "app", Refresh: d(time.Minute),
+			Sources: []config.Source{
+				{Name: "db", Dynamic: &config.Dynamic{Path: "database/creds/app", RenewPercent: 67}},
+				{Name: "cfg", KV: &config.KV{Mount: "secret", Path: "app"}},
+			},
+			Template: &config.Template{Data: map[string]string{"URL": "{{ .db.username }}@{{ .cfg.host }}"}}}
+	}
 	for _, tc := range []struct {
 		name   string
 		base   func() config.Binding
@@ -47,6 +58,12 @@ func TestClassify(t *testing.T) {
 		{"pki mount", pki, func(b *config.Binding) { b.PKI.Mount = "pki2" }, ChangeSource},
 		{"pki ttl", pki, func(b *config.Binding) { b.PKI.TTL = d(time.Hour) }, ChangeSource},
 		{"kv path", func() config.Binding { return cfgBinding("a", "") }, func(b *config.Binding) { b.KV.Path = "y" }, ChangeSource},
+		{"sources: nothing", multi, func(*config.Binding) {}, 0},
+		{"sources: labels", multi, func(b *config.Binding) { b.Labels = map[string]string{"a": "b"} }, ChangeDelivery},
+		{"sources: refresh", multi, func(b *config.Binding) { b.Refresh = d(time.Hour) }, ChangeKind | ChangeSource | ChangeSchedule},
+		{"sources: a source's path", multi, func(b *config.Binding) { b.Sources[1].KV.Path = "other" }, ChangeKind | ChangeSource},
+		{"sources: template", multi, func(b *config.Binding) { b.Template.Data["URL"] = "{{ .cfg.host }}" }, ChangeKind | ChangeSource},
+		{"sources: moved", multi, func(b *config.Binding) { b.SecretName = "app2" }, ChangeKind | ChangeSource | ChangeDestination | ChangeDelivery},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			old, next := tc.base(), tc.base()

@@ -37,7 +37,7 @@ func Funcs() template.FuncMap {
 		"trim":       strings.TrimSpace,
 		"trimPrefix": func(prefix, s string) string { return strings.TrimPrefix(s, prefix) },
 		"trimSuffix": func(suffix, s string) string { return strings.TrimSuffix(s, suffix) },
-		"replace":    func(old, new, s string) string { return strings.ReplaceAll(s, old, new) },
+		"replace":    replace,
 		"contains":   func(sub, s string) bool { return strings.Contains(s, sub) },
 		"hasPrefix":  func(prefix, s string) bool { return strings.HasPrefix(s, prefix) },
 		"hasSuffix":  func(suffix, s string) bool { return strings.HasSuffix(s, suffix) },
@@ -45,7 +45,7 @@ func Funcs() template.FuncMap {
 		"join":       join,
 		"quote":      func(s string) string { return fmt.Sprintf("%q", s) },
 		"indent":     indent,
-		"nindent":    func(n int, s string) string { return "\n" + indent(n, s) },
+		"nindent":    func(n int, s string) (string, error) { s, err := indent(n, s); return "\n" + s, err },
 		// presence
 		"default":  dflt,
 		"required": required,
@@ -162,9 +162,28 @@ func join(sep string, v any) (string, error) {
 	return "", &funcError{"join: the argument is not a list"}
 }
 
-func indent(n int, s string) string {
-	pad := strings.Repeat(" ", max(n, 0))
-	return pad + strings.ReplaceAll(s, "\n", "\n"+pad)
+// indent puts n spaces before every line of s. Its result is sized before
+// it is built: a width from the template or a long value must not allocate
+// beyond MaxOutput (an out-of-memory crash is not an error text/template
+// can recover from).
+func indent(n int, s string) (string, error) {
+	n = max(n, 0)
+	if n > MaxFormatWidth || (strings.Count(s, "\n")+1)*n+len(s) > MaxOutput {
+		return "", &funcError{fmt.Sprintf("indent: the result would be over %d bytes, or the width over %d", MaxOutput, MaxFormatWidth)}
+	}
+	pad := strings.Repeat(" ", n)
+	return pad + strings.ReplaceAll(s, "\n", "\n"+pad), nil
+}
+
+// replace is strings.ReplaceAll(s, old, new), refused when its result
+// would be over MaxOutput (sized before it is built; an empty old inserts
+// new between every byte).
+func replace(old, new, s string) (string, error) {
+	n := strings.Count(s, old)
+	if len(s)+n*(len(new)-len(old)) > MaxOutput {
+		return "", &funcError{fmt.Sprintf("replace: the result would be over %d bytes", MaxOutput)}
+	}
+	return strings.ReplaceAll(s, old, new), nil
 }
 
 // dflt returns v unless it is empty (an empty string, a zero number, nil, an

@@ -248,6 +248,9 @@ func TestPrintfBoundsWidth(t *testing.T) {
 		{`{{ printf "%-6s|%.2f|%%|%[1]q" .db.port 3.14159 }}`, `5432  |3.14|%|"5432"`},
 		{`{{ printf "%4096d" 1 | len }}`, "4096"},
 		{`{{ printf "%.4096s" .db.password }}`, secretValue},
+		{`{{ indent 2 "a\nb" }}`, "  a\n  b"},
+		{`{{ nindent 1 "a" }}`, "\n a"},
+		{`{{ replace "5" "6" .db.port }}`, "6432"},
 	} {
 		r, err := New(Spec{Sources: []Source{{Name: "db"}}, Data: map[string]string{"k": tc.tmpl}})
 		if err != nil {
@@ -261,6 +264,10 @@ func TestPrintfBoundsWidth(t *testing.T) {
 	for _, tmpl := range []string{
 		`{{ printf "%01000000000d" 1 }}`, `{{ printf "%4097d" 1 }}`, `{{ printf "%.1000000000f" 1.0 }}`,
 		`{{ printf "%s%[1]*d" .db.password 5 }}`, `{{ printf "%*d" 1000000000 1 }}`, `{{ printf "%[99999999999999999999]d" 1 }}`,
+		// The other functions that size their result from the template are
+		// bounded before they allocate too.
+		`{{ indent 8000000000 "" }}`, `{{ nindent 8000000000 "x" }}`, `{{ indent 4000 (printf "%4000s" "" | replace " " "\n") }}`,
+		`{{ replace "" (printf "%4096s" "") (printf "%4096s" "") }}`, `{{ printf "%4096s" "" | replace " " (printf "%4096s" "") }}`,
 	} {
 		r, err := New(Spec{Sources: []Source{{Name: "db"}}, Data: map[string]string{"k": tmpl}})
 		if err != nil {
@@ -268,8 +275,8 @@ func TestPrintfBoundsWidth(t *testing.T) {
 		}
 		_, err = r.Render(in)
 		var re *Error
-		if !errors.As(err, &re) || !strings.Contains(re.Reason, "printf: a width or precision") {
-			t.Errorf("%s: got %v, want printf's refusal", tmpl, err)
+		if !errors.As(err, &re) || !(strings.Contains(re.Reason, "printf: a width or precision") || strings.Contains(re.Reason, "would be over")) {
+			t.Errorf("%s: got %v, want a refusal before the allocation", tmpl, err)
 		}
 		if err != nil && strings.Contains(err.Error(), secretValue) {
 			t.Errorf("%s: the error holds the value", tmpl)
