@@ -205,7 +205,7 @@ func TestApplyErrorIsSafe(t *testing.T) {
 	if strings.Contains(err.Error(), secretValue) {
 		t.Fatalf("error leaks secret data: %v", err)
 	}
-	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "bad label") || !strings.HasPrefix(err.Error(), "apply: demo/db-creds: ") {
+	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "metadata.labels: FieldValueInvalid") || !strings.HasPrefix(err.Error(), "apply: demo/db-creds: ") {
 		t.Fatalf("error lost reason or message: %v", err)
 	}
 	var apiErr *APIError
