@@ -65,7 +65,7 @@ func (c *catalogCollector) Collect(ch chan<- prometheus.Metric) {
 	now := c.now()
 	type key struct{ kind, state string }
 	counts := map[key]int{}
-	for _, k := range []string{KindKV, KindDynamic, KindPKI} {
+	for _, k := range []string{KindKV, KindDynamic, KindPKI, KindSources} {
 		for _, s := range []string{catalog.StatePending, catalog.StateOK, catalog.StateError} {
 			counts[key{k, s}] = 0
 		}

@@ -68,6 +68,9 @@ const (
 	KindKV      = "kv"
 	KindDynamic = "dynamic"
 	KindPKI     = "pki"
+	// KindSources is a binding of several named sources (or a templated
+	// one): its combined errors and states are counted under it.
+	KindSources = "sources"
 )
 
 // Message types sent to writers (the type label).
@@ -154,7 +157,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, o := range []string{RenewalOK, RenewalError, RenewalReplaced} {
 		m.leaseRenewals.WithLabelValues(o)
 	}
-	for _, k := range []string{KindKV, KindDynamic, KindPKI} {
+	for _, k := range []string{KindKV, KindDynamic, KindPKI, KindSources} {
 		m.sourceErrors.WithLabelValues(k)
 	}
 	for _, t := range []string{MsgUpsert, MsgDelete, MsgSnapshotComplete} {
@@ -198,7 +201,7 @@ func (m *Metrics) LeaseRenewal(outcome string) {
 }
 
 // SourceError records a failed read, issue or renewal of a source of kind
-// (KindKV, KindDynamic, KindPKI).
+// (KindKV, KindDynamic, KindPKI, KindSources).
 func (m *Metrics) SourceError(kind string) {
 	if m == nil {
 		return

@@ -10,13 +10,14 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 	"github.com/ferry-secrets/ferry/broker/render"
 	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 )
 
 // KindSources is the catalog source kind of a binding with several named
 // sources or a template.
-const KindSources = "sources"
+const KindSources = metrics.KindSources
 
 // A binding with several named sources (or a template) runs each source as
 // a part: a binding of its own, named "<binding>/<source>" (binding names
