@@ -111,28 +111,35 @@ func (b *Binding) setSourceDefaults() {
 
 // validateSource checks that exactly one source is set and that it is
 // sound, and that it reads neither Vault's own APIs nor the state store.
-func (b Binding) validateSource(p *yamlconfig.Problems, f string, state *VaultState) {
-	if b.validateSources(p, f, state) {
-		return
-	}
+// validateOneSource checks that exactly one of kv, dynamic and pki is set
+// (choices names what may be set instead, for the error) and checks it. A
+// pki source is checked against pkiType, the Secret type it is delivered as.
+func validateOneSource(p *yamlconfig.Problems, f string, kv *KV, dyn *Dynamic, pki *PKI, state *VaultState, pkiType, choices string) {
 	n := 0
-	for _, set := range []bool{b.KV != nil, b.Dynamic != nil, b.PKI != nil} {
+	for _, set := range []bool{kv != nil, dyn != nil, pki != nil} {
 		if set {
 			n++
 		}
 	}
 	switch {
 	case n == 0:
-		p.Add(f, "a source is required (kv, dynamic, pki or sources)")
+		p.Add(f, "a source is required (%s)", choices)
 	case n > 1:
 		p.Add(f, "set only one source (kv, dynamic or pki)")
-	case b.KV != nil:
-		b.KV.validate(p, f+".kv", state)
-	case b.Dynamic != nil:
-		b.Dynamic.validate(p, f+".dynamic", state)
+	case kv != nil:
+		kv.validate(p, f+".kv", state)
+	case dyn != nil:
+		dyn.validate(p, f+".dynamic", state)
 	default:
-		b.PKI.validate(p, f+".pki", b.Type)
+		pki.validate(p, f+".pki", pkiType)
 	}
+}
+
+func (b Binding) validateSource(p *yamlconfig.Problems, f string, state *VaultState) {
+	if b.validateSources(p, f, state) {
+		return
+	}
+	validateOneSource(p, f, b.KV, b.Dynamic, b.PKI, state, b.Type, "kv, dynamic, pki or sources")
 }
 
 // reservedMessage explains why a path that reaches Vault's own API is refused.

@@ -111,24 +111,9 @@ func (b Binding) validateSources(p *yamlconfig.Problems, f string, state *VaultS
 		default:
 			seen[s.Name] = i
 		}
-		n := 0
-		for _, set := range []bool{s.KV != nil, s.Dynamic != nil, s.PKI != nil} {
-			if set {
-				n++
-			}
-		}
-		switch {
-		case n == 0:
-			p.Add(sf, "a source is required (kv, dynamic or pki)")
-		case n > 1:
-			p.Add(sf, "set only one source (kv, dynamic or pki)")
-		case s.KV != nil:
-			s.KV.validate(p, sf+".kv", state)
-		case s.Dynamic != nil:
-			s.Dynamic.validate(p, sf+".dynamic", state)
-		default:
-			s.PKI.validate(p, sf+".pki", SecretTypeTLS) // the binding's type is checked on the rendered keys
-		}
+		// A pki source is checked as kubernetes.io/tls: the binding's type is
+		// checked on the rendered keys.
+		validateOneSource(p, sf, s.KV, s.Dynamic, s.PKI, state, SecretTypeTLS, "kv, dynamic or pki")
 		if s.Prefix != "" {
 			if err := secretpolicy.CheckDataKey(s.Prefix + "x"); err != nil {
 				p.Add(sf+".prefix", "%q cannot start a Secret data key (letters, digits, '-', '_' or '.')", s.Prefix)
