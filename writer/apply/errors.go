@@ -3,7 +3,6 @@ package apply
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -63,36 +62,38 @@ func (e *APIError) Status() metav1.Status {
 
 // safeError replaces an apiserver status error by an APIError; other errors
 // (transport, context) carry no object and are kept so errors.Is works.
-// The message of an Invalid (422) status is not kept: kube-apiserver's
-// decoding and validation errors quote the object they refuse, values
-// included (docs/rbac.md, "Known limit"); its causes' field paths and
-// types say what was wrong without them.
+// The message of a status whose causes name fields (kube-apiserver's
+// validation of the object) is not kept: it quotes the values it refuses
+// (docs/rbac.md, "Known limit"); the causes' field paths and types say what
+// was wrong without them. Other messages (an admission policy's denial, a
+// conflict) are kept: they are written by the apiserver's or the cluster's
+// rules, not taken from the object.
 func safeError(err error) error {
 	var st apierrors.APIStatus
 	if errors.As(err, &st) {
 		s := st.Status()
 		msg := s.Message
-		if s.Reason == metav1.StatusReasonInvalid || s.Code == http.StatusUnprocessableEntity {
-			msg = invalidCauses(s.Details)
+		if fields := fieldCauses(s.Details); fields != "" {
+			msg = fields
 		}
 		return &APIError{Reason: s.Reason, Code: s.Code, Message: msg}
 	}
 	return err
 }
 
-// invalidCauses names the fields and kinds of failure of an Invalid status,
-// never the values the apiserver quoted.
-func invalidCauses(d *metav1.StatusDetails) string {
+// fieldCauses names the fields and kinds of failure of a status whose
+// causes name fields, never the values the apiserver quoted; "" when none do.
+func fieldCauses(d *metav1.StatusDetails) string {
 	var causes []string
 	if d != nil {
 		for _, c := range d.Causes {
-			if c.Field != "" || c.Type != "" {
+			if c.Field != "" {
 				causes = append(causes, fmt.Sprintf("%s: %s", c.Field, c.Type))
 			}
 		}
 	}
 	if len(causes) == 0 {
-		return "the object was refused as invalid (the apiserver's message is withheld: it may quote the Secret)"
+		return ""
 	}
 	return "invalid: " + strings.Join(causes, "; ") + " (the apiserver's message is withheld: it may quote the Secret)"
 }
