@@ -265,9 +265,12 @@ func TestSyncMetrics(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if metric("ferry_broker_messages_sent_total", "type", "upsert") != 1 || metric("ferry_broker_messages_sent_total", "type", "snapshot_complete") != 1 {
-		t.Errorf("messages sent: upsert %v, snapshot_complete %v", metric("ferry_broker_messages_sent_total", "type", "upsert"),
-			metric("ferry_broker_messages_sent_total", "type", "snapshot_complete"))
+	// The server counts a message once its Send returned, which may be
+	// after the client received it: wait for the count, then check it.
+	sent := func(typ string) float64 { return metric("ferry_broker_messages_sent_total", "type", typ) }
+	waitFor(t, func() bool { return sent("upsert") >= 1 && sent("snapshot_complete") >= 1 })
+	if sent("upsert") != 1 || sent("snapshot_complete") != 1 {
+		t.Errorf("messages sent: upsert %v, snapshot_complete %v", sent("upsert"), sent("snapshot_complete"))
 	}
 	if metric("ferry_broker_writer_connected", "writer", writerA) != 1 {
 		t.Error("writer_connected is not 1 while its stream is open")
@@ -295,7 +298,8 @@ func TestSyncMetrics(t *testing.T) {
 	if m, err := stream.Recv(); err != nil || m.GetUpsert() == nil {
 		t.Fatalf("change = %v, %v", m, err)
 	}
-	if got := metric("ferry_broker_messages_sent_total", "type", "upsert"); got != 2 {
+	waitFor(t, func() bool { return sent("upsert") >= 2 })
+	if got := sent("upsert"); got != 2 {
 		t.Errorf("upserts sent = %v, want 2", got)
 	}
 	for v, where := range metricstest.LabelValues(t, f.reg) {
