@@ -24,6 +24,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferry-secrets/ferry/broker/catalog"
+
+	ferrymetrics "github.com/ferry-secrets/ferry/internal/metrics"
 )
 
 // Vault request operations (the operation label).
@@ -114,7 +116,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		reg: reg,
 		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
-			grpcprom.WithHistogramBuckets([]float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 60, 300, 3600}))),
+			grpcprom.WithHistogramBuckets(ferrymetrics.RPCBuckets))),
 		vaultRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_broker_vault_requests_total",
 			Help: "Vault requests by Vault identity, operation and outcome (ok, error, denied, not_found).",
@@ -122,7 +124,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		vaultDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "ferry_broker_vault_request_duration_seconds",
 			Help:    "Latency of Vault requests by Vault identity and operation.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+			Buckets: ferrymetrics.RequestBuckets,
 		}, []string{"identity", "operation"}),
 		vaultLogins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_broker_vault_logins_total",

@@ -30,6 +30,15 @@ import (
 	"github.com/ferry-secrets/ferry/internal/buildinfo"
 )
 
+// Histogram buckets both binaries use, so their dashboards line up.
+var (
+	// RPCBuckets are for gRPC calls, from unary calls (milliseconds) to
+	// Sync streams (hours).
+	RPCBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 60, 300, 3600}
+	// RequestBuckets are for one request to Vault or the Kubernetes API.
+	RequestBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+)
+
 // Config is the `metrics` section of both configuration files.
 type Config struct {
 	// Listen is the plain-HTTP address (host:port) of /metrics, /healthz

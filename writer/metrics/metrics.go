@@ -24,6 +24,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	kubemetrics "k8s.io/client-go/tools/metrics"
+
+	ferrymetrics "github.com/ferry-secrets/ferry/internal/metrics"
 )
 
 // Apply outcomes (the outcome label of ferry_writer_applies_total).
@@ -66,7 +68,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		reg: reg,
 		grpc: grpcprom.NewClientMetrics(grpcprom.WithClientHandlingTimeHistogram(
-			grpcprom.WithHistogramBuckets([]float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 60, 300, 3600}))),
+			grpcprom.WithHistogramBuckets(ferrymetrics.RPCBuckets))),
 		applies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_writer_applies_total",
 			Help: "Upserts from the broker by outcome: created, updated, unchanged, failed, superseded, refused.",
@@ -74,7 +76,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		applyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ferry_writer_apply_duration_seconds",
 			Help:    "Time to apply one upsert (every outcome but superseded), including the ownership check.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+			Buckets: ferrymetrics.RequestBuckets,
 		}),
 		resyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ferry_writer_resync_duration_seconds",
