@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,40 +17,64 @@ const clockTick = 100
 var components = []string{"vault", "etcd", "kube-apiserver", "ferry-broker", "ferry-writer", "bench"}
 
 // cpuSeconds returns the CPU time (user + system) used so far by every
-// process of each component, by executable name.
+// process of each component, by executable name. Only this process and its
+// descendants count: other stacks on the same machine (tests of other
+// checkouts) run the same executables.
 func cpuSeconds() map[string]float64 {
-	out := map[string]float64{}
+	type proc struct {
+		name      string
+		ppid      int
+		cpu       float64
+		component bool
+	}
+	procs := map[int]proc{}
 	dirs, _ := os.ReadDir("/proc")
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(d.Name())
 		if err != nil {
 			continue
 		}
-		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		if err != nil {
-			continue
-		}
-		name := filepath.Base(exe)
-		known := false
-		for _, c := range components {
-			known = known || name == c
-		}
-		if !known {
-			continue
-		}
 		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
 			continue
 		}
-		// Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+		// Fields after the parenthesised command: state is field 3, ppid
+		// 4, utime 14, stime 15.
 		rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
 		f := strings.Fields(rest)
 		if len(f) < 13 {
 			continue
 		}
+		p := proc{}
+		p.ppid, _ = strconv.Atoi(f[1])
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
+			p.name = filepath.Base(exe)
+			p.component = slices.Contains(components, p.name)
+		}
 		u, _ := strconv.ParseFloat(f[11], 64)
 		s, _ := strconv.ParseFloat(f[12], 64)
-		out[name] += (u + s) / clockTick
+		p.cpu = (u + s) / clockTick
+		procs[pid] = p
+	}
+	self := os.Getpid()
+	ours := func(pid int) bool {
+		for range 64 { // a loop in the snapshot cannot hang us
+			if pid == self {
+				return true
+			}
+			p, ok := procs[pid]
+			if !ok || pid <= 1 {
+				return false
+			}
+			pid = p.ppid
+		}
+		return false
+	}
+	out := map[string]float64{}
+	for pid, p := range procs {
+		if p.component && ours(pid) {
+			out[p.name] += p.cpu
+		}
 	}
 	return out
 }

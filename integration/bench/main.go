@@ -36,6 +36,11 @@ type options struct {
 	state        bool // its broker keeps lease state in Vault (vault.state)
 	sync         bool // run the initial-sync scenarios of -sizes
 	templates    int  // bindings of the templated-vs-untemplated scenario (0: skip)
+	// writeCost is the number of Secrets of the write-cost scenario (0:
+	// skip); writeCostCBOR adds CBOR apply, on an apiserver with the
+	// (alpha) CBORServingAndStorage gate.
+	writeCost     int
+	writeCostCBOR bool
 }
 
 func main() {
@@ -57,6 +62,8 @@ func main() {
 	flag.BoolVar(&o.state, "state", true, "the -shared scenario's broker keeps lease state in Vault (vault.state: {mount: secret, path: ferry-broker})")
 	flag.BoolVar(&o.sync, "sync", true, "measure the initial sync (with steady state and a broker restart) at each of -sizes")
 	flag.IntVar(&o.templates, "templates", 1000, "bindings of the templates scenario: each renders two KV sources with a template, next to the same bindings untemplated (0: skip)")
+	flag.IntVar(&o.writeCost, "write-cost", 0, "Secrets of the write-cost scenario: what one Secret costs kube-apiserver and etcd for each way of writing it (0: skip)")
+	flag.BoolVar(&o.writeCostCBOR, "write-cost-cbor", false, "the write-cost scenario also measures CBOR apply, on an apiserver started with the alpha gate CBORServingAndStorage=true")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
 	if o.reps < 1 {
@@ -129,6 +136,12 @@ func run(r *stack.Runner, o options) *report {
 		isolated(r, o, func(sr *stack.Runner) {
 			res := templatesScenario(sr, o, o.templates)
 			rep.templates = &res
+		})
+	}
+	if o.writeCost > 0 {
+		isolated(r, o, func(sr *stack.Runner) {
+			res := writeCostScenario(sr, o)
+			rep.writeCost = &res
 		})
 	}
 	if o.changes > 0 {

@@ -17,6 +17,7 @@ type report struct {
 	syncs     []syncResult
 	shared    *sharedResult    // nil: not measured
 	templates *templatesResult // nil: not measured
+	writeCost *writeCostResult // nil: not measured
 	latency   latencyResult
 }
 
@@ -46,6 +47,9 @@ func (r *report) markdown(command string) string {
 	}
 	if r.templates != nil {
 		r.templates.markdown(&b)
+	}
+	if r.writeCost != nil {
+		r.writeCost.markdown(&b)
 	}
 	if r.latency.changes > 0 {
 		l := r.latency
@@ -113,6 +117,19 @@ func (s *sharedResult) markdown(b *strings.Builder, refresh time.Duration) {
 //
 //go:embed analysis.md
 var analysis string
+
+// uptime is the machine's load averages, as uptime(1) prints them.
+func uptime() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return "load average " + strings.Join(f[:3], ", ")
+}
 
 func cpuModel() string {
 	data, _ := os.ReadFile("/proc/cpuinfo")

@@ -51,6 +51,19 @@ type Kube struct {
 // account token issuance) and waits until the apiserver is ready.
 func StartKube(t TB) *Kube {
 	t.Helper()
+	return StartKubeWith(t, KubeOptions{})
+}
+
+// KubeOptions change how StartKubeWith starts kube-apiserver.
+type KubeOptions struct {
+	// FeatureGates are passed as --feature-gates (e.g.
+	// "CBORServingAndStorage=true"); none by default.
+	FeatureGates []string
+}
+
+// StartKubeWith is StartKube with options.
+func StartKubeWith(t TB, o KubeOptions) *Kube {
+	t.Helper()
 	etcdBin, apiserverBin := Bin(t, "etcd"), Bin(t, "kube-apiserver")
 	k := &Kube{Dir: t.TempDir()}
 	k.logFile = filepath.Join(k.Dir, "kube-apiserver.log")
@@ -88,7 +101,7 @@ func StartKube(t TB) *Kube {
 	start := time.Now()
 	p := startProc(t, procSpec{
 		name: "kube-apiserver", path: apiserverBin, dir: k.Dir, logFile: k.logFile,
-		args: []string{
+		args: append([]string{
 			"--etcd-servers=" + etcdURL,
 			"--bind-address=127.0.0.1",
 			"--advertise-address=127.0.0.1",
@@ -110,7 +123,7 @@ func StartKube(t TB) *Kube {
 			"--audit-log-path=" + k.AuditLog,
 			"--audit-log-mode=blocking",
 			"--audit-log-maxsize=100000", // MB: never rotate (counts read the one file)
-		},
+		}, featureGates(o.FeatureGates)...),
 	})
 	hc := k.adminHTTPClient(t)
 	took := p.waitReady(t, start, 90*time.Second, func() error {
@@ -126,6 +139,14 @@ func StartKube(t TB) *Kube {
 	})
 	t.Logf("stack: kube-apiserver ready at %s in %v", k.URL, took.Round(time.Millisecond))
 	return k
+}
+
+// featureGates is the --feature-gates flag for gates, if any.
+func featureGates(gates []string) []string {
+	if len(gates) == 0 {
+		return nil
+	}
+	return []string{"--feature-gates=" + strings.Join(gates, ",")}
 }
 
 // startEtcd starts a single-member etcd on loopback and returns its client URL.
