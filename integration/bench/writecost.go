@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 
+	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/integration/stack"
 )
 
@@ -35,6 +36,9 @@ var writeCostPhases = []string{"create", "rewrite unchanged", "rewrite changed"}
 // costMethod is one way of writing a Secret.
 type costMethod struct {
 	name string // row label
+	// policy: the chart's ValidatingAdmissionPolicy holds the writes (it
+	// is bound to this method's namespaces only).
+	policy bool
 	// create writes new Secret i (content version 0) into ns; rewrite
 	// writes Secret i, which exists, with content version v.
 	create  func(ctx context.Context, ns string, i int) error
@@ -57,6 +61,12 @@ type writeCostResult struct {
 	runs              map[string]map[string][]writeCostRun
 	uptime            string // load at the start
 }
+
+// The write-cost client's ServiceAccount.
+const (
+	costSANamespace = "wc-sa"
+	costSA          = "writer"
+)
 
 // writeCostManager is the field manager of every write: Ferry's.
 const writeCostManager = "ferry-writer"
@@ -81,15 +91,29 @@ func writeCostScenario(r *stack.Runner, o options) writeCostResult {
 	}
 	admin := kube.Admin(r)
 	ctx := context.Background()
+	// Every namespace up front, so that the admission policy can be bound
+	// to those of the methods that have it.
+	nsOf := func(rep, k int) string { return fmt.Sprintf("wc-%d-m%d", rep, k) }
+	var policyNS []string
 	for rep := range o.reps {
+		for k, m := range methods {
+			kube.CreateNamespace(r, nsOf(rep, k))
+			if m.policy {
+				policyNS = append(policyNS, nsOf(rep, k))
+			}
+		}
+	}
+	if len(policyNS) > 0 {
+		ferrystack.InstallWriterPolicy(r, admin, w.bare, costSANamespace, costSA, policyNS)
+	}
+	for rep := range o.reps {
+		ns := map[string]string{}
+		for k, m := range methods {
+			ns[m.name] = nsOf(rep, k)
+		}
 		order := slices.Clone(methods)
 		// Rotate: each method goes first in some repetition.
 		order = append(order[rep%len(order):], order[:rep%len(order)]...)
-		ns := map[string]string{}
-		for k, m := range order {
-			ns[m.name] = fmt.Sprintf("wc-%d-%d", rep, k)
-			kube.CreateNamespace(r, ns[m.name])
-		}
 		time.Sleep(settle)
 		for ph, phase := range writeCostPhases {
 			for _, m := range order {
@@ -149,8 +173,8 @@ func newCostWriter(r *stack.Runner, kube *stack.Kube, n int) *costWriter {
 		}
 	}
 	ctx := context.Background()
-	kube.CreateNamespace(r, "wc-sa")
-	token := kube.ServiceAccount(r, "wc-sa", "writer", nil)
+	kube.CreateNamespace(r, costSANamespace)
+	token := kube.ServiceAccount(r, costSANamespace, costSA, nil)
 	admin := kube.Admin(r)
 	rules := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create", "patch", "update"}}}
 	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "write-cost"}, Rules: rules}, metav1.CreateOptions{}); err != nil {
@@ -159,7 +183,7 @@ func newCostWriter(r *stack.Runner, kube *stack.Kube, n int) *costWriter {
 	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: "write-cost"},
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "write-cost"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "writer", Namespace: "wc-sa"}},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: costSA, Namespace: costSANamespace}},
 	}, metav1.CreateOptions{}); err != nil {
 		r.Fatalf("write cost: %v", err)
 	}
@@ -177,7 +201,7 @@ func newCostWriter(r *stack.Runner, kube *stack.Kube, n int) *costWriter {
 	w.raw = w.proto.CoreV1().RESTClient()
 	// Wait until RBAC has caught up with the binding.
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		_, err := w.bare.CoreV1().Secrets("wc-sa").Apply(ctx, corev1apply.Secret("probe", "wc-sa"), metav1.ApplyOptions{FieldManager: writeCostManager, Force: true})
+		_, err := w.bare.CoreV1().Secrets(costSANamespace).Apply(ctx, corev1apply.Secret("probe", costSANamespace), metav1.ApplyOptions{FieldManager: writeCostManager, Force: true})
 		if err == nil {
 			return w
 		}
@@ -245,8 +269,12 @@ func (w *costWriter) methods(withCBOR bool) []costMethod {
 		}},
 		{name: "JSON create / update", create: create(w.json), rewrite: update(w.json)},
 		{name: "protobuf create / update", create: create(w.proto), rewrite: update(w.proto)},
+		{name: "JSON apply, chart policy", policy: true, rewrite: apply(w.bare)},
+		{name: "protobuf create / update, chart policy", policy: true, create: create(w.proto), rewrite: update(w.proto)},
 	}
-	ms[0].create = func(ctx context.Context, ns string, i int) error { return ms[0].rewrite(ctx, ns, i, 0) }
+	for _, k := range []int{0, 4} {
+		ms[k].create = func(ctx context.Context, ns string, i int) error { return ms[k].rewrite(ctx, ns, i, 0) }
+	}
 	if withCBOR {
 		cborApply := func(ctx context.Context, ns string, i, v int) error {
 			body, err := cbor.Marshal(w.applyConfig(ns, i, v))
@@ -324,7 +352,7 @@ func (res *writeCostResult) markdown(b *strings.Builder) {
 	if res.cbor {
 		gate = "started with `--feature-gates=CBORServingAndStorage=true` (alpha in 1.37, off by default) so that it accepts CBOR apply"
 	}
-	fmt.Fprintf(b, "One kube-apiserver %s, one client with a ServiceAccount token (RBAC: create, patch, update on Secrets), %d goroutines, no client-side rate limit; %d Secrets of ~1 KiB (8 keys × 128 characters) with Ferry's two labels, field manager `%s` (every write leaves a managedFields entry of it, checked). Each phase writes all %d Secrets with each method in turn, %d repetitions with the order rotated; CPU seconds of the kube-apiserver and etcd processes per 1,000 Secrets, medians (load at the start: %s).\n\n",
+	fmt.Fprintf(b, "One kube-apiserver %s; the rows marked *chart policy* write into namespaces held by the writer chart's ValidatingAdmissionPolicy (deploy/helm/ferry-writer, rendered with its defaults: on by default, and required by update mode), the others into namespaces without it. One client with a ServiceAccount token (RBAC: create, patch, update on Secrets), %d goroutines, no client-side rate limit; %d Secrets of ~1 KiB (8 keys × 128 characters) with Ferry's two labels, field manager `%s` (every write leaves a managedFields entry of it, checked). Each phase writes all %d Secrets with each method in turn, %d repetitions with the order rotated; CPU seconds of the kube-apiserver and etcd processes per 1,000 Secrets, medians (load at the start: %s).\n\n",
 		gate, res.parallel, res.n, writeCostManager, res.n, res.reps, res.uptime)
 	fmt.Fprintf(b, "| method | create: apiserver | create: etcd | rewrite unchanged: apiserver | rewrite unchanged: etcd | rewrite changed: apiserver | rewrite changed: etcd |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	base := map[string]float64{}

@@ -1,0 +1,96 @@
+package ferrystack
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+
+	"github.com/ferry-secrets/ferry/integration/stack"
+)
+
+// WriterPolicy renders the writer chart's ValidatingAdmissionPolicy and its
+// binding (deploy/helm/ferry-writer, templates/admissionpolicy.yaml, with
+// helm template and the chart's defaults) for a release in namespace
+// releaseNS whose ServiceAccount is serviceAccount, writing into targets.
+func WriterPolicy(t stack.TB, releaseNS, serviceAccount string, targets []string) (*admissionregistrationv1.ValidatingAdmissionPolicy, *admissionregistrationv1.ValidatingAdmissionPolicyBinding) {
+	t.Helper()
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		t.Fatalf("ferrystack: go list -m: %v", err)
+	}
+	home := t.TempDir()
+	args := []string{"template", "ferry", filepath.Join(strings.TrimSpace(string(root)), "deploy", "helm", "ferry-writer"),
+		"--namespace", releaseNS, "--show-only", "templates/admissionpolicy.yaml",
+		"--set", "serviceAccount.name=" + serviceAccount, "--set", "targetNamespaces={" + strings.Join(targets, ",") + "}"}
+	cmd := exec.Command(stack.Bin(t, "helm"), args...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(home, "config"), "HELM_DATA_HOME="+filepath.Join(home, "data"))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ferrystack: helm %s: %v", strings.Join(args, " "), err)
+	}
+	var (
+		policy  *admissionregistrationv1.ValidatingAdmissionPolicy
+		binding *admissionregistrationv1.ValidatingAdmissionPolicyBinding
+	)
+	for _, doc := range strings.Split(string(out), "\n---") {
+		if strings.TrimSpace(doc) == "" || !strings.Contains(doc, "kind:") {
+			continue
+		}
+		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
+		if err != nil {
+			t.Fatalf("ferrystack: decode the chart's admission policy: %v", err)
+		}
+		switch o := obj.(type) {
+		case *admissionregistrationv1.ValidatingAdmissionPolicy:
+			policy = o
+		case *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
+			binding = o
+		}
+	}
+	if policy == nil || binding == nil {
+		t.Fatalf("ferrystack: the chart rendered no admission policy and binding:\n%s", out)
+	}
+	return policy, binding
+}
+
+// InstallWriterPolicy creates the chart's admission policy for
+// ServiceAccount releaseNS/serviceAccount (see WriterPolicy) and waits
+// until it is in effect: until writer, a client with that ServiceAccount's
+// token, is refused a dry-run create of an unlabelled Secret in every
+// target namespace (which is also what ferry-writer checks at start in
+// update mode).
+func InstallWriterPolicy(t stack.TB, admin, writer kubernetes.Interface, releaseNS, serviceAccount string, targets []string) {
+	t.Helper()
+	ctx := context.Background()
+	policy, binding := WriterPolicy(t, releaseNS, serviceAccount, targets)
+	if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, policy, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("ferrystack: create the admission policy: %v", err)
+	}
+	if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("ferrystack: create the admission policy binding: %v", err)
+	}
+	for _, ns := range targets {
+		probe := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{GenerateName: "policy-probe-"}, Type: corev1.SecretTypeOpaque}
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+			_, err := writer.CoreV1().Secrets(ns).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			if apierrors.IsForbidden(err) && strings.Contains(err.Error(), "ferry.dev/binding") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("ferrystack: the admission policy is not in effect in %s after a minute (dry-run create of an unlabelled Secret: %v)", ns, fmt.Sprint(err))
+			}
+		}
+	}
+}
