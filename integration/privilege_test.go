@@ -305,6 +305,17 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			t.Fatalf("no-op patch of the foreign Secret: %d, data returned: %v", resp.code, strings.Contains(resp.body, foreignB64))
 		}
 		t.Log("PATCH {} of the foreign Secret: 200 with its data")
+		for _, p := range []struct{ what, contentType, body, query string }{
+			{"PATCH JSON [] of the foreign Secret", jsonPatch, `[]`, ""},
+			{"PATCH strategic {} of the foreign Secret", strategicPatch, `{}`, ""},
+			{"PATCH server-side apply (empty) of the foreign Secret", applyPatch, emptyApply(ns, "foreign"), "?fieldManager=thief&force=true&dryRun=All"},
+		} {
+			resp := stolen.do("PATCH", secretPath(ns, "foreign")+p.query, p.contentType, p.body)
+			table.record(p.what, false, resp.code)
+			if resp.code != http.StatusOK || !strings.Contains(resp.body, foreignB64) {
+				t.Errorf("%s: %d, data returned: %v", p.what, resp.code, strings.Contains(resp.body, foreignB64))
+			}
+		}
 		// The crafted patches fail before admission and quote the Secret:
 		// in apply mode no admission policy could stop them.
 		for _, p := range crafted {
@@ -344,6 +355,15 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			if resp := stolen.do("POST", secretsPath(ns)+"?dryRun=All", "application/json", body); resp.code != http.StatusCreated {
 				t.Errorf("dry-run create of a %s: %s", what, resp)
 			}
+		}
+		// Secret types are immutable in the apiserver itself: refused with
+		// or without the policy (which repeats the rule).
+		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("own-0", "Opaque", ferryLabels, nil)); resp.code != http.StatusCreated {
+			t.Fatalf("create a labelled Secret: %s", resp)
+		}
+		resp = stolen.do("PATCH", secretPath(ns, "own-0"), mergePatch, `{"type":"example.com/custom"}`)
+		if resp.code != http.StatusUnprocessableEntity {
+			t.Errorf("type change without the policy: %s, want 422 from the apiserver's own validation", resp)
 		}
 		final := stolen.do("GET", secretPath(ns, "foreign"), "", "")
 		table.record("GET the foreign Secret", false, final.code)
