@@ -308,6 +308,9 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (_ typ
 	case ferryv1.CreationPolicy_CREATION_POLICY_MERGE:
 		// Every time: merge never creates, not even after a deletion by hand.
 		exists, _, err := a.test(ctx, ns, name, nil)
+		if err != nil && a.update && apierrors.IsForbidden(err) && !admissionDenied(err) {
+			return "", false, fmt.Errorf("apply: %s/%s: creation policy merge: the writer may not patch this Secret (in update mode its Role patches only the Secrets named in the writer chart's admissionPolicy.mergeTargets): %w", ns, name, err)
+		}
 		if err != nil {
 			return "", false, fmt.Errorf("apply: %s/%s: %w", ns, name, err)
 		}
@@ -354,7 +357,7 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (_ typ
 // reach it.
 const impossibleResourceVersion = "9223372036854775807"
 
-// createOnly makes cfg a create-if-absent: a server-side apply whose
+// createOnly (apply mode) makes cfg a create-if-absent: a server-side apply whose
 // resourceVersion is set is refused with 409 Conflict unless the stored
 // object has that resourceVersion, and an absent object has none to
 // compare, so the apply creates it (with server-side apply field
@@ -411,7 +414,8 @@ func labelTest(binding string) []jsonPatchOp {
 }
 
 // test sends a JSON patch made only of test operations (or none), which
-// never changes the Secret: it reports whether the Secret exists and
+// never changes the Secret (apply mode's ownership check, and in both modes
+// merge's existence check, on named merge targets only in update mode): it reports whether the Secret exists and
 // whether the tests held, and returns its UID. It uses the patch verb, not
 // get; the response body is dropped at once.
 func (a *Applier) test(ctx context.Context, ns, name string, ops []jsonPatchOp) (exists, ok bool, err error) {

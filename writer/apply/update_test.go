@@ -303,8 +303,8 @@ func TestUpdateModeTakeoverAndMerge(t *testing.T) {
 	// A merge into a Secret that is not a named target: RBAC refuses the patch.
 	m = testSecret("r1")
 	m.Binding, m.Name, m.Creation = "m2", "other", ferryv1.CreationPolicy_CREATION_POLICY_MERGE
-	if _, err := a.Apply(ctx, m); !apierrors.IsForbidden(err) {
-		t.Errorf("merge into an unnamed Secret: %v, want Forbidden", err)
+	if _, err := a.Apply(ctx, m); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "admissionPolicy.mergeTargets") {
+		t.Errorf("merge into an unnamed Secret: %v, want Forbidden naming admissionPolicy.mergeTargets", err)
 	}
 }
 
