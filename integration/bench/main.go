@@ -51,7 +51,7 @@ func main() {
 	flag.IntVar(&o.parallel, "parallel", 50, "workers of the bare loop (the physical limit)")
 	flag.IntVar(&o.reps, "reps", 5, "repetitions of each initial sync (bare loop and Ferry take turns; medians are reported)")
 	flag.DurationVar(&o.refresh, "refresh", 30*time.Second, "refresh interval of every binding")
-	flag.IntVar(&o.steadyCycles, "steady-cycles", 10, "refresh cycles measured in steady state")
+	flag.IntVar(&o.steadyCycles, "steady-cycles", 10, "refresh cycles measured in steady state (0: no steady state and no broker restart after the initial sync)")
 	flag.IntVar(&o.changes, "changes", 100, "Vault writes measured for propagation latency")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "file to write the results table to ('' for stdout only)")
 	flag.BoolVar(&o.verbose, "v", false, "print the stack's progress")
@@ -64,8 +64,13 @@ func main() {
 	flag.IntVar(&o.templates, "templates", 1000, "bindings of the templates scenario: each renders two KV sources with a template, next to the same bindings untemplated (0: skip)")
 	flag.IntVar(&o.writeCost, "write-cost", 0, "Secrets of the write-cost scenario: what one Secret costs kube-apiserver and etcd for each way of writing it (0: skip)")
 	flag.BoolVar(&o.writeCostCBOR, "write-cost-cbor", false, "the write-cost scenario also measures CBOR apply, on an apiserver started with the alpha gate CBORServingAndStorage=true")
+	flag.StringVar(&writeMode, "write", writeMode, "the writers' kubernetes.write: update (as the writer chart sets it; the bench installs the chart's admission policy for each writer) or apply")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
+	if writeMode != "update" && writeMode != "apply" {
+		fmt.Fprintln(os.Stderr, "bench: -write must be update or apply")
+		os.Exit(2)
+	}
 	if o.reps < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -reps must be at least 1")
 		os.Exit(2)
@@ -116,7 +121,7 @@ func run(r *stack.Runner, o options) *report {
 		if !o.sync {
 			break
 		}
-		sync(n, o.writers, true, "create")
+		sync(n, o.writers, o.steadyCycles > 0, "create")
 		if i == 0 && o.takeover {
 			// What the default policy's ownership check costs: creation
 			// takeover skips it (one apiserver request per new Secret).

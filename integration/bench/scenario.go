@@ -89,6 +89,19 @@ func profiled(name string, args ...string) []string {
 	return append([]string{"-cpuprofile", filepath.Join(profileDir, fmt.Sprintf("%s-%d.prof", name, time.Now().UnixNano()))}, args...)
 }
 
+// writeMode is the writers' kubernetes.write (-write): "update", as the
+// writer chart sets it with its admission policy, or "apply".
+var writeMode = "update"
+
+// tokenClient is a client of the apiserver with a ServiceAccount token.
+func (e *env) tokenClient(token string) kubernetes.Interface {
+	kc, err := kubernetes.NewForConfig(e.kube.ConfigForToken(token))
+	if err != nil {
+		e.r.Fatalf("kube client: %v", err)
+	}
+	return kc
+}
+
 // writerLogLevel is the writers' log level; FERRY_BENCH_WRITER_LOG=debug
 // logs every apply, for finding where time goes.
 var writerLogLevel = cmp.Or(os.Getenv("FERRY_BENCH_WRITER_LOG"), "warn")
@@ -361,12 +374,21 @@ func (e *env) setupFerryWith(spec ferrySpec) *ferry {
 		}
 		writerBins[j] = stack.LinkBinary(e.r, e.bins.Writer, "ferry-writer")
 		e.spire.Register(e.r, stack.Entry{SPIFFEID: writerSPIFFEID(j), Selectors: []string{"unix:path:" + writerBins[j]}})
-		token := e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", ferrystack.WriterRules)
+		rules, write := ferrystack.WriterRules, ""
+		if writeMode == "update" {
+			rules, write = ferrystack.UpdateWriterRules, ", write: update"
+		}
+		token := e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", rules)
+		if writeMode == "update" {
+			// Update mode needs the chart's admission policy (the writer
+			// refuses to start without it), as the chart installs it.
+			ferrystack.InstallWriterPolicy(e.r, e.kube.Admin(e.r), e.tokenClient(token), writerNS(j), "ferry-writer", []string{writerNS(j)})
+		}
 		// The bench measures creation: takeover too, which a writer accepts
 		// only when its config lists it.
 		writerCfgs[j] = ferrystack.WriteFile(e.r, e.dir, fmt.Sprintf("writer-%d.yaml", j), fmt.Sprintf(
-			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s}\nnamespaces: [%s]\ncreation_policies: [create, merge, takeover]\nlog: {level: %s}\n",
-			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), commaPrefixed(spec.writerKube), writerNS(j), writerLogLevel))
+			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s%s}\nnamespaces: [%s]\ncreation_policies: [create, merge, takeover]\nlog: {level: %s}\n",
+			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), write, commaPrefixed(spec.writerKube), writerNS(j), writerLogLevel))
 	}
 	fmt.Fprintf(&cfg, "log: {level: info}\n")
 	f.brokerCfg = ferrystack.WriteFile(e.r, e.dir, "broker.yaml", cfg.String())

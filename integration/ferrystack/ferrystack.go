@@ -42,6 +42,12 @@ func Build(t stack.TB, dir string) Binaries {
 // WriterRules is the writer's whole RBAC: create and patch Secrets.
 var WriterRules = []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create", "patch"}}}
 
+// UpdateWriterRules is the writer's whole RBAC in update mode
+// (kubernetes.write: update) when no binding merges: create and update
+// Secrets. Update mode also needs the chart's admission policy
+// (InstallWriterPolicy).
+var UpdateWriterRules = []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create", "update"}}}
+
 // AppRole creates Vault policy `name` allowing read on paths and an AppRole
 // `name` holding it, with a short token TTL so renewal and re-login happen
 // while tests run. It writes the role ID and a fresh secret ID into files in

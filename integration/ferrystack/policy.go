@@ -2,7 +2,6 @@ package ferrystack
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,13 +9,12 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/ferry-secrets/ferry/integration/stack"
+	"github.com/ferry-secrets/ferry/writer/apply"
 )
 
 // WriterPolicy renders the writer chart's ValidatingAdmissionPolicy and its
@@ -32,13 +30,19 @@ func WriterPolicy(t stack.TB, releaseNS, serviceAccount string, targets []string
 	home := t.TempDir()
 	args := []string{"template", "ferry", filepath.Join(strings.TrimSpace(string(root)), "deploy", "helm", "ferry-writer"),
 		"--namespace", releaseNS, "--show-only", "templates/admissionpolicy.yaml",
-		"--set", "serviceAccount.name=" + serviceAccount, "--set", "targetNamespaces={" + strings.Join(targets, ",") + "}"}
+		"--set", "serviceAccount.name=" + serviceAccount,
+		// Required by the chart's schema; they do not enter the policy.
+		"--set", "broker.spiffeID=spiffe://example.org/broker", "--set", "broker.addresses={broker.example.org:8443}", "--set", "networkPolicy.enabled=false", "--set", "targetNamespaces={" + strings.Join(targets, ",") + "}"}
 	cmd := exec.Command(stack.Bin(t, "helm"), args...)
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"),
 		"HELM_CONFIG_HOME="+filepath.Join(home, "config"), "HELM_DATA_HOME="+filepath.Join(home, "data"))
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("ferrystack: helm %s: %v", strings.Join(args, " "), err)
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("ferrystack: helm %s: %v\n%s", strings.Join(args, " "), err, stderr)
 	}
 	var (
 		policy  *admissionregistrationv1.ValidatingAdmissionPolicy
@@ -68,9 +72,9 @@ func WriterPolicy(t stack.TB, releaseNS, serviceAccount string, targets []string
 // InstallWriterPolicy creates the chart's admission policy for
 // ServiceAccount releaseNS/serviceAccount (see WriterPolicy) and waits
 // until it is in effect: until writer, a client with that ServiceAccount's
-// token, is refused a dry-run create of an unlabelled Secret in every
-// target namespace (which is also what ferry-writer checks at start in
-// update mode).
+// token, passes ferry-writer's own start-up check of update mode
+// (apply.CheckPolicy: a dry-run create of an unlabelled Secret is refused
+// in every target namespace).
 func InstallWriterPolicy(t stack.TB, admin, writer kubernetes.Interface, releaseNS, serviceAccount string, targets []string) {
 	t.Helper()
 	ctx := context.Background()
@@ -81,16 +85,13 @@ func InstallWriterPolicy(t stack.TB, admin, writer kubernetes.Interface, release
 	if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("ferrystack: create the admission policy binding: %v", err)
 	}
-	for _, ns := range targets {
-		probe := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{GenerateName: "policy-probe-"}, Type: corev1.SecretTypeOpaque}
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-			_, err := writer.CoreV1().Secrets(ns).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-			if apierrors.IsForbidden(err) && strings.Contains(err.Error(), "ferry.dev/binding") {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("ferrystack: the admission policy is not in effect in %s after a minute (dry-run create of an unlabelled Secret: %v)", ns, fmt.Sprint(err))
-			}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		_, err := apply.CheckPolicy(ctx, writer.CoreV1(), targets)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ferrystack: the admission policy is not in effect after a minute: %v", err)
 		}
 	}
 }
