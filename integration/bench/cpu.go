@@ -14,7 +14,7 @@ import (
 const clockTick = 100
 
 // components are the processes whose CPU time the benchmark reports.
-var components = []string{"vault", "etcd", "kube-apiserver", "ferry-broker", "ferry-writer", "bench"}
+var components = []string{"vault", "etcd", "kube-apiserver", "ferry-broker", "ferry-writer", "spire-server", "spire-agent", "bench"}
 
 // cpuSeconds returns the CPU time (user + system) used so far by every
 // process of each component, by executable name. Only this process and its
@@ -77,6 +77,15 @@ func cpuSeconds() map[string]float64 {
 		}
 	}
 	return out
+}
+
+// cpuTotal is the CPU time all components used between two snapshots.
+func cpuTotal(before, after map[string]float64) float64 {
+	t := 0.0
+	for name, s := range after {
+		t += max(s-before[name], 0)
+	}
+	return t
 }
 
 // cpuDelta formats the CPU used between two snapshots, largest first.

@@ -39,8 +39,9 @@ type options struct {
 	// writeCost is the number of Secrets of the write-cost scenario (0:
 	// skip); writeCostCBOR adds CBOR apply, on an apiserver with the
 	// (alpha) CBORServingAndStorage gate.
-	writeCost     int
-	writeCostCBOR bool
+	writeCost         int
+	writeCostCBOR     bool
+	writeCostPolicies int // copies of the chart's policy (for other writers) on the apiserver
 }
 
 func main() {
@@ -48,7 +49,7 @@ func main() {
 	sizes := flag.String("sizes", "1000,10000", "numbers of secrets (distinct KV v2 paths) to sync, comma-separated")
 	flag.IntVar(&o.writers, "writers", 10, "writers the secrets are spread over")
 	flag.IntVar(&o.manyWriters, "many-writers", 100, "writers of the extra variant at the largest size (0: skip)")
-	flag.IntVar(&o.parallel, "parallel", 50, "workers of the bare loop (the physical limit)")
+	flag.IntVar(&o.parallel, "parallel", 50, "workers of the bare loop (the physical limit), and of the write-cost client")
 	flag.IntVar(&o.reps, "reps", 5, "repetitions of each initial sync (bare loop and Ferry take turns; medians are reported)")
 	flag.DurationVar(&o.refresh, "refresh", 30*time.Second, "refresh interval of every binding")
 	flag.IntVar(&o.steadyCycles, "steady-cycles", 10, "refresh cycles measured in steady state (0: no steady state and no broker restart after the initial sync)")
@@ -63,6 +64,7 @@ func main() {
 	flag.BoolVar(&o.sync, "sync", true, "measure the initial sync (with steady state and a broker restart) at each of -sizes")
 	flag.IntVar(&o.templates, "templates", 1000, "bindings of the templates scenario: each renders two KV sources with a template, next to the same bindings untemplated (0: skip)")
 	flag.IntVar(&o.writeCost, "write-cost", 0, "Secrets of the write-cost scenario: what one Secret costs kube-apiserver and etcd for each way of writing it (0: skip)")
+	flag.IntVar(&o.writeCostPolicies, "write-cost-policies", 1, "copies of the writer chart's admission policy on the write-cost apiserver (all but one for other writers, as the sync scenarios have one per writer)")
 	flag.BoolVar(&o.writeCostCBOR, "write-cost-cbor", false, "the write-cost scenario also measures CBOR apply, on an apiserver started with the alpha gate CBORServingAndStorage=true")
 	flag.StringVar(&writeMode, "write", writeMode, "the writers' kubernetes.write: update (as the writer chart sets it; the bench installs the chart's admission policy for each writer) or apply")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")

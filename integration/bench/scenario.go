@@ -229,9 +229,9 @@ func (e *env) deleteSecrets(namespaces ...string) {
 const settle = 3 * time.Second
 
 // run times one pass of the bare loop over fresh namespaces, and returns
-// the CPU time each process spent meanwhile. Its clock stops, like
+// the CPU time each process spent meanwhile, and their sum. Its clock stops, like
 // Ferry's, when the apiserver watch has seen every Secret.
-func (b *bare) run() (time.Duration, string) {
+func (b *bare) run() (time.Duration, string, float64) {
 	e, workers, namespaces, kc := b.e, b.workers, b.namespaces, b.kc
 	ns := make([]string, namespaces)
 	for j := range ns {
@@ -265,11 +265,11 @@ func (b *bare) run() (time.Duration, string) {
 	if !tr.wait(time.Minute) {
 		e.r.Fatalf("bare loop: the watch did not see every Secret")
 	}
-	took, cpu := time.Since(start), cpuDelta(cpu0, cpuSeconds())
+	took, cpu1 := time.Since(start), cpuSeconds()
 	d := tr.durations()
 	slices.Sort(d)
 	logf("N=%d: bare loop: Secrets seen after %s", e.n, quantiles(d))
-	return took, cpu
+	return took, cpuDelta(cpu0, cpu1), cpuTotal(cpu0, cpu1)
 }
 
 // bareKubeClient authenticates like a writer (a ServiceAccount token, so

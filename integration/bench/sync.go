@@ -24,6 +24,7 @@ type syncResult struct {
 	bareRuns, ferryRuns []time.Duration // each repetition; bare and ferry are their medians
 	firstWrite          time.Duration   // from start to the first Secret seen
 	bareCPU, ferryCPU   string          // CPU time by component during each
+	cpuRatios           []float64       // each repetition's CPU time of all processes, Ferry ÷ bare
 	vaultReads          int
 	writerRequests      int
 	steady              bool
@@ -59,8 +60,8 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool, crea
 			e.deleteSecrets(f.namespaces()...)
 		}
 		logf("N=%d: bare loop, %d workers (%d/%d)", n, o.parallel, rep+1, o.reps)
-		bt, bareCPU := b.run()
-		logf("N=%d: bare loop took %v (CPU: %s)", n, bt, bareCPU)
+		bt, bareCPU, bareTotal := b.run()
+		logf("N=%d: bare loop took %v (CPU: %s; %.1f s in all)", n, bt, bareCPU, bareTotal)
 
 		reads0 := e.vaultReads()
 		requests0, _ := e.writerRequests()
@@ -84,10 +85,12 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool, crea
 			rr.Fatalf("N=%d: Ferry did not deliver every Secret within 10 minutes", n)
 		}
 		ft := time.Since(start)
-		ferryCPU := cpuDelta(cpu0, cpuSeconds())
+		cpu1 := cpuSeconds()
+		ferryCPU, ferryTotal := cpuDelta(cpu0, cpu1), cpuTotal(cpu0, cpu1)
+		res.cpuRatios = append(res.cpuRatios, ferryTotal/bareTotal)
 		d := tr.durations()
 		slices.Sort(d)
-		logf("N=%d: Ferry took %v (%.2f× bare); Secrets seen after %s (CPU: %s)", n, ft, ft.Seconds()/bt.Seconds(), quantiles(d), ferryCPU)
+		logf("N=%d: Ferry took %v (%.2f× bare); Secrets seen after %s (CPU: %s; %.1f s in all, %.2f× bare)", n, ft, ft.Seconds()/bt.Seconds(), quantiles(d), ferryCPU, ferryTotal, ferryTotal/bareTotal)
 		res.bareRuns, res.ferryRuns = append(res.bareRuns, bt), append(res.ferryRuns, ft)
 		res.firstWrite = d[0]
 		res.bareCPU, res.ferryCPU = bareCPU, ferryCPU

@@ -57,6 +57,7 @@ type writeCostRun struct {
 type writeCostResult struct {
 	n, reps, parallel int
 	cbor              bool // the apiserver ran with CBORServingAndStorage
+	policies          int  // copies of the chart's policy on the apiserver
 	methods           []string
 	runs              map[string]map[string][]writeCostRun
 	uptime            string // load at the start
@@ -82,8 +83,8 @@ func writeCostScenario(r *stack.Runner, o options) writeCostResult {
 	}
 	kube := stack.StartKubeWith(r, stack.KubeOptions{FeatureGates: gates})
 	n := o.writeCost
-	res := writeCostResult{n: n, reps: o.reps, parallel: o.parallel, cbor: o.writeCostCBOR, runs: map[string]map[string][]writeCostRun{}, uptime: uptime()}
-	w := newCostWriter(r, kube, n)
+	res := writeCostResult{n: n, reps: o.reps, parallel: o.parallel, cbor: o.writeCostCBOR, policies: max(o.writeCostPolicies, 1), runs: map[string]map[string][]writeCostRun{}, uptime: uptime()}
+	w := newCostWriter(r, kube, n, o.parallel)
 	methods := w.methods(o.writeCostCBOR)
 	for _, m := range methods {
 		res.methods = append(res.methods, m.name)
@@ -101,6 +102,20 @@ func writeCostScenario(r *stack.Runner, o options) writeCostResult {
 			if m.policy {
 				policyNS = append(policyNS, nsOf(rep, k))
 			}
+		}
+	}
+	// Further writers' policies, as the sync scenarios have one per
+	// writer on their one apiserver: each holds another ServiceAccount in
+	// another namespace, so it matches none of these writes.
+	for k := 1; k < o.writeCostPolicies; k++ {
+		other := fmt.Sprintf("wc-other-%d", k)
+		kube.CreateNamespace(r, other)
+		p, b := ferrystack.WriterPolicy(r, other, "ferry-writer", []string{other})
+		if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			r.Fatalf("write cost: %v", err)
+		}
+		if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, b, metav1.CreateOptions{}); err != nil {
+			r.Fatalf("write cost: %v", err)
 		}
 	}
 	if len(policyNS) > 0 {
@@ -159,8 +174,8 @@ type costWriter struct {
 	raw   rest.Interface       // for CBOR apply bodies, protobuf responses
 }
 
-func newCostWriter(r *stack.Runner, kube *stack.Kube, n int) *costWriter {
-	w := &costWriter{r: r, n: n, parallel: 50}
+func newCostWriter(r *stack.Runner, kube *stack.Kube, n, parallel int) *costWriter {
+	w := &costWriter{r: r, n: n, parallel: parallel}
 	for v := range w.data {
 		w.data[v] = make([]map[string][]byte, n)
 		for i := range n {
@@ -344,6 +359,14 @@ func (rs writeCostRuns) medians() (apiserver, etcd float64, took time.Duration) 
 
 type writeCostRuns []writeCostRun
 
+// otherPolicies describes the policies of other writers on the apiserver.
+func otherPolicies(n int) string {
+	if n <= 1 {
+		return ""
+	}
+	return fmt.Sprintf(" (and %d more copies of it, each for another writer's ServiceAccount and namespace, as in the sync scenarios, where every writer has its own: they match none of these writes)", n-1)
+}
+
 // markdown writes the scenario's section.
 func (res *writeCostResult) markdown(b *strings.Builder) {
 	per := 1000 / float64(res.n)
@@ -352,8 +375,8 @@ func (res *writeCostResult) markdown(b *strings.Builder) {
 	if res.cbor {
 		gate = "started with `--feature-gates=CBORServingAndStorage=true` (alpha in 1.37, off by default) so that it accepts CBOR apply"
 	}
-	fmt.Fprintf(b, "One kube-apiserver %s; the rows marked *chart policy* write into namespaces held by the writer chart's ValidatingAdmissionPolicy (deploy/helm/ferry-writer, rendered with its defaults: on by default, and required by update mode), the others into namespaces without it. One client with a ServiceAccount token (RBAC: create, patch, update on Secrets), %d goroutines, no client-side rate limit; %d Secrets of ~1 KiB (8 keys × 128 characters) with Ferry's two labels, field manager `%s` (every write leaves a managedFields entry of it, checked). Each phase writes all %d Secrets with each method in turn, %d repetitions with the order rotated; CPU seconds of the kube-apiserver and etcd processes per 1,000 Secrets, medians (load at the start: %s).\n\n",
-		gate, res.parallel, res.n, writeCostManager, res.n, res.reps, res.uptime)
+	fmt.Fprintf(b, "One kube-apiserver %s; the rows marked *chart policy* write into namespaces held by the writer chart's ValidatingAdmissionPolicy (deploy/helm/ferry-writer, rendered with its defaults: on by default, and required by update mode), the others into namespaces without it%s. One client with a ServiceAccount token (RBAC: create, patch, update on Secrets), %d goroutines, no client-side rate limit; %d Secrets of ~1 KiB (8 keys × 128 characters) with Ferry's two labels, field manager `%s` (every write leaves a managedFields entry of it, checked). Each phase writes all %d Secrets with each method in turn, %d repetitions with the order rotated; CPU seconds of the kube-apiserver and etcd processes per 1,000 Secrets, medians (load at the start: %s).\n\n",
+		gate, otherPolicies(res.policies), res.parallel, res.n, writeCostManager, res.n, res.reps, res.uptime)
 	fmt.Fprintf(b, "| method | create: apiserver | create: etcd | rewrite unchanged: apiserver | rewrite unchanged: etcd | rewrite changed: apiserver | rewrite changed: etcd |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	base := map[string]float64{}
 	for _, m := range res.methods {
