@@ -539,6 +539,19 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 		if r.code != http.StatusForbidden || w.code != http.StatusUnprocessableEntity || strings.Contains(w.body, base64.StdEncoding.EncodeToString([]byte(frozenValue))) {
 			t.Errorf("immutable-Secret guess oracle: right %d, wrong %s; if it is gone, update docs/rbac.md", r.code, w)
 		}
+		// Metadata, not data: a PUT carrying a UID is a UID precondition,
+		// and the storage layer's refusal names the stored UID.
+		var withUID map[string]any
+		_ = json.Unmarshal([]byte(putForeign("Opaque", ferryLabels)), &withUID)
+		withUID["metadata"].(map[string]any)["uid"] = "00000000-0000-0000-0000-000000000000"
+		b, _ := json.Marshal(withUID)
+		uidResp := stolen.do("PUT", secretPath(ns, "foreign"), "application/json", string(b))
+		table.record("PUT the foreign Secret with a wrong UID (UID oracle)", updateWithPolicy, uidResp.code)
+		noData(t, "PUT with a wrong UID", uidResp)
+		if uidResp.code != http.StatusConflict || !strings.Contains(uidResp.body, string(foreignBefore.UID)) {
+			t.Errorf("PUT with a wrong UID: %s; if the stored UID is no longer named, update docs/rbac.md", uidResp)
+		}
+		t.Logf("PUT with a wrong UID: %d, naming the stored UID (metadata, no data)", uidResp.code)
 		t.Logf("remaining oracles: PUT of another type %d; immutable Secret right guess %d, wrong guess %d (no stored value in any body)", typeResp.code, r.code, w.code)
 
 		// The exception, by design: the named merge target may be patched
