@@ -41,7 +41,7 @@ func (f *fakeKVv2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/v1/secret/data/lock":
 		var body struct {
 			Options struct{ CAS *int } `json:"options"`
-			Data    map[string]any    `json:"data"`
+			Data    map[string]any     `json:"data"`
 		}
 		_ = json.NewDecoder(r.Body).Decode(&body)
 		if body.Options.CAS == nil || *body.Options.CAS != f.version {
