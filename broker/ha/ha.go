@@ -85,8 +85,8 @@ func (t Timing) Validate() error {
 }
 
 // Observer is told of every transition: active true when this broker took
-// the lock, false when it lost it.
-type Observer func(active bool)
+// the lock, false when it lost it (reason says how).
+type Observer func(active bool, reason string)
 
 // Elector runs the lock loop of broker id.
 type Elector struct {
@@ -113,7 +113,7 @@ type Elector struct {
 // tests; notify may be nil.
 func New(id string, store Store, timing Timing, clk clock.WithTicker, notify Observer, log *slog.Logger) *Elector {
 	if notify == nil {
-		notify = func(bool) {}
+		notify = func(bool, string) {}
 	}
 	return &Elector{id: id, store: store, timing: timing, clock: clk, notify: notify, log: log.With("broker_id", id),
 		fence: &Fence{clock: clk}, became: make(chan struct{})}
@@ -216,7 +216,7 @@ func (e *Elector) observe(ctx context.Context) {
 	e.mu.Unlock()
 	e.log.Info("became active", "previous", previous, "record_version", next)
 	close(e.became)
-	e.notify(true)
+	e.notify(true, "")
 }
 
 // renew is the holder's round.
@@ -262,7 +262,7 @@ func (e *Elector) lose(reason string) error {
 	e.active = false
 	e.mu.Unlock()
 	e.log.Error("lost the lock", "reason", reason)
-	e.notify(false)
+	e.notify(false, reason)
 	return fmt.Errorf("ha: %w: %s", ErrLost, reason)
 }
 

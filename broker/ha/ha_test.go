@@ -68,7 +68,7 @@ var timing = Timing{LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Se
 func newElector(t *testing.T, id string, kv Store, clk *clocktesting.FakeClock) (*Elector, *[]bool) {
 	t.Helper()
 	var transitions []bool
-	e := New(id, kv, timing, clk, func(active bool) { transitions = append(transitions, active) }, slog.New(slog.DiscardHandler))
+	e := New(id, kv, timing, clk, func(active bool, _ string) { transitions = append(transitions, active) }, slog.New(slog.DiscardHandler))
 	return e, &transitions
 }
 
