@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"k8s.io/utils/clock"
 
@@ -24,7 +25,8 @@ type standby struct {
 func newStandby(cfg *config.Config, deps vault.Deps, m *brokermetrics.Metrics, aud *audit.Log, log *slog.Logger) (*standby, error) {
 	h := cfg.HA
 	deps.BrokerID = h.ID
-	lock, err := vault.NewLockClient(cfg.Vault, deps, log)
+	fence := ha.NewFence(clock.RealClock{}, time.Time{})
+	lock, err := vault.NewLockClient(cfg.Vault, deps, fence.LockFence(), log)
 	if err != nil {
 		return nil, err
 	}
@@ -38,7 +40,7 @@ func newStandby(cfg *config.Config, deps vault.Deps, m *brokermetrics.Metrics, a
 		aud.Record(e)
 	}
 	s := &standby{lock: lock}
-	s.elector = ha.New(h.ID, lock.LockStore(h.Lock.Mount, h.Lock.Path), timing, clock.RealClock{}, notify, log)
+	s.elector = ha.New(h.ID, lock.LockStore(h.Lock.Mount, h.Lock.Path), timing, clock.RealClock{}, fence, notify, log)
 	m.HA(s.active)
 	log.Info("ha: standing by until this broker holds the lock", "broker_id", h.ID, "lock", h.Lock.Mount+"/data/"+h.Lock.Path)
 	return s, nil

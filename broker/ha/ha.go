@@ -110,13 +110,19 @@ type Elector struct {
 }
 
 // New returns the elector of broker id. clk is clock.RealClock{} outside
-// tests; notify may be nil.
-func New(id string, store Store, timing Timing, clk clock.WithTicker, notify Observer, log *slog.Logger) *Elector {
+// tests. fence is the fence the elector opens and closes: nil for a new
+// one; one from NewFence(clk, time.Time{}) when a client that needs it
+// (the lock's own, through LockFence) is built before the elector. notify
+// may be nil.
+func New(id string, store Store, timing Timing, clk clock.WithTicker, fence *Fence, notify Observer, log *slog.Logger) *Elector {
 	if notify == nil {
 		notify = func(bool, string) {}
 	}
+	if fence == nil {
+		fence = NewFence(clk, time.Time{})
+	}
 	return &Elector{id: id, store: store, timing: timing, clock: clk, notify: notify, log: log.With("broker_id", id),
-		fence: &Fence{clock: clk}, became: make(chan struct{})}
+		fence: fence, became: make(chan struct{})}
 }
 
 // ID is this broker's ID.
@@ -278,8 +284,8 @@ type Fence struct {
 	closed   bool
 }
 
-// NewFence returns a fence that is open until deadline on clk, for tests of
-// what the fence guards.
+// NewFence returns a fence that is open until deadline on clk (closed
+// from the start if deadline is zero, until an elector opens it).
 func NewFence(clk clock.PassiveClock, deadline time.Time) *Fence {
 	return &Fence{clock: clk, deadline: deadline}
 }
@@ -292,6 +298,27 @@ func (f *Fence) Check() error {
 		return ErrFenced
 	}
 	return nil
+}
+
+// LockFence is the check of the lock client's own requests (its login,
+// its token renewal, the lock reads and writes): open while this broker
+// stands by without ever having held the lock, and otherwise exactly the
+// Fence. So a broker that lost the lock, or resumed after its deadline,
+// sends nothing at all to Vault, not even a token renewal of its own.
+func (f *Fence) LockFence() LockFence { return LockFence{f} }
+
+// LockFence is Fence.LockFence's check.
+type LockFence struct{ f *Fence }
+
+// Check returns nil if the lock client may send a request now.
+func (l LockFence) Check() error {
+	l.f.mu.Lock()
+	never := !l.f.closed && l.f.deadline.IsZero()
+	l.f.mu.Unlock()
+	if never {
+		return nil
+	}
+	return l.f.Check()
 }
 
 func (f *Fence) extend(deadline time.Time) {

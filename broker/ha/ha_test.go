@@ -68,7 +68,7 @@ var timing = Timing{LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Se
 func newElector(t *testing.T, id string, kv Store, clk *clocktesting.FakeClock) (*Elector, *[]bool) {
 	t.Helper()
 	var transitions []bool
-	e := New(id, kv, timing, clk, func(active bool, _ string) { transitions = append(transitions, active) }, slog.New(slog.DiscardHandler))
+	e := New(id, kv, timing, clk, nil, func(active bool, _ string) { transitions = append(transitions, active) }, slog.New(slog.DiscardHandler))
 	return e, &transitions
 }
 
@@ -93,7 +93,7 @@ func TestStandbyTakesOverOnlyAfterLeaseDurationUnchanged(t *testing.T) {
 		if err := e.Step(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if isActive(e) || e.Fence().Check() == nil || kv.writes != 0 {
+		if isActive(e) || e.Fence().Check() == nil || e.Fence().LockFence().Check() != nil || kv.writes != 0 {
 			t.Fatalf("took over a lock that was being renewed (writes %d)", kv.writes)
 		}
 		clk.Step(timing.RetryPeriod)
@@ -277,6 +277,9 @@ func TestPausedHolderFailsBeforeAnyRequest(t *testing.T) {
 	}
 	if err := e.Step(ctx); !errors.Is(err, ErrLost) {
 		t.Fatalf("first Step after the pause = %v, want ErrLost", err)
+	}
+	if err := e.Fence().LockFence().Check(); !errors.Is(err, ErrFenced) {
+		t.Fatalf("lock client's check after the pause = %v, want ErrFenced", err)
 	}
 	if kv.writes != writes || kv.reads != reads {
 		t.Fatalf("the resumed holder sent %d writes and %d reads after its deadline", kv.writes-writes, kv.reads-reads)

@@ -26,11 +26,12 @@ const LockMaxVersions = 10
 
 // NewLockClient builds the client that reads and writes the HA lock: it
 // logs in like vault.auth (its own token; Run keeps it alive) and has no
-// state store, so it never adopts the saved token, and no fence. deps.BrokerID
-// marks its requests.
-func NewLockClient(conn config.Vault, deps Deps, log *slog.Logger) (*Client, error) {
+// state store, so it never adopts the saved token. deps.BrokerID marks its
+// requests; fence (broker/ha's LockFence) stops them once the broker lost
+// the lock.
+func NewLockClient(conn config.Vault, deps Deps, fence Fence, log *slog.Logger) (*Client, error) {
 	conn.State = nil
-	deps.Fence, deps.Metrics = nil, nil
+	deps.Fence, deps.Metrics = fence, nil
 	return New(LockIdentity, conn, conn.Auth, deps, log)
 }
 
