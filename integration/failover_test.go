@@ -16,13 +16,20 @@ import (
 
 // HA timing of the failover test's brokers: short, to keep the test short.
 const (
-	haLease   = 8 * time.Second
-	haRenew   = 5 * time.Second
+	haLease   = 6 * time.Second
+	haRenew   = 4 * time.Second
 	haRetry   = time.Second
 	haLockKV  = "secret/data/ferry-broker-ha/leader"
 	haHeader  = "x-ferry-broker-id"
-	haDBRole  = "failover" // TTL dbTTL, max TTL 10m: renewed, never replaced during the test
+	haDBRole  = "failover" // TTL haDBTTL, max TTL 10m: renewed, never replaced during the test
 	haBinding = 3
+	// haDBTTL is the database lease's TTL. It is renewed at 50% (±5%):
+	// when the active broker stops just before a renewal, 45% of it (13.5
+	// s) is left, which must outlast the takeover (lease_duration, a poll,
+	// the start) and the renewal's minimum lead (2 s), or the survivor
+	// issues new credentials. With lease_duration 15 s, leases of an hour
+	// have minutes to spare.
+	haDBTTL = 30 * time.Second
 )
 
 // failoverEnv is TestBrokerFailover's stack: Vault (TLS, audit with the
@@ -86,7 +93,7 @@ func startFailoverEnv(t *testing.T) *failoverEnv {
 		"db_name": "pg",
 		"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';` +
 			` GRANT CONNECT ON DATABASE postgres TO "{{name}}";`,
-		"default_ttl": int(dbTTL.Seconds()), "max_ttl": 600,
+		"default_ttl": int(haDBTTL.Seconds()), "max_ttl": 600,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +116,7 @@ path "database/creds/`+haDBRole+`"          { capabilities = ["read"] }
 	e.addrA, e.addrB = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t)), fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
 	e.dirA, e.dirB = filepath.Join(dir, "broker-a"), filepath.Join(dir, "broker-b")
 	bindings := fmt.Sprintf(`      - {name: kv, namespace: %[1]s, refresh: 2s, kv: {mount: secret, path: apps/config}}
-      - {name: pg, namespace: %[1]s, dynamic: {path: database/creds/%[2]s}}
+      - {name: pg, namespace: %[1]s, dynamic: {path: database/creds/%[2]s, renew_percent: 50}}
       - {name: tls, namespace: %[1]s, pki: {role: web, common_name: failover.ferry.test, ttl: 10m}}
 `, se.ns, haDBRole)
 	for _, b := range []struct {
@@ -275,7 +282,7 @@ func testKillActive(t *testing.T, e *failoverEnv) {
 
 	// Past the lease's first TTL: the survivor renews it (audit, by
 	// header), so the delivered credentials still log in.
-	eventually(t, dbTTL+10*time.Second, "broker-b renews the database lease", func() error {
+	eventually(t, haDBTTL+10*time.Second, "broker-b renews the database lease", func() error {
 		for _, a := range e.byBroker(t, "broker-b", killed) {
 			if a.Request.Path == "sys/leases/renew" {
 				return nil
@@ -283,7 +290,7 @@ func testKillActive(t *testing.T, e *failoverEnv) {
 		}
 		return fmt.Errorf("no sys/leases/renew by broker-b yet")
 	})
-	time.Sleep(time.Until(e.issuedAt.Add(dbTTL + 5*time.Second)))
+	time.Sleep(time.Until(e.issuedAt.Add(haDBTTL + 5*time.Second)))
 	if err := e.login(e.user, e.password); err != nil {
 		t.Errorf("the credentials delivered before the kill no longer log in %v after issue: %v", time.Since(e.issuedAt).Round(time.Second), err)
 	}
