@@ -178,7 +178,7 @@ type WriterConfig struct {
 	Name                 string // the file is dir/Name.yaml
 	BrokerAddr, BrokerID string
 	Fallbacks            []string // further broker addresses (brokers with ha); with them, broker.addresses is written
-	AgentSocket          string // the SPIRE agent's Workload API socket path
+	AgentSocket          string   // the SPIRE agent's Workload API socket path
 	Kubeconfig           string
 	Namespaces           []string
 	LogLevel             string // empty: the writer's default
