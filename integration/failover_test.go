@@ -72,6 +72,16 @@ func TestBrokerFailover(t *testing.T) {
 	t.Run("SIGSTOP the active broker past its lease: no Vault request after the takeover, it exits, the writer moves over", func(t *testing.T) {
 		testPausedActive(t, e)
 	})
+	t.Run("the delivered credentials never reach the brokers' or the writer's logs", func(t *testing.T) {
+		if e.password == "" {
+			t.Fatal("no password was delivered")
+		}
+		for _, p := range []*stack.Process{e.brokerA, e.brokerB, e.writer} {
+			if logs := p.Logs(); logs == "" || strings.Contains(logs, e.password) {
+				t.Errorf("%s is empty or holds the database password", p.LogFile())
+			}
+		}
+	})
 }
 
 func startFailoverEnv(t *testing.T) *failoverEnv {
@@ -259,6 +269,11 @@ func testKillActive(t *testing.T, e *failoverEnv) {
 	if resp, err := e.list(t, e.addrB); err != nil || resp.GetBrokerId() != "broker-b" || resp.GetActiveBroker() != "broker-a" || len(resp.GetBindings()) != 0 {
 		t.Fatalf("ListBindings on the standby: %v, %v; want broker-b, active broker-a, no bindings", resp, err)
 	}
+	// A standby reloads its config on SIGHUP like the active broker.
+	if err := e.brokerB.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, e.brokerB, `"msg":"config reloaded"`, 10*time.Second)
 	if e.creds0, e.certs0 = e.issues(t); e.creds0 != 1 || e.certs0 != 1 {
 		t.Fatalf("before the kill: %d database credentials and %d certificates issued, want 1 and 1", e.creds0, e.certs0)
 	}
