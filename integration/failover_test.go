@@ -50,6 +50,7 @@ type failoverEnv struct {
 	user, password     string
 	issuedAt           time.Time
 	brokerBinForRespin string
+	killed             *stack.Process // broker-a's first process
 }
 
 // TestBrokerFailover runs two brokers with ha on one lock record: kill -9
@@ -76,7 +77,10 @@ func TestBrokerFailover(t *testing.T) {
 		if e.password == "" {
 			t.Fatal("no password was delivered")
 		}
-		for _, p := range []*stack.Process{e.brokerA, e.brokerB, e.writer} {
+		for _, p := range []*stack.Process{e.killed, e.brokerA, e.brokerB, e.writer} {
+			if p == nil {
+				continue // its subtest failed early
+			}
 			if logs := p.Logs(); logs == "" || strings.Contains(logs, e.password) {
 				t.Errorf("%s is empty or holds the database password", p.LogFile())
 			}
@@ -282,6 +286,7 @@ func testKillActive(t *testing.T, e *failoverEnv) {
 	if err := e.brokerA.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	e.killed = e.brokerA
 	killed := time.Now()
 	took := eventually(t, haLease+30*time.Second, "every binding applied through broker-b", func() error { return e.servedBy(t, e.addrB, "broker-b") })
 	waitLog(t, e.brokerB, `"msg":"became active"`, time.Second)
@@ -340,7 +345,7 @@ func testPausedActive(t *testing.T, e *failoverEnv) {
 	if taken.IsZero() {
 		t.Fatal("broker-a logged that it became active, but Vault's audit log has no lock write by broker-a")
 	}
-	t.Logf("broker-a took the lock %v after broker-b was stopped (lease_duration %v)", taken.Sub(stopped).Round(10*time.Millisecond), haLease)
+	t.Logf("broker-a took the lock %v after broker-b was stopped (lease_duration %v after the last renew of broker-b it saw)", taken.Sub(stopped).Round(10*time.Millisecond), haLease)
 	if err := e.brokerB.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
