@@ -273,6 +273,22 @@ func testKillActive(t *testing.T, e *failoverEnv) {
 	if resp, err := e.list(t, e.addrB); err != nil || resp.GetBrokerId() != "broker-b" || resp.GetActiveBroker() != "broker-a" || len(resp.GetBindings()) != 0 {
 		t.Fatalf("ListBindings on the standby: %v, %v; want broker-b, active broker-a, no bindings", resp, err)
 	}
+	// The standby's only Vault traffic: its login, its token's renewal and
+	// reading the lock.
+	standby := e.byBroker(t, "broker-b", time.Time{})
+	reads := 0
+	for _, a := range standby {
+		switch {
+		case a.Request.Path == haLockKV && a.Request.Operation == "read":
+			reads++
+		case a.Request.Path == "auth/approle/login", a.Request.Path == "auth/token/renew-self":
+		default:
+			t.Errorf("the standby sent %s %s", a.Request.Operation, a.Request.Path)
+		}
+	}
+	if reads == 0 {
+		t.Error("no lock read by the standby in Vault's audit log")
+	}
 	// A standby reloads its config on SIGHUP like the active broker.
 	if err := e.brokerB.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
