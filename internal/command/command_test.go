@@ -56,6 +56,29 @@ func TestCPUProfile(t *testing.T) {
 	}
 }
 
+func TestMemProfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mem.prof")
+	l, err := Parse("x", "/etc/x.yaml", "", []string{"-memprofile", path, "-config", "a.yaml"})
+	if err != nil || l.MemProfile != path {
+		t.Fatalf("Parse = %+v, %v", l, err)
+	}
+	stop, err := l.StartProfile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() != 0 {
+		t.Fatalf("before the stop: %v, %v (want an empty file)", fi, err)
+	}
+	stop()
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		t.Fatalf("profile not written: %v", err)
+	}
+	bad := Line{MemProfile: filepath.Join(t.TempDir(), "missing", "mem.prof")}
+	if _, err := bad.StartProfile(); err == nil || !strings.Contains(err.Error(), "-memprofile") {
+		t.Errorf("an unwritable -memprofile: err = %v, want it named", err)
+	}
+}
+
 func TestVersionSubcommand(t *testing.T) {
 	l, err := Parse("ferry-test", "/etc/x.yaml", "config file", []string{"version"})
 	if err != nil || !l.Version || l.Validate {
@@ -85,7 +108,7 @@ func TestHelp(t *testing.T) {
 		if code := exit("ferry-test", err, &stdout, &stderr); code != 0 || stderr.Len() != 0 {
 			t.Errorf("%s: exit status %d, stderr %q", arg, code, stderr.String())
 		}
-		for _, want := range []string{"ferry-test validate", "ferry-test version", "-config", "-cpuprofile", "-parallelism", "applies in flight"} {
+		for _, want := range []string{"ferry-test validate", "ferry-test version", "-config", "-cpuprofile", "-memprofile", "-parallelism", "applies in flight"} {
 			if !strings.Contains(stdout.String(), want) {
 				t.Errorf("%s: help does not mention %q:\n%s", arg, want, stdout.String())
 			}
