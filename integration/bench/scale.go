@@ -123,12 +123,12 @@ func (a *scaleApplier) Apply(_ context.Context, s *ferryv1.Secret) (bool, error)
 }
 
 func (a *scaleApplier) Forget(context.Context, *ferryv1.SecretRef) (bool, error) { return false, nil }
-func (a *scaleApplier) ExpectExisting(*ferryv1.Secret)                            {}
-func (a *scaleApplier) Results() <-chan *ferryv1.ApplyResult                      { return a.results }
+func (a *scaleApplier) ExpectExisting(*ferryv1.Secret)                           {}
+func (a *scaleApplier) Results() <-chan *ferryv1.ApplyResult                     { return a.results }
 
-func scaleWriterID(j int) string    { return fmt.Sprintf("spiffe://%s/writer/%d", trustDomain, j) }
-func scaleBinding(i int) string     { return fmt.Sprintf("b-%02d", i) }
-func scaleProbePath(k int) string   { return fmt.Sprintf("%s%02d", scaleProbePrefix, k) }
+func scaleWriterID(j int) string         { return fmt.Sprintf("spiffe://%s/writer/%d", trustDomain, j) }
+func scaleBinding(i int) string          { return fmt.Sprintf("b-%02d", i) }
+func scaleProbePath(k int) string        { return fmt.Sprintf("%s%02d", scaleProbePrefix, k) }
 func (sc *scale) probeWriter(j int) bool { return j >= sc.writers-scaleProbeWriters }
 func (sc *scale) lateWriter(j int) bool {
 	return j >= sc.writers-scaleProbeWriters-scaleLateWriters && !sc.probeWriter(j)
