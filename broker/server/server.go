@@ -97,6 +97,9 @@ var DefaultLimits = Limits{
 	PingTimeout:       ferryv1.PingTimeout,
 }
 
+// readBufferBytes is each connection's read buffer.
+const readBufferBytes = 4 << 10
+
 // Option configures New.
 type Option func(*Server)
 
@@ -157,6 +160,11 @@ func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCrede
 		grpc.MaxRecvMsgSize(ferryv1.MaxMessageBytes),
 		grpc.MaxSendMsgSize(ferryv1.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(l.MaxStreamsPerConn),
+		// Writers send only small apply results: a 4 KiB read buffer per
+		// connection instead of gRPC's 32 KiB is 28 MiB less for a
+		// thousand writers (docs/design/broker-memory.md). The TLS
+		// connection below buffers whole records anyway.
+		grpc.ReadBufferSize(readBufferBytes),
 		grpc.ConnectionTimeout(l.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.MinPingInterval, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.PingIdle, Timeout: l.PingTimeout}),

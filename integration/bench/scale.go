@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -86,12 +87,64 @@ type scale struct {
 	mu sync.Mutex
 	// applied[j][binding] is the revision writer j last acknowledged.
 	applied []map[string]string
-	// upserts counts every upsert received since the last reset; recv,
-	// each writer's.
+	// upserts counts every upsert received since the last reset.
 	upserts atomic.Int64
-	recv    []atomic.Int64
-	// phase is called (outside mu) for every upsert applied.
+	// watch is called (outside mu) for every upsert applied.
 	watch func(j int, s *ferryv1.Secret)
+	// phase, when set, counts the upserts of a phase (O(1) each).
+	phase *phase
+}
+
+// phase waits until each writer it covers has received an upsert of every
+// one of its bindings since the phase began.
+type phase struct {
+	perWriter int
+	seen      []map[string]bool // per writer: bindings received
+	covers    func(j int) bool
+	left      int
+	done      chan struct{}
+}
+
+// startPhase begins counting for the writers covers selects.
+func (sc *scale) startPhase(covers func(j int) bool) *phase {
+	ph := &phase{perWriter: sc.perWriter, seen: make([]map[string]bool, sc.writers), covers: covers, done: make(chan struct{})}
+	for j := range sc.writers {
+		if covers(j) {
+			ph.seen[j] = make(map[string]bool, sc.perWriter)
+			ph.left++
+		}
+	}
+	sc.mu.Lock()
+	sc.phase = ph
+	sc.mu.Unlock()
+	return ph
+}
+
+// count records an upsert of binding b to writer j; sc.mu is held.
+func (ph *phase) count(j int, b string) {
+	if ph.seen[j] == nil || ph.seen[j][b] {
+		return
+	}
+	ph.seen[j][b] = true
+	if len(ph.seen[j]) == ph.perWriter {
+		if ph.left--; ph.left == 0 {
+			close(ph.done)
+		}
+	}
+}
+
+// wait waits for the phase to end, then stops counting.
+func (sc *scale) wait(ph *phase, what string, timeout time.Duration) {
+	select {
+	case <-ph.done:
+	case <-time.After(timeout):
+		sc.r.Fatalf("scale: %s: not within %v (%d writers incomplete)", what, timeout, ph.left)
+	}
+	sc.mu.Lock()
+	if sc.phase == ph {
+		sc.phase = nil
+	}
+	sc.mu.Unlock()
 }
 
 // scaleApplier acknowledges every upsert as a writer that wrote it does.
@@ -104,7 +157,6 @@ type scaleApplier struct {
 func (a *scaleApplier) Apply(_ context.Context, s *ferryv1.Secret) (bool, error) {
 	sc := a.sc
 	sc.upserts.Add(1)
-	sc.recv[a.j].Add(1)
 	if f, ok := probeWatch.Load(a.j); ok {
 		f.(func(*ferryv1.Secret))(s)
 	}
@@ -114,6 +166,9 @@ func (a *scaleApplier) Apply(_ context.Context, s *ferryv1.Secret) (bool, error)
 	sc.mu.Lock()
 	unchanged := sc.applied[a.j][s.GetBinding()] == s.GetRevision()
 	sc.applied[a.j][s.GetBinding()] = s.GetRevision()
+	if sc.phase != nil {
+		sc.phase.count(a.j, s.GetBinding())
+	}
 	w := sc.watch
 	sc.mu.Unlock()
 	if w != nil {
@@ -158,27 +213,10 @@ func (sc *scale) config(head string, changedW int) string {
 	return b.String()
 }
 
-// complete reports whether writer j holds every binding at a revision
-// other than old[j]'s (nil: any revision).
-func (sc *scale) completeLocked(j int, old map[string]string) bool {
-	if len(sc.applied[j]) < sc.perWriter {
-		return false
-	}
-	if old == nil {
-		return true
-	}
-	for b, rev := range sc.applied[j] {
-		if old[b] == rev {
-			return false
-		}
-	}
-	return true
-}
-
 // scaleScenario runs the scale scenario: writers × perWriter bindings over
 // paths shared KV paths.
 func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) scaleResult {
-	sc := &scale{r: r, writers: writers, perWriter: perWriter, paths: paths, applied: make([]map[string]string, writers), recv: make([]atomic.Int64, writers)}
+	sc := &scale{r: r, writers: writers, perWriter: perWriter, paths: paths, applied: make([]map[string]string, writers)}
 	for j := range sc.applied {
 		sc.applied[j] = map[string]string{}
 	}
@@ -249,59 +287,23 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	}()
 	admin := adminClient(r, addr, ca)
 
-	// waitFor waits until cond (called under sc.mu after each upsert) holds.
-	waitFor := func(what string, timeout time.Duration, cond func() bool) {
-		done := make(chan struct{})
-		var once sync.Once
-		check := func() {
-			sc.mu.Lock()
-			ok := cond()
-			sc.mu.Unlock()
-			if ok {
-				once.Do(func() { close(done) })
-			}
-		}
-		sc.mu.Lock()
-		sc.watch = func(int, *ferryv1.Secret) { check() }
-		sc.mu.Unlock()
-		check()
-		defer func() { sc.mu.Lock(); sc.watch = nil; sc.mu.Unlock() }()
-		select {
-		case <-done:
-		case <-time.After(timeout):
-			r.Fatalf("scale: %s: not within %v", what, timeout)
-		}
-	}
-	allComplete := func(old []map[string]string) func() bool {
-		return func() bool {
-			for j := range writers {
-				var o map[string]string
-				if old != nil {
-					o = old[j]
-				}
-				if !sc.completeLocked(j, o) {
-					return false
-				}
-			}
-			return true
-		}
-	}
-
 	// 1. Initial sync: broker and every writer start at once.
 	logf("scale: initial sync of %d bindings (%d writers × %d)", res.bindings, writers, perWriter)
 	reads0 := kvReadCount(e)
+	all := func(int) bool { return true }
+	ph := sc.startPhase(all)
 	start := time.Now()
 	broker := startBroker()
 	for _, w := range sims {
 		startWriter(w)
 	}
-	waitFor("initial sync", 10*time.Minute, allComplete(nil))
+	sc.wait(ph, "initial sync", 10*time.Minute)
 	res.sync = time.Since(start)
 	res.syncCPU = procCPU(broker.Pid())
 	res.syncReads = kvReadCount(e) - reads0
 	res.brokerRSSSync, _ = broker.PeakRSS()
 	logf("scale: every binding acknowledged after %v (broker CPU %.1f s, peak RSS %d MiB, %d Vault reads)", res.sync, res.syncCPU, res.brokerRSSSync>>20, res.syncReads)
-	checkBrokerApplied(r, admin, sc)
+	checkBrokerApplied(r, admin, sc, broker)
 	steady0, steadyReads0 := time.Now(), kvReadCount(e)
 
 	// 2. Fairness. Baselines with the broker idle: the probes (a Vault write
@@ -329,9 +331,6 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 		}
 		return time.Since(t0)
 	}
-	sc.mu.Lock()
-	sc.watch = nil
-	sc.mu.Unlock()
 	probeVersion := 0
 	probeAll := func() []time.Duration {
 		out := make([]time.Duration, scaleProbeWriters)
@@ -366,23 +365,11 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	}
 	logf("scale: fairness: %d writers reconnect at once", writers-scaleProbeWriters-scaleLateWriters)
 	sc.upserts.Store(0)
-	for j := range sc.recv {
-		sc.recv[j].Store(0)
-	}
+	storm := sc.startPhase(func(j int) bool { return !sc.probeWriter(j) && !sc.lateWriter(j) })
 	stormStart := time.Now()
 	stormDone := make(chan time.Duration, 1)
 	go func() {
-		// A reconnected writer gets the same revisions again: its snapshot
-		// is complete when it received an upsert of every binding.
-		storm := func() bool {
-			for j := range writers {
-				if !sc.probeWriter(j) && !sc.lateWriter(j) && sc.recv[j].Load() < int64(perWriter) {
-					return false
-				}
-			}
-			return true
-		}
-		waitFor("storm", 10*time.Minute, storm)
+		sc.wait(storm, "storm", 10*time.Minute)
 		stormDone <- time.Since(stormStart)
 	}()
 	for j, w := range sims {
@@ -421,8 +408,7 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	res.probeP50, res.probeMax, res.probes = pctl(probes, 0.5), pctl(probes, 1), len(probes)
 	logf("scale: storm of snapshots took %v (%d upserts); late writers p50 %v max %v (idle: %v); probes p50 %v max %v (idle p50 %v max %v)",
 		res.storm, res.stormUpserts, res.lateP50, res.lateMax, res.lateIdle, res.probeP50, res.probeMax, res.probeIdleP50, res.probeIdleMax)
-	waitFor("every writer complete after the storm", 5*time.Minute, allComplete(nil))
-	checkBrokerApplied(r, admin, sc)
+	checkBrokerApplied(r, admin, sc, broker)
 
 	// 3. Reload with one binding changed: only its upsert, only to its
 	// writer.
@@ -461,7 +447,7 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	for !broker.LogContains("config reloaded") {
 		time.Sleep(50 * time.Millisecond)
 	}
-	checkBrokerApplied(r, admin, sc)
+	checkBrokerApplied(r, admin, sc, broker)
 	sc.mu.Lock()
 	sc.watch = nil
 	sc.mu.Unlock()
@@ -488,12 +474,12 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 
 	// 4. Broker restart: until every writer holds every binding under the
 	// new broker's revisions.
-	old := snapshotApplied(sc)
 	logf("scale: restarting the broker")
+	ph = sc.startPhase(all)
 	broker.Stop()
 	t0 = time.Now()
 	broker = startBroker()
-	waitFor("restart", 10*time.Minute, allComplete(old))
+	sc.wait(ph, "restart", 10*time.Minute)
 	res.restart = time.Since(t0)
 	res.restartCPU = procCPU(broker.Pid())
 	logf("scale: every writer served again after %v (broker CPU %.1f s)", res.restart, res.restartCPU)
@@ -533,24 +519,10 @@ func timeSnapshot(sc *scale, w *simWriter, start func(*simWriter)) time.Duration
 // lateWatch counts the upserts of writers being timed (index → func()).
 var lateWatch sync.Map
 
-// snapshotApplied copies every writer's acknowledged revisions.
-func snapshotApplied(sc *scale) []map[string]string {
-	sc.mu.Lock()
-	defer sc.mu.Unlock()
-	out := make([]map[string]string, len(sc.applied))
-	for j, m := range sc.applied {
-		out[j] = make(map[string]string, len(m))
-		for k, v := range m {
-			out[j][k] = v
-		}
-	}
-	return out
-}
-
 // checkBrokerApplied asks the broker (ListBindings, per writer) whether it
 // has recorded every binding applied at its desired revision: the writers'
 // acknowledgements reached it.
-func checkBrokerApplied(r *stack.Runner, admin ferryv1.DebugServiceClient, sc *scale) {
+func checkBrokerApplied(r *stack.Runner, admin ferryv1.DebugServiceClient, sc *scale, broker *stack.Process) {
 	deadline := time.Now().Add(time.Minute)
 	for j := 0; j < sc.writers; {
 		resp, err := admin.ListBindings(context.Background(), &ferryv1.ListBindingsRequest{WriterId: scaleWriterID(j), PageSize: 1000})
@@ -566,7 +538,24 @@ func checkBrokerApplied(r *stack.Runner, admin ferryv1.DebugServiceClient, sc *s
 			continue
 		}
 		if time.Now().After(deadline) {
-			r.Fatalf("scale: the broker does not list writer %d's bindings applied", j)
+			var bad []string
+			for _, b := range resp.Bindings {
+				if !b.WriterConnected || b.DesiredRevision == "" || b.AppliedRevision != b.DesiredRevision {
+					bad = append(bad, fmt.Sprintf("%s (connected %v, desired %q, applied %q, error %q)", b.Binding, b.WriterConnected, b.DesiredRevision, b.AppliedRevision, b.ApplyError))
+				}
+			}
+			// Goroutine dumps, for finding where the acknowledgements
+			// stopped: the bench's (the writers) and the broker's (SIGQUIT
+			// prints them into its log, and ends it).
+			dump := filepath.Join(r.TempDir(), "bench-goroutines.txt")
+			if f, err := os.Create(dump); err == nil {
+				_ = pprof.Lookup("goroutine").WriteTo(f, 2)
+				f.Close()
+			}
+			_ = broker.Signal(syscall.SIGQUIT)
+			r.Keep = true
+			r.Fatalf("scale: the broker does not list writer %d's bindings applied (%d of %d listed): %s; the bench's goroutines are in %s, the broker's in its log",
+				j, len(resp.Bindings), sc.perWriter, strings.Join(bad[:min(len(bad), 5)], "; "), dump)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
