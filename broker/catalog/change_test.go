@@ -86,18 +86,20 @@ func TestSameKVComparesEveryField(t *testing.T) {
 			VaultIdentity: "default", Labels: map[string]string{"l": "1"}, KV: &config.KV{Mount: "secret", Path: "p"}}
 	}
 	changes := map[string]func(*config.Binding){
-		"Name":           func(b *config.Binding) { b.Name = "b" },
-		"Namespace":      func(b *config.Binding) { b.Namespace = "ns2" },
-		"SecretName":     func(b *config.Binding) { b.SecretName = "b" },
-		"Type":           func(b *config.Binding) { b.Type = "example.com/x" },
-		"Labels":         func(b *config.Binding) { b.Labels = map[string]string{"l": "2"} },
-		"Annotations":    func(b *config.Binding) { b.Annotations = map[string]string{"a": "1"} },
-		"VaultIdentity":  func(b *config.Binding) { b.VaultIdentity = "other" },
-		"Refresh":        func(b *config.Binding) { b.Refresh.Duration = time.Hour },
-		"KV":             func(b *config.Binding) { b.KV = &config.KV{Mount: "secret", Path: "p", Version: 3} },
-		"Dynamic":        func(b *config.Binding) { b.KV, b.Dynamic = nil, &config.Dynamic{Path: "database/creds/x"} },
-		"PKI":            func(b *config.Binding) { b.KV, b.PKI = nil, &config.PKI{Mount: "pki", Role: "r", CommonName: "c"} },
-		"Sources":        func(b *config.Binding) { b.Sources = []config.Source{{Name: "x", KV: &config.KV{Mount: "secret", Path: "q"}}} },
+		"Name":          func(b *config.Binding) { b.Name = "b" },
+		"Namespace":     func(b *config.Binding) { b.Namespace = "ns2" },
+		"SecretName":    func(b *config.Binding) { b.SecretName = "b" },
+		"Type":          func(b *config.Binding) { b.Type = "example.com/x" },
+		"Labels":        func(b *config.Binding) { b.Labels = map[string]string{"l": "2"} },
+		"Annotations":   func(b *config.Binding) { b.Annotations = map[string]string{"a": "1"} },
+		"VaultIdentity": func(b *config.Binding) { b.VaultIdentity = "other" },
+		"Refresh":       func(b *config.Binding) { b.Refresh.Duration = time.Hour },
+		"KV":            func(b *config.Binding) { b.KV = &config.KV{Mount: "secret", Path: "p", Version: 3} },
+		"Dynamic":       func(b *config.Binding) { b.KV, b.Dynamic = nil, &config.Dynamic{Path: "database/creds/x"} },
+		"PKI":           func(b *config.Binding) { b.KV, b.PKI = nil, &config.PKI{Mount: "pki", Role: "r", CommonName: "c"} },
+		"Sources": func(b *config.Binding) {
+			b.Sources = []config.Source{{Name: "x", KV: &config.KV{Mount: "secret", Path: "q"}}}
+		},
 		"Template":       func(b *config.Binding) { b.Template = &config.Template{Data: map[string]string{"k": "v"}} },
 		"Creation":       func(b *config.Binding) { b.Creation = config.CreationMerge },
 		"Deletion":       func(b *config.Binding) { b.Deletion = config.DeletionDelete },
