@@ -37,13 +37,33 @@ type streamer struct {
 	ev     libyaml.Event // the peeked event, when peeked
 	peeked bool
 	keys   map[string]string // interned mapping keys
+	// strs interns string values: a large config repeats most of them
+	// (namespaces, mounts, paths, names across clusters), and its
+	// strings live as long as the process.
+	strs map[string]string
+}
+
+// maxInterned bounds the length of an interned string value.
+const maxInterned = 128
+
+// intern returns b as a string, shared with an earlier equal value.
+func (s *streamer) intern(b []byte) string {
+	if len(b) > maxInterned {
+		return string(b)
+	}
+	if v, ok := s.strs[string(b)]; ok {
+		return v
+	}
+	v := string(b)
+	s.strs[v] = v
+	return v
 }
 
 // decodeStream decodes data into v (a struct, map or slice value) from
 // parse events. errNeedTree means v may be half decoded and the tree must
 // be used.
 func decodeStream(data []byte, v reflect.Value, w *walker) error {
-	s := &streamer{w: w, p: libyaml.NewParser(data), keys: map[string]string{}}
+	s := &streamer{w: w, p: libyaml.NewParser(data), keys: map[string]string{}, strs: map[string]string{}}
 	if err := s.expect(libyaml.StreamStart); err != nil {
 		return err
 	}
@@ -109,7 +129,7 @@ func (s *streamer) value(v reflect.Value, path string) error {
 	if !treeOnly(t) {
 		switch {
 		case ev.Kind == libyaml.Scalar && t.Kind() == reflect.String:
-			val := string(ev.Value)
+			val := s.intern(ev.Value)
 			switch libyaml.ResolveTag(string(ev.Tag), ev.Style, val) {
 			case tagNull:
 				if v.Kind() == reflect.Pointer {

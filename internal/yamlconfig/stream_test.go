@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // streamCorpus are documents the streaming decoder takes (no anchors,
@@ -123,4 +124,16 @@ func FuzzStreamMatchesTree(f *testing.F) {
 		f.Add([]byte(src))
 	}
 	f.Fuzz(func(t *testing.T, src []byte) { streamMatchesTree(t, src, false) })
+}
+
+// TestStreamInternsStrings checks that equal string values share their
+// bytes: a large config repeats most of its values.
+func TestStreamInternsStrings(t *testing.T) {
+	var d doc
+	if err := Decode([]byte("items: [{path: shared/p}, {path: shared/p}]\nname: shared/p\n"), &d).Check(nil); err != nil {
+		t.Fatal(err)
+	}
+	if unsafe.StringData(d.Items[0].Path) != unsafe.StringData(d.Items[1].Path) || unsafe.StringData(d.Name) != unsafe.StringData(d.Items[0].Path) {
+		t.Error("equal values hold separate copies")
+	}
 }
