@@ -33,7 +33,9 @@ func TestAStalledWriterHoldsUpNoOtherWriter(t *testing.T) {
 		f.cat.SetDesired(writerA, fmt.Sprintf("s%d", i), map[string][]byte{"v": []byte(big)}, 1, time.Now())
 	}
 	f.cat.SetDesired(writerB, "app", map[string][]byte{"v": []byte("1")}, 1, time.Now())
-	sent := func() float64 { return metricstest.Value(t, f.reg, "ferry_broker_messages_sent_total", "type", "upsert") }
+	sent := func() float64 {
+		return metricstest.Value(t, f.reg, "ferry_broker_messages_sent_total", "type", "upsert")
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
