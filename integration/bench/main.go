@@ -39,6 +39,7 @@ type options struct {
 	// The scale scenario (scale.go): scaleWriters simulated writers (0:
 	// skip) with scalePerWriter bindings each over scalePaths KV paths.
 	scaleWriters, scalePerWriter, scalePaths int
+	scaleMemLimit                            string // GOMEMLIMIT of its broker ("": none)
 }
 
 func main() {
@@ -63,6 +64,7 @@ func main() {
 	flag.IntVar(&o.scaleWriters, "scale-writers", 1000, "writers of the scale scenario, simulated inside the bench as gRPC clients with their own SVIDs (0: skip)")
 	flag.IntVar(&o.scalePerWriter, "scale-bindings", 100, "bindings per writer of the scale scenario")
 	flag.IntVar(&o.scalePaths, "scale-paths", 1000, "distinct KV paths the scale scenario's bindings share")
+	flag.StringVar(&o.scaleMemLimit, "scale-memlimit", "", "run the scale scenario's broker with this GOMEMLIMIT (the Go runtime's soft memory limit, e.g. 350MiB; default none)")
 	scaleOnly := flag.Bool("scale-only", false, "run only the scale scenario (the same as -sync=false -shared=false -templates 0 -changes 0)")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()

@@ -49,6 +49,9 @@ type scaleResult struct {
 	syncCPU          float64 // broker CPU seconds over the sync
 	syncReads        int     // Vault reads during it
 	brokerRSSSync    int64   // peak RSS after the sync
+	brokerRSSStorm   int64   // peak RSS after the fairness storm
+	stormBrokerCPU   float64 // CPU seconds of the broker during the storm
+	stormBenchCPU    float64 // and of the bench (its simulated writers)
 	brokerRSSAll     int64   // peak RSS at the end (reload included)
 	readsPerCycle    float64
 	steadyWindow     time.Duration
@@ -66,6 +69,7 @@ type scaleResult struct {
 	probeP50         time.Duration
 	probeMax         time.Duration
 	probes           int
+	memLimit         string // GOMEMLIMIT of the broker, if set
 }
 
 // simWriter is one simulated writer: the writer's stream client with an
@@ -220,7 +224,7 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	for j := range sc.applied {
 		sc.applied[j] = map[string]string{}
 	}
-	res := scaleResult{writers: writers, perWriter: perWriter, paths: paths, bindings: writers * perWriter}
+	res := scaleResult{writers: writers, perWriter: perWriter, paths: paths, bindings: writers * perWriter, memLimit: o.scaleMemLimit}
 	dir := r.TempDir()
 	bins := ferrystack.Build(r, filepath.Join(dir, "bin"))
 	v := stack.StartVault(r, stack.VaultOptions{TLS: true})
@@ -254,7 +258,11 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	writeAtomic(r, cfgPath, sc.config(head, -1))
 	brokerBin := stack.LinkBinary(r, bins.Broker, "ferry-broker")
 	startBroker := func() *stack.Process {
-		return stack.StartProcess(r, fmt.Sprintf("ferry-broker-%d", time.Now().UnixNano()), dir, brokerBin, profiled("ferry-broker", "-config", cfgPath))
+		var env []string
+		if o.scaleMemLimit != "" {
+			env = append(env, "GOMEMLIMIT="+o.scaleMemLimit)
+		}
+		return stack.StartProcess(r, fmt.Sprintf("ferry-broker-%d", time.Now().UnixNano()), dir, brokerBin, profiled("ferry-broker", "-config", cfgPath), env...)
 	}
 
 	bid := spiffeid.RequireFromString(brokerID)
@@ -367,6 +375,7 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	sc.upserts.Store(0)
 	storm := sc.startPhase(func(j int) bool { return !sc.probeWriter(j) && !sc.lateWriter(j) })
 	stormStart := time.Now()
+	cpuBroker0, cpuBench0 := procCPU(broker.Pid()), procCPU(os.Getpid())
 	stormDone := make(chan time.Duration, 1)
 	go func() {
 		sc.wait(storm, "storm", 10*time.Minute)
@@ -402,10 +411,13 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 		}
 	})
 	res.storm = <-stormDone
+	res.stormBrokerCPU, res.stormBenchCPU = procCPU(broker.Pid())-cpuBroker0, procCPU(os.Getpid())-cpuBench0
+	res.brokerRSSStorm, _ = broker.PeakRSS()
 	wg.Wait()
 	res.stormUpserts = int(sc.upserts.Load())
 	res.lateP50, res.lateMax = pctl(late, 0.5), pctl(late, 1)
 	res.probeP50, res.probeMax, res.probes = pctl(probes, 0.5), pctl(probes, 1), len(probes)
+	logf("scale: storm CPU: broker %.1f s, bench %.1f s; broker peak RSS %d MiB", res.stormBrokerCPU, res.stormBenchCPU, res.brokerRSSStorm>>20)
 	logf("scale: storm of snapshots took %v (%d upserts); late writers p50 %v max %v (idle: %v); probes p50 %v max %v (idle p50 %v max %v)",
 		res.storm, res.stormUpserts, res.lateP50, res.lateMax, res.lateIdle, res.probeP50, res.probeMax, res.probeIdleP50, res.probeIdleMax)
 	checkBrokerApplied(r, admin, sc, broker)
@@ -620,12 +632,16 @@ func (s *scaleResult) markdown(b *strings.Builder) {
 	fmt.Fprintf(b, "\n## Scale: one broker, %d writers × %d bindings\n\n", s.writers, s.perWriter)
 	fmt.Fprintf(b, "%d KV bindings over %d shared KV v2 paths (~1 KiB each; each path bound by %d bindings of different writers), refresh %v; the last %d writers' first binding reads a path of its own every %v instead (the fairness probes). The writers are simulated inside the bench, no Kubernetes: each is the writer's own stream client (`writer/stream`) over its own gRPC connection with its own X.509-SVID, minted by a CA the bench controls (the broker reads its SVID and the bundle from files), acknowledging every upsert at once. So the figures are the broker's alone.\n\n",
 		s.bindings, s.paths, s.bindings/s.paths, scaleRefresh, scaleProbeWriters, scaleProbeRefresh)
-	fmt.Fprintf(b, "| bindings | writers | initial sync (all acknowledged) | bindings/s | broker CPU (sync) | broker peak RSS: after sync / overall | Vault reads: sync / per cycle | SIGHUP reload, 1 binding changed | upserts the reload sent | restart: all writers served again | broker CPU (restart) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	fmt.Fprintf(b, "| %d | %d | %.2f s | %.0f | %.1f s | %s / %s | %d / %.1f | %s | %d | %.2f s | %.1f s |\n\n",
-		s.bindings, s.writers, s.sync.Seconds(), float64(s.bindings)/s.sync.Seconds(), s.syncCPU, mib(s.brokerRSSSync), mib(s.brokerRSSAll), s.syncReads, s.readsPerCycle,
+	if s.memLimit != "" {
+		fmt.Fprintf(b, "The broker ran with `GOMEMLIMIT=%s` (the Go runtime's soft memory limit; see docs/design/broker-memory.md).\n\n", s.memLimit)
+	}
+	fmt.Fprintf(b, "| bindings | writers | initial sync (all acknowledged) | bindings/s | broker CPU (sync) | broker peak RSS: after sync / after the snapshots / overall | Vault reads: sync / per cycle | SIGHUP reload, 1 binding changed | upserts the reload sent | restart: all writers served again | broker CPU (restart) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(b, "| %d | %d | %.2f s | %.0f | %.1f s | %s / %s / %s | %d / %.1f | %s | %d | %.2f s | %.1f s |\n\n",
+		s.bindings, s.writers, s.sync.Seconds(), float64(s.bindings)/s.sync.Seconds(), s.syncCPU, mib(s.brokerRSSSync), mib(s.brokerRSSStorm), mib(s.brokerRSSAll), s.syncReads, s.readsPerCycle,
 		ms(s.reload), s.reloadUpserts, s.restart.Seconds(), s.restartCPU)
 	fmt.Fprintf(b, "**Fairness.** %d writers disconnect and reconnect at once, each taking its %d-upsert snapshot (%d upserts in %v); meanwhile %d late writers connect one every 100 ms, and the %d probe writers (which stay connected) have their probe path changed in Vault %d times in all. Late writer: from starting its client until it received its whole snapshot. Probe: from the Vault write until its writer acknowledged the new data (the probe path is polled every %v, so up to that much is polling). Idle: the same with nothing else going on.\n\n",
 		s.writers-scaleProbeWriters-scaleLateWriters, s.perWriter, s.stormUpserts, ms(s.storm), scaleLateWriters, scaleProbeWriters, s.probes, scaleProbeRefresh)
+	fmt.Fprintf(b, "CPU during the snapshots: broker %.1f s, the bench's %d simulated writers %.1f s (2 cores: at most %.1f s in all).\n\n", s.stormBrokerCPU, s.writers, s.stormBenchCPU, 2*s.storm.Seconds())
 	fmt.Fprintf(b, "| | idle | during the snapshots: p50 | max |\n|---|---:|---:|---:|\n| late writer's snapshot | %s | %s | %s |\n| changed binding (probe) | p50 %s, max %s | %s | %s |\n\n",
 		ms(s.lateIdle), ms(s.lateP50), ms(s.lateMax), ms(s.probeIdleP50), ms(s.probeIdleMax), ms(s.probeP50), ms(s.probeMax))
 	fmt.Fprintf(b, "Reload: the broker logged `%s`.\n", strings.TrimSpace(s.reloadLog))
