@@ -257,12 +257,19 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	cfgPath := filepath.Join(dir, "broker.yaml")
 	writeAtomic(r, cfgPath, sc.config(head, -1))
 	brokerBin := stack.LinkBinary(r, bins.Broker, "ferry-broker")
+	memProfile := "" // the running broker's -memprofile file
 	startBroker := func() *stack.Process {
+		args := []string{"-config", cfgPath}
+		if profileDir != "" {
+			base := filepath.Join(profileDir, fmt.Sprintf("ferry-broker-%d", time.Now().UnixNano()))
+			memProfile = base + ".mem.prof"
+			args = append([]string{"-cpuprofile", base + ".prof", "-memprofile", memProfile}, args...)
+		}
 		var env []string
 		if o.scaleMemLimit != "" {
 			env = append(env, "GOMEMLIMIT="+o.scaleMemLimit)
 		}
-		return stack.StartProcess(r, fmt.Sprintf("ferry-broker-%d", time.Now().UnixNano()), dir, brokerBin, profiled("ferry-broker", "-config", cfgPath), env...)
+		return stack.StartProcess(r, fmt.Sprintf("ferry-broker-%d", time.Now().UnixNano()), dir, brokerBin, args, env...)
 	}
 
 	bid := spiffeid.RequireFromString(brokerID)
@@ -486,6 +493,16 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 
 	// 4. Broker restart: until every writer holds every binding under the
 	// new broker's revisions.
+	if memProfile != "" {
+		// What the broker holds now, after the sync, the snapshots and a
+		// reload (at its stop it has let go of most of it).
+		if err := broker.Signal(syscall.SIGUSR1); err != nil {
+			r.Fatalf("scale: SIGUSR1: %v", err)
+		}
+		for fi, err := os.Stat(memProfile); err != nil || fi.Size() == 0; fi, err = os.Stat(memProfile) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	logf("scale: restarting the broker")
 	ph = sc.startPhase(all)
 	broker.Stop()

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/ferry-secrets/ferry/internal/buildinfo"
@@ -61,11 +62,14 @@ func Version(name string) string { return name + " " + buildinfo.Get().String() 
 
 // StartProfile starts the profiles asked for on the command line (for
 // performance work; `go tool pprof` reads them) and returns the function
-// that writes them out when the process stops: -cpuprofile, a CPU profile
-// from now until then; -memprofile, a heap profile taken then (after a
-// garbage collection), whose inuse_* samples are what the process still
-// holds and whose alloc_* samples are everything it allocated since it
-// started, config loading included. Without either flag it does nothing.
+// that writes them out when the process stops. -cpuprofile: a CPU profile
+// from now until then. -memprofile: a heap profile, taken (after a garbage
+// collection) on each SIGUSR1, or at the stop if no SIGUSR1 came: its
+// inuse_* samples are what the process holds then, its alloc_* samples
+// everything it allocated since it started, config loading included.
+// (At the stop a service has already let go of most of its state: send
+// SIGUSR1 while it runs to see what it holds.) Without either flag it does
+// nothing.
 func (l Line) StartProfile() (stop func(), err error) {
 	stopCPU := func() {}
 	if l.CPUProfile != "" {
@@ -88,13 +92,46 @@ func (l Line) StartProfile() (stop func(), err error) {
 		stopCPU()
 		return nil, fmt.Errorf("-memprofile: %w", err)
 	}
-	return func() {
-		stopCPU()
+	f.Close()
+	var mu sync.Mutex
+	written := false
+	write := func() {
+		mu.Lock()
+		defer mu.Unlock()
 		runtime.GC() // inuse_* as of now, not as of the last collection
-		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f, err := os.Create(l.MemProfile)
+		if err == nil {
+			err = pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+		if err != nil {
 			fmt.Fprintln(os.Stderr, "-memprofile:", err)
 		}
-		f.Close()
+		written = true
+	}
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-usr1:
+				write()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(usr1)
+		close(done)
+		stopCPU()
+		mu.Lock()
+		w := written
+		mu.Unlock()
+		if !w {
+			write()
+		}
 	}, nil
 }
 
@@ -117,7 +154,7 @@ func Parse(name, defaultConfig, usage string, args []string, extra ...func(*flag
 	fs.SetOutput(io.Discard) // errors are returned; -h is a *Help
 	fs.StringVar(&l.Config, "config", defaultConfig, usage)
 	fs.StringVar(&l.CPUProfile, "cpuprofile", "", "write a CPU profile to this file until the process stops")
-	fs.StringVar(&l.MemProfile, "memprofile", "", "write a heap profile (in use at the stop, and allocated since the start) to this file when the process stops")
+	fs.StringVar(&l.MemProfile, "memprofile", "", "write a heap profile (in use then, and allocated since the start) to this file on each SIGUSR1, or at the stop if none came")
 	for _, f := range extra {
 		f(fs)
 	}

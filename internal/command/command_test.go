@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParse(t *testing.T) {
@@ -69,9 +71,30 @@ func TestMemProfile(t *testing.T) {
 	if fi, err := os.Stat(path); err != nil || fi.Size() != 0 {
 		t.Fatalf("before the stop: %v, %v (want an empty file)", fi, err)
 	}
+	// SIGUSR1 writes it while the process runs.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("SIGUSR1 wrote no profile")
+		}
+	}
 	stop()
 	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
 		t.Fatalf("profile not written: %v", err)
+	}
+	// Without SIGUSR1, the stop writes it.
+	l.MemProfile = filepath.Join(t.TempDir(), "mem2.prof")
+	if stop, err = l.StartProfile(); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if fi, err := os.Stat(l.MemProfile); err != nil || fi.Size() == 0 {
+		t.Fatalf("profile not written at the stop: %v", err)
 	}
 	bad := Line{MemProfile: filepath.Join(t.TempDir(), "missing", "mem.prof")}
 	if _, err := bad.StartProfile(); err == nil || !strings.Contains(err.Error(), "-memprofile") {
