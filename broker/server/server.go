@@ -94,7 +94,9 @@ type Limits struct {
 	// it takes its snapshot. When a thousand writers connect together,
 	// this keeps a change to an already synced writer from queueing
 	// behind a thousand snapshots' messages, and lets writers become
-	// ready one after another rather than all at the end. 0: no bound.
+	// ready one after another rather than all at the end. Until its turn
+	// a stream is not subscribed: ListBindings and the writer_connected
+	// metric show its writer as not connected yet. 0: no bound.
 	MaxSnapshots int
 	// SnapshotTurn bounds how long one stream holds its turn: a writer
 	// that does not read (its sends block on flow control) gives the turn
