@@ -17,6 +17,7 @@ type report struct {
 	syncs     []syncResult
 	shared    *sharedResult    // nil: not measured
 	templates *templatesResult // nil: not measured
+	scale     *scaleResult     // nil: not measured
 	latency   latencyResult
 }
 
@@ -46,6 +47,9 @@ func (r *report) markdown(command string) string {
 	}
 	if r.templates != nil {
 		r.templates.markdown(&b)
+	}
+	if r.scale != nil {
+		r.scale.markdown(&b)
 	}
 	if r.latency.changes > 0 {
 		l := r.latency
