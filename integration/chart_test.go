@@ -221,14 +221,14 @@ spiffe: {mode: hostPath, hostPath: {path: /run/spire/agent-sockets, socketName: 
 networkPolicy: {enabled: false}
 writer: {qps: 200, burst: 400, parallelism: 64, resync: 2m, secretTypes: [Opaque, example.com/custom], creationPolicies: [create, merge, takeover]}
 admissionPolicy:
-  mergeTargets: [{namespace: payments, name: app-config}]
+  mergeTargets: [{namespace: payments, name: app-config}, {namespace: billing, name: shared}, {namespace: payments, name: env}]
   takeoverTargets: [{namespace: billing, name: legacy}, {namespace: payments, name: old-db}]
 `,
 			roles: map[string][]rbacv1.PolicyRule{
-				"payments": {secretsRule("create", "update", "delete"), namedSecretsRule("app-config"), appsRule("deployments", "api", "worker"), appsRule("statefulsets", "db")},
-				"billing":  {secretsRule("create", "update", "delete"), appsRule("daemonsets", "agent")},
+				"payments": {secretsRule("create", "update", "delete"), namedSecretsRule("app-config", "env"), appsRule("deployments", "api", "worker"), appsRule("statefulsets", "db")},
+				"billing":  {secretsRule("create", "update", "delete"), namedSecretsRule("shared"), appsRule("daemonsets", "agent")},
 			},
-			policy: []string{"payments/app-config", "billing/legacy", "payments/old-db"},
+			policy: []string{"payments/app-config", "billing/shared", "payments/env", "billing/legacy", "payments/old-db"},
 			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
 				if !slices.Equal(cfg.SecretTypes, []string{"Opaque", "example.com/custom"}) || !slices.Equal(cfg.CreationPolicies, []string{"create", "merge", "takeover"}) {
 					t.Errorf("writer config secret_types %q, creation_policies %q", cfg.SecretTypes, cfg.CreationPolicies)

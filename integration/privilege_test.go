@@ -119,24 +119,32 @@ func secretJSON(name, typ string, labels, annotations map[string]string) string 
 // mitigation, for the test log (and docs/rbac.md).
 type statusTable struct {
 	order []string
-	codes map[string][2]int
+	codes map[string][3]int
 }
 
-func (st *statusTable) record(what string, with bool, code int) {
+// The table's columns: the chart's apply-mode RBAC without and with the
+// admission policy, and its defaults (update-mode RBAC and the policy).
+const (
+	applyNoPolicy = iota
+	applyWithPolicy
+	updateWithPolicy
+)
+
+func (st *statusTable) record(what string, col, code int) {
 	if st.codes == nil {
-		st.codes = map[string][2]int{}
+		st.codes = map[string][3]int{}
 	}
 	c, ok := st.codes[what]
 	if !ok {
 		st.order = append(st.order, what)
 	}
-	c[map[bool]int{false: 0, true: 1}[with]] = code
+	c[col] = code
 	st.codes[what] = c
 }
 
 func (st *statusTable) String() string {
 	var b strings.Builder
-	b.WriteString("| request by the stolen token | apply mode, no policy | update mode + policy |\n|---|---|---|\n")
+	b.WriteString("| request by the stolen token | apply-mode RBAC, no policy | apply-mode RBAC + policy | update-mode RBAC + policy |\n|---|---|---|---|\n")
 	for _, what := range st.order {
 		c := st.codes[what]
 		cell := func(n int) string {
@@ -145,7 +153,7 @@ func (st *statusTable) String() string {
 			}
 			return fmt.Sprint(n)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s |\n", what, cell(c[0]), cell(c[1]))
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", what, cell(c[0]), cell(c[1]), cell(c[2]))
 	}
 	return b.String()
 }
@@ -156,10 +164,11 @@ func (st *statusTable) String() string {
 // First with the chart's RBAC without its admission policy (the writer's
 // apply mode: create, patch and delete on the namespace's Secrets): the
 // token mints a token for another ServiceAccount, reads a Secret Ferry did
-// not write with a no-op patch, and — what no admission policy can stop,
-// because kube-apiserver decodes and validates a patched object before
-// admission — with crafted patches whose 422 quotes the Secret. The writer
-// itself refuses to start in update mode there. Then with the chart's
+// not write with a no-op patch, and with crafted patches whose 422 quotes
+// the Secret; the writer itself refuses to start in update mode there. With
+// the policy added to that RBAC the no-op patch is refused but the crafted
+// ones still read: kube-apiserver decodes and validates a patched object
+// before admission, so only RBAC can close them. Then with the chart's
 // defaults (update mode: create, update and delete, patch only on the named
 // merge target, and the ValidatingAdmissionPolicy): no request by any verb
 // the token holds returns a byte of a foreign Secret — patches are refused
@@ -246,7 +255,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 	// refused: "rbac" (no patch verb) or "policy".
 	refused := func(t *testing.T, what, by string, resp rawResponse) {
 		t.Helper()
-		table.record(what, true, resp.code)
+		table.record(what, updateWithPolicy, resp.code)
 		if resp.code != http.StatusForbidden {
 			t.Errorf("%s: %s, want 403", what, resp)
 		}
@@ -271,7 +280,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 
 	t.Run("without the policy (apply mode) the token mints a ServiceAccount token and reads foreign Secrets through patch", func(t *testing.T) {
 		resp := stolen.do("POST", secretsPath(ns), "application/json", saTokenSecret("minted", nil))
-		table.record("POST service-account-token Secret", false, resp.code)
+		table.record("POST service-account-token Secret", applyNoPolicy, resp.code)
 		if resp.code != http.StatusCreated {
 			t.Fatalf("create a service-account-token Secret for victim: %s", resp)
 		}
@@ -300,7 +309,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 		t.Logf("PATCH {} of it: 200 with data.token; that token authenticates as system:serviceaccount:%s:victim", ns)
 
 		resp = stolen.do("PATCH", secretPath(ns, "foreign"), mergePatch, `{}`)
-		table.record("PATCH merge {} of the foreign Secret", false, resp.code)
+		table.record("PATCH merge {} of the foreign Secret", applyNoPolicy, resp.code)
 		if resp.code != http.StatusOK || !strings.Contains(resp.body, foreignB64) {
 			t.Fatalf("no-op patch of the foreign Secret: %d, data returned: %v", resp.code, strings.Contains(resp.body, foreignB64))
 		}
@@ -311,7 +320,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			{"PATCH server-side apply (empty) of the foreign Secret", applyPatch, emptyApply(ns, "foreign"), "?fieldManager=thief&force=true&dryRun=All"},
 		} {
 			resp := stolen.do("PATCH", secretPath(ns, "foreign")+p.query, p.contentType, p.body)
-			table.record(p.what, false, resp.code)
+			table.record(p.what, applyNoPolicy, resp.code)
 			if resp.code != http.StatusOK || !strings.Contains(resp.body, foreignB64) {
 				t.Errorf("%s: %d, data returned: %v", p.what, resp.code, strings.Contains(resp.body, foreignB64))
 			}
@@ -320,7 +329,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 		// in apply mode no admission policy could stop them.
 		for _, p := range crafted {
 			resp := stolen.do("PATCH", secretPath(ns, "foreign"), p.contentType, p.body)
-			table.record(p.what, false, resp.code)
+			table.record(p.what, applyNoPolicy, resp.code)
 			if resp.code != http.StatusUnprocessableEntity || !strings.Contains(resp.body, foreignB64) {
 				t.Errorf("%s: %d, data in the body: %v (the attack the update mode closes no longer works; update docs/rbac.md)", p.what, resp.code, strings.Contains(resp.body, foreignB64))
 				continue
@@ -329,19 +338,19 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 		}
 		right := stolen.do("PATCH", secretPath(ns, "foreign")+"?dryRun=All", jsonPatch, rightGuess)
 		wrong := stolen.do("PATCH", secretPath(ns, "foreign")+"?dryRun=All", jsonPatch, wrongGuess)
-		table.record("PATCH JSON test op, right guess (dry run)", false, right.code)
-		table.record("PATCH JSON test op, wrong guess (dry run)", false, wrong.code)
+		table.record("PATCH JSON test op, right guess (dry run)", applyNoPolicy, right.code)
+		table.record("PATCH JSON test op, wrong guess (dry run)", applyNoPolicy, wrong.code)
 		if right.code != http.StatusOK || wrong.code != http.StatusUnprocessableEntity {
 			t.Errorf("test-operation oracle: right guess %d, wrong guess %d", right.code, wrong.code)
 		}
 		resp = stolen.do("DELETE", secretPath(ns, "foreign")+"?dryRun=All", "", "")
-		table.record("DELETE the foreign Secret (dry run)", false, resp.code)
+		table.record("DELETE the foreign Secret (dry run)", applyNoPolicy, resp.code)
 		if resp.code != http.StatusOK {
 			t.Fatalf("dry-run delete of the foreign Secret: %s", resp)
 		}
 		t.Log("DELETE ?dryRun=All of the foreign Secret: 200 (a real delete would have gone through)")
 		resp = stolen.do("PUT", secretPath(ns, "foreign")+"?dryRun=All", "application/json", putForeign("Opaque", ferryLabels))
-		table.record("PUT the foreign Secret (dry run)", false, resp.code)
+		table.record("PUT the foreign Secret (dry run)", applyNoPolicy, resp.code)
 		if resp.code != http.StatusForbidden {
 			t.Errorf("PUT without the update verb: %s, want 403", resp)
 		}
@@ -366,7 +375,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			t.Errorf("type change without the policy: %s, want 422 from the apiserver's own validation", resp)
 		}
 		final := stolen.do("GET", secretPath(ns, "foreign"), "", "")
-		table.record("GET the foreign Secret", false, final.code)
+		table.record("GET the foreign Secret", applyNoPolicy, final.code)
 		if final.code != http.StatusForbidden {
 			t.Errorf("get: %s", final)
 		}
@@ -390,6 +399,58 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			t.Errorf("the check's dry-run Secret was stored: %v", err)
 		}
 		t.Logf("the writer (kubernetes.write: update) exited %v after start: policy check refused", took.Round(time.Millisecond))
+	})
+
+	t.Run("the policy alone (apply-mode RBAC) refuses no-op patches, but crafted patches still read the Secret before admission", func(t *testing.T) {
+		// The policy of the chart's defaults, with the Roles left as they
+		// are: what an admission policy can and cannot do on its own.
+		var policyOnly rendered
+		for _, o := range applyMode.objects {
+			switch o.(type) {
+			case *rbacv1.Role, *corev1.ServiceAccount:
+				policyOnly.objects = append(policyOnly.objects, o)
+			}
+		}
+		for _, o := range updateMode.objects {
+			switch o.(type) {
+			case *admissionregistrationv1.ValidatingAdmissionPolicy, *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
+				policyOnly.objects = append(policyOnly.objects, o)
+			}
+		}
+		s.applyChart(ctx, policyOnly)
+		s.awaitChart(ctx, policyOnly, token)
+		for _, p := range []struct{ what, contentType, body string }{
+			{"PATCH merge {} of the foreign Secret", mergePatch, `{}`},
+			{"PATCH JSON [] of the foreign Secret", jsonPatch, `[]`},
+		} {
+			resp := stolen.do("PATCH", secretPath(ns, "foreign"), p.contentType, p.body)
+			table.record(p.what, applyWithPolicy, resp.code)
+			noData(t, p.what, resp)
+			if resp.code != http.StatusForbidden {
+				t.Errorf("%s with the policy: %s, want 403", p.what, resp)
+			}
+		}
+		for _, p := range crafted {
+			resp := stolen.do("PATCH", secretPath(ns, "foreign"), p.contentType, p.body)
+			table.record(p.what, applyWithPolicy, resp.code)
+			if resp.code != http.StatusUnprocessableEntity || !strings.Contains(resp.body, foreignB64) {
+				t.Errorf("%s with the policy and apply-mode RBAC: %d, data in the body: %v (if the apiserver no longer quotes it, update docs/rbac.md)", p.what, resp.code, strings.Contains(resp.body, foreignB64))
+				continue
+			}
+			t.Logf("%s, policy in effect: 422, and the error still holds the foreign Secret's value", p.what)
+		}
+		right := stolen.do("PATCH", secretPath(ns, "foreign")+"?dryRun=All", jsonPatch, rightGuess)
+		wrong := stolen.do("PATCH", secretPath(ns, "foreign")+"?dryRun=All", jsonPatch, wrongGuess)
+		table.record("PATCH JSON test op, right guess (dry run)", applyWithPolicy, right.code)
+		table.record("PATCH JSON test op, wrong guess (dry run)", applyWithPolicy, wrong.code)
+		if right.code != http.StatusForbidden || wrong.code != http.StatusUnprocessableEntity {
+			t.Errorf("test-operation oracle with the policy: right guess %d, wrong guess %d", right.code, wrong.code)
+		}
+		resp := stolen.do("DELETE", secretPath(ns, "foreign")+"?dryRun=All", "", "")
+		table.record("DELETE the foreign Secret (dry run)", applyWithPolicy, resp.code)
+		if resp.code != http.StatusForbidden {
+			t.Errorf("dry-run delete with the policy: %s", resp)
+		}
 	})
 
 	t.Run("upgrade to the chart's defaults: update-mode RBAC and the policy, which type-checks", func(t *testing.T) {
@@ -459,7 +520,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 		// of another type gets 422 "field is immutable" (quoting the new
 		// type), the stored type gets the policy's 403.
 		typeResp := stolen.do("PUT", secretPath(ns, "foreign"), "application/json", putForeign("kubernetes.io/basic-auth", ferryLabels))
-		table.record("PUT the foreign Secret with another type (type oracle)", true, typeResp.code)
+		table.record("PUT the foreign Secret with another type (type oracle)", updateWithPolicy, typeResp.code)
 		noData(t, "PUT of another type", typeResp)
 		if typeResp.code != http.StatusUnprocessableEntity || !strings.Contains(typeResp.body, "field is immutable") {
 			t.Errorf("PUT of another type: %s; if the type is no longer an oracle, update docs/rbac.md", typeResp)
@@ -473,17 +534,30 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			return stolen.do("PUT", secretPath(ns, "frozen")+"?dryRun=All", "application/json", string(b))
 		}
 		r, w := frozen(frozenValue), frozen("0000")
-		table.record("PUT an immutable foreign Secret, right guess of its data (dry run)", true, r.code)
-		table.record("PUT an immutable foreign Secret, wrong guess of its data (dry run)", true, w.code)
+		table.record("PUT an immutable foreign Secret, right guess of its data (dry run)", updateWithPolicy, r.code)
+		table.record("PUT an immutable foreign Secret, wrong guess of its data (dry run)", updateWithPolicy, w.code)
 		if r.code != http.StatusForbidden || w.code != http.StatusUnprocessableEntity || strings.Contains(w.body, base64.StdEncoding.EncodeToString([]byte(frozenValue))) {
 			t.Errorf("immutable-Secret guess oracle: right %d, wrong %s; if it is gone, update docs/rbac.md", r.code, w)
 		}
+		// Metadata, not data: a PUT carrying a UID is a UID precondition,
+		// and the storage layer's refusal names the stored UID.
+		var withUID map[string]any
+		_ = json.Unmarshal([]byte(putForeign("Opaque", ferryLabels)), &withUID)
+		withUID["metadata"].(map[string]any)["uid"] = "00000000-0000-0000-0000-000000000000"
+		b, _ := json.Marshal(withUID)
+		uidResp := stolen.do("PUT", secretPath(ns, "foreign"), "application/json", string(b))
+		table.record("PUT the foreign Secret with a wrong UID (UID oracle)", updateWithPolicy, uidResp.code)
+		noData(t, "PUT with a wrong UID", uidResp)
+		if uidResp.code != http.StatusConflict || !strings.Contains(uidResp.body, string(foreignBefore.UID)) {
+			t.Errorf("PUT with a wrong UID: %s; if the stored UID is no longer named, update docs/rbac.md", uidResp)
+		}
+		t.Logf("PUT with a wrong UID: %d, naming the stored UID (metadata, no data)", uidResp.code)
 		t.Logf("remaining oracles: PUT of another type %d; immutable Secret right guess %d, wrong guess %d (no stored value in any body)", typeResp.code, r.code, w.code)
 
 		// The exception, by design: the named merge target may be patched
 		// (and so read) before Ferry's label is on it.
 		resp := stolen.do("PATCH", secretPath(ns, "app-config"), mergePatch, `{}`)
-		table.record("PATCH merge {} of the named merge target", true, resp.code)
+		table.record("PATCH merge {} of the named merge target", updateWithPolicy, resp.code)
 		if resp.code != http.StatusOK {
 			t.Errorf("no-op patch of the named merge target: %s, want 200", resp)
 		}

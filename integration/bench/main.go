@@ -42,6 +42,10 @@ type options struct {
 	writeCost         int
 	writeCostCBOR     bool
 	writeCostPolicies int // copies of the chart's policy (for other writers) on the apiserver
+	// The scale scenario (scale.go): scaleWriters simulated writers (0:
+	// skip) with scalePerWriter bindings each over scalePaths KV paths.
+	scaleWriters, scalePerWriter, scalePaths int
+	scaleMemLimit                            string // GOMEMLIMIT of its broker ("": none)
 }
 
 func main() {
@@ -63,14 +67,33 @@ func main() {
 	flag.BoolVar(&o.state, "state", true, "the -shared scenario's broker keeps lease state in Vault (vault.state: {mount: secret, path: ferry-broker})")
 	flag.BoolVar(&o.sync, "sync", true, "measure the initial sync (with steady state and a broker restart) at each of -sizes")
 	flag.IntVar(&o.templates, "templates", 1000, "bindings of the templates scenario: each renders two KV sources with a template, next to the same bindings untemplated (0: skip)")
+	flag.IntVar(&o.scaleWriters, "scale-writers", 1000, "writers of the scale scenario, simulated inside the bench as gRPC clients with their own SVIDs (0: skip)")
+	flag.IntVar(&o.scalePerWriter, "scale-bindings", 100, "bindings per writer of the scale scenario")
+	flag.IntVar(&o.scalePaths, "scale-paths", 1000, "distinct KV paths the scale scenario's bindings share")
+	flag.StringVar(&o.scaleMemLimit, "scale-memlimit", "", "run the scale scenario's broker with this GOMEMLIMIT (the Go runtime's soft memory limit, e.g. 350MiB; default none)")
+	scaleOnly := flag.Bool("scale-only", false, "run only the scale scenario (the same as -sync=false -shared=false -templates 0 -changes 0)")
 	flag.IntVar(&o.writeCost, "write-cost", 0, "Secrets of the write-cost scenario: what one Secret costs kube-apiserver and etcd for each way of writing it (0: skip)")
 	flag.IntVar(&o.writeCostPolicies, "write-cost-policies", 1, "copies of the writer chart's admission policy on the write-cost apiserver (all but one for other writers, as the sync scenarios have one per writer)")
 	flag.BoolVar(&o.writeCostCBOR, "write-cost-cbor", false, "the write-cost scenario also measures CBOR apply, on an apiserver started with the alpha gate CBORServingAndStorage=true")
+	writeCostOnly := flag.Bool("write-cost-only", false, "run only the write-cost scenario (the same as -sync=false -shared=false -templates 0 -changes 0 -scale-writers 0; -write-cost defaults to 1000)")
 	flag.StringVar(&writeMode, "write", writeMode, "the writers' kubernetes.write: update (as the writer chart sets it; the bench installs the chart's admission policy for each writer) or apply")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
+	if *scaleOnly {
+		o.sync, o.shared, o.templates, o.changes = false, false, 0, 0
+	}
+	if *writeCostOnly {
+		o.sync, o.shared, o.templates, o.changes, o.scaleWriters = false, false, 0, 0, 0
+		if o.writeCost == 0 {
+			o.writeCost = 1000
+		}
+	}
 	if writeMode != "update" && writeMode != "apply" {
 		fmt.Fprintln(os.Stderr, "bench: -write must be update or apply")
+		os.Exit(2)
+	}
+	if o.scaleWriters > 0 && (o.scalePerWriter < 8 || o.scalePaths < 1 || o.scaleWriters < scaleProbeWriters+scaleLateWriters+2) {
+		fmt.Fprintf(os.Stderr, "bench: the scale scenario needs at least %d writers, 8 bindings each and one path\n", scaleProbeWriters+scaleLateWriters+2)
 		os.Exit(2)
 	}
 	if o.reps < 1 {
@@ -149,6 +172,12 @@ func run(r *stack.Runner, o options) *report {
 		isolated(r, o, func(sr *stack.Runner) {
 			res := writeCostScenario(sr, o)
 			rep.writeCost = &res
+		})
+	}
+	if o.scaleWriters > 0 {
+		isolated(r, o, func(sr *stack.Runner) {
+			res := scaleScenario(sr, o, o.scaleWriters, o.scalePerWriter, o.scalePaths)
+			rep.scale = &res
 		})
 	}
 	if o.changes > 0 {

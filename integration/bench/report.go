@@ -19,6 +19,7 @@ type report struct {
 	shared    *sharedResult    // nil: not measured
 	templates *templatesResult // nil: not measured
 	writeCost *writeCostResult // nil: not measured
+	scale     *scaleResult     // nil: not measured
 	latency   latencyResult
 }
 
@@ -51,6 +52,9 @@ func (r *report) markdown(command string) string {
 	}
 	if r.writeCost != nil {
 		r.writeCost.markdown(&b)
+	}
+	if r.scale != nil {
+		r.scale.markdown(&b)
 	}
 	if r.latency.changes > 0 {
 		l := r.latency

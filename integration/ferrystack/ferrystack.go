@@ -134,6 +134,7 @@ type BrokerConfig struct {
 	MetricsListen            string   // metrics.listen (host:port); empty: no metrics endpoint
 	WriterID                 string
 	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
+	HA                       string // the ha section as a YAML flow mapping; empty: no ha
 }
 
 // Write writes the config, logging at debug level, to dir/broker.yaml and
@@ -166,6 +167,9 @@ vault:
 	if c.MetricsListen != "" {
 		fmt.Fprintf(&b, "metrics: {listen: %q}\n", c.MetricsListen)
 	}
+	if c.HA != "" {
+		fmt.Fprintf(&b, "ha: %s\n", c.HA)
+	}
 	fmt.Fprintf(&b, "writers:\n  - id: %s\n    secrets:\n%s", c.WriterID, c.Bindings)
 	path := filepath.Join(dir, "broker.yaml")
 	tmp := WriteFile(t, dir, "broker.yaml.tmp", b.String())
@@ -179,7 +183,8 @@ vault:
 type WriterConfig struct {
 	Name                 string // the file is dir/Name.yaml
 	BrokerAddr, BrokerID string
-	AgentSocket          string // the SPIRE agent's Workload API socket path
+	Fallbacks            []string // further broker addresses (brokers with ha); with them, broker.addresses is written
+	AgentSocket          string   // the SPIRE agent's Workload API socket path
 	Kubeconfig           string
 	Namespaces           []string
 	LogLevel             string // empty: the writer's default
@@ -190,12 +195,16 @@ type WriterConfig struct {
 func (c WriterConfig) Write(t stack.TB, dir string) string {
 	t.Helper()
 	var b strings.Builder
+	broker := "address: " + c.BrokerAddr
+	if len(c.Fallbacks) > 0 {
+		broker = "addresses: [" + strings.Join(append([]string{c.BrokerAddr}, c.Fallbacks...), ", ") + "]"
+	}
 	fmt.Fprintf(&b, `
-broker: {address: %s, spiffe_id: %s}
+broker: {%s, spiffe_id: %s}
 spiffe: {workload_api: unix://%s}
 kubernetes: {kubeconfig: %s}
 namespaces: [%s]
-`, c.BrokerAddr, c.BrokerID, c.AgentSocket, c.Kubeconfig, strings.Join(c.Namespaces, ", "))
+`, broker, c.BrokerID, c.AgentSocket, c.Kubeconfig, strings.Join(c.Namespaces, ", "))
 	if c.LogLevel != "" {
 		fmt.Fprintf(&b, "log: {level: %s}\n", c.LogLevel)
 	}

@@ -38,6 +38,12 @@ func (p *Process) Exited() bool {
 	}
 }
 
+// ExitErr is how the process ended (nil: exit status 0); valid once Exited.
+func (p *Process) ExitErr() error {
+	<-p.p.exited
+	return p.p.waitErr
+}
+
 // LogFile is the path of the process's combined stdout and stderr.
 func (p *Process) LogFile() string { return p.logFile }
 

@@ -200,11 +200,11 @@ func (a *Applier) ExpectExisting(s *ferryv1.Secret) {
 	e.existing = true
 }
 
-// Apply writes s: with server-side apply, forcing ownership of the fields it
-// sets, or in update mode (WithUpdate) with a create or a replace (merge
-// stays a server-side apply). It reports unchanged=true, and writes nothing, when s.Revision is
-// the revision last applied to the same namespace/name (a changed delivery
-// policy is still taken over).
+// Apply writes s: with server-side apply, forcing ownership of the fields
+// it sets, or in update mode (WithUpdate) with a create or a replace (merge
+// stays a server-side apply). It reports unchanged=true, and writes
+// nothing, when s.Revision is the revision last applied to the same
+// namespace/name (a changed delivery policy is still taken over).
 //
 // By s.Creation: create (the default) writes only a Secret that is absent
 // or carries this binding's label: the first write of a Secret in this
@@ -212,9 +212,9 @@ func (a *Applier) ExpectExisting(s *ferryv1.Secret) {
 // Secret exists, a JSON patch whose only operation is a test checks the
 // label (so no get is needed) before the apply. In update mode the first
 // write is a create, and an existing Secret is replaced only if the
-// admission policy finds this binding's label on it. Merge writes only into an
-// existing Secret and owns only the keys it sets; takeover writes whatever
-// is there.
+// admission policy finds this binding's label on it. Merge writes only into
+// an existing Secret and owns only the keys it sets; takeover writes
+// whatever is there.
 //
 // Before anything else, a Secret the writer's configuration does not allow
 // (see RefusedError) is refused with a *RefusedError and no request.
@@ -357,8 +357,8 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (_ typ
 // reach it.
 const impossibleResourceVersion = "9223372036854775807"
 
-// createOnly (apply mode) makes cfg a create-if-absent: a server-side apply whose
-// resourceVersion is set is refused with 409 Conflict unless the stored
+// createOnly (apply mode) makes cfg a create-if-absent: a server-side apply
+// whose resourceVersion is set is refused with 409 Conflict unless the stored
 // object has that resourceVersion, and an absent object has none to
 // compare, so the apply creates it (with server-side apply field
 // ownership, which a POST would not give). kube-apiserver ignores the
@@ -414,9 +414,9 @@ func labelTest(binding string) []jsonPatchOp {
 }
 
 // test sends a JSON patch made only of test operations (or none), which
-// never changes the Secret (apply mode's ownership check, and in both modes
-// merge's existence check, on named merge targets only in update mode): it reports whether the Secret exists and
-// whether the tests held, and returns its UID. It uses the patch verb, not
+// never changes the Secret (apply mode's ownership check; in both modes
+// merge's existence check, on named merge targets only in update mode): it
+// reports whether the Secret exists and whether the tests held. It uses the patch verb, not
 // get; the response body is dropped at once.
 func (a *Applier) test(ctx context.Context, ns, name string, ops []jsonPatchOp) (exists, ok bool, err error) {
 	if ops == nil {

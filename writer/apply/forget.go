@@ -14,9 +14,8 @@ import (
 // Forget handles a binding the broker removed. With deletion policy delete
 // (and deletion enabled), it deletes the Secret — only if it still carries
 // the binding's label, and with a UID precondition (in update mode see
-// forgetUpdate) — or, for a merged
-// binding, removes only the fields Ferry owns by applying an empty
-// configuration. Otherwise it retains the Secret. Either way it stops
+// forgetUpdate) — or, for a merged binding, removes only the fields Ferry
+// owns by applying an empty configuration. Otherwise it retains the Secret. Either way it stops
 // resyncing it. It reports whether anything was deleted.
 func (a *Applier) Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted bool, err error) {
 	ns, name := ref.GetNamespace(), ref.GetName()

@@ -135,7 +135,9 @@ func CheckPolicy(ctx context.Context, secrets corev1client.SecretsGetter, namesp
 	denials := make(map[string]string, len(namespaces))
 	for _, ns := range namespaces {
 		probe := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{GenerateName: PolicyCheckName}, Type: corev1.SecretTypeOpaque}
-		_, err := secrets.Secrets(ns).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldManager: FieldManager})
+		rctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
+		_, err := secrets.Secrets(ns).Create(rctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldManager: FieldManager})
+		cancel()
 		switch {
 		case admissionDenied(err):
 			denials[ns] = safeError(err).(*APIError).Message
