@@ -77,6 +77,7 @@ func main() {
 	flag.BoolVar(&o.writeCostCBOR, "write-cost-cbor", false, "the write-cost scenario also measures CBOR apply, on an apiserver started with the alpha gate CBORServingAndStorage=true")
 	writeCostOnly := flag.Bool("write-cost-only", false, "run only the write-cost scenario (the same as -sync=false -shared=false -templates 0 -changes 0 -scale-writers 0; -write-cost defaults to 1000)")
 	flag.StringVar(&writeMode, "write", writeMode, "the writers' kubernetes.write: update (as the writer chart sets it; the bench installs the chart's admission policy for each writer) or apply")
+	flag.BoolVar(&onePolicy, "one-policy", false, "in update mode, every writer uses one ServiceAccount held by one copy of the chart's policy (as each cluster's apiserver has one), instead of one ServiceAccount and one policy per writer")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
 	if *scaleOnly {

@@ -100,6 +100,9 @@ func (r *report) syncMarkdown(b *strings.Builder) {
 
 // writeModeText describes the writers' kubernetes.write.
 func writeModeText() string {
+	if writeMode == "update" && onePolicy {
+		return "update mode (`kubernetes.write: update`, as the writer chart sets it: a protobuf create for a new Secret, an update for an existing one), all with one ServiceAccount held by one copy of the chart's ValidatingAdmissionPolicy (`-one-policy`: one policy on the apiserver, as each cluster has), which update mode requires"
+	}
 	if writeMode == "update" {
 		return "update mode (`kubernetes.write: update`, as the writer chart sets it: a protobuf create for a new Secret, an update for an existing one), each held by its own copy of the chart's ValidatingAdmissionPolicy, which update mode requires"
 	}

@@ -96,6 +96,33 @@ func profiled(name string, args ...string) []string {
 // writer chart sets it with its admission policy, or "apply".
 var writeMode = "update"
 
+// onePolicy (-one-policy): in update mode every writer uses writer 0's
+// ServiceAccount, so that the apiserver carries one copy of the chart's
+// policy (for all writer namespaces), as each cluster's apiserver does in
+// production, instead of one per simulated cluster.
+var onePolicy bool
+
+// shareServiceAccount grants ServiceAccount saNS/name rules in ns (a Role
+// and RoleBinding) and returns token, once the authorizer allows it.
+func (e *env) shareServiceAccount(ns, saNS, name string, rules []rbacv1.PolicyRule, token string) string {
+	ctx := context.Background()
+	admin := e.kube.Admin(e.r)
+	e.kube.CreateNamespace(e.r, ns)
+	meta := metav1.ObjectMeta{Name: name, Namespace: ns}
+	if _, err := admin.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: meta, Rules: rules}, metav1.CreateOptions{}); err != nil {
+		e.r.Fatalf("role %s/%s: %v", ns, name, err)
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: meta,
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: saNS}},
+	}
+	if _, err := admin.RbacV1().RoleBindings(ns).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		e.r.Fatalf("role binding %s/%s: %v", ns, name, err)
+	}
+	return token
+}
+
 // tokenClient is a client of the apiserver with a ServiceAccount token.
 func (e *env) tokenClient(token string) kubernetes.Interface {
 	kc, err := kubernetes.NewForConfig(e.kube.ConfigForToken(token))
@@ -373,6 +400,7 @@ func (e *env) setupFerryWith(spec ferrySpec) *ferry {
 		f.addr, e.spire.AgentSocket, e.vault.Addr, e.vault.CAFile, roleID, secretID, spec.vaultExtra, adminID)
 	writerCfgs := make([]string, writers)
 	writerBins := make([]string, writers)
+	var sharedToken string // -one-policy: writer 0's ServiceAccount token
 	for j := range writers {
 		fmt.Fprintf(&cfg, "  - id: %s\n    secrets:\n", writerSPIFFEID(j))
 		for _, b := range spec.secrets(j) {
@@ -385,17 +413,32 @@ func (e *env) setupFerryWith(spec ferrySpec) *ferry {
 		if writeMode == "update" {
 			rules, write = ferrystack.UpdateWriterRules, ", write: update"
 		}
-		token := e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", rules)
-		if writeMode == "update" {
-			// Update mode needs the chart's admission policy (the writer
-			// refuses to start without it), as the chart installs it.
-			ferrystack.InstallWriterPolicy(e.r, e.kube.Admin(e.r), e.tokenClient(token), writerNS(j), "ferry-writer", []string{writerNS(j)})
+		var token string
+		switch {
+		case onePolicy && writeMode == "update" && j > 0:
+			// Writer 0's ServiceAccount, held by writer 0's policy, which
+			// is installed below for every writer's namespace.
+			token = e.shareServiceAccount(writerNS(j), writerNS(0), "ferry-writer", rules, sharedToken)
+		case onePolicy && writeMode == "update":
+			token = e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", rules)
+			sharedToken = token
+		default:
+			token = e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", rules)
+			if writeMode == "update" {
+				// Update mode needs the chart's admission policy (the
+				// writer refuses to start without it), as the chart
+				// installs it.
+				ferrystack.InstallWriterPolicy(e.r, e.kube.Admin(e.r), e.tokenClient(token), writerNS(j), "ferry-writer", []string{writerNS(j)})
+			}
 		}
 		// The bench measures creation: takeover too, which a writer accepts
 		// only when its config lists it.
 		writerCfgs[j] = ferrystack.WriteFile(e.r, e.dir, fmt.Sprintf("writer-%d.yaml", j), fmt.Sprintf(
 			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s%s}\nnamespaces: [%s]\ncreation_policies: [create, merge, takeover]\nlog: {level: %s}\n",
 			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), write, commaPrefixed(spec.writerKube), writerNS(j), writerLogLevel))
+	}
+	if onePolicy && writeMode == "update" {
+		ferrystack.InstallWriterPolicy(e.r, e.kube.Admin(e.r), e.tokenClient(sharedToken), writerNS(0), "ferry-writer", f.namespaces())
 	}
 	fmt.Fprintf(&cfg, "log: {level: info}\n")
 	f.brokerCfg = ferrystack.WriteFile(e.r, e.dir, "broker.yaml", cfg.String())
