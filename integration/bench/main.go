@@ -2,9 +2,9 @@
 // (Vault, etcd + kube-apiserver, SPIRE, real broker and writer processes) —
 // initial sync time against a bare client-go loop doing the same work in the
 // same run, memory, Vault and apiserver requests, steady-state load,
-// propagation latency, the cost of a broker restart, and paths shared by
-// many writers next to dynamic database and PKI secrets — and writes the
-// table to BENCHMARKS.md.
+// propagation latency, the cost of a broker restart, paths shared by many
+// writers next to dynamic database and PKI secrets, and a fail-over between
+// two brokers — and writes the table to BENCHMARKS.md.
 package main
 
 import (
@@ -36,6 +36,7 @@ type options struct {
 	state        bool // its broker keeps lease state in Vault (vault.state)
 	sync         bool // run the initial-sync scenarios of -sizes
 	templates    int  // bindings of the templated-vs-untemplated scenario (0: skip)
+	failover     bool // run the fail-over scenario: two brokers, kill -9 the active
 }
 
 func main() {
@@ -57,6 +58,7 @@ func main() {
 	flag.BoolVar(&o.state, "state", true, "the -shared scenario's broker keeps lease state in Vault (vault.state: {mount: secret, path: ferry-broker})")
 	flag.BoolVar(&o.sync, "sync", true, "measure the initial sync (with steady state and a broker restart) at each of -sizes")
 	flag.IntVar(&o.templates, "templates", 1000, "bindings of the templates scenario: each renders two KV sources with a template, next to the same bindings untemplated (0: skip)")
+	flag.BoolVar(&o.failover, "failover", true, "measure a fail-over: the -shared workload on two brokers with one config (ha), kill -9 the active; alone: -sync=false -shared=false -templates=0 -changes=0")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
 	if o.reps < 1 {
@@ -123,6 +125,12 @@ func run(r *stack.Runner, o options) *report {
 		isolated(r, o, func(sr *stack.Runner) {
 			res := sharedScenario(sr, o)
 			rep.shared = &res
+		})
+	}
+	if o.failover {
+		isolated(r, o, func(sr *stack.Runner) {
+			res := failoverScenario(sr, o)
+			rep.failover = &res
 		})
 	}
 	if o.templates > 0 {

@@ -16,6 +16,7 @@ type report struct {
 	took      time.Duration
 	syncs     []syncResult
 	shared    *sharedResult    // nil: not measured
+	failover  *failoverResult  // nil: not measured
 	templates *templatesResult // nil: not measured
 	latency   latencyResult
 }
@@ -43,6 +44,9 @@ func (r *report) markdown(command string) string {
 	}
 	if r.shared != nil {
 		r.shared.markdown(&b, r.opts.refresh)
+	}
+	if r.failover != nil {
+		r.failover.markdown(&b, r.opts.refresh, r.shared)
 	}
 	if r.templates != nil {
 		r.templates.markdown(&b)

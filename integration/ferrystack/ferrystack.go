@@ -128,13 +128,33 @@ type BrokerConfig struct {
 	MetricsListen            string   // metrics.listen (host:port); empty: no metrics endpoint
 	WriterID                 string
 	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
+	// HA, when set, adds the ha section with id HAID (needs StateMount).
+	HA   *HA
+	HAID string
+	// File is the config file's name in dir; empty: broker.yaml.
+	File string
 }
 
-// Write writes the config, logging at debug level, to dir/broker.yaml and
-// returns the path. It replaces an existing file atomically, as a ConfigMap
-// update would, so a running broker may re-read it at any time.
+// Write writes the config, logging at debug level, to dir/broker.yaml (or
+// dir/File) and returns the path. It replaces an existing file atomically,
+// as a ConfigMap update would, so a running broker may re-read it at any
+// time.
 func (c BrokerConfig) Write(t stack.TB, dir string) string {
 	t.Helper()
+	file := c.File
+	if file == "" {
+		file = "broker.yaml"
+	}
+	path := filepath.Join(dir, file)
+	tmp := WriteFile(t, dir, file+".tmp", c.YAML())
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatalf("ferrystack: %v", err)
+	}
+	return path
+}
+
+// YAML renders the config.
+func (c BrokerConfig) YAML() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `
 listen: %s
@@ -160,20 +180,19 @@ vault:
 	if c.MetricsListen != "" {
 		fmt.Fprintf(&b, "metrics: {listen: %q}\n", c.MetricsListen)
 	}
-	fmt.Fprintf(&b, "writers:\n  - id: %s\n    secrets:\n%s", c.WriterID, c.Bindings)
-	path := filepath.Join(dir, "broker.yaml")
-	tmp := WriteFile(t, dir, "broker.yaml.tmp", b.String())
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatalf("ferrystack: %v", err)
+	if c.HA != nil {
+		b.WriteString(c.HA.YAML(c.HAID))
 	}
-	return path
+	fmt.Fprintf(&b, "writers:\n  - id: %s\n    secrets:\n%s", c.WriterID, c.Bindings)
+	return b.String()
 }
 
 // WriterConfig is a ferry-writer config for a test stack.
 type WriterConfig struct {
 	Name                 string // the file is dir/Name.yaml
 	BrokerAddr, BrokerID string
-	AgentSocket          string // the SPIRE agent's Workload API socket path
+	BrokerAddrs          []string // broker.addresses (an HA set), instead of BrokerAddr
+	AgentSocket          string   // the SPIRE agent's Workload API socket path
 	Kubeconfig           string
 	Namespaces           []string
 	LogLevel             string // empty: the writer's default
@@ -184,12 +203,16 @@ type WriterConfig struct {
 func (c WriterConfig) Write(t stack.TB, dir string) string {
 	t.Helper()
 	var b strings.Builder
+	addr := "address: " + c.BrokerAddr
+	if len(c.BrokerAddrs) > 0 {
+		addr = "addresses: [" + strings.Join(c.BrokerAddrs, ", ") + "]"
+	}
 	fmt.Fprintf(&b, `
-broker: {address: %s, spiffe_id: %s}
+broker: {%s, spiffe_id: %s}
 spiffe: {workload_api: unix://%s}
 kubernetes: {kubeconfig: %s}
 namespaces: [%s]
-`, c.BrokerAddr, c.BrokerID, c.AgentSocket, c.Kubeconfig, strings.Join(c.Namespaces, ", "))
+`, addr, c.BrokerID, c.AgentSocket, c.Kubeconfig, strings.Join(c.Namespaces, ", "))
 	if c.LogLevel != "" {
 		fmt.Fprintf(&b, "log: {level: %s}\n", c.LogLevel)
 	}

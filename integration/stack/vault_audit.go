@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -34,6 +35,9 @@ type AuditEntry struct {
 		Operation string `json:"operation"`
 		// Data holds the request's fields, string values HMAC'd (Hash).
 		Data map[string]any `json:"data"`
+		// Headers holds the request headers Vault was told to audit
+		// (AuditRequestHeader), by lower-case name.
+		Headers map[string][]string `json:"headers"`
 	} `json:"request"`
 	Error string `json:"error"`
 }
@@ -95,3 +99,36 @@ func (a *Audit) Responses(t TB, match func(AuditEntry) bool) []AuditEntry {
 	}
 	return out
 }
+
+// AuditRequestHeader makes Vault record the request header name, in clear
+// (not HMAC'd), in every audit entry: sys/config/auditing/request-headers.
+func (v *Vault) AuditRequestHeader(t TB, name string) {
+	t.Helper()
+	if _, err := v.Client(t).Logical().Write("sys/config/auditing/request-headers/"+name, map[string]any{"hmac": false}); err != nil {
+		t.Fatalf("stack: audit request header %s: %v", name, err)
+	}
+}
+
+// Header returns the entry's value of the audited request header name
+// (AuditRequestHeader), "" when the request did not carry it.
+func (e AuditEntry) Header(name string) string {
+	if v := e.Request.Headers[strings.ToLower(name)]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// CountBy counts the "response" entries for which match is true (all of
+// them when match is nil) by key(entry): e.g. by path, or by the audited
+// header of the client that sent them.
+func (a *Audit) CountBy(t TB, match func(AuditEntry) bool, key func(AuditEntry) string) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, e := range a.Responses(t, match) {
+		out[key(e)]++
+	}
+	return out
+}
+
+// ByPath is a CountBy key: the request path.
+func ByPath(e AuditEntry) string { return e.Request.Path }
