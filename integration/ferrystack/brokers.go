@@ -407,6 +407,7 @@ func (bs Brokers) FencingViolations(entries []stack.AuditEntry, fenced func(stac
 			violations = append(violations, fmt.Sprintf("%v: %s at %s, after %v took over with %s at %s (its own previous: %s at %s)",
 				r.run, r.path, r.at.Format(time.StampMilli), by.run, by.path, by.at.Format(time.StampMilli),
 				last[key].path, last[key].at.Format(time.StampMilli)))
+			continue // a superseded run's request takes nothing over
 		}
 		if prev != nil && prev.run != r.run {
 			for run := range last {
