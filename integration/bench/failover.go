@@ -58,7 +58,7 @@ func failoverScenario(r *stack.Runner, o options) failoverResult {
 	f := e.setupFerryWith(spec)
 	e.brokerLeasePolicy(fmt.Sprintf(`
 path "%[1]s/data/%[2]s"     { capabilities = ["create", "update", "read"] }
-path "%[1]s/metadata/%[2]s" { capabilities = ["read"] }
+path "%[1]s/metadata/%[2]s" { capabilities = ["create", "update", "read"] }
 `, ha.LockMount, ha.LockPath))
 	validateBroker(r, f, true)
 	res := failoverResult{brokers: len(f.brokers), paths: p, writers: o.writers, kvBindings: p * o.writers, dynamic: o.dynamic, pki: pkiBindings, ha: ha}
