@@ -85,7 +85,22 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return fmt.Errorf("broker: config: %w", err)
 	}
 
-	vaults, err := vault.NewIdentities(cfg.Vault, vault.Deps{SVID: src, WorkloadAPI: cfg.SPIFFE.WorkloadAPI, Metrics: m}, log)
+	aud, err := audit.Open(cfg.Audit.File, log)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	defer aud.Close()
+	deps := vault.Deps{SVID: src, WorkloadAPI: cfg.SPIFFE.WorkloadAPI, Metrics: m}
+	var peers *standby // nil: a broker without ha
+	if cfg.HA != nil {
+		if peers, err = newStandby(cfg, deps, m, aud, log); err != nil {
+			return fmt.Errorf("broker: %w", err)
+		}
+		// Every request of the data clients passes the fence and names
+		// this broker.
+		deps.BrokerID, deps.Fence = cfg.HA.ID, peers.elector.Fence()
+	}
+	vaults, err := vault.NewIdentities(cfg.Vault, deps, log)
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
@@ -96,15 +111,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		}
 		return nil
 	}
-	aud, err := audit.Open(cfg.Audit.File, log)
-	if err != nil {
-		return fmt.Errorf("broker: %w", err)
-	}
-	defer aud.Close()
 	cat := catalog.New(cfg.Writers, source.Meta)
 	m.Catalog(cat)
 	poller := source.NewPoller(cat, vaultFor, vaults.Settled(), m, log)
-	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td, aud), m, log, server.WithAudit(aud))
+	srvOpts := []server.Option{server.WithAudit(aud)}
+	if peers != nil {
+		srvOpts = append(srvOpts, server.WithHA(peers.elector))
+	}
+	srv := server.New(cat, cfg.Debug.Admins, server.TransportCredentials(src, td, aud), m, log, srvOpts...)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -113,8 +127,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	log.Info("broker listening", "addr", lis.Addr().String(), "trust_domain", td.String(), "writers", len(cfg.Writers))
 	var serving atomic.Bool
 	probes.Live("catalog", cat.Ping)
-	probes.Ready(func() error { return ready(serving.Load(), vaults.LoggedIn()) })
-	tasks := []task.Func{vaults.Run, poller.Run, func(ctx context.Context) error {
+	probes.Ready(func() error {
+		if peers != nil && !peers.active() {
+			return ready(serving.Load(), peers.loggedIn())
+		}
+		return ready(serving.Load(), vaults.LoggedIn())
+	})
+	// Without ha the broker is active from the start; with ha, once it
+	// holds the lock: then it starts exactly as a restarted single broker
+	// does (the saved token adopted, every lease and certificate loaded).
+	active := []task.Func{vaults.Run, poller.Run}
+	tasks := []task.Func{func(ctx context.Context) error {
 		return serve(ctx, srv, lis, &serving, log)
 	}, func(ctx context.Context) error {
 		return reopenOnHangup(ctx, aud, log)
@@ -122,6 +145,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if o.configPath != "" {
 		r := newReloader(o.configPath, cfg, td, cat, srv, log)
 		tasks = append(tasks, func(ctx context.Context) error { return r.run(ctx, hup) })
+	}
+	if peers == nil {
+		tasks = append(tasks, active...)
+	} else {
+		tasks = append(tasks, peers.run, func(ctx context.Context) error { return peers.whenActive(ctx, active) })
 	}
 	return task.Run(ctx, tasks...)
 }

@@ -123,14 +123,13 @@ func startChurnEnv(t *testing.T) *churnEnv {
 	for _, name := range sortedKeys(churnBindings) {
 		fmt.Fprintf(&bindings, "      - {name: %s, namespace: %s, %s}\n", name, churnNS, churnBindings[name])
 	}
-	ha := churnHA
 	e.brokers = ferrystack.NewBrokers(t, brokerBin, dir, []string{"broker-a", "broker-b", "broker-c"})
 	e.brokers.WriteConfigs(t, func(b *ferrystack.Broker) string {
 		return ferrystack.BrokerConfig{
 			Listen: b.Addr, MetricsListen: b.Metrics, AgentSocket: e.spire.AgentSocket,
 			VaultAddr: e.vault.Addr, VaultCAFile: e.vault.CAFile, RoleIDFile: roleID, SecretIDFile: secretID,
 			StateMount: "secret", StateTransitKey: stateTransitKey, Admins: []string{writerID},
-			WriterID: writerID, Bindings: bindings.String(), HA: &ha, HAID: b.ID,
+			WriterID: writerID, Bindings: bindings.String(), HA: churnHA.Flow(b.ID),
 		}.YAML()
 	})
 	for _, b := range e.brokers {
@@ -140,7 +139,7 @@ func startChurnEnv(t *testing.T) *churnEnv {
 	}
 	e.writerBin = writerBin
 	e.writerCfg = ferrystack.WriterConfig{
-		Name: "writer", BrokerAddrs: e.brokers.Addresses(), BrokerID: brokerID, AgentSocket: e.spire.AgentSocket,
+		Name: "writer", BrokerAddr: e.brokers[0].Addr, Fallbacks: e.brokers.Addresses()[1:], BrokerID: brokerID, AgentSocket: e.spire.AgentSocket,
 		Kubeconfig: e.kube.Kubeconfig(t, token), Namespaces: []string{churnNS}, LogLevel: "debug",
 	}.Write(t, dir)
 	return e

@@ -35,6 +35,9 @@ const (
 	Denied = "denied"
 	// HandshakeRefused: a TLS handshake failed; Reason says why.
 	HandshakeRefused = "handshake_refused"
+	// HATransition: this broker (BrokerID) became active (Outcome
+	// "active") or lost the HA lock (Outcome "lost", Reason says how).
+	HATransition = "ha_transition"
 )
 
 // Delivery actions (Event.Action).
@@ -88,6 +91,8 @@ type Event struct {
 	// PresentedID is the SPIFFE ID in a refused client certificate: what
 	// the client claimed, not verified.
 	PresentedID string `json:"presented_id,omitempty"`
+	// BrokerID is this broker's ha.id (HA transitions).
+	BrokerID string `json:"broker_id,omitempty"`
 	// Peer is the client's network address.
 	Peer string `json:"peer,omitempty"`
 	// Method is the full RPC name (denials).

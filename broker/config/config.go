@@ -45,6 +45,9 @@ type Config struct {
 	// Metrics is where /metrics, /healthz and /readyz are served (plain
 	// HTTP); off unless metrics.listen is set.
 	Metrics metrics.Config `json:"metrics,omitempty"`
+	// HA, when set, makes this broker one of several with this
+	// configuration, one active and the others standby (ha.go).
+	HA *HA `json:"ha,omitempty"`
 }
 
 // Log configures the broker's logger.
@@ -130,6 +133,9 @@ func (c *Config) SetDefaults() {
 		c.Log.Level = "info"
 	}
 	c.Vault.setDefaults()
+	if c.HA != nil {
+		c.HA.setDefaults(c.Vault.State)
+	}
 	for i := range c.Writers {
 		for j := range c.Writers[i].Secrets {
 			b := &c.Writers[i].Secrets[j]
@@ -170,6 +176,9 @@ func (c *Config) Validate() error {
 	p.AddErr(c.SPIFFE.Validate("spiffe"))
 	p.AddErr(c.Metrics.Validate("metrics"))
 	c.Vault.validate(&p, c.SPIFFE.WorkloadAPI != "")
+	if c.HA != nil {
+		c.HA.validate(&p, c.Vault.State)
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

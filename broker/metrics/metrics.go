@@ -107,6 +107,7 @@ type Metrics struct {
 	applyResults     *prometheus.CounterVec
 	propagation      prometheus.Histogram
 	sharedReadsSaved prometheus.Counter
+	haTransitions    prometheus.Counter // nil without ha
 }
 
 // New creates the broker's metrics and registers them with reg. Series of
@@ -261,6 +262,36 @@ func (m *Metrics) Identities(names []string, logins Logins) {
 		}
 	}
 	m.reg.MustRegister(&loginCollector{logins: logins})
+}
+
+// HA registers ferry_broker_ha_active, read from active at scrape time,
+// and ferry_broker_ha_transitions_total (HATransition counts). Only a
+// broker with ha has them.
+func (m *Metrics) HA(active func() bool) {
+	if m == nil {
+		return
+	}
+	m.haTransitions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ferry_broker_ha_transitions_total",
+		Help: "Times this broker became active or lost the HA lock.",
+	})
+	m.reg.MustRegister(m.haTransitions, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ferry_broker_ha_active",
+		Help: "1 while this broker holds the HA lock (active), 0 while it stands by.",
+	}, func() float64 {
+		if active() {
+			return 1
+		}
+		return 0
+	}))
+}
+
+// HATransition counts a transition of the HA lock (became active, lost).
+func (m *Metrics) HATransition() {
+	if m == nil || m.haTransitions == nil {
+		return
+	}
+	m.haTransitions.Inc()
 }
 
 // Catalog registers the gauges computed from the catalog at scrape time.

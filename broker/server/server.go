@@ -53,6 +53,8 @@ type Server struct {
 	audit   *audit.Log       // nil: no audit log (audit.go)
 	log     *slog.Logger
 
+	ha HA // nil: a broker without ha
+
 	draining  chan struct{} // closed by Drain
 	drainOnce sync.Once
 
@@ -102,6 +104,20 @@ type Option func(*Server)
 
 // WithLimits replaces DefaultLimits.
 func WithLimits(l Limits) Option { return func(s *Server) { s.limits = l } }
+
+// HA is the broker's place among several with ha (broker/ha's Elector).
+type HA interface {
+	// ID is this broker's ha.id.
+	ID() string
+	// Status reports whether this broker is active and the holder of the
+	// lock it last saw.
+	Status() (active bool, holder string)
+}
+
+// WithHA makes a standby answer Sync with ferryv1.StandbyError and
+// ListBindings with no bindings; ListBindings names this broker and the
+// active one.
+func WithHA(h HA) Option { return func(s *Server) { s.ha = h } }
 
 // Drain ends every open Sync stream with Unavailable, so that a graceful
 // stop does not wait for streams that never end on their own and writers

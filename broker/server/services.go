@@ -30,6 +30,11 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) (err error
 	ctx := stream.Context()
 	id := callerID(ctx)
 	log := w.s.log.With("spiffe_id", id)
+	if w.s.ha != nil {
+		if active, holder := w.s.ha.Status(); !active {
+			return ferryv1.StandbyError(w.s.ha.ID(), holder)
+		}
+	}
 
 	// One open stream per writer ID. A second one is refused rather than
 	// replacing the first: the writer chart supports several replicas of one
@@ -196,7 +201,20 @@ func (d *debugService) ListBindings(ctx context.Context, req *ferryv1.ListBindin
 	case admin && !d.s.cat.Known(id):
 		target = "" // an admin that is not a writer sees every writer
 	}
-	return page(d.s.cat.Status(target), req.GetPageSize(), req.GetPageToken())
+	if d.s.ha == nil {
+		return page(d.s.cat.Status(target), req.GetPageSize(), req.GetPageToken())
+	}
+	active, holder := d.s.ha.Status()
+	var all []*ferryv1.BindingStatus // a standby holds and answers nothing
+	if active {
+		all = d.s.cat.Status(target)
+	}
+	resp, err := page(all, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	resp.BrokerId, resp.ActiveBroker = d.s.ha.ID(), holder
+	return resp, nil
 }
 
 // Page sizes of ListBindings: a response of 5000 bindings stays well under

@@ -148,7 +148,9 @@ func (d *dynamicSource) saveLeases(ctx context.Context) {
 // restore carries on with the lease a previous broker process saved, when
 // Vault says it is still valid: its credentials are published again (the
 // same content, so writers write nothing) and renewed as usual. A lease
-// with less than its replacement lead left is replaced at once. Replaced
+// with less than its replacement lead left is renewed at once when it is
+// renewable (the previous process missed its renewal; a renewal capped at
+// the max TTL is replaced as usual), and replaced at once otherwise. Replaced
 // leases keep their revocation time. It reports whether a lease was
 // restored.
 func (d *dynamicSource) restore(ctx context.Context) bool {
@@ -177,10 +179,16 @@ func (d *dynamicSource) restore(ctx context.Context) bool {
 		return true
 	}
 	d.rev, d.data = rev, st.Data
-	if info.TTL <= replaceLead(d.cur.period) {
-		d.next, d.act = now, actIssue
-	} else {
+	switch {
+	case info.TTL > replaceLead(d.cur.period):
 		d.scheduleAfterGrant(now, info.TTL)
+	case info.Renewable && info.TTL > minReplaceLead:
+		// The previous process missed the renewal (it stopped, or lost
+		// the HA lock, close to it): renew now. A renewal that Vault caps
+		// at the max TTL is replaced as usual (renew).
+		d.next, d.act = now, actRenew
+	default:
+		d.next, d.act = now, actIssue
 	}
 	d.log.Info("vault state: carrying on with the lease of the previous broker process", "lease_id", d.cur.id,
 		"ttl", info.TTL, "next", d.next, "renew", d.act == actRenew, "revision", d.rev)

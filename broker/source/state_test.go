@@ -155,3 +155,38 @@ func TestUnreadableStateIssuesAnewWithoutRevoking(t *testing.T) {
 		}
 	})
 }
+
+// TestRestartPastTheRenewalPointRenews: a broker that stopped just before
+// a lease's renewal (killed, or an HA standby taking over after
+// lease_duration) finds the saved lease with less than its replacement
+// lead left; it renews it at once instead of issuing new credentials.
+func TestRestartPastTheRenewalPointRenews(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeVault()
+		f.state = map[string][]byte{}
+		_, cat, stop := startPoller(t, f, dynamicBinding("db", time.Second))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		user := string(desired(cat, "db").Data["username"])
+		stop()
+		f.mu.Lock()
+		issued, renewals := f.issued, f.renewals
+		f.mu.Unlock()
+
+		// TTL 30s, renewed at about 20s: down from 1s to 24s, 6s are left
+		// (under the replacement lead of 10s, over its minimum of 2s).
+		time.Sleep(23 * time.Second)
+		_, cat, stop = startPoller(t, f, dynamicBinding("db", time.Second))
+		defer stop()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := string(desired(cat, "db").Data["username"]); got != user {
+			t.Errorf("after restart the Secret holds %s, want the saved %s", got, user)
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.issued != issued || f.renewals == renewals {
+			t.Errorf("restart past the renewal point: %d leases issued (want 0), renewals %d -> %d (want more)", f.issued-issued, renewals, f.renewals)
+		}
+	})
+}

@@ -52,6 +52,18 @@ type Deps struct {
 	WorkloadAPI string
 	// Metrics counts requests and logins; nil counts nothing.
 	Metrics *metrics.Metrics
+	// BrokerID, when set, is sent with every request as HeaderBrokerID
+	// (ha.id), so Vault's audit log attributes each request to a broker.
+	BrokerID string
+	// Fence, when set, is checked just before each request is sent (every
+	// request of the client: reads, issues, renewals, revocations, state
+	// writes, logins, token renewal); a request it refuses is not sent.
+	Fence Fence
+}
+
+// Fence says whether a Vault request may be sent now (broker/ha's Fence).
+type Fence interface {
+	Check() error
 }
 
 // Client is one Vault identity's logged-in client.
@@ -129,6 +141,14 @@ func newAPI(conn config.Vault, auth config.VaultAuth, deps Deps) (*vaultapi.Clie
 		MinRetryWait: time.Second,
 		MaxRetryWait: 1500 * time.Millisecond,
 		MaxRetries:   2,
+		// A request the fence refused is not retried: the fence does not
+		// reopen (a broker that lost the lock exits).
+		CheckRetry: func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+			if errors.As(err, new(fencedError)) {
+				return false, err
+			}
+			return vaultapi.DefaultRetryPolicy(ctx, resp, err)
+		},
 	}
 	if err := vc.ConfigureTLS(&vaultapi.TLSConfig{
 		CACert: conn.CAFile, TLSServerName: conn.ServerName,
@@ -140,8 +160,9 @@ func newAPI(conn config.Vault, auth config.VaultAuth, deps Deps) (*vaultapi.Clie
 		// Present the SVID current at each handshake, so rotation is picked up.
 		t.TLSClientConfig.GetClientCertificate = tlsconfig.GetClientCertificate(deps.SVID)
 	}
-	// After ConfigureTLS, which needs the *http.Transport itself.
-	vc.HttpClient.Transport = limitBodies(t)
+	// After ConfigureTLS, which needs the *http.Transport itself. The
+	// fence is the outermost layer: a refused request reaches nothing.
+	vc.HttpClient.Transport = brokerTransport{next: limitBodies(t), id: deps.BrokerID, fence: deps.Fence}
 	api, err := vaultapi.NewClient(vc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("vault: %w", err)

@@ -385,7 +385,7 @@ func (e *env) setupFerryWith(spec ferrySpec) *ferry {
 	fmt.Fprintf(&cfg, "log: {level: info}\n")
 	if spec.ha != nil {
 		f.brokers.WriteConfigs(e.r, func(b *ferrystack.Broker) string {
-			return fmt.Sprintf("listen: %s\nmetrics: {listen: %q}\n%s%s", b.Addr, b.Metrics, spec.ha.YAML(b.ID), cfg.String())
+			return fmt.Sprintf("listen: %s\nmetrics: {listen: %q}\nha: %s\n%s", b.Addr, b.Metrics, spec.ha.Flow(b.ID), cfg.String())
 		})
 		f.brokerCfg = f.brokers[0].Config
 	} else {

@@ -15,13 +15,14 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	brokervault "github.com/ferry-secrets/ferry/broker/vault"
 	"github.com/ferry-secrets/ferry/integration/stack"
 )
 
 // BrokerIDHeader is the request header every broker of an HA set sends
 // with each Vault request, carrying its ha.id; tests make Vault audit it
 // (stack.Vault.AuditRequestHeader) to attribute requests to brokers.
-const BrokerIDHeader = "X-Ferry-Broker-Id"
+const BrokerIDHeader = brokervault.HeaderBrokerID
 
 // HAActiveMetric is the broker's gauge: 1 while it is the active broker.
 const HAActiveMetric = "ferry_broker_ha_active"
@@ -33,8 +34,9 @@ type HA struct {
 	LockMount, LockPath                       string
 }
 
-// YAML renders the ha section for broker id, ending in a newline.
-func (h HA) YAML(id string) string {
+// Flow renders the ha section for broker id as a YAML flow mapping (for
+// BrokerConfig.HA; "ha: " + Flow(id) is the whole section).
+func (h HA) Flow(id string) string {
 	fields := []string{"id: " + id}
 	if h.LockMount != "" || h.LockPath != "" {
 		fields = append(fields, fmt.Sprintf("lock: {mount: %s, path: %s}", h.LockMount, h.LockPath))
@@ -47,7 +49,7 @@ func (h HA) YAML(id string) string {
 			fields = append(fields, fmt.Sprintf("%s: %s", f.key, f.d))
 		}
 	}
-	return "ha: {" + strings.Join(fields, ", ") + "}\n"
+	return "{" + strings.Join(fields, ", ") + "}"
 }
 
 // Broker is one ferry-broker of an HA set, with its own ha.id, gRPC
@@ -104,8 +106,8 @@ func NewBrokers(t stack.TB, bin, dir string, ids []string) Brokers {
 }
 
 // WriteConfigs writes each broker's config file from config(b), which
-// sees the broker's ID, Addr and Metrics: BrokerConfig with Listen,
-// MetricsListen, HA and HAID set, or the caller's own text. A running
+// sees the broker's ID, Addr and Metrics: BrokerConfig.YAML with Listen,
+// MetricsListen and HA (HA.Flow(b.ID)) set, or the caller's own text. A running
 // broker re-reads it on SIGHUP.
 func (bs Brokers) WriteConfigs(t stack.TB, config func(b *Broker) string) {
 	t.Helper()

@@ -128,32 +128,23 @@ type BrokerConfig struct {
 	MetricsListen            string   // metrics.listen (host:port); empty: no metrics endpoint
 	WriterID                 string
 	Bindings                 string // the writer's secrets: YAML list items indented by six spaces
-	// HA, when set, adds the ha section with id HAID (needs StateMount).
-	HA   *HA
-	HAID string
-	// File is the config file's name in dir; empty: broker.yaml.
-	File string
+	HA                       string // the ha section as a YAML flow mapping; empty: no ha
 }
 
-// Write writes the config, logging at debug level, to dir/broker.yaml (or
-// dir/File) and returns the path. It replaces an existing file atomically,
-// as a ConfigMap update would, so a running broker may re-read it at any
-// time.
+// Write writes the config, logging at debug level, to dir/broker.yaml and
+// returns the path. It replaces an existing file atomically, as a ConfigMap
+// update would, so a running broker may re-read it at any time.
 func (c BrokerConfig) Write(t stack.TB, dir string) string {
 	t.Helper()
-	file := c.File
-	if file == "" {
-		file = "broker.yaml"
-	}
-	path := filepath.Join(dir, file)
-	tmp := WriteFile(t, dir, file+".tmp", c.YAML())
+	path := filepath.Join(dir, "broker.yaml")
+	tmp := WriteFile(t, dir, "broker.yaml.tmp", c.YAML())
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatalf("ferrystack: %v", err)
 	}
 	return path
 }
 
-// YAML renders the config.
+// YAML renders the config (Brokers.WriteConfigs writes one per broker).
 func (c BrokerConfig) YAML() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `
@@ -180,8 +171,8 @@ vault:
 	if c.MetricsListen != "" {
 		fmt.Fprintf(&b, "metrics: {listen: %q}\n", c.MetricsListen)
 	}
-	if c.HA != nil {
-		b.WriteString(c.HA.YAML(c.HAID))
+	if c.HA != "" {
+		fmt.Fprintf(&b, "ha: %s\n", c.HA)
 	}
 	fmt.Fprintf(&b, "writers:\n  - id: %s\n    secrets:\n%s", c.WriterID, c.Bindings)
 	return b.String()
@@ -191,7 +182,7 @@ vault:
 type WriterConfig struct {
 	Name                 string // the file is dir/Name.yaml
 	BrokerAddr, BrokerID string
-	BrokerAddrs          []string // broker.addresses (an HA set), instead of BrokerAddr
+	Fallbacks            []string // further broker addresses (brokers with ha); with them, broker.addresses is written
 	AgentSocket          string   // the SPIRE agent's Workload API socket path
 	Kubeconfig           string
 	Namespaces           []string
@@ -203,16 +194,16 @@ type WriterConfig struct {
 func (c WriterConfig) Write(t stack.TB, dir string) string {
 	t.Helper()
 	var b strings.Builder
-	addr := "address: " + c.BrokerAddr
-	if len(c.BrokerAddrs) > 0 {
-		addr = "addresses: [" + strings.Join(c.BrokerAddrs, ", ") + "]"
+	broker := "address: " + c.BrokerAddr
+	if len(c.Fallbacks) > 0 {
+		broker = "addresses: [" + strings.Join(append([]string{c.BrokerAddr}, c.Fallbacks...), ", ") + "]"
 	}
 	fmt.Fprintf(&b, `
 broker: {%s, spiffe_id: %s}
 spiffe: {workload_api: unix://%s}
 kubernetes: {kubeconfig: %s}
 namespaces: [%s]
-`, addr, c.BrokerID, c.AgentSocket, c.Kubeconfig, strings.Join(c.Namespaces, ", "))
+`, broker, c.BrokerID, c.AgentSocket, c.Kubeconfig, strings.Join(c.Namespaces, ", "))
 	if c.LogLevel != "" {
 		fmt.Fprintf(&b, "log: {level: %s}\n", c.LogLevel)
 	}

@@ -63,8 +63,7 @@ func (p *Process) Kill() {
 	<-p.p.exited
 }
 
-// ExitErr is how the process ended (nil: exit status 0); valid once
-// Exited reports true.
+// ExitErr is how the process ended (nil: exit status 0); valid once Exited.
 func (p *Process) ExitErr() error {
 	<-p.p.exited
 	return p.p.waitErr

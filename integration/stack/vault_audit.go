@@ -35,7 +35,7 @@ type AuditEntry struct {
 		Operation string `json:"operation"`
 		// Data holds the request's fields, string values HMAC'd (Hash).
 		Data map[string]any `json:"data"`
-		// Headers holds the request headers Vault was told to audit
+		// Headers are the request headers Vault was told to audit
 		// (AuditRequestHeader), by lower-case name.
 		Headers map[string][]string `json:"headers"`
 	} `json:"request"`
@@ -53,6 +53,15 @@ func (v *Vault) EnableFileAudit(t TB) *Audit {
 		t.Fatalf("stack: enable file audit: %v", err)
 	}
 	return a
+}
+
+// AuditRequestHeader makes Vault record request header name in every audit
+// entry (request.headers, lower-case name), e.g. X-Ferry-Broker-Id.
+func (v *Vault) AuditRequestHeader(t TB, name string) {
+	t.Helper()
+	if _, err := v.Client(t).Logical().Write("sys/config/auditing/request-headers/"+name, map[string]any{"hmac": false}); err != nil {
+		t.Fatalf("stack: audit request header %s: %v", name, err)
+	}
 }
 
 // Hash returns value as the audit log shows it in request data: HMAC'd
@@ -98,15 +107,6 @@ func (a *Audit) Responses(t TB, match func(AuditEntry) bool) []AuditEntry {
 		}
 	}
 	return out
-}
-
-// AuditRequestHeader makes Vault record the request header name, in clear
-// (not HMAC'd), in every audit entry: sys/config/auditing/request-headers.
-func (v *Vault) AuditRequestHeader(t TB, name string) {
-	t.Helper()
-	if _, err := v.Client(t).Logical().Write("sys/config/auditing/request-headers/"+name, map[string]any{"hmac": false}); err != nil {
-		t.Fatalf("stack: audit request header %s: %v", name, err)
-	}
 }
 
 // Header returns the entry's value of the audited request header name

@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferry-secrets/ferry/internal/task"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 	"github.com/ferry-secrets/ferry/writer/metrics"
 )
@@ -191,6 +192,7 @@ func (c *Client) Run(ctx context.Context) error {
 		conns[i] = conn
 	}
 	wait := c.opts.Backoff.reconnects()
+	pace := standbyPacer{targets: len(targets), sinceStandby: len(targets)}
 	next := 0
 	for {
 		conn, log := conns[next], c.log
@@ -198,13 +200,27 @@ func (c *Client) Run(ctx context.Context) error {
 			log = log.With("target", targets[next])
 		}
 		next = (next + 1) % len(conns)
-		waitReady(ctx, conn, connectWait)
+		// With further addresses, a broker that cannot be reached is left
+		// for the next one at once instead of waited for.
+		waitReady(ctx, conn, connectWait, len(targets) > 1)
 		opened, lived, err := c.session(ctx, ferryv1.NewWriterServiceClient(conn), log)
 		if ctx.Err() != nil {
 			c.log.Info("stopped")
 			return nil
 		}
-		delay := wait.after(lived)
+		standby := ferryv1.IsStandby(err)
+		delay, paced := pace.after(standby)
+		if !paced {
+			delay = wait.after(lived)
+		}
+		if standby {
+			log.Info("broker is standby; moving on to the next address", "err", err, "retry_in", delay.Round(time.Millisecond).String())
+			if !task.Sleep(ctx, delay) {
+				c.log.Info("stopped")
+				return nil
+			}
+			continue
+		}
 		msg := "disconnected from broker"
 		if !opened {
 			msg = "cannot open stream to broker"
@@ -243,11 +259,18 @@ const connectWait = 5 * time.Second
 // retries at gRPC's connect backoff (from 100 ms), much sooner than the
 // stream's own backoff after a failed open, so a broker that is starting
 // (or restarting) is reached as soon as it listens.
-func waitReady(ctx context.Context, conn *grpc.ClientConn, d time.Duration) {
+//
+// With failFast (the client has further addresses), it returns as soon as
+// the connection fails once (TRANSIENT_FAILURE): a killed broker costs a
+// refused connection, not connectWait.
+func waitReady(ctx context.Context, conn *grpc.ClientConn, d time.Duration, failFast bool) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	conn.Connect()
 	for s := conn.GetState(); s != connectivity.Ready; s = conn.GetState() {
+		if failFast && s == connectivity.TransientFailure {
+			return
+		}
 		if !conn.WaitForStateChange(ctx, s) {
 			return
 		}

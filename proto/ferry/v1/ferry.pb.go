@@ -875,6 +875,11 @@ type ListBindingsResponse struct {
 	Bindings []*BindingStatus `protobuf:"bytes,1,rep,name=bindings,proto3" json:"bindings,omitempty"`
 	// Optional: set when more bindings follow; pass it as page_token.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Optional: the answering broker's ha.id (set when the broker runs with ha).
+	BrokerId string `protobuf:"bytes,3,opt,name=broker_id,json=brokerId,proto3" json:"broker_id,omitempty"`
+	// Optional: the ha.id of the active broker as the answering broker last saw
+	// it; a standby answers with no bindings. Set when the broker runs with ha.
+	ActiveBroker  string `protobuf:"bytes,4,opt,name=active_broker,json=activeBroker,proto3" json:"active_broker,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -919,6 +924,20 @@ func (x *ListBindingsResponse) GetBindings() []*BindingStatus {
 func (x *ListBindingsResponse) GetNextPageToken() string {
 	if x != nil {
 		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListBindingsResponse) GetBrokerId() string {
+	if x != nil {
+		return x.BrokerId
+	}
+	return ""
+}
+
+func (x *ListBindingsResponse) GetActiveBroker() string {
+	if x != nil {
+		return x.ActiveBroker
 	}
 	return ""
 }
@@ -1196,10 +1215,12 @@ const file_ferry_v1_ferry_proto_rawDesc = "" +
 	"\twriter_id\x18\x01 \x01(\tR\bwriterId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"s\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\xb5\x01\n" +
 	"\x14ListBindingsResponse\x123\n" +
 	"\bbindings\x18\x01 \x03(\v2\x17.ferry.v1.BindingStatusR\bbindings\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe4\x06\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1b\n" +
+	"\tbroker_id\x18\x03 \x01(\tR\bbrokerId\x12#\n" +
+	"\ractive_broker\x18\x04 \x01(\tR\factiveBroker\"\xe4\x06\n" +
 	"\rBindingStatus\x12\x1b\n" +
 	"\twriter_id\x18\x01 \x01(\tR\bwriterId\x12\x18\n" +
 	"\abinding\x18\x02 \x01(\tR\abinding\x12\x1c\n" +

@@ -1,0 +1,85 @@
+package broker
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/ferry-secrets/ferry/broker/audit"
+	"github.com/ferry-secrets/ferry/broker/config"
+	"github.com/ferry-secrets/ferry/broker/ha"
+	brokermetrics "github.com/ferry-secrets/ferry/broker/metrics"
+	"github.com/ferry-secrets/ferry/broker/vault"
+	"github.com/ferry-secrets/ferry/internal/task"
+)
+
+// standby is a broker with ha: its lock client (its own login, no state,
+// no fence) and the elector that runs the lock loop on it.
+type standby struct {
+	lock    *vault.Client
+	elector *ha.Elector
+}
+
+func newStandby(cfg *config.Config, deps vault.Deps, m *brokermetrics.Metrics, aud *audit.Log, log *slog.Logger) (*standby, error) {
+	h := cfg.HA
+	deps.BrokerID = h.ID
+	fence := ha.NewFence(clock.RealClock{}, time.Time{})
+	lock, err := vault.NewLockClient(cfg.Vault, deps, fence.LockFence(), log)
+	if err != nil {
+		return nil, err
+	}
+	timing := ha.Timing{LeaseDuration: h.LeaseDuration.Duration, RenewDeadline: h.RenewDeadline.Duration, RetryPeriod: h.RetryPeriod.Duration}
+	notify := func(active bool, reason string) {
+		m.HATransition()
+		e := audit.Event{Event: audit.HATransition, BrokerID: h.ID, Outcome: "active"}
+		if !active {
+			e.Outcome, e.Reason = "lost", reason
+		}
+		aud.Record(e)
+	}
+	s := &standby{lock: lock}
+	s.elector = ha.New(h.ID, lock.LockStore(h.Lock.Mount, h.Lock.Path), timing, clock.RealClock{}, fence, notify, log)
+	m.HA(s.active)
+	log.Info("ha: standing by until this broker holds the lock", "broker_id", h.ID, "lock", h.Lock.Mount+"/data/"+h.Lock.Path)
+	return s, nil
+}
+
+// active reports whether this broker holds the lock.
+func (s *standby) active() bool {
+	a, _ := s.elector.Status()
+	return a
+}
+
+// loggedIn is the lock client's login, the readiness of a standby.
+func (s *standby) loggedIn() map[string]bool {
+	return map[string]bool{vault.LockIdentity: s.lock.LoggedIn()}
+}
+
+// run logs the lock client in and runs the lock loop; it returns the loss
+// of the lock (ending the process non-zero) or nil when ctx ends.
+func (s *standby) run(ctx context.Context) error {
+	return task.Run(ctx, func(ctx context.Context) error {
+		_ = s.lock.Run(ctx)
+		return nil
+	}, func(ctx context.Context) error {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.lock.Ready():
+		}
+		return s.elector.Run(ctx)
+	})
+}
+
+// whenActive runs fns (the active broker's parts) once this broker holds
+// the lock, until ctx ends.
+func (s *standby) whenActive(ctx context.Context, fns []task.Func) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-s.elector.BecameActive():
+	}
+	return task.Run(ctx, fns...)
+}
