@@ -353,75 +353,81 @@ func LeaseRequest(e stack.AuditEntry) bool {
 	return false
 }
 
-// FencingViolations checks that the brokers' fenced requests (the audit
-// entries fenced accepts, e.g. LeaseRequest) never interleave: once a run
-// of one broker has made such a request after a run of another, the
-// earlier run never makes one again. A broker process holds the lock at
-// most once (it exits when it loses it), so interleaved requests mean two
-// runs acted as the active broker at the same time. Each request is
-// attributed by BrokerIDHeader to the broker's run that was started last
-// before Vault logged it; a fenced request without the header, or from no
-// run of the set, is a violation too. It returns one line per violation
-// and the number of fenced requests checked.
-func (bs Brokers) FencingViolations(entries []stack.AuditEntry, fenced func(stack.AuditEntry) bool) (violations []string, checked int) {
+// FencingViolations checks, from Vault's audit log, that only the broker
+// holding the HA lock made fenced requests (those fenced accepts, e.g.
+// LeaseRequest). The lock changes hands at each successful write of the
+// lock record (lockPath, e.g. "secret/data/ferry-broker-ha/leader") by a
+// run other than the last writer; a run holds it from its first
+// successful write until another run's. A fenced request is a violation
+// when its run has not (yet) written the lock — a standby acting — or when
+// another run has taken the lock since — a deposed broker acting, whose
+// fence should have closed renew_deadline after its last renewal, well
+// before the taker could write. Each entry is attributed by BrokerIDHeader
+// to the broker's run started last before Vault logged it; a fenced
+// request without the header, or from no run of the set, is a violation
+// too. It returns one line per violation, the number of fenced requests
+// checked and the number of times the lock changed hands.
+func (bs Brokers) FencingViolations(entries []stack.AuditEntry, lockPath string, fenced func(stack.AuditEntry) bool) (violations []string, checked, takeovers int) {
 	runs := map[string][]Run{}
 	for _, b := range bs {
 		runs[b.ID] = b.Runs()
 	}
-	runAt := func(id string, at time.Time) (Run, bool) {
-		rs := runs[id]
+	runAt := func(e stack.AuditEntry) (Run, bool) {
+		rs := runs[e.Header(BrokerIDHeader)]
 		for i := len(rs) - 1; i >= 0; i-- {
-			if !rs[i].Start.After(at) {
+			if !rs[i].Start.After(e.Time) {
 				return rs[i], true
 			}
 		}
 		return Run{}, false
 	}
-	type req struct {
-		run  Run
+	sorted := slices.Clone(entries)
+	slices.SortStableFunc(sorted, func(a, b stack.AuditEntry) int { return a.Time.Compare(b.Time) })
+	type event struct {
+		by   Run
 		at   time.Time
 		path string
 	}
-	var reqs []req
-	for _, e := range entries {
-		if e.Type != "request" || !fenced(e) {
-			continue
-		}
-		checked++
-		id := e.Header(BrokerIDHeader)
-		r, ok := runAt(id, e.Time)
-		if !ok {
-			violations = append(violations, fmt.Sprintf("%s at %s carries %s %q, no run of the set", e.Request.Path, e.Time.Format(time.StampMilli), BrokerIDHeader, id))
-			continue
-		}
-		reqs = append(reqs, req{run: r, at: e.Time, path: e.Request.Path})
-	}
-	slices.SortStableFunc(reqs, func(a, b req) int { return a.at.Compare(b.at) })
-	// last[run] is the run's latest request so far; superseded[run] the
-	// first request of another run after it.
-	last := map[string]req{}
-	superseded := map[string]req{}
-	var prev *req
-	for i := range reqs {
-		r := reqs[i]
-		key := r.run.String()
-		if by, ok := superseded[key]; ok {
-			violations = append(violations, fmt.Sprintf("%v: %s at %s, after %v took over with %s at %s (its own previous: %s at %s)",
-				r.run, r.path, r.at.Format(time.StampMilli), by.run, by.path, by.at.Format(time.StampMilli),
-				last[key].path, last[key].at.Format(time.StampMilli)))
-			continue // a superseded run's request takes nothing over
-		}
-		if prev != nil && prev.run != r.run {
-			for run := range last {
-				if run != key {
-					if _, ok := superseded[run]; !ok {
-						superseded[run] = r
+	var holder string             // the run that wrote the lock last
+	held := map[string]bool{}     // runs that have written the lock
+	deposed := map[string]event{} // run → the takeover that ended its hold
+	last := map[string]event{}    // run → its last fenced request
+	stamp := func(t time.Time) string { return t.Format(time.StampMilli) }
+	for _, e := range sorted {
+		switch {
+		case e.Type == "response" && e.Request.Path == lockPath && e.Error == "" && (e.Request.Operation == "create" || e.Request.Operation == "update"):
+			r, ok := runAt(e)
+			if !ok {
+				violations = append(violations, fmt.Sprintf("lock write at %s carries %s %q, no run of the set", stamp(e.Time), BrokerIDHeader, e.Header(BrokerIDHeader)))
+				continue
+			}
+			key := r.String()
+			if holder != "" && holder != key {
+				takeovers++
+				for run := range held {
+					if _, done := deposed[run]; !done && run != key {
+						deposed[run] = event{by: r, at: e.Time, path: lockPath}
 					}
 				}
 			}
+			holder, held[key] = key, true
+		case e.Type == "request" && fenced(e):
+			checked++
+			r, ok := runAt(e)
+			if !ok {
+				violations = append(violations, fmt.Sprintf("%s at %s carries %s %q, no run of the set", e.Request.Path, stamp(e.Time), BrokerIDHeader, e.Header(BrokerIDHeader)))
+				continue
+			}
+			key := r.String()
+			switch by, isDeposed := deposed[key]; {
+			case !held[key]:
+				violations = append(violations, fmt.Sprintf("%v: %s at %s before it held the lock", r, e.Request.Path, stamp(e.Time)))
+			case isDeposed:
+				violations = append(violations, fmt.Sprintf("%v: %s at %s, after %v took the lock at %s (its own previous fenced request: %s at %s)",
+					r, e.Request.Path, stamp(e.Time), by.by, stamp(by.at), last[key].path, stamp(last[key].at)))
+			}
+			last[key] = event{by: r, at: e.Time, path: e.Request.Path}
 		}
-		last[key] = r
-		prev = &reqs[i]
 	}
-	return violations, checked
+	return violations, checked, takeovers
 }
