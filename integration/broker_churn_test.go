@@ -80,8 +80,9 @@ type churnEnv struct {
 // the Secret in order, nothing may be deleted, no lease or certificate may
 // be issued twice, the delivered database credentials must keep logging
 // in, and Vault's audit log (each request attributed to a broker run by
-// its X-Ferry-Broker-Id) must show that no two runs issued, renewed,
-// revoked or wrote state in overlapping periods.
+// its X-Ferry-Broker-Id) must show that only the run holding the HA lock —
+// from its first successful write of the lock record until another run's
+// — issued, renewed, revoked or wrote state.
 func TestBrokerChurn(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped with -short")
@@ -278,7 +279,8 @@ func testRestartedTogether(t *testing.T, e *churnEnv) {
 // no Deleted event), the dynamic and PKI Secrets may not change, Vault's
 // audit log must show each lease and certificate issued once in the
 // whole test, the delivered credentials must still log in (renewed by
-// successive brokers past several TTLs), and the fencing check must hold.
+// successive brokers past several TTLs), and the fencing check
+// (ferrystack.Brokers.FencingViolations) must find nothing.
 func testChurn(t *testing.T, e *churnEnv) {
 	c := e.brokers[2]
 	c.Start()
