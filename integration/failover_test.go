@@ -50,6 +50,7 @@ type failoverEnv struct {
 	user, password     string
 	issuedAt           time.Time
 	brokerBinForRespin string
+	killed             *stack.Process // broker-a's first process
 }
 
 // TestBrokerFailover runs two brokers with ha on one lock record: kill -9
@@ -71,6 +72,19 @@ func TestBrokerFailover(t *testing.T) {
 	})
 	t.Run("SIGSTOP the active broker past its lease: no Vault request after the takeover, it exits, the writer moves over", func(t *testing.T) {
 		testPausedActive(t, e)
+	})
+	t.Run("the delivered credentials never reach the brokers' or the writer's logs", func(t *testing.T) {
+		if e.password == "" {
+			t.Fatal("no password was delivered")
+		}
+		for _, p := range []*stack.Process{e.killed, e.brokerA, e.brokerB, e.writer} {
+			if p == nil {
+				continue // its subtest failed early
+			}
+			if logs := p.Logs(); logs == "" || strings.Contains(logs, e.password) {
+				t.Errorf("%s is empty or holds the database password", p.LogFile())
+			}
+		}
 	})
 }
 
@@ -259,6 +273,27 @@ func testKillActive(t *testing.T, e *failoverEnv) {
 	if resp, err := e.list(t, e.addrB); err != nil || resp.GetBrokerId() != "broker-b" || resp.GetActiveBroker() != "broker-a" || len(resp.GetBindings()) != 0 {
 		t.Fatalf("ListBindings on the standby: %v, %v; want broker-b, active broker-a, no bindings", resp, err)
 	}
+	// The standby's only Vault traffic: its login, its token's renewal and
+	// reading the lock.
+	standby := e.byBroker(t, "broker-b", time.Time{})
+	reads := 0
+	for _, a := range standby {
+		switch {
+		case a.Request.Path == haLockKV && a.Request.Operation == "read":
+			reads++
+		case a.Request.Path == "auth/approle/login", a.Request.Path == "auth/token/renew-self":
+		default:
+			t.Errorf("the standby sent %s %s", a.Request.Operation, a.Request.Path)
+		}
+	}
+	if reads == 0 {
+		t.Error("no lock read by the standby in Vault's audit log")
+	}
+	// A standby reloads its config on SIGHUP like the active broker.
+	if err := e.brokerB.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, e.brokerB, `"msg":"config reloaded"`, 10*time.Second)
 	if e.creds0, e.certs0 = e.issues(t); e.creds0 != 1 || e.certs0 != 1 {
 		t.Fatalf("before the kill: %d database credentials and %d certificates issued, want 1 and 1", e.creds0, e.certs0)
 	}
@@ -267,6 +302,7 @@ func testKillActive(t *testing.T, e *failoverEnv) {
 	if err := e.brokerA.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	e.killed = e.brokerA
 	killed := time.Now()
 	took := eventually(t, haLease+30*time.Second, "every binding applied through broker-b", func() error { return e.servedBy(t, e.addrB, "broker-b") })
 	waitLog(t, e.brokerB, `"msg":"became active"`, time.Second)
@@ -325,7 +361,7 @@ func testPausedActive(t *testing.T, e *failoverEnv) {
 	if taken.IsZero() {
 		t.Fatal("broker-a logged that it became active, but Vault's audit log has no lock write by broker-a")
 	}
-	t.Logf("broker-a took the lock %v after broker-b was stopped (lease_duration %v)", taken.Sub(stopped).Round(10*time.Millisecond), haLease)
+	t.Logf("broker-a took the lock %v after broker-b was stopped (lease_duration %v after the last renew of broker-b it saw)", taken.Sub(stopped).Round(10*time.Millisecond), haLease)
 	if err := e.brokerB.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
