@@ -75,8 +75,9 @@ type churnEnv struct {
 // TestBrokerChurn runs three ferry-brokers with one config (ha) in front
 // of one writer: first two of them are restarted at once (SIGTERM both,
 // start both), which must issue nothing and write no Secret; then, for
-// churnFor, one broker is killed (kill -9) and one restarted, again and
-// again, while a KV value changes every second. Every value must reach
+// churnFor, one broker is killed (kill -9; or paused past its lease and
+// resumed) and one restarted, again and again, while a KV value changes
+// every second. Every value must reach
 // the Secret in order, nothing may be deleted, no lease or certificate may
 // be issued twice, the delivered database credentials must keep logging
 // in, and Vault's audit log (each request attributed to a broker run by
@@ -97,7 +98,7 @@ func TestBrokerChurn(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	t.Run("three brokers, one killed and one restarted again and again while a KV value changes every second", func(t *testing.T) { testChurn(t, e) })
+	t.Run("three brokers, one killed or paused and one restarted again and again while a KV value changes every second", func(t *testing.T) { testChurn(t, e) })
 }
 
 func startChurnEnv(t *testing.T) *churnEnv {
@@ -260,11 +261,12 @@ func testRestartedTogether(t *testing.T, e *churnEnv) {
 	}
 }
 
-// testChurn starts the third broker, then kills one broker (kill -9: the
-// active two times in three, else a standby) and restarts the one killed
-// before, again and again for churnFor, while a goroutine writes a new
-// value to the KV path every second and a watch records every version of
-// the Secret.
+// testChurn starts the third broker, then takes one broker out — in turn:
+// kill -9 the active, kill -9 the active, SIGSTOP the active until another
+// has taken over and SIGCONT it (it must exit on its own, non-zero), kill
+// -9 a standby — and restarts the one taken out before, again and again
+// for churnFor, while a goroutine writes a new value to the KV path every
+// second and a watch records every version of the Secret.
 //
 // The delivery criterion, checked on the values the watch saw (each value
 // carries its sequence number):
@@ -291,28 +293,47 @@ func testChurn(t *testing.T, e *churnEnv) {
 	defer stop()
 	ticks := writeTicks(t, ctx, e.vc)
 
-	var killed *ferrystack.Broker
+	var killed *ferrystack.Broker // the broker out of service, started at the next step
 	var takeovers []time.Duration
-	kills := 0
+	kills, pauses := 0, 0
 	for step := 0; ctx.Err() == nil; step++ {
 		active, _ := e.brokers.WaitActive(t, time.Minute)
-		victim := active
-		if step%3 == 2 {
+		victim, how := active, "killed"
+		switch step % 4 {
+		case 2:
+			how = "paused"
+		case 3:
 			victim = otherBroker(e.brokers.Running(), active)
 		}
-		victim.Kill()
-		kills++
-		killedAt := time.Now()
+		at := time.Now()
+		if how == "paused" {
+			// SIGSTOP past its lease: another broker takes over; resumed,
+			// the paused one finds its lock lost and exits on its own.
+			victim.Pause()
+		} else {
+			victim.Kill()
+			kills++
+		}
 		if killed != nil {
 			killed.Start()
 		}
 		killed = victim
-		if victim == active {
-			next, _ := e.brokers.WaitActive(t, time.Minute)
-			takeovers = append(takeovers, time.Since(killedAt))
-			t.Logf("killed %s (active): %s active after %v", victim.ID, next.ID, takeovers[len(takeovers)-1].Round(100*time.Millisecond))
-		} else {
+		if victim != active {
 			t.Logf("killed %s (standby)", victim.ID)
+		} else {
+			next, _ := e.brokers.WaitActive(t, time.Minute)
+			takeovers = append(takeovers, time.Since(at))
+			t.Logf("%s %s (active): %s active after %v", how, victim.ID, next.ID, takeovers[len(takeovers)-1].Round(100*time.Millisecond))
+		}
+		if how == "paused" {
+			victim.Resume()
+			if !victim.WaitExit(30 * time.Second) {
+				t.Fatalf("%s, resumed after another broker took over, still runs after 30 s", victim.ID)
+			}
+			if err := victim.Process().ExitErr(); err == nil {
+				t.Errorf("%s, resumed after losing the lock, exited with status 0; want non-zero (systemd restarts it)", victim.ID)
+			}
+			pauses++
 		}
 		// Let the active serve a few changes and renewals before the next
 		// blow.
@@ -333,7 +354,7 @@ func testChurn(t *testing.T, e *churnEnv) {
 		return nil
 	})
 	e.waitApplied(t, time.Minute)
-	t.Logf("%d kills (%d of the active; take-over after %s), %d values written", kills, len(takeovers), durations(takeovers), len(written))
+	t.Logf("%d kills, %d pauses; %d take-overs after %s; %d values written", kills, pauses, len(takeovers), durations(takeovers), len(written))
 	if len(takeovers) < 3 {
 		t.Errorf("only %d take-overs in %v: the churn did not exercise fail-over", len(takeovers), churnFor)
 	}
