@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"reflect"
+	"runtime/debug"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -92,6 +93,10 @@ func (r *reloader) reload() bool {
 	// writers removed from the file lose their streams (cat.Update).
 	r.admins.SetAdmins(admins)
 	ch := r.cat.Update(writers)
+	// The replaced configuration and the reload's garbage (the decode, the
+	// comparison of every binding) would otherwise stay mapped at their
+	// peak until the runtime's scavenger returns them, slowly.
+	debug.FreeOSMemory()
 	r.log.Info("config reloaded", "path", r.path, "writers", len(writers), "admins", len(admins), "bindings_added", ch.Added,
 		"bindings_removed", ch.Removed, "bindings_updated", ch.Updated, "bindings_moved", ch.Moved,
 		"bindings_resent", ch.Delivery, "writers_removed", ch.WritersRemoved)

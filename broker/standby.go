@@ -20,6 +20,7 @@ import (
 type standby struct {
 	lock    *vault.Client
 	elector *ha.Elector
+	stopped chan struct{} // closed when the active parts have returned
 }
 
 func newStandby(cfg *config.Config, deps vault.Deps, m *brokermetrics.Metrics, aud *audit.Log, log *slog.Logger) (*standby, error) {
@@ -39,8 +40,9 @@ func newStandby(cfg *config.Config, deps vault.Deps, m *brokermetrics.Metrics, a
 		}
 		aud.Record(e)
 	}
-	s := &standby{lock: lock}
+	s := &standby{lock: lock, stopped: make(chan struct{})}
 	s.elector = ha.New(h.ID, lock.LockStore(h.Lock.Mount, h.Lock.Path), timing, clock.RealClock{}, fence, notify, log)
+	s.elector.ReleaseOnStop(s.stopped)
 	m.HA(s.active)
 	log.Info("ha: standing by until this broker holds the lock", "broker_id", h.ID, "lock", h.Lock.Mount+"/data/"+h.Lock.Path)
 	return s, nil
@@ -74,8 +76,12 @@ func (s *standby) run(ctx context.Context) error {
 }
 
 // whenActive runs fns (the active broker's parts) once this broker holds
-// the lock, until ctx ends.
+// the lock, until ctx ends; then it tells the elector they have stopped,
+// so that it releases the lock (ReleaseOnStop) and a standby takes over at
+// its next read: a planned stop or restart costs about retry_period, not
+// lease_duration.
 func (s *standby) whenActive(ctx context.Context, fns []task.Func) error {
+	defer close(s.stopped)
 	select {
 	case <-ctx.Done():
 		return nil

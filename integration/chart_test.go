@@ -155,6 +155,12 @@ func secretsRule(verbs ...string) rbacv1.PolicyRule {
 	return rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: verbs}
 }
 
+// namedSecretsRule is patch on the named Secrets: the merge targets of the
+// writer's update mode.
+func namedSecretsRule(names ...string) rbacv1.PolicyRule {
+	return rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: names, Verbs: []string{"patch"}}
+}
+
 func appsRule(resource string, names ...string) rbacv1.PolicyRule {
 	return rbacv1.PolicyRule{APIGroups: []string{"apps"}, Resources: []string{resource}, ResourceNames: names, Verbs: []string{"patch"}}
 }
@@ -175,11 +181,11 @@ func TestChart(t *testing.T) {
 		check  func(t *testing.T, r rendered, cfg writerconfig.Config)
 	}{
 		{
-			name:   "minimal: create and patch on secrets only",
+			name:   "minimal: create and update on secrets only and no patch",
 			values: chartBaseValues,
 			roles: map[string][]rbacv1.PolicyRule{
-				"payments": {secretsRule("create", "patch")},
-				"billing":  {secretsRule("create", "patch")},
+				"payments": {secretsRule("create", "update")},
+				"billing":  {secretsRule("create", "update")},
 			},
 			netpol: true,
 			policy: []string{},
@@ -215,14 +221,14 @@ spiffe: {mode: hostPath, hostPath: {path: /run/spire/agent-sockets, socketName: 
 networkPolicy: {enabled: false}
 writer: {qps: 200, burst: 400, parallelism: 64, resync: 2m, secretTypes: [Opaque, example.com/custom], creationPolicies: [create, merge, takeover]}
 admissionPolicy:
-  mergeTargets: [{namespace: payments, name: app-config}]
+  mergeTargets: [{namespace: payments, name: app-config}, {namespace: billing, name: shared}, {namespace: payments, name: env}]
   takeoverTargets: [{namespace: billing, name: legacy}, {namespace: payments, name: old-db}]
 `,
 			roles: map[string][]rbacv1.PolicyRule{
-				"payments": {secretsRule("create", "patch", "delete"), appsRule("deployments", "api", "worker"), appsRule("statefulsets", "db")},
-				"billing":  {secretsRule("create", "patch", "delete"), appsRule("daemonsets", "agent")},
+				"payments": {secretsRule("create", "update", "delete"), namedSecretsRule("app-config", "env"), appsRule("deployments", "api", "worker"), appsRule("statefulsets", "db")},
+				"billing":  {secretsRule("create", "update", "delete"), namedSecretsRule("shared"), appsRule("daemonsets", "agent")},
 			},
-			policy: []string{"payments/app-config", "billing/legacy", "payments/old-db"},
+			policy: []string{"payments/app-config", "billing/shared", "payments/env", "billing/legacy", "payments/old-db"},
 			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
 				if !slices.Equal(cfg.SecretTypes, []string{"Opaque", "example.com/custom"}) || !slices.Equal(cfg.CreationPolicies, []string{"create", "merge", "takeover"}) {
 					t.Errorf("writer config secret_types %q, creation_policies %q", cfg.SecretTypes, cfg.CreationPolicies)
@@ -267,8 +273,8 @@ admissionPolicy: {enabled: false}
 metrics: {enabled: false, serviceMonitor: {enabled: true}}
 `,
 			roles: map[string][]rbacv1.PolicyRule{
-				"payments": {secretsRule("create", "patch")},
-				"billing":  {secretsRule("create", "patch")},
+				"payments": {secretsRule("create", "update")},
+				"billing":  {secretsRule("create", "update")},
 			},
 			netpol: true,
 			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
@@ -286,8 +292,8 @@ metrics: {port: 9102, serviceMonitor: {enabled: true, interval: 15s, labels: {re
 networkPolicy: {enabled: false}
 `,
 			roles: map[string][]rbacv1.PolicyRule{
-				"payments": {secretsRule("create", "patch")},
-				"billing":  {secretsRule("create", "patch")},
+				"payments": {secretsRule("create", "update")},
+				"billing":  {secretsRule("create", "update")},
 			},
 			check: func(t *testing.T, r rendered, cfg writerconfig.Config) {
 				d := ofType[*appsv1.Deployment](r)[0]
@@ -388,6 +394,11 @@ networkPolicy: {enabled: false}
 				t.Errorf("writer config namespaces %v, brokers %v", cfg.Namespaces, cfg.BrokerAddresses())
 			}
 			checkAdmissionPolicy(t, r, cfg, tc.policy)
+			// Update mode (no patch on Secrets but named merge targets)
+			// exactly when the policy it relies on is rendered.
+			if want := map[bool]string{true: writerconfig.WriteUpdate, false: writerconfig.WriteApply}[tc.policy != nil]; cfg.Kubernetes.Write != want {
+				t.Errorf("writer config kubernetes.write = %q, want %q", cfg.Kubernetes.Write, want)
+			}
 			tc.check(t, r, cfg)
 		})
 	}
@@ -583,10 +594,19 @@ func checkOnlyNamespacedRBAC(t *testing.T, r rendered) {
 		}
 	}
 	for ns, rules := range rolesByNamespace(t, r) {
+		// Update mode: update on Secrets, and then patch on Secrets only by
+		// name (the merge targets).
+		updates := slices.ContainsFunc(rules, func(r rbacv1.PolicyRule) bool { return slices.Contains(r.Verbs, "update") })
 		for _, rule := range rules {
 			for _, v := range rule.Verbs {
-				if v == "*" || v == "get" || v == "list" || v == "watch" || v == "update" || v == "escalate" || v == "bind" || v == "impersonate" {
+				if v == "*" || v == "get" || v == "list" || v == "watch" || v == "escalate" || v == "bind" || v == "impersonate" {
 					t.Errorf("%s: rule %+v has verb %q", ns, rule, v)
+				}
+				if v == "update" && !slices.Equal(rule.Resources, []string{"secrets"}) {
+					t.Errorf("%s: rule %+v has update on something other than secrets", ns, rule)
+				}
+				if v == "patch" && updates && slices.Contains(rule.Resources, "secrets") && len(rule.ResourceNames) == 0 {
+					t.Errorf("%s: rule %+v: patch on every Secret beside update (update mode patches only merge targets)", ns, rule)
 				}
 			}
 			for _, res := range rule.Resources {

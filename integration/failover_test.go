@@ -51,6 +51,11 @@ type failoverEnv struct {
 	issuedAt           time.Time
 	brokerBinForRespin string
 	killed             *stack.Process // broker-a's first process
+	earlier            []*stack.Process // other processes that have ended (their logs are checked too)
+	// top is TestBrokerFailover's own T: processes a subtest starts for
+	// the next ones live as long as it (a subtest's T would stop them when
+	// that subtest ends).
+	top *testing.T
 }
 
 // TestBrokerFailover runs two brokers with ha on one lock record: kill -9
@@ -73,11 +78,14 @@ func TestBrokerFailover(t *testing.T) {
 	t.Run("SIGSTOP the active broker past its lease: no Vault request after the takeover, it exits, the writer moves over", func(t *testing.T) {
 		testPausedActive(t, e)
 	})
+	t.Run("SIGTERM the active broker (a planned restart): it releases the lock, the other serves within lease_duration, issuing nothing", func(t *testing.T) {
+		testStoppedActive(t, e)
+	})
 	t.Run("the delivered credentials never reach the brokers' or the writer's logs", func(t *testing.T) {
 		if e.password == "" {
 			t.Fatal("no password was delivered")
 		}
-		for _, p := range []*stack.Process{e.killed, e.brokerA, e.brokerB, e.writer} {
+		for _, p := range append([]*stack.Process{e.killed, e.brokerA, e.brokerB, e.writer}, e.earlier...) {
 			if p == nil {
 				continue // its subtest failed early
 			}
@@ -126,7 +134,7 @@ path "database/creds/`+haDBRole+`"          { capabilities = ["read"] }
 	}
 	token := kube.ServiceAccount(t, se.ns, "ferry-writer", ferrystack.WriterRules)
 
-	e := &failoverEnv{sourcesEnv: se, kube: kube, writerUser: "system:serviceaccount:" + se.ns + ":ferry-writer", brokerBinForRespin: brokerBin}
+	e := &failoverEnv{top: t, sourcesEnv: se, kube: kube, writerUser: "system:serviceaccount:" + se.ns + ":ferry-writer", brokerBinForRespin: brokerBin}
 	e.addrA, e.addrB = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t)), fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
 	e.dirA, e.dirB = filepath.Join(dir, "broker-a"), filepath.Join(dir, "broker-b")
 	bindings := fmt.Sprintf(`      - {name: kv, namespace: %[1]s, refresh: 2s, kv: {mount: secret, path: apps/config}}
@@ -335,7 +343,7 @@ func testKillActive(t *testing.T, e *failoverEnv) {
 
 func testPausedActive(t *testing.T, e *failoverEnv) {
 	// broker-a comes back (as systemd's Restart=always would) and stands by.
-	e.brokerA = stack.StartProcess(t, "ferry-broker-a-restarted", e.dirA, e.brokerBinForRespin, []string{"-config", e.cfgA})
+	e.brokerA = stack.StartProcess(e.top, "ferry-broker-a-restarted", e.dirA, e.brokerBinForRespin, []string{"-config", e.cfgA})
 	waitLog(t, e.brokerA, `"active":"broker-b"`, 30*time.Second)
 	eventually(t, 30*time.Second, "every binding applied through broker-b", func() error { return e.servedBy(t, e.addrB, "broker-b") })
 	e.snapshot(t)
@@ -398,4 +406,73 @@ func testPausedActive(t *testing.T, e *failoverEnv) {
 	if !strings.Contains(e.brokerA.Logs(), "carrying on with the token of the previous broker process") {
 		t.Error("broker-a did not adopt the saved token when it took over")
 	}
+}
+
+// testStoppedActive follows testPausedActive (broker-a active, broker-b
+// exited). broker-b comes back as a standby; broker-a is stopped as systemd
+// stops it. A stopping active broker releases the lock once its sources
+// have stopped, so broker-b takes it at its next read: a crash costs
+// lease_duration (broker-b must see the record unchanged that long), a
+// planned stop about retry_period. Taking over faster than lease_duration
+// is only possible through the release.
+func testStoppedActive(t *testing.T, e *failoverEnv) {
+	e.earlier = append(e.earlier, e.brokerB)
+	e.brokerB = stack.StartProcess(e.top, "ferry-broker-b-restarted", e.dirB, e.brokerBinForRespin, []string{"-config", e.cfgB})
+	waitLog(t, e.brokerB, `"active":"broker-a"`, 30*time.Second)
+	eventually(t, 30*time.Second, "every binding applied through broker-a", func() error { return e.servedBy(t, e.addrA, "broker-a") })
+	e.snapshot(t)
+
+	if err := e.brokerA.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	waitLog(t, e.brokerB, `"msg":"became active"`, haLease+30*time.Second)
+	var taken time.Time
+	for _, a := range e.audit.Responses(t, func(a stack.AuditEntry) bool {
+		return a.Request.Path == haLockKV && a.Request.Operation != "read" && a.Error == "" && a.Time.After(stopped) &&
+			len(a.Request.Headers[haHeader]) == 1 && a.Request.Headers[haHeader][0] == "broker-b"
+	}) {
+		taken = a.Time
+		break
+	}
+	if taken.IsZero() {
+		t.Fatal("broker-b logged that it became active, but Vault's audit log has no lock write by broker-b")
+	}
+	t.Logf("broker-b took the lock %v after SIGTERM to broker-a (lease_duration %v, retry_period %v)", taken.Sub(stopped).Round(10*time.Millisecond), haLease, haRetry)
+	if taken.Sub(stopped) >= haLease {
+		t.Errorf("broker-b took the lock %v after broker-a was stopped: not before lease_duration %v, so the lock was not released", taken.Sub(stopped), haLease)
+	}
+	eventually(t, 30*time.Second, "broker-a exits", func() error {
+		if !e.brokerA.Exited() {
+			return fmt.Errorf("still running")
+		}
+		return nil
+	})
+	if err := e.brokerA.ExitErr(); err != nil {
+		t.Errorf("broker-a stopped by SIGTERM exited with %v, want status 0", err)
+	}
+	if !e.brokerA.LogContains(`"msg":"released the lock"`) {
+		t.Error(`broker-a did not log "released the lock"`)
+	}
+	// broker-a released the lock only once its data clients were done:
+	// none of its requests comes after the release.
+	var released time.Time
+	for _, a := range e.audit.Responses(t, func(a stack.AuditEntry) bool {
+		return a.Request.Path == haLockKV && a.Request.Operation != "read" && a.Error == "" && a.Time.After(stopped) &&
+			len(a.Request.Headers[haHeader]) == 1 && a.Request.Headers[haHeader][0] == "broker-a"
+	}) {
+		released = a.Time
+	}
+	if released.IsZero() {
+		t.Fatal("no lock write by broker-a after SIGTERM in Vault's audit log: it did not release the lock")
+	}
+	if late := e.byBroker(t, "broker-a", released); len(late) != 0 {
+		for _, a := range late {
+			t.Logf("request by broker-a after its release: %s %s at %s", a.Request.Operation, a.Request.Path, a.Time.Format(time.RFC3339Nano))
+		}
+		t.Errorf("broker-a sent %d Vault requests after releasing the lock, want 0", len(late))
+	}
+	took := eventually(t, 30*time.Second, "every binding applied through broker-b", func() error { return e.servedBy(t, e.addrB, "broker-b") })
+	t.Logf("every binding applied through broker-b %v after broker-b took the lock", took.Round(10*time.Millisecond))
+	e.checkNothingIssued(t)
 }

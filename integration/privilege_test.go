@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/integration/stack"
 	"github.com/ferry-secrets/ferry/writer/apply"
+	writerconfig "github.com/ferry-secrets/ferry/writer/config"
 	"github.com/ferry-secrets/ferry/writer/restart"
 )
 
@@ -113,40 +115,94 @@ func secretJSON(name, typ string, labels, annotations map[string]string) string 
 	return string(b)
 }
 
+// statusTable collects the status codes one request got without and with a
+// mitigation, for the test log (and docs/rbac.md).
+type statusTable struct {
+	order []string
+	codes map[string][3]int
+}
+
+// The table's columns: the chart's apply-mode RBAC without and with the
+// admission policy, and its defaults (update-mode RBAC and the policy).
+const (
+	applyNoPolicy = iota
+	applyWithPolicy
+	updateWithPolicy
+)
+
+func (st *statusTable) record(what string, col, code int) {
+	if st.codes == nil {
+		st.codes = map[string][3]int{}
+	}
+	c, ok := st.codes[what]
+	if !ok {
+		st.order = append(st.order, what)
+	}
+	c[col] = code
+	st.codes[what] = c
+}
+
+func (st *statusTable) String() string {
+	var b strings.Builder
+	b.WriteString("| request by the stolen token | apply-mode RBAC, no policy | apply-mode RBAC + policy | update-mode RBAC + policy |\n|---|---|---|---|\n")
+	for _, what := range st.order {
+		c := st.codes[what]
+		cell := func(n int) string {
+			if n == 0 {
+				return "–"
+			}
+			return fmt.Sprint(n)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", what, cell(c[0]), cell(c[1]), cell(c[2]))
+	}
+	return b.String()
+}
+
 // TestStolenWriterToken acts as someone who stole the writer's
-// ServiceAccount token and uses it directly, in raw API requests, with
-// exactly the chart's Role (create, patch and, with deletion enabled,
-// delete on Secrets of one namespace), on the real apiserver with
-// kube-controller-manager's token controller running. Without the chart's
-// ValidatingAdmissionPolicy the token mints a token for another
-// ServiceAccount and reads and deletes Secrets Ferry did not write; with it
-// every one of those requests is refused with an error that carries no
-// data, while Ferry's own delivery (the real broker and writer: create,
-// update, merge into a named Secret, delete, rollout restart) goes on. It
-// also pins the limit no admission policy can lift: a crafted patch that
-// fails decoding or validation, which kube-apiserver checks before
-// admission, still quotes the Secret in its error.
+// ServiceAccount token and uses it directly, in raw API requests, on the
+// real apiserver with kube-controller-manager's token controller running.
+// First with the chart's RBAC without its admission policy (the writer's
+// apply mode: create, patch and delete on the namespace's Secrets): the
+// token mints a token for another ServiceAccount, reads a Secret Ferry did
+// not write with a no-op patch, and with crafted patches whose 422 quotes
+// the Secret; the writer itself refuses to start in update mode there. With
+// the policy added to that RBAC the no-op patch is refused but the crafted
+// ones still read: kube-apiserver decodes and validates a patched object
+// before admission, so only RBAC can close them. Then with the chart's
+// defaults (update mode: create, update and delete, patch only on the named
+// merge target, and the ValidatingAdmissionPolicy): no request by any verb
+// the token holds returns a byte of a foreign Secret — patches are refused
+// by RBAC, a PUT, a delete and a token-minting create by the policy — while
+// Ferry's own delivery (the real broker and writer: create, update, merge
+// into a named Secret, delete, rollout restart) goes on.
 func TestStolenWriterToken(t *testing.T) {
 	s := startWriterStack(t)
 	ctx := ctxT(t)
 	admin := s.kube.Admin(t)
 	const release, ns = "ferry-system", "shop"
 	s.kube.StartControllerManager(t, stack.TokenController, stack.PolicyStatusController)
-
-	token, r := s.installChart(ctx, release, s.chartValues(fmt.Sprintf(`
+	common := fmt.Sprintf(`
 targetNamespaces: [%[1]s]
 deletion: {enabled: true}
 writer: {resync: 2s}
 rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name: api}]}
-admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
-`, ns)))
-	if got, want := rolesByNamespace(t, r), map[string][]rbacv1.PolicyRule{ns: {secretsRule("create", "patch", "delete"), appsRule("deployments", "api")}}; !equalRoles(got, want) {
-		t.Fatalf("the chart's Roles are %+v, want %+v", got, want)
+`, ns)
+
+	// Installed first without the policy: the writer's apply mode.
+	token, applyMode := s.installChart(ctx, release, s.chartValues(common+"admissionPolicy: {enabled: false}\n"))
+	if got, want := rolesByNamespace(t, applyMode), map[string][]rbacv1.PolicyRule{ns: {secretsRule("create", "patch", "delete"), appsRule("deployments", "api")}}; !equalRoles(got, want) {
+		t.Fatalf("the chart's Roles without the policy are %+v, want %+v", got, want)
+	}
+	// The chart's defaults, applied later as an upgrade: update mode.
+	updateMode := renderChart(t, release, s.chartValues(common+fmt.Sprintf("admissionPolicy: {mergeTargets: [{namespace: %s, name: app-config}]}\n", ns)))
+	if got, want := rolesByNamespace(t, updateMode), map[string][]rbacv1.PolicyRule{ns: {secretsRule("create", "update", "delete"), namedSecretsRule("app-config"), appsRule("deployments", "api")}}; !equalRoles(got, want) {
+		t.Fatalf("the chart's Roles with the policy are %+v, want %+v", got, want)
 	}
 
 	// What the namespace holds before: a Secret someone else wrote, an
-	// app's Secret named as a merge target, a ServiceAccount whose token is
-	// worth stealing, and a Deployment to restart.
+	// immutable one, an app's Secret named as a merge target, a
+	// ServiceAccount whose token is worth stealing, and a Deployment to
+	// restart.
 	const foreignValue = "foreign-SECRET-value"
 	foreignB64 := base64.StdEncoding.EncodeToString([]byte(foreignValue))
 	for name, data := range map[string]map[string][]byte{"foreign": {"password": []byte(foreignValue)}, "app-config": {"app-key": []byte("app-owned")}} {
@@ -155,6 +211,12 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 		}, metav1.CreateOptions{FieldManager: "app"}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	const frozenValue = "1234"
+	if _, err := admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "frozen"}, Immutable: new(true), Data: map[string][]byte{"pin": []byte(frozenValue)},
+	}, metav1.CreateOptions{FieldManager: "app"}); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "victim"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -170,25 +232,55 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 	saTokenSecret := func(name string, labels map[string]string) string {
 		return secretJSON(name, string(corev1.SecretTypeServiceAccountToken), labels, map[string]string{corev1.ServiceAccountNameKey: "victim"})
 	}
-	// refused fails unless resp is a 403 whose body is a Status that
-	// carries none of the foreign Secret's data.
-	refused := func(t *testing.T, what string, resp rawResponse) {
+	// putForeign is a PUT of the foreign Secret's name: the body is the
+	// thief's (a PUT cannot reference the stored object).
+	putForeign := func(typ string, labels map[string]string) string {
+		b, _ := json.Marshal(map[string]any{
+			"apiVersion": "v1", "kind": "Secret", "type": typ,
+			"metadata": map[string]any{"name": "foreign", "namespace": ns, "labels": labels},
+			"data":     map[string]string{"password": "eA=="},
+		})
+		return string(b)
+	}
+	var table statusTable
+	// noData fails if resp carries any of the foreign Secret's data.
+	noData := func(t *testing.T, what string, resp rawResponse) {
 		t.Helper()
-		if resp.code != http.StatusForbidden {
-			t.Errorf("%s: %s, want 403", what, resp)
-		}
 		if strings.Contains(resp.body, foreignB64) || strings.Contains(resp.body, foreignValue) || strings.Contains(resp.body, `"data"`) {
 			t.Errorf("%s: the response carries the Secret's data: %s", what, resp.body)
 		}
+	}
+	// refused fails unless resp is a 403 whose body is a Status that
+	// carries none of the foreign Secret's data; by says who must have
+	// refused: "rbac" (no patch verb) or "policy".
+	refused := func(t *testing.T, what, by string, resp rawResponse) {
+		t.Helper()
+		table.record(what, updateWithPolicy, resp.code)
+		if resp.code != http.StatusForbidden {
+			t.Errorf("%s: %s, want 403", what, resp)
+		}
+		noData(t, what, resp)
 		var st metav1.Status
 		if err := json.Unmarshal([]byte(resp.body), &st); err != nil || st.Kind != "Status" {
 			t.Errorf("%s: body is not a Status: %s", what, resp.body)
 		}
+		if byPolicy := strings.Contains(resp.body, "ValidatingAdmissionPolicy"); byPolicy != (by == "policy") {
+			t.Errorf("%s: want refused by %s: %s", what, by, resp)
+		}
 		t.Logf("%s: %s", what, resp)
 	}
+	// The crafted patches, each with a check that the attack worked
+	// without the mitigation: the response holds the foreign value.
+	crafted := []struct{ what, contentType, body string }{
+		{`PATCH merge {"immutable":"x"}`, mergePatch, `{"immutable":"x"}`},
+		{"PATCH JSON copy /data/password → /type", jsonPatch, `[{"op":"copy","from":"/data/password","path":"/type"}]`},
+	}
+	rightGuess := fmt.Sprintf(`[{"op":"test","path":"/data/password","value":%q}]`, foreignB64)
+	wrongGuess := `[{"op":"test","path":"/data/password","value":"eA=="}]`
 
-	t.Run("without the policy the token mints a ServiceAccount token and reads and deletes foreign Secrets", func(t *testing.T) {
+	t.Run("without the policy (apply mode) the token mints a ServiceAccount token and reads foreign Secrets through patch", func(t *testing.T) {
 		resp := stolen.do("POST", secretsPath(ns), "application/json", saTokenSecret("minted", nil))
+		table.record("POST service-account-token Secret", applyNoPolicy, resp.code)
 		if resp.code != http.StatusCreated {
 			t.Fatalf("create a service-account-token Secret for victim: %s", resp)
 		}
@@ -217,15 +309,51 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 		t.Logf("PATCH {} of it: 200 with data.token; that token authenticates as system:serviceaccount:%s:victim", ns)
 
 		resp = stolen.do("PATCH", secretPath(ns, "foreign"), mergePatch, `{}`)
+		table.record("PATCH merge {} of the foreign Secret", applyNoPolicy, resp.code)
 		if resp.code != http.StatusOK || !strings.Contains(resp.body, foreignB64) {
 			t.Fatalf("no-op patch of the foreign Secret: %d, data returned: %v", resp.code, strings.Contains(resp.body, foreignB64))
 		}
 		t.Log("PATCH {} of the foreign Secret: 200 with its data")
+		for _, p := range []struct{ what, contentType, body, query string }{
+			{"PATCH JSON [] of the foreign Secret", jsonPatch, `[]`, ""},
+			{"PATCH strategic {} of the foreign Secret", strategicPatch, `{}`, ""},
+			{"PATCH server-side apply (empty) of the foreign Secret", applyPatch, emptyApply(ns, "foreign"), "?fieldManager=thief&force=true&dryRun=All"},
+		} {
+			resp := stolen.do("PATCH", secretPath(ns, "foreign")+p.query, p.contentType, p.body)
+			table.record(p.what, applyNoPolicy, resp.code)
+			if resp.code != http.StatusOK || !strings.Contains(resp.body, foreignB64) {
+				t.Errorf("%s: %d, data returned: %v", p.what, resp.code, strings.Contains(resp.body, foreignB64))
+			}
+		}
+		// The crafted patches fail before admission and quote the Secret:
+		// in apply mode no admission policy could stop them.
+		for _, p := range crafted {
+			resp := stolen.do("PATCH", secretPath(ns, "foreign"), p.contentType, p.body)
+			table.record(p.what, applyNoPolicy, resp.code)
+			if resp.code != http.StatusUnprocessableEntity || !strings.Contains(resp.body, foreignB64) {
+				t.Errorf("%s: %d, data in the body: %v (the attack the update mode closes no longer works; update docs/rbac.md)", p.what, resp.code, strings.Contains(resp.body, foreignB64))
+				continue
+			}
+			t.Logf("%s: 422, and the error message holds the foreign Secret's value", p.what)
+		}
+		right := stolen.do("PATCH", secretPath(ns, "foreign")+"?dryRun=All", jsonPatch, rightGuess)
+		wrong := stolen.do("PATCH", secretPath(ns, "foreign")+"?dryRun=All", jsonPatch, wrongGuess)
+		table.record("PATCH JSON test op, right guess (dry run)", applyNoPolicy, right.code)
+		table.record("PATCH JSON test op, wrong guess (dry run)", applyNoPolicy, wrong.code)
+		if right.code != http.StatusOK || wrong.code != http.StatusUnprocessableEntity {
+			t.Errorf("test-operation oracle: right guess %d, wrong guess %d", right.code, wrong.code)
+		}
 		resp = stolen.do("DELETE", secretPath(ns, "foreign")+"?dryRun=All", "", "")
+		table.record("DELETE the foreign Secret (dry run)", applyNoPolicy, resp.code)
 		if resp.code != http.StatusOK {
 			t.Fatalf("dry-run delete of the foreign Secret: %s", resp)
 		}
 		t.Log("DELETE ?dryRun=All of the foreign Secret: 200 (a real delete would have gone through)")
+		resp = stolen.do("PUT", secretPath(ns, "foreign")+"?dryRun=All", "application/json", putForeign("Opaque", ferryLabels))
+		table.record("PUT the foreign Secret (dry run)", applyNoPolicy, resp.code)
+		if resp.code != http.StatusForbidden {
+			t.Errorf("PUT without the update verb: %s, want 403", resp)
+		}
 
 		// Requests the policy refuses below, accepted without it (dry run).
 		for what, body := range map[string]string{
@@ -237,34 +365,100 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 				t.Errorf("dry-run create of a %s: %s", what, resp)
 			}
 		}
-		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("own", "Opaque", ferryLabels, nil)); resp.code != http.StatusCreated {
-			t.Fatalf("create a labelled Secret: %s", resp)
-		}
-		if resp := stolen.do("PATCH", secretPath(ns, "own")+"?dryRun=All", mergePatch, `{"metadata":{"annotations":{"kubernetes.io/service-account.name":"victim"}}}`); resp.code != http.StatusOK {
-			t.Errorf("dry-run patch adding a reserved annotation: %s", resp)
-		}
 		// Secret types are immutable in the apiserver itself: refused with
 		// or without the policy (which repeats the rule).
-		resp = stolen.do("PATCH", secretPath(ns, "own"), mergePatch, `{"type":"example.com/custom"}`)
+		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("own-0", "Opaque", ferryLabels, nil)); resp.code != http.StatusCreated {
+			t.Fatalf("create a labelled Secret: %s", resp)
+		}
+		resp = stolen.do("PATCH", secretPath(ns, "own-0"), mergePatch, `{"type":"example.com/custom"}`)
 		if resp.code != http.StatusUnprocessableEntity {
 			t.Errorf("type change without the policy: %s, want 422 from the apiserver's own validation", resp)
 		}
-		t.Logf("PATCH type of a labelled Secret without the policy: %s", resp)
+		final := stolen.do("GET", secretPath(ns, "foreign"), "", "")
+		table.record("GET the foreign Secret", applyNoPolicy, final.code)
+		if final.code != http.StatusForbidden {
+			t.Errorf("get: %s", final)
+		}
 	})
 
-	t.Run("the chart's policy is accepted and its expressions type-check", func(t *testing.T) {
-		policies := ofType[*admissionregistrationv1.ValidatingAdmissionPolicy](r)
-		bindings := ofType[*admissionregistrationv1.ValidatingAdmissionPolicyBinding](r)
-		if len(policies) != 1 || len(bindings) != 1 {
-			t.Fatalf("%d policies, %d bindings rendered", len(policies), len(bindings))
+	t.Run("without the policy the writer refuses to start in update mode", func(t *testing.T) {
+		writer := s.startWriter("ferry-writer-no-policy", applyMode, token, func(c *writerconfig.Config) { c.Kubernetes.Write = writerconfig.WriteUpdate })
+		took := eventually(t, 30*time.Second, "the writer exits", func() error {
+			if !writer.Exited() {
+				return fmt.Errorf("still running")
+			}
+			return nil
+		})
+		if !writer.LogContains("no admission policy holds this writer's credentials") || !writer.LogContains("namespace "+ns) {
+			t.Fatalf("the writer exited without naming the missing policy:\n%s", writer.Logs())
 		}
-		if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, policies[0], metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
+		if writer.LogContains("ferry-writer starting") {
+			t.Error("the writer went on to start")
 		}
-		if _, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, bindings[0], metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
+		if sec, err := admin.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); err != nil || slices.ContainsFunc(sec.Items, func(s corev1.Secret) bool { return strings.HasPrefix(s.Name, apply.PolicyCheckName) }) {
+			t.Errorf("the check's dry-run Secret was stored: %v", err)
 		}
+		t.Logf("the writer (kubernetes.write: update) exited %v after start: policy check refused", took.Round(time.Millisecond))
+	})
+
+	t.Run("the policy alone (apply-mode RBAC) refuses no-op patches, but crafted patches still read the Secret before admission", func(t *testing.T) {
+		// The policy of the chart's defaults, with the Roles left as they
+		// are: what an admission policy can and cannot do on its own.
+		var policyOnly rendered
+		for _, o := range applyMode.objects {
+			switch o.(type) {
+			case *rbacv1.Role, *corev1.ServiceAccount:
+				policyOnly.objects = append(policyOnly.objects, o)
+			}
+		}
+		for _, o := range updateMode.objects {
+			switch o.(type) {
+			case *admissionregistrationv1.ValidatingAdmissionPolicy, *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
+				policyOnly.objects = append(policyOnly.objects, o)
+			}
+		}
+		s.applyChart(ctx, policyOnly)
+		s.awaitChart(ctx, policyOnly, token)
+		for _, p := range []struct{ what, contentType, body string }{
+			{"PATCH merge {} of the foreign Secret", mergePatch, `{}`},
+			{"PATCH JSON [] of the foreign Secret", jsonPatch, `[]`},
+		} {
+			resp := stolen.do("PATCH", secretPath(ns, "foreign"), p.contentType, p.body)
+			table.record(p.what, applyWithPolicy, resp.code)
+			noData(t, p.what, resp)
+			if resp.code != http.StatusForbidden {
+				t.Errorf("%s with the policy: %s, want 403", p.what, resp)
+			}
+		}
+		for _, p := range crafted {
+			resp := stolen.do("PATCH", secretPath(ns, "foreign"), p.contentType, p.body)
+			table.record(p.what, applyWithPolicy, resp.code)
+			if resp.code != http.StatusUnprocessableEntity || !strings.Contains(resp.body, foreignB64) {
+				t.Errorf("%s with the policy and apply-mode RBAC: %d, data in the body: %v (if the apiserver no longer quotes it, update docs/rbac.md)", p.what, resp.code, strings.Contains(resp.body, foreignB64))
+				continue
+			}
+			t.Logf("%s, policy in effect: 422, and the error still holds the foreign Secret's value", p.what)
+		}
+		right := stolen.do("PATCH", secretPath(ns, "foreign")+"?dryRun=All", jsonPatch, rightGuess)
+		wrong := stolen.do("PATCH", secretPath(ns, "foreign")+"?dryRun=All", jsonPatch, wrongGuess)
+		table.record("PATCH JSON test op, right guess (dry run)", applyWithPolicy, right.code)
+		table.record("PATCH JSON test op, wrong guess (dry run)", applyWithPolicy, wrong.code)
+		if right.code != http.StatusForbidden || wrong.code != http.StatusUnprocessableEntity {
+			t.Errorf("test-operation oracle with the policy: right guess %d, wrong guess %d", right.code, wrong.code)
+		}
+		resp := stolen.do("DELETE", secretPath(ns, "foreign")+"?dryRun=All", "", "")
+		table.record("DELETE the foreign Secret (dry run)", applyWithPolicy, resp.code)
+		if resp.code != http.StatusForbidden {
+			t.Errorf("dry-run delete with the policy: %s", resp)
+		}
+	})
+
+	t.Run("upgrade to the chart's defaults: update-mode RBAC and the policy, which type-checks", func(t *testing.T) {
 		start := time.Now()
+		s.applyChart(ctx, updateMode)
+		s.awaitChart(ctx, updateMode, token)
+		t.Logf("update-mode RBAC and the policy in effect %v after the upgrade", time.Since(start).Round(time.Millisecond))
+		policies := ofType[*admissionregistrationv1.ValidatingAdmissionPolicy](updateMode)
 		eventually(t, 30*time.Second, "type checking done", func() error {
 			p, err := admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, policies[0].Name, metav1.GetOptions{})
 			if err != nil {
@@ -278,47 +472,93 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 			}
 			return nil
 		})
-		// A policy takes effect a few seconds after it is created: wait
-		// for the no-op patch that returned the foreign Secret to be refused.
-		eventually(t, 30*time.Second, "the policy refuses the probe", func() error {
-			if resp := stolen.do("PATCH", secretPath(ns, "foreign"), mergePatch, `{}`); resp.code != http.StatusForbidden {
-				return fmt.Errorf("probe: %d", resp.code)
-			}
-			return nil
-		})
-		t.Logf("policy in effect %v after it was created", time.Since(start).Round(time.Millisecond))
 	})
 
 	t.Run("with the policy the token cannot mint a ServiceAccount token", func(t *testing.T) {
 		for name, labels := range map[string]map[string]string{"minted-2": nil, "minted-3": ferryLabels} {
 			resp := stolen.do("POST", secretsPath(ns), "application/json", saTokenSecret(name, labels))
-			refused(t, fmt.Sprintf("POST service-account-token Secret (labels %v)", labels), resp)
-			if !strings.Contains(resp.body, "ValidatingAdmissionPolicy") {
-				t.Errorf("refused by something other than the policy: %s", resp)
-			}
+			refused(t, "POST service-account-token Secret", "policy", resp)
 			if _, err := admin.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 				t.Errorf("%s exists after the refusal: %v", name, err)
 			}
 		}
-		resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("bootstrap-token-x", "bootstrap.kubernetes.io/token", ferryLabels, nil))
-		refused(t, "POST bootstrap token Secret", resp)
+		refused(t, "POST bootstrap token Secret", "policy", stolen.do("POST", secretsPath(ns), "application/json", secretJSON("bootstrap-token-x", "bootstrap.kubernetes.io/token", ferryLabels, nil)))
 	})
 
-	t.Run("with the policy a foreign Secret cannot be read through patch nor deleted", func(t *testing.T) {
+	t.Run("with update mode no verb the token holds returns a foreign Secret's data", func(t *testing.T) {
+		// Patch, in every form, crafted or not: RBAC refuses it before the
+		// apiserver decodes anything.
 		for _, p := range []struct{ what, contentType, body, query string }{
-			{"merge patch {}", mergePatch, `{}`, ""},
-			{"JSON patch []", jsonPatch, `[]`, ""},
-			{"strategic merge patch {}", strategicPatch, `{}`, ""},
-			{"empty server-side apply", applyPatch, emptyApply(ns, "foreign"), "?fieldManager=thief&force=true"},
-			{"merge patch {} as a dry run", mergePatch, `{}`, "?dryRun=All"},
-			{"merge patch adding Ferry's label", mergePatch, `{"metadata":{"labels":{"ferry.dev/binding":"x"}}}`, ""},
+			{"PATCH merge {} of the foreign Secret", mergePatch, `{}`, ""},
+			{"PATCH JSON [] of the foreign Secret", jsonPatch, `[]`, ""},
+			{"PATCH strategic {} of the foreign Secret", strategicPatch, `{}`, ""},
+			{"PATCH server-side apply (empty) of the foreign Secret", applyPatch, emptyApply(ns, "foreign"), "?fieldManager=thief&force=true"},
+			{"PATCH merge {} of the minted token Secret", mergePatch, `{}`, ""},
+			{crafted[0].what, crafted[0].contentType, crafted[0].body, ""},
+			{crafted[1].what, crafted[1].contentType, crafted[1].body, ""},
+			{"PATCH JSON test op, right guess (dry run)", jsonPatch, rightGuess, "?dryRun=All"},
+			{"PATCH JSON test op, wrong guess (dry run)", jsonPatch, wrongGuess, "?dryRun=All"},
 		} {
-			refused(t, "PATCH foreign Secret: "+p.what, stolen.do("PATCH", secretPath(ns, "foreign")+p.query, p.contentType, p.body))
+			name := "foreign"
+			if strings.Contains(p.what, "minted") {
+				name = "minted"
+			}
+			refused(t, p.what, "rbac", stolen.do("PATCH", secretPath(ns, name)+p.query, p.contentType, p.body))
 		}
-		refused(t, "DELETE foreign Secret", stolen.do("DELETE", secretPath(ns, "foreign"), "", ""))
-		// The exception, by design: a Secret named as a merge target may be
-		// patched (and so read) before Ferry's label is on it.
-		if resp := stolen.do("PATCH", secretPath(ns, "app-config"), mergePatch, `{}`); resp.code != http.StatusOK {
+		// PUT: the body is the thief's own; the policy refuses it for lack of
+		// the same binding label, with or without labels of its own.
+		refused(t, "PUT the foreign Secret (Ferry's labels)", "policy", stolen.do("PUT", secretPath(ns, "foreign"), "application/json", putForeign("Opaque", ferryLabels)))
+		refused(t, "PUT the foreign Secret (no labels)", "policy", stolen.do("PUT", secretPath(ns, "foreign"), "application/json", putForeign("Opaque", nil)))
+		refused(t, "PUT the foreign Secret (dry run)", "policy", stolen.do("PUT", secretPath(ns, "foreign")+"?dryRun=All", "application/json", putForeign("Opaque", ferryLabels)))
+		refused(t, "DELETE the foreign Secret (dry run)", "policy", stolen.do("DELETE", secretPath(ns, "foreign")+"?dryRun=All", "", ""))
+		refused(t, "DELETE the foreign Secret", "policy", stolen.do("DELETE", secretPath(ns, "foreign"), "", ""))
+		refused(t, "GET the foreign Secret", "rbac", stolen.do("GET", secretPath(ns, "foreign"), "", ""))
+
+		// What remains, pinned (docs/rbac.md): a PUT is validated before
+		// admission, so validation still answers two questions about a
+		// foreign Secret, quoting only the thief's own body. Its type: a PUT
+		// of another type gets 422 "field is immutable" (quoting the new
+		// type), the stored type gets the policy's 403.
+		typeResp := stolen.do("PUT", secretPath(ns, "foreign"), "application/json", putForeign("kubernetes.io/basic-auth", ferryLabels))
+		table.record("PUT the foreign Secret with another type (type oracle)", updateWithPolicy, typeResp.code)
+		noData(t, "PUT of another type", typeResp)
+		if typeResp.code != http.StatusUnprocessableEntity || !strings.Contains(typeResp.body, "field is immutable") {
+			t.Errorf("PUT of another type: %s; if the type is no longer an oracle, update docs/rbac.md", typeResp)
+		}
+		// And for an immutable Secret, whether a guess of its whole data is
+		// right: a wrong guess is 422 (data is immutable), a right one
+		// reaches the policy (403).
+		frozen := func(pin string) rawResponse {
+			b, _ := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Secret", "immutable": true,
+				"metadata": map[string]any{"name": "frozen", "labels": ferryLabels}, "data": map[string]string{"pin": base64.StdEncoding.EncodeToString([]byte(pin))}})
+			return stolen.do("PUT", secretPath(ns, "frozen")+"?dryRun=All", "application/json", string(b))
+		}
+		r, w := frozen(frozenValue), frozen("0000")
+		table.record("PUT an immutable foreign Secret, right guess of its data (dry run)", updateWithPolicy, r.code)
+		table.record("PUT an immutable foreign Secret, wrong guess of its data (dry run)", updateWithPolicy, w.code)
+		if r.code != http.StatusForbidden || w.code != http.StatusUnprocessableEntity || strings.Contains(w.body, base64.StdEncoding.EncodeToString([]byte(frozenValue))) {
+			t.Errorf("immutable-Secret guess oracle: right %d, wrong %s; if it is gone, update docs/rbac.md", r.code, w)
+		}
+		// Metadata, not data: a PUT carrying a UID is a UID precondition,
+		// and the storage layer's refusal names the stored UID.
+		var withUID map[string]any
+		_ = json.Unmarshal([]byte(putForeign("Opaque", ferryLabels)), &withUID)
+		withUID["metadata"].(map[string]any)["uid"] = "00000000-0000-0000-0000-000000000000"
+		b, _ := json.Marshal(withUID)
+		uidResp := stolen.do("PUT", secretPath(ns, "foreign"), "application/json", string(b))
+		table.record("PUT the foreign Secret with a wrong UID (UID oracle)", updateWithPolicy, uidResp.code)
+		noData(t, "PUT with a wrong UID", uidResp)
+		if uidResp.code != http.StatusConflict || !strings.Contains(uidResp.body, string(foreignBefore.UID)) {
+			t.Errorf("PUT with a wrong UID: %s; if the stored UID is no longer named, update docs/rbac.md", uidResp)
+		}
+		t.Logf("PUT with a wrong UID: %d, naming the stored UID (metadata, no data)", uidResp.code)
+		t.Logf("remaining oracles: PUT of another type %d; immutable Secret right guess %d, wrong guess %d (no stored value in any body)", typeResp.code, r.code, w.code)
+
+		// The exception, by design: the named merge target may be patched
+		// (and so read) before Ferry's label is on it.
+		resp := stolen.do("PATCH", secretPath(ns, "app-config"), mergePatch, `{}`)
+		table.record("PATCH merge {} of the named merge target", updateWithPolicy, resp.code)
+		if resp.code != http.StatusOK {
 			t.Errorf("no-op patch of the named merge target: %s, want 200", resp)
 		}
 		after, err := admin.CoreV1().Secrets(ns).Get(ctx, "foreign", metav1.GetOptions{})
@@ -327,40 +567,7 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 		}
 	})
 
-	t.Run("known limit, pinned: a crafted patch still reads a foreign Secret, before admission", func(t *testing.T) {
-		// kube-apiserver decodes and validates a patched object before any
-		// admission plugin runs, and its errors quote what they refuse: a
-		// merge patch that makes the Secret undecodable returns all of it in
-		// a 422, a JSON patch copying a value into a validated field returns
-		// that value. No admission policy or webhook sees these requests.
-		// docs/rbac.md states this limit and the ways to close it.
-		for _, p := range []struct{ what, contentType, body string }{
-			{`merge patch {"immutable":"x"}`, mergePatch, `{"immutable":"x"}`},
-			{"JSON patch copying a value into type", jsonPatch, `[{"op":"copy","from":"/data/password","path":"/type"}]`},
-		} {
-			resp := stolen.do("PATCH", secretPath(ns, "foreign"), p.contentType, p.body)
-			if resp.code != http.StatusUnprocessableEntity || !strings.Contains(resp.body, foreignB64) {
-				t.Errorf("%s: %d, data in the body: %v; if the apiserver no longer quotes the object, update docs/rbac.md and docs/threat-model.md row 27",
-					p.what, resp.code, strings.Contains(resp.body, foreignB64))
-				continue
-			}
-			t.Logf("%s: 422, and the error message holds the foreign Secret's data", p.what)
-		}
-		// A JSON patch test operation also confirms a guessed value: a wrong
-		// guess fails the patch (422), a right one reaches the policy (403).
-		right := stolen.do("PATCH", secretPath(ns, "foreign"), jsonPatch, fmt.Sprintf(`[{"op":"test","path":"/data/password","value":%q}]`, foreignB64))
-		wrong := stolen.do("PATCH", secretPath(ns, "foreign"), jsonPatch, `[{"op":"test","path":"/data/password","value":"eA=="}]`)
-		if right.code != http.StatusForbidden || wrong.code != http.StatusUnprocessableEntity {
-			t.Errorf("test-operation oracle: right guess %d, wrong guess %d", right.code, wrong.code)
-		}
-		t.Logf("JSON patch test operation: right guess %d, wrong guess %d", right.code, wrong.code)
-		after, err := admin.CoreV1().Secrets(ns).Get(ctx, "foreign", metav1.GetOptions{})
-		if err != nil || after.ResourceVersion != foreignBefore.ResourceVersion {
-			t.Errorf("the foreign Secret changed: %v", err)
-		}
-	})
-
-	t.Run("with the policy creates and patches outside the writer's rules are refused", func(t *testing.T) {
+	t.Run("with the policy creates and updates outside the writer's rules are refused", func(t *testing.T) {
 		for what, body := range map[string]string{
 			"unlabelled Secret":                        secretJSON("bad-1", "Opaque", nil, nil),
 			"annotation kubernetes.io/service-account": secretJSON("bad-2", "Opaque", ferryLabels, map[string]string{corev1.ServiceAccountNameKey: "victim"}),
@@ -368,7 +575,7 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 			"type outside the allow-list":              secretJSON("bad-4", "example.com/custom", ferryLabels, nil),
 			"annotation under kubectl.kubernetes.io":   secretJSON("bad-5", "Opaque", ferryLabels, map[string]string{"kubectl.kubernetes.io/x": "y"}),
 		} {
-			refused(t, "POST "+what, stolen.do("POST", secretsPath(ns), "application/json", body))
+			refused(t, "POST "+what, "policy", stolen.do("POST", secretsPath(ns), "application/json", body))
 		}
 		for _, name := range []string{"bad-1", "bad-2", "bad-3", "bad-4", "bad-5"} {
 			if _, err := admin.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
@@ -376,21 +583,21 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 			}
 		}
 		// Positive control: what the writer does is allowed.
-		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("good", "Opaque", map[string]string{apply.LabelBinding: "x", "app.kubernetes.io/part-of": "shop"}, nil)); resp.code != http.StatusCreated {
+		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("own", "Opaque", map[string]string{apply.LabelBinding: "x", "app.kubernetes.io/part-of": "shop"}, nil)); resp.code != http.StatusCreated {
 			t.Errorf("create a labelled Secret with an app.kubernetes.io label: %s", resp)
 		}
-		if resp := stolen.do("PATCH", secretPath(ns, "own"), mergePatch, `{"stringData":{"k":"v2"}}`); resp.code != http.StatusOK {
-			t.Errorf("patch a labelled Secret's data: %s", resp)
+		if resp := stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", ferryLabels, nil)); resp.code != http.StatusOK {
+			t.Errorf("replace a Secret of the same binding: %s", resp)
 		}
-		refused(t, "PATCH reserved annotation onto a labelled Secret",
-			stolen.do("PATCH", secretPath(ns, "own"), mergePatch, `{"metadata":{"annotations":{"kubernetes.io/service-account.name":"victim"}}}`))
-		resp := stolen.do("PATCH", secretPath(ns, "own"), mergePatch, `{"type":"example.com/custom"}`)
-		if resp.code != http.StatusUnprocessableEntity && resp.code != http.StatusForbidden {
-			t.Errorf("type change: %s", resp)
+		refused(t, "PUT a Ferry Secret as another binding", "policy", stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", map[string]string{apply.LabelBinding: "y"}, nil)))
+		refused(t, "PUT a reserved annotation onto a Ferry Secret", "policy",
+			stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", ferryLabels, map[string]string{corev1.ServiceAccountNameKey: "victim"})))
+		resp := stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "kubernetes.io/basic-auth", ferryLabels, nil))
+		if resp.code != http.StatusUnprocessableEntity {
+			t.Errorf("type change: %s, want 422 (Secret types are immutable)", resp)
 		}
-		t.Logf("PATCH type of a labelled Secret with the policy: %s", resp)
 		own, err := admin.CoreV1().Secrets(ns).Get(ctx, "own", metav1.GetOptions{})
-		if err != nil || own.Type != corev1.SecretTypeOpaque || len(own.Annotations) != 0 {
+		if err != nil || own.Type != corev1.SecretTypeOpaque || len(own.Annotations) != 0 || own.Labels[apply.LabelBinding] != "x" {
 			t.Errorf("own Secret after the refusals: %v", err)
 		}
 		if resp := stolen.do("DELETE", secretPath(ns, "own"), "", ""); resp.code != http.StatusOK {
@@ -398,7 +605,7 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 		}
 	})
 
-	t.Run("with the policy Ferry's own delivery goes on", func(t *testing.T) {
+	t.Run("in update mode Ferry's own delivery goes on", func(t *testing.T) {
 		for path, v := range map[string]string{"apps/a": "a-v1-SECRET", "apps/m": "m-SECRET", "apps/d": "d-SECRET"} {
 			s.putKV(ctx, path, map[string]any{"password": v})
 		}
@@ -412,7 +619,8 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
       - {name: d, %[1]s, kv: {mount: secret, path: apps/d}, deletion: delete}
 `, common))
 		broker := s.startBroker("ferry-broker")
-		writer := s.startWriter("ferry-writer", r, token)
+		start := time.Now()
+		writer := s.startWriter("ferry-writer", updateMode, token)
 		holds := func(name, key, want string) func() error {
 			return func() error {
 				sec, err := admin.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
@@ -425,20 +633,23 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 				return nil
 			}
 		}
-		took := eventually(t, 60*time.Second, "created", holds("a", "password", "a-v1-SECRET"))
-		t.Logf("create: delivered %v after the writer started", took.Round(time.Millisecond))
+		eventually(t, 60*time.Second, "created", holds("a", "password", "a-v1-SECRET"))
+		t.Logf("create: delivered %v after the writer started", time.Since(start).Round(time.Millisecond))
+		if !writer.LogContains(`"write":"update"`) || !writer.LogContains("admission policy in effect") {
+			t.Fatal("the writer does not run in update mode with the policy check passed; see its log")
+		}
 		eventually(t, 10*time.Second, "merged into the named target", holds("app-config", "password", "m-SECRET"))
 		// Merged, it carries Ferry's binding label, but it is not Ferry's to
 		// delete.
-		refused(t, "DELETE the merged Secret", stolen.do("DELETE", secretPath(ns, "app-config"), "", ""))
+		refused(t, "DELETE the merged Secret", "policy", stolen.do("DELETE", secretPath(ns, "app-config"), "", ""))
 		eventually(t, 10*time.Second, "d created", holds("d", "password", "d-SECRET"))
 		if err := holds("app-config", "app-key", "app-owned")(); err != nil {
 			t.Fatalf("the merge touched the app's own key: %v", err)
 		}
 
 		s.putKV(ctx, "apps/a", map[string]any{"password": "a-v2-SECRET"})
-		took = eventually(t, 15*time.Second, "update", holds("a", "password", "a-v2-SECRET"))
-		t.Logf("update: arrived %v after the Vault write", took.Round(time.Millisecond))
+		took := eventually(t, 15*time.Second, "update", holds("a", "password", "a-v2-SECRET"))
+		t.Logf("update (a PUT): arrived %v after the Vault write", took.Round(time.Millisecond))
 		eventually(t, 15*time.Second, "rollout restart", func() error {
 			sec, err := admin.CoreV1().Secrets(ns).Get(ctx, "a", metav1.GetOptions{})
 			if err != nil {
@@ -453,6 +664,15 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 			}
 			return nil
 		})
+		a, err := admin.CoreV1().Secrets(ns).Get(ctx, "a", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(a.ManagedFields, func(m metav1.ManagedFieldsEntry) bool {
+			return m.Manager == apply.FieldManager && m.Operation == metav1.ManagedFieldsOperationUpdate
+		}) {
+			t.Errorf("managedFields %+v: want an Update by %s", a.ManagedFields, apply.FieldManager)
+		}
 
 		// Removing the bindings: d is deleted, Ferry's keys leave app-config.
 		s.writeBrokerConfig(keep)
@@ -480,8 +700,9 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 			return nil
 		})
 
-		// The binding aimed at the foreign Secret is refused by the writer
-		// (creation policy create), as without the policy; the Secret is untouched.
+		// The binding aimed at the foreign Secret: its create finds the
+		// Secret, its replace is refused by the policy, and the writer
+		// reports it as not this binding's; the Secret is untouched.
 		eventually(t, 10*time.Second, "the writer refuses the foreign Secret", func() error {
 			if !writer.LogContains("was not created by this binding") {
 				return fmt.Errorf("not yet")
@@ -492,8 +713,11 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 		if err != nil || after.ResourceVersion != foreignBefore.ResourceVersion {
 			t.Errorf("the foreign Secret changed: %v", err)
 		}
-		if writer.LogContains("ValidatingAdmissionPolicy") || writer.LogContains("denied request") {
-			t.Error("the policy refused one of the writer's own requests; see the writer log")
+		// The policy refused none of the writer's other requests.
+		for _, line := range strings.Split(writer.Logs(), "\n") {
+			if strings.Contains(line, "denied request") && !strings.Contains(line, `"foreign`) && !strings.Contains(line, "admission policy in effect") && !strings.Contains(line, `\"foreign`) {
+				t.Errorf("the policy refused one of the writer's own requests: %s", line)
+			}
 		}
 		for _, p := range []*stack.Process{broker, writer} {
 			for _, v := range []string{"a-v1-SECRET", "a-v2-SECRET", "m-SECRET", "d-SECRET"} {
@@ -503,6 +727,7 @@ admissionPolicy: {mergeTargets: [{namespace: %[1]s, name: app-config}]}
 			}
 		}
 	})
+	t.Logf("status codes of the stolen token's requests:\n%s", &table)
 }
 
 // createDeployment creates a one-container Deployment (it never runs: no

@@ -18,8 +18,9 @@ import (
 	"github.com/ferry-secrets/ferry/writer/restart"
 )
 
-// TestWriterDriftPoliciesRestarts runs the real broker and writer (RBAC from
-// the chart, with deletion and one rollout restart target; takeover added
+// TestWriterDriftPoliciesRestarts runs the real broker and writer (RBAC and
+// admission policy from the chart, so the writer's update mode, with
+// deletion and one rollout restart target; takeover added
 // to the writer's creation_policies) against the real
 // apiserver and proves: drift repair (a Secret deleted or edited by hand is
 // restored by the periodic resync) without churn (resyncs of unchanged
@@ -42,8 +43,9 @@ func TestWriterDriftPoliciesRestarts(t *testing.T) {
 	token, r := s.installChart(ctx, release, s.chartValues(fmt.Sprintf(`
 targetNamespaces: [%s]
 deletion: {enabled: true}
-writer: {resync: %s}
+writer: {resync: %s, creationPolicies: [create, merge, takeover]}
 rolloutRestart: {delay: %s, targets: [{namespace: %s, kind: Deployment, name: api}]}
+admissionPolicy: {mergeTargets: [{namespace: %[4]s, name: app-config}], takeoverTargets: [{namespace: %[4]s, name: taken}]}
 `, ns, resync, restartDelay, ns)))
 
 	// What exists before Ferry: an app's Secret to merge into, a foreign

@@ -15,8 +15,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// TestWriterChartRBAC installs the chart's ServiceAccount, Roles and
-// RoleBindings on the real apiserver, runs the real ferry-writer with that
+// TestWriterChartRBAC installs the chart's ServiceAccount, Roles,
+// RoleBindings and admission policy (its defaults: the writer's update mode)
+// on the real apiserver, runs the real ferry-writer with that
 // ServiceAccount's token and the config the chart rendered, and shows that
 // it delivers Secrets into its target namespaces while the same token is
 // refused everything else: reading Secrets (get, list, watch), any write in

@@ -3,20 +3,25 @@ package integration
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
 	vaultapi "github.com/hashicorp/vault/api"
 
 	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/integration/stack"
+	"github.com/ferry-secrets/ferry/writer/apply"
 	writerconfig "github.com/ferry-secrets/ferry/writer/config"
 )
 
@@ -88,29 +93,67 @@ networkPolicy: {enabled: false}
 }
 
 // installChart renders the chart with values into release namespace ns and
-// applies its ServiceAccount, Roles and RoleBindings to the apiserver as an
-// admin would with helm install (the Deployment cannot run here: no nodes).
-// It returns a token for the ServiceAccount minted with the TokenRequest
-// API, once the authorizer applies the Roles.
+// applies its ServiceAccount, Roles, RoleBindings and (when rendered) its
+// ValidatingAdmissionPolicy and binding to the apiserver as an admin would
+// with helm install (the Deployment cannot run here: no nodes). It returns a
+// token for the ServiceAccount minted with the TokenRequest API, once the
+// authorizer applies the Roles and the policy is in effect.
 func (s *writerStack) installChart(ctx context.Context, ns, values string) (token string, r rendered) {
 	t := s.t
 	t.Helper()
 	r = renderChart(t, ns, values)
-	admin := s.kube.Admin(t)
 	s.kube.CreateNamespace(t, ns)
+	sa := s.applyChart(ctx, r)
+	tr, err := s.kube.Admin(t).CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa.Name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("TokenRequest: %v", err)
+	}
+	s.awaitChart(ctx, r, tr.Status.Token)
+	return tr.Status.Token, r
+}
+
+// applyChart creates the rendered ServiceAccount, Roles, RoleBindings and
+// admission policy objects, or updates them when they exist (an upgrade to
+// other values); it returns the ServiceAccount.
+func (s *writerStack) applyChart(ctx context.Context, r rendered) *corev1.ServiceAccount {
+	t := s.t
+	t.Helper()
+	admin := s.kube.Admin(t)
 	var sa *corev1.ServiceAccount
 	for _, o := range r.objects {
 		var err error
 		switch o := o.(type) {
 		case *corev1.ServiceAccount:
 			sa = o
-			_, err = admin.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+			if _, err = admin.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+				err = nil
+			}
 		case *rbacv1.Role:
 			s.kube.CreateNamespace(t, o.Namespace)
-			_, err = admin.RbacV1().Roles(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+			roles := admin.RbacV1().Roles(o.Namespace)
+			if _, err = roles.Create(ctx, o, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+				_, err = roles.Update(ctx, o, metav1.UpdateOptions{})
+			}
 		case *rbacv1.RoleBinding:
 			s.kube.CreateNamespace(t, o.Namespace)
-			_, err = admin.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+			if _, err = admin.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+				err = nil // same subject and role in every rendering
+			}
+		case *admissionregistrationv1.ValidatingAdmissionPolicy:
+			policies := admin.AdmissionregistrationV1().ValidatingAdmissionPolicies()
+			if _, err = policies.Create(ctx, o, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+				var old *admissionregistrationv1.ValidatingAdmissionPolicy
+				if old, err = policies.Get(ctx, o.Name, metav1.GetOptions{}); err == nil {
+					o.ResourceVersion = old.ResourceVersion
+					_, err = policies.Update(ctx, o, metav1.UpdateOptions{})
+				}
+			}
+		case *admissionregistrationv1.ValidatingAdmissionPolicyBinding:
+			if _, err = admin.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, o, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+				err = nil // its spec names only the policy and the target namespaces
+			}
 		}
 		if err != nil {
 			t.Fatalf("install %T: %v", o, err)
@@ -119,29 +162,59 @@ func (s *writerStack) installChart(ctx context.Context, ns, values string) (toke
 	if sa == nil {
 		t.Fatal("the chart rendered no ServiceAccount")
 	}
-	tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa.Name, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("TokenRequest: %v", err)
+	return sa
+}
+
+// awaitChart returns once the apiserver applies r to token's
+// ServiceAccount: its Roles' rules on Secrets (RBAC, asked of the
+// authorizer) and, when r holds the admission policy, the policy itself
+// (the writer's own start-up check passes with the token).
+func (s *writerStack) awaitChart(ctx context.Context, r rendered, token string) {
+	t := s.t
+	t.Helper()
+	admin := s.kube.Admin(t)
+	sa := ofType[*corev1.ServiceAccount](r)[0]
+	user := "system:serviceaccount:" + sa.Namespace + ":" + sa.Name
+	can := func(ns, verb, name string) (bool, error) {
+		res, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: user, Groups: []string{"system:serviceaccounts", "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns, Verb: verb, Resource: "secrets", Name: name},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			return false, err
+		}
+		return res.Status.Allowed, nil
 	}
-	user := "system:serviceaccount:" + ns + ":" + sa.Name
-	for target := range rolesByNamespace(t, r) {
+	var namespaces []string
+	for target, rules := range rolesByNamespace(t, r) {
+		namespaces = append(namespaces, target)
 		eventually(t, 30*time.Second, "RBAC in effect in "+target, func() error {
-			res, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-				User: user, Groups: []string{"system:serviceaccounts", "system:authenticated"},
-				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: target, Verb: "patch", Resource: "secrets"},
-			}}, metav1.CreateOptions{})
-			if err != nil {
-				return err
-			}
-			if !res.Status.Allowed {
-				return fmt.Errorf("not allowed yet")
+			for _, verb := range []string{"create", "patch", "update", "delete"} {
+				want := slices.ContainsFunc(rules, func(r rbacv1.PolicyRule) bool {
+					return slices.Contains(r.Resources, "secrets") && len(r.ResourceNames) == 0 && slices.Contains(r.Verbs, verb)
+				})
+				got, err := can(target, verb, "any-secret")
+				if err != nil {
+					return err
+				}
+				if got != want {
+					return fmt.Errorf("%s on secrets: allowed %v, want %v", verb, got, want)
+				}
 			}
 			return nil
 		})
 	}
-	return tr.Status.Token, r
+	if len(ofType[*admissionregistrationv1.ValidatingAdmissionPolicy](r)) == 0 {
+		return
+	}
+	wc, err := kubernetes.NewForConfig(s.kube.ConfigForToken(token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the admission policy in effect", func() error {
+		_, err := apply.CheckPolicy(ctx, wc.CoreV1(), namespaces)
+		return err
+	})
 }
 
 // startWriter runs ferry-writer with the config the chart rendered into its

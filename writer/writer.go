@@ -1,7 +1,9 @@
 // Package writer runs ferry-writer: it proves its identity with an
-// X.509-SVID, holds a gRPC mTLS stream to ferry-broker, and server-side
-// applies the Secrets the broker streams into its target namespaces, using a
-// typed Kubernetes client that only creates and patches Secrets.
+// X.509-SVID, holds a gRPC mTLS stream to ferry-broker, and writes the
+// Secrets the broker streams into its target namespaces, using a typed
+// Kubernetes client that only creates and patches Secrets (apply mode) or
+// creates and replaces them (update mode, which needs the chart's admission
+// policy and checks it at start).
 //
 // The writer links no Vault client and never reads Secrets back from the
 // Kubernetes API. Its subpackages are config (the YAML configuration), apply
@@ -70,10 +72,23 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("writer: kubernetes client: %w", err)
 	}
 
+	if cfg.Kubernetes.Write == config.WriteUpdate {
+		// Update mode replaces Secrets with unconditional PUTs: safe only
+		// while the admission policy decides which Secrets are this
+		// writer's. Refuse to start without it (the pod restarts and checks
+		// again, e.g. once a fresh install's policy is in effect).
+		denials, err := apply.CheckPolicy(ctx, kube.CoreV1(), cfg.Namespaces)
+		if err != nil {
+			return fmt.Errorf("writer: %w", err)
+		}
+		for ns, msg := range denials {
+			log.Info("admission policy in effect (a dry-run create of an unlabelled Secret was refused)", "namespace", ns, "denial", msg)
+		}
+	}
 	log.Info("ferry-writer starting", "version", buildinfo.Get().Version, "commit", buildinfo.Get().Commit, "broker", cfg.BrokerAddresses(), "broker_id", brokerID.String(),
 		"namespaces", cfg.Namespaces, "parallelism", cfg.Kubernetes.Parallelism, "resync", cfg.Resync.Duration.String(),
 		"deletion_enabled", cfg.Deletion.Enabled, "rollout_restart_targets", len(cfg.RolloutRestart.Targets),
-		"qps", cfg.Kubernetes.QPS, "burst", cfg.Kubernetes.Burst, "api_server", restCfg.Host,
+		"qps", cfg.Kubernetes.QPS, "burst", cfg.Kubernetes.Burst, "api_server", restCfg.Host, "write", cfg.Kubernetes.Write, "content_type", restCfg.ContentType,
 		"secret_types", cfg.SecretTypes, "creation_policies", cfg.CreationPolicies)
 	src, err := svidsource.New(ctx, cfg.SPIFFE, log)
 	if err != nil {
@@ -95,6 +110,9 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	if cfg.Deletion.Enabled {
 		opts = append(opts, apply.WithDelete())
+	}
+	if cfg.Kubernetes.Write == config.WriteUpdate {
+		opts = append(opts, apply.WithUpdate())
 	}
 	var targets []restart.Workload
 	for _, w := range cfg.RolloutRestart.Targets {
@@ -151,6 +169,15 @@ func creationPolicies(names []string) []ferryv1.CreationPolicy {
 	return out
 }
 
+// The encoding of the writer's Kubernetes requests, in this one place: the
+// bodies of creates, updates (update mode), deletes and dry-runs, and the
+// responses the writer accepts. Patches are unaffected: client-go sends a
+// server-side apply, a merge patch or a JSON patch in its own content type.
+const (
+	requestContentType   = runtime.ContentTypeProtobuf
+	responseContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+)
+
 // restConfig returns the Kubernetes client config: from the kubeconfig file
 // if one is set, otherwise in-cluster; with the configured QPS and burst,
 // protobuf responses and the writer's user agent. A kubeconfig that skips
@@ -189,8 +216,7 @@ func restConfig(k config.Kubernetes, log *slog.Logger) (*rest.Config, error) {
 	rc.QPS = k.QPS
 	rc.Burst = k.Burst
 	rc.UserAgent = UserAgent
-	rc.ContentType = runtime.ContentTypeProtobuf
-	rc.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	rc.ContentType, rc.AcceptContentTypes = requestContentType, responseContentTypes
 	return rc, nil
 }
 

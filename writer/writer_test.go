@@ -466,6 +466,10 @@ func TestRESTConfig(t *testing.T) {
 	if rc.QPS != 70 || rc.Burst != 140 || rc.UserAgent != UserAgent || rc.Host != "https://127.0.0.1:6443" {
 		t.Errorf("rest config = QPS %v burst %d UA %q host %q", rc.QPS, rc.Burst, rc.UserAgent, rc.Host)
 	}
+	// Creates and updates (update mode) go as protobuf; JSON is still accepted.
+	if rc.ContentType != "application/vnd.kubernetes.protobuf" || rc.AcceptContentTypes != "application/vnd.kubernetes.protobuf,application/json" {
+		t.Errorf("rest config content types %q, accept %q", rc.ContentType, rc.AcceptContentTypes)
+	}
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	if _, err := restConfig(config.Kubernetes{}, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "kubernetes.kubeconfig") {
 		t.Errorf("in-cluster config outside a cluster: err = %v", err)

@@ -25,6 +25,22 @@ type Catalog struct {
 	key     []byte // revision key (render.go)
 	// changed is closed and replaced when the binding set changes (reload.go).
 	changed chan struct{}
+	// paths interns the bindings' Vault paths (Meta.VaultPath): many
+	// bindings share one, and each would otherwise hold its own copy. A
+	// path a reload removes stays (a few dozen bytes).
+	paths map[string]string
+}
+
+// metaOf is c.meta with the Vault path interned; c.mu is held (or c is
+// being built).
+func (c *Catalog) metaOf(writerID string, b config.Binding) Meta {
+	m := c.meta(writerID, b)
+	if p, ok := c.paths[m.VaultPath]; ok {
+		m.VaultPath = p
+	} else {
+		c.paths[m.VaultPath] = m.VaultPath
+	}
+	return m
 }
 
 type writer struct {
@@ -82,14 +98,14 @@ type Meta struct {
 // meta maps each binding to its source description. The catalog keeps
 // pointers into ws's bindings: the caller must not modify them.
 func New(ws []config.Writer, meta func(writerID string, b config.Binding) Meta) *Catalog {
-	c := &Catalog{writers: make(map[string]*writer, len(ws)), meta: meta, key: newRevisionKey(), changed: make(chan struct{})}
+	c := &Catalog{writers: make(map[string]*writer, len(ws)), meta: meta, key: newRevisionKey(), changed: make(chan struct{}), paths: map[string]string{}}
 	for _, w := range ws {
 		st := &writer{bindings: make(map[string]*binding, len(w.Secrets)), subs: map[*Subscription]struct{}{}, removed: map[string]*ferryv1.SecretRef{}}
 		st.order = make([]string, 0, len(w.Secrets))
 		for i := range w.Secrets {
 			b := &w.Secrets[i]
 			st.order = append(st.order, b.Name)
-			st.bindings[b.Name] = &binding{meta: meta(w.ID, *b), cfg: b}
+			st.bindings[b.Name] = &binding{meta: c.metaOf(w.ID, *b), cfg: b}
 		}
 		c.writers[w.ID] = st
 	}

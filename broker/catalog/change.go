@@ -1,7 +1,9 @@
 package catalog
 
 import (
+	"maps"
 	"reflect"
+	"slices"
 
 	"github.com/ferry-secrets/ferry/broker/config"
 )
@@ -39,14 +41,17 @@ func (c Change) Has(o Change) bool { return c&o == o }
 // class names counts as a source field, so a field added to config.Binding
 // later is handled make-before-break until it is classified.
 func Classify(old, next config.Binding) Change {
+	if sameKV(old, next) {
+		return 0
+	}
 	var c Change
 	if old.Namespace != next.Namespace || old.SecretName != next.SecretName {
 		c |= ChangeDestination | ChangeDelivery
 	}
-	if !reflect.DeepEqual(deliveryOf(old), deliveryOf(next)) {
+	if !deliveryOf(old).equal(deliveryOf(next)) {
 		c |= ChangeDelivery
 	}
-	if !reflect.DeepEqual(scheduleOf(old), scheduleOf(next)) {
+	if scheduleOf(old) != scheduleOf(next) {
 		c |= ChangeSchedule
 	}
 	if kindOf(old) != kindOf(next) {
@@ -68,6 +73,27 @@ type delivery struct {
 	Labels, Annotations         map[string]string
 	Creation, Deletion          string
 	RolloutRestart              []config.WorkloadRef
+}
+
+// equal compares without allocating (a reload classifies every binding:
+// reflect.DeepEqual cost 1.7 KiB of garbage each). Missing and empty
+// labels, annotations and rollout lists are equal: they render the same.
+func (d delivery) equal(o delivery) bool {
+	return d.Namespace == o.Namespace && d.SecretName == o.SecretName && d.Type == o.Type &&
+		d.Creation == o.Creation && d.Deletion == o.Deletion && maps.Equal(d.Labels, o.Labels) &&
+		maps.Equal(d.Annotations, o.Annotations) && slices.Equal(d.RolloutRestart, o.RolloutRestart)
+}
+
+// sameKV reports whether old and next are the same single-source KV
+// binding (but perhaps for the name): the common case of a reload, decided
+// without allocating. It must compare every field of config.Binding
+// (TestSameKVComparesEveryField).
+func sameKV(old, next config.Binding) bool {
+	return old.KV != nil && next.KV != nil && *old.KV == *next.KV &&
+		old.Dynamic == nil && next.Dynamic == nil && old.PKI == nil && next.PKI == nil &&
+		len(old.Sources) == 0 && len(next.Sources) == 0 && old.Template == nil && next.Template == nil &&
+		old.VaultIdentity == next.VaultIdentity && old.Refresh == next.Refresh &&
+		deliveryOf(old).equal(deliveryOf(next))
 }
 
 func deliveryOf(b config.Binding) delivery {

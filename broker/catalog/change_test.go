@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -72,5 +73,61 @@ func TestClassify(t *testing.T) {
 				t.Errorf("Classify = %b, want %b", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestSameKVComparesEveryField changes each field of a plain KV binding in
+// turn: sameKV, Classify's allocation-free shortcut, must see every change
+// but the name's. A field added to config.Binding fails the test until
+// sameKV compares it.
+func TestSameKVComparesEveryField(t *testing.T) {
+	base := func() config.Binding {
+		return config.Binding{Name: "a", Namespace: "ns", SecretName: "a", Refresh: config.Duration{Duration: time.Minute},
+			VaultIdentity: "default", Labels: map[string]string{"l": "1"}, KV: &config.KV{Mount: "secret", Path: "p"}}
+	}
+	changes := map[string]func(*config.Binding){
+		"Name":          func(b *config.Binding) { b.Name = "b" },
+		"Namespace":     func(b *config.Binding) { b.Namespace = "ns2" },
+		"SecretName":    func(b *config.Binding) { b.SecretName = "b" },
+		"Type":          func(b *config.Binding) { b.Type = "example.com/x" },
+		"Labels":        func(b *config.Binding) { b.Labels = map[string]string{"l": "2"} },
+		"Annotations":   func(b *config.Binding) { b.Annotations = map[string]string{"a": "1"} },
+		"VaultIdentity": func(b *config.Binding) { b.VaultIdentity = "other" },
+		"Refresh":       func(b *config.Binding) { b.Refresh.Duration = time.Hour },
+		"KV":            func(b *config.Binding) { b.KV = &config.KV{Mount: "secret", Path: "p", Version: 3} },
+		"Dynamic":       func(b *config.Binding) { b.KV, b.Dynamic = nil, &config.Dynamic{Path: "database/creds/x"} },
+		"PKI":           func(b *config.Binding) { b.KV, b.PKI = nil, &config.PKI{Mount: "pki", Role: "r", CommonName: "c"} },
+		"Sources": func(b *config.Binding) {
+			b.Sources = []config.Source{{Name: "x", KV: &config.KV{Mount: "secret", Path: "q"}}}
+		},
+		"Template":       func(b *config.Binding) { b.Template = &config.Template{Data: map[string]string{"k": "v"}} },
+		"Creation":       func(b *config.Binding) { b.Creation = config.CreationMerge },
+		"Deletion":       func(b *config.Binding) { b.Deletion = config.DeletionDelete },
+		"RolloutRestart": func(b *config.Binding) { b.RolloutRestart = []config.WorkloadRef{{Kind: "Deployment", Name: "x"}} },
+	}
+	bt := reflect.TypeFor[config.Binding]()
+	for i := range bt.NumField() {
+		name := bt.Field(i).Name
+		change, ok := changes[name]
+		if !ok {
+			t.Errorf("config.Binding.%s: not compared by sameKV (add it there and here)", name)
+			continue
+		}
+		old, next := base(), base()
+		change(&next)
+		if got := sameKV(old, next); got != (name == "Name") {
+			t.Errorf("changed %s: sameKV = %v", name, got)
+		}
+		if got := Classify(old, next); (got == 0) != (name == "Name") {
+			t.Errorf("changed %s: Classify = %b", name, got)
+		}
+	}
+	if !sameKV(base(), base()) {
+		t.Error("sameKV(b, b) = false")
+	}
+	// Allocation-free for unchanged bindings: a reload classifies them all.
+	old, next := base(), base()
+	if n := testing.AllocsPerRun(100, func() { _ = Classify(old, next) }); n != 0 {
+		t.Errorf("Classify of an unchanged KV binding allocates %v times", n)
 	}
 }

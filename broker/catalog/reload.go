@@ -116,7 +116,7 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 			w.order = append(w.order, b.Name)
 			old := w.bindings[b.Name]
 			if old == nil {
-				w.bindings[b.Name] = &binding{meta: c.meta(cw.ID, *b), cfg: b}
+				w.bindings[b.Name] = &binding{meta: c.metaOf(cw.ID, *b), cfg: b}
 				ch.Added++
 				continue
 			}
@@ -131,7 +131,7 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 				old.applied, old.applyErr = "", ""
 				ch.Moved++
 			}
-			old.cfg, old.meta = b, c.meta(cw.ID, *b)
+			old.cfg, old.meta = b, c.metaOf(cw.ID, *b)
 			if change.Has(ChangeDelivery) && old.desired != nil {
 				// Re-rendered from the data held: no source is asked.
 				old.desired = render(c.key, b, old.desired.GetData(), old.rendered)

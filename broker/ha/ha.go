@@ -98,7 +98,12 @@ type Elector struct {
 	fence  *Fence
 	notify Observer
 
-	became chan struct{} // closed when this broker takes the lock
+	became  chan struct{}   // closed when this broker takes the lock
+	stopped <-chan struct{} // ReleaseOnStop's signal; nil: never release
+
+	// step serialises Step and Release, so a release never races a
+	// renew of the same record version.
+	step sync.Mutex
 
 	mu      sync.Mutex
 	active  bool
@@ -156,16 +161,51 @@ func (e *Elector) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			e.releaseOnStop()
 			return nil
 		case <-t.C():
 		}
 	}
 }
 
+// ReleaseOnStop makes Run release the lock when its context ends while this
+// broker holds it, once stopped is closed: the caller closes stopped when
+// everything that sends Vault requests through the fence has returned. If
+// that does not happen before the fence's deadline, the lock is not
+// released (the standbys time it out, as after a crash). Call before Run.
+func (e *Elector) ReleaseOnStop(stopped <-chan struct{}) { e.stopped = stopped }
+
+// releaseOnStop is Run's end with ReleaseOnStop set.
+func (e *Elector) releaseOnStop() {
+	e.mu.Lock()
+	active := e.active
+	e.mu.Unlock()
+	if e.stopped == nil || !active {
+		return
+	}
+	left := e.fence.deadlineAt().Sub(e.clock.Now())
+	if left <= 0 {
+		return
+	}
+	t := e.clock.NewTimer(left)
+	defer t.Stop()
+	select {
+	case <-e.stopped:
+	case <-t.C():
+		e.log.Warn("the active broker's parts did not stop before the lock's deadline; the lock is not released")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.timing.RetryPeriod)
+	defer cancel()
+	_ = e.Release(ctx) // logged; the standbys time the lock out instead
+}
+
 // Step is one round of Run: a standby reads the record and takes the lock
 // when due; the holder renews it. It returns an error only when the holder
 // lost the lock.
 func (e *Elector) Step(ctx context.Context) error {
+	e.step.Lock()
+	defer e.step.Unlock()
 	e.mu.Lock()
 	active := e.active
 	e.mu.Unlock()
@@ -258,6 +298,39 @@ func (e *Elector) renew(ctx context.Context) error {
 		return e.lose(fmt.Sprintf("the lock was not renewed within renew_deadline (last error: %v)", err))
 	}
 	e.log.Warn("renewing the HA lock failed; retrying", "err", err, "deadline_in", deadline.Sub(e.clock.Now()).Round(time.Millisecond))
+	return nil
+}
+
+// Release gives the lock up on a planned stop, so that a standby takes it
+// at its next read instead of after lease_duration: the holder writes the
+// record with no holder (check-and-set on its own last version) and closes
+// its fence. The caller must have stopped everything that sends Vault
+// requests through the fence first (Run does it through ReleaseOnStop);
+// the release write itself is the lock client's last request. It does nothing if this broker does not hold the
+// lock (or its deadline passed: then the record is left for the standbys to
+// time out, as after a crash). An error means the record was not released;
+// the fence is closed either way.
+func (e *Elector) Release(ctx context.Context) error {
+	e.step.Lock()
+	defer e.step.Unlock()
+	e.mu.Lock()
+	active, version, since := e.active, e.version, e.since
+	e.mu.Unlock()
+	if !active || e.fence.Check() != nil {
+		e.fence.close()
+		return nil
+	}
+	_, err := e.store.Write(ctx, Record{LeaseDuration: e.timing.LeaseDuration, Acquired: since, Renewed: time.Now().UTC()}, version)
+	e.fence.close()
+	e.mu.Lock()
+	e.active = false
+	e.mu.Unlock()
+	if err != nil {
+		e.log.Warn("the HA lock was not released; standbys take it after lease_duration", "err", err)
+		return fmt.Errorf("ha: releasing the lock: %w", err)
+	}
+	e.log.Info("released the lock", "record_version", version+1)
+	e.notify(false, "released on stop")
 	return nil
 }
 

@@ -345,3 +345,95 @@ func TestTimingValidate(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return sub != "" && strings.Contains(s, sub) }
+
+func TestReleaseOnStopHandsTheLockOverAtOnce(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	kv := &fakeKV{}
+	a, transitions := newElector(t, "broker-a", kv, clk)
+	stopped := make(chan struct{})
+	a.ReleaseOnStop(stopped)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- a.Run(ctx) }()
+	<-a.BecameActive()
+	b, _ := newElector(t, "broker-b", kv, clk)
+	if err := b.Step(context.Background()); err != nil || isActive(b) {
+		t.Fatalf("broker-b took a held lock (err %v)", err)
+	}
+
+	cancel()
+	close(stopped) // the active parts have returned
+	if err := <-errc; err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if h := kv.holder(); h != "" {
+		t.Fatalf("record holder after the release = %q, want none", h)
+	}
+	if a.Fence().Check() == nil || a.Fence().LockFence().Check() == nil {
+		t.Fatal("fence open after the release")
+	}
+	if got := *transitions; len(got) != 2 || got[1] {
+		t.Fatalf("transitions = %v, want [true false]", got)
+	}
+	// No lease_duration to wait: the standby's next read takes the lock.
+	if err := b.Step(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !isActive(b) || kv.holder() != "broker-b" {
+		t.Fatalf("broker-b did not take the released lock at once (holder %q)", kv.holder())
+	}
+}
+
+func TestReleaseOnStopWaitsForTheActivePartsUntilTheDeadline(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	kv := &fakeKV{}
+	a, _ := newElector(t, "broker-a", kv, clk)
+	a.ReleaseOnStop(make(chan struct{})) // never closed: the parts hang
+	if err := a.Step(context.Background()); err != nil || !isActive(a) {
+		t.Fatalf("broker-a did not take a free lock (err %v)", err)
+	}
+	writes := func() int { kv.mu.Lock(); defer kv.mu.Unlock(); return kv.writes }()
+	done := make(chan struct{})
+	go func() { a.releaseOnStop(); close(done) }() // what Run does when its context ends
+	// releaseOnStop waits on a timer at the fence's deadline (the only
+	// waiter on this clock: Run's ticker is not running); pass it.
+	for !clk.HasWaiters() {
+		time.Sleep(time.Millisecond)
+	}
+	clk.Step(timing.RenewDeadline)
+	<-done
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	if kv.rec.Holder != "broker-a" || kv.writes != writes {
+		t.Fatalf("a broker whose parts did not stop released the lock (holder %q, %d writes after the stop)", kv.rec.Holder, kv.writes-writes)
+	}
+}
+
+func TestReleaseLeavesARecordSomeoneElseWrote(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	kv := &fakeKV{}
+	a, _ := newElector(t, "broker-a", kv, clk)
+	if err := a.Step(context.Background()); err != nil || !isActive(a) {
+		t.Fatalf("broker-a did not take a free lock (err %v)", err)
+	}
+	kv.set("broker-b") // broker-b took it meanwhile (say broker-a was paused)
+	if err := a.Release(context.Background()); !errors.Is(err, ErrConflict) {
+		t.Fatalf("Release = %v, want ErrConflict", err)
+	}
+	if h := kv.holder(); h != "broker-b" {
+		t.Fatalf("holder after a failed release = %q, want broker-b", h)
+	}
+	if a.Fence().Check() == nil {
+		t.Fatal("fence open after the release")
+	}
+
+	// A broker past its deadline (or a standby) writes nothing at all.
+	c, _ := newElector(t, "broker-c", kv, clk)
+	before := func() int { kv.mu.Lock(); defer kv.mu.Unlock(); return kv.writes }()
+	if err := c.Release(context.Background()); err != nil {
+		t.Fatalf("standby Release = %v, want nil", err)
+	}
+	if after := func() int { kv.mu.Lock(); defer kv.mu.Unlock(); return kv.writes }(); after != before {
+		t.Fatal("a standby's Release wrote the record")
+	}
+}

@@ -60,6 +60,10 @@ type Server struct {
 
 	mu      sync.Mutex
 	streams map[string]bool // writer IDs with an open Sync stream
+
+	// snapshots holds a token per stream sending its snapshot (nil: no
+	// bound); Limits.MaxSnapshots.
+	snapshots chan struct{}
 }
 
 // Limits bound what clients may hold open on the server. DefaultLimits are
@@ -85,12 +89,28 @@ type Limits struct {
 	// network) loses its stream, and with it its writer ID's Sync slot,
 	// within PingIdle+PingTimeout.
 	PingIdle, PingTimeout time.Duration
+	// MaxSnapshots bounds the streams sending their snapshot at once; a
+	// stream opened beyond it waits (in arrival order) for a turn before
+	// it takes its snapshot. When a thousand writers connect together,
+	// this keeps a change to an already synced writer from queueing
+	// behind a thousand snapshots' messages, and lets writers become
+	// ready one after another rather than all at the end. Until its turn
+	// a stream is not subscribed: ListBindings and the writer_connected
+	// metric show its writer as not connected yet. 0: no bound.
+	MaxSnapshots int
+	// SnapshotTurn bounds how long one stream holds its turn: a writer
+	// that does not read (its sends block on flow control) gives the turn
+	// up after it and takes the rest of its snapshot with the others.
+	SnapshotTurn time.Duration
 }
 
 // DefaultLimits: 1024 connections (a writer holds one), 16 RPCs per
 // connection, a 10 s handshake, pings no more often than
-// ferryv1.MinPingInterval, and a silent connection dropped within 40 s.
+// ferryv1.MinPingInterval, a silent connection dropped within 40 s, and 32
+// snapshots sent at once, each turn at most 5 s.
 var DefaultLimits = Limits{
+	MaxSnapshots:      32,
+	SnapshotTurn:      5 * time.Second,
 	MaxConnections:    1024,
 	MaxStreamsPerConn: 16,
 	HandshakeTimeout:  10 * time.Second,
@@ -98,6 +118,9 @@ var DefaultLimits = Limits{
 	PingIdle:          30 * time.Second,
 	PingTimeout:       ferryv1.PingTimeout,
 }
+
+// readBufferBytes is each connection's read buffer.
+const readBufferBytes = 4 << 10
 
 // Option configures New.
 type Option func(*Server)
@@ -152,6 +175,9 @@ func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCrede
 	for _, o := range options {
 		o(s)
 	}
+	if s.limits.MaxSnapshots > 0 {
+		s.snapshots = make(chan struct{}, s.limits.MaxSnapshots)
+	}
 	authFn := s.authorize
 	unary := []grpc.UnaryServerInterceptor{
 		logging.UnaryServerInterceptor(grpcLogger(log), loggingOptions()...),
@@ -173,6 +199,11 @@ func New(cat *catalog.Catalog, admins []string, creds credentials.TransportCrede
 		grpc.MaxRecvMsgSize(ferryv1.MaxMessageBytes),
 		grpc.MaxSendMsgSize(ferryv1.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(l.MaxStreamsPerConn),
+		// Writers send only small apply results: a 4 KiB read buffer per
+		// connection instead of gRPC's 32 KiB is 28 MiB less for a
+		// thousand writers (docs/design/broker-memory.md). The TLS
+		// connection below buffers whole records anyway.
+		grpc.ReadBufferSize(readBufferBytes),
 		grpc.ConnectionTimeout(l.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.MinPingInterval, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.PingIdle, Timeout: l.PingTimeout}),
@@ -254,6 +285,25 @@ func (s *Server) claimStream(id string) bool {
 	}
 	s.streams[id] = true
 	return true
+}
+
+// snapshotTurn waits for a turn to send a snapshot (Limits.MaxSnapshots)
+// and returns the function that ends it; the turn also ends by itself
+// after Limits.SnapshotTurn. Waiting streams take turns in arrival order.
+func (s *Server) snapshotTurn(ctx context.Context) (done func(), err error) {
+	if s.snapshots == nil {
+		return func() {}, nil
+	}
+	select {
+	case s.snapshots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.draining:
+		return nil, status.Error(codes.Unavailable, "broker stopping")
+	}
+	release := sync.OnceFunc(func() { <-s.snapshots })
+	t := time.AfterFunc(s.limits.SnapshotTurn, release)
+	return func() { t.Stop(); release() }, nil
 }
 
 func (s *Server) releaseStream(id string) {

@@ -38,6 +38,7 @@ const (
 	brokerID = "spiffe://ferry.test/broker"
 	writerA  = "spiffe://ferry.test/writer/a"
 	writerB  = "spiffe://ferry.test/writer/b"
+	writerC  = "spiffe://ferry.test/writer/c"
 	adminID  = "spiffe://ferry.test/admin"
 	value    = "s3cr3t-VALUE-never-logged"
 )

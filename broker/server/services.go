@@ -58,6 +58,13 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) (err error
 	if first.GetHello() == nil {
 		return status.Error(codes.InvalidArgument, "the first message must be hello")
 	}
+	// The snapshot is taken when its turn comes, so it is current when
+	// sent (server.go, Limits.MaxSnapshots).
+	endTurn, err := w.s.snapshotTurn(ctx)
+	if err != nil {
+		return err
+	}
+	defer endTurn()
 	sub, snapshot := w.s.cat.Subscribe(id)
 	if sub == nil { // removed by a reload since authorization
 		w.s.auditDenied(ctx, id, ferryv1.WriterService_Sync_FullMethodName, "unknown writer")
@@ -82,6 +89,7 @@ func (w *writerService) Sync(stream ferryv1.WriterService_SyncServer) (err error
 	}}, metrics.MsgSnapshotComplete, false); err != nil {
 		return err
 	}
+	endTurn()
 	for {
 		select {
 		case <-ctx.Done():

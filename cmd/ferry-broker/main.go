@@ -5,7 +5,9 @@
 //	ferry-broker version                        print version, commit and Go version
 //	ferry-broker -h                             list the subcommands and flags
 //
-// -cpuprofile FILE writes a CPU profile until the process stops.
+// -cpuprofile FILE writes a CPU profile until the process stops, and
+// -memprofile FILE a heap profile when it stops; both start before the
+// config is loaded, so they cover loading it (with validate too).
 package main
 
 import (
@@ -29,6 +31,11 @@ func run(args []string) error {
 		fmt.Println(command.Version("ferry-broker"))
 		return nil
 	}
+	stopProfile, err := line.StartProfile()
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	cfg, err := config.Load(line.Config)
 	if err != nil {
 		return err
@@ -44,11 +51,6 @@ func run(args []string) error {
 	// The first SIGTERM/interrupt starts a graceful stop; a second one kills.
 	ctx, stop := command.SignalContext()
 	defer stop()
-	stopProfile, err := line.StartProfile()
-	if err != nil {
-		return err
-	}
-	defer stopProfile()
 	// SIGHUP re-reads the file's `writers` section (an invalid file is logged
 	// and ignored).
 	return broker.Run(ctx, cfg, log, broker.ReloadFrom(line.Config))

@@ -8,7 +8,8 @@
 //
 // -kube-qps, -kube-burst and -parallelism override the file's
 // kubernetes.qps, kubernetes.burst and kubernetes.parallelism;
-// -cpuprofile FILE writes a CPU profile until the process stops.
+// -cpuprofile FILE writes a CPU profile until the process stops, and
+// -memprofile FILE a heap profile when it stops.
 package main
 
 import (

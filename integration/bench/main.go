@@ -37,6 +37,10 @@ type options struct {
 	sync         bool // run the initial-sync scenarios of -sizes
 	templates    int  // bindings of the templated-vs-untemplated scenario (0: skip)
 	failover     bool // run the fail-over scenario: two brokers, kill -9 the active
+	// The scale scenario (scale.go): scaleWriters simulated writers (0:
+	// skip) with scalePerWriter bindings each over scalePaths KV paths.
+	scaleWriters, scalePerWriter, scalePaths int
+	scaleMemLimit                            string // GOMEMLIMIT of its broker ("": none)
 }
 
 func main() {
@@ -58,9 +62,25 @@ func main() {
 	flag.BoolVar(&o.state, "state", true, "the -shared scenario's broker keeps lease state in Vault (vault.state: {mount: secret, path: ferry-broker})")
 	flag.BoolVar(&o.sync, "sync", true, "measure the initial sync (with steady state and a broker restart) at each of -sizes")
 	flag.IntVar(&o.templates, "templates", 1000, "bindings of the templates scenario: each renders two KV sources with a template, next to the same bindings untemplated (0: skip)")
-	flag.BoolVar(&o.failover, "failover", true, "measure a fail-over: the -shared workload on two brokers with one config (ha), kill -9 the active; alone: -sync=false -shared=false -templates=0 -changes=0")
+	flag.BoolVar(&o.failover, "failover", true, "measure a fail-over: the -shared workload on two brokers with one config (ha), kill -9 the active")
+	flag.IntVar(&o.scaleWriters, "scale-writers", 1000, "writers of the scale scenario, simulated inside the bench as gRPC clients with their own SVIDs (0: skip)")
+	flag.IntVar(&o.scalePerWriter, "scale-bindings", 100, "bindings per writer of the scale scenario")
+	flag.IntVar(&o.scalePaths, "scale-paths", 1000, "distinct KV paths the scale scenario's bindings share")
+	flag.StringVar(&o.scaleMemLimit, "scale-memlimit", "", "run the scale scenario's broker with this GOMEMLIMIT (the Go runtime's soft memory limit, e.g. 350MiB; default none)")
+	scaleOnly := flag.Bool("scale-only", false, "run only the scale scenario (the same as -sync=false -shared=false -templates 0 -changes 0 -failover=false)")
+	failoverOnly := flag.Bool("failover-only", false, "run only the fail-over scenario (the same as -sync=false -shared=false -templates 0 -changes 0 -scale-writers 0)")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
+	if *scaleOnly {
+		o.sync, o.shared, o.templates, o.changes, o.failover = false, false, 0, 0, false
+	}
+	if *failoverOnly {
+		o.sync, o.shared, o.templates, o.changes, o.scaleWriters, o.failover = false, false, 0, 0, 0, true
+	}
+	if o.scaleWriters > 0 && (o.scalePerWriter < 8 || o.scalePaths < 1 || o.scaleWriters < scaleProbeWriters+scaleLateWriters+2) {
+		fmt.Fprintf(os.Stderr, "bench: the scale scenario needs at least %d writers, 8 bindings each and one path\n", scaleProbeWriters+scaleLateWriters+2)
+		os.Exit(2)
+	}
 	if o.reps < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -reps must be at least 1")
 		os.Exit(2)
@@ -137,6 +157,12 @@ func run(r *stack.Runner, o options) *report {
 		isolated(r, o, func(sr *stack.Runner) {
 			res := templatesScenario(sr, o, o.templates)
 			rep.templates = &res
+		})
+	}
+	if o.scaleWriters > 0 {
+		isolated(r, o, func(sr *stack.Runner) {
+			res := scaleScenario(sr, o, o.scaleWriters, o.scalePerWriter, o.scalePaths)
+			rep.scale = &res
 		})
 	}
 	if o.changes > 0 {

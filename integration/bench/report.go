@@ -18,6 +18,7 @@ type report struct {
 	shared    *sharedResult    // nil: not measured
 	failover  *failoverResult  // nil: not measured
 	templates *templatesResult // nil: not measured
+	scale     *scaleResult     // nil: not measured
 	latency   latencyResult
 }
 
@@ -50,6 +51,9 @@ func (r *report) markdown(command string) string {
 	}
 	if r.templates != nil {
 		r.templates.markdown(&b)
+	}
+	if r.scale != nil {
+		r.scale.markdown(&b)
 	}
 	if r.latency.changes > 0 {
 		l := r.latency

@@ -78,15 +78,18 @@ func newEnv(r *stack.Runner, n int) *env {
 }
 
 // profileDir, from FERRY_BENCH_PROFILE, makes the broker and the writers
-// write CPU profiles there (NAME-TIME.prof), for `go tool pprof`.
+// write CPU profiles (NAME-TIME.prof) and heap profiles at their stop
+// (NAME-TIME.mem.prof) there, for `go tool pprof`.
 var profileDir = os.Getenv("FERRY_BENCH_PROFILE")
 
-// profiled returns args, with -cpuprofile when profileDir is set.
+// profiled returns args, with -cpuprofile and -memprofile when profileDir
+// is set.
 func profiled(name string, args ...string) []string {
 	if profileDir == "" {
 		return args
 	}
-	return append([]string{"-cpuprofile", filepath.Join(profileDir, fmt.Sprintf("%s-%d.prof", name, time.Now().UnixNano()))}, args...)
+	base := filepath.Join(profileDir, fmt.Sprintf("%s-%d", name, time.Now().UnixNano()))
+	return append([]string{"-cpuprofile", base + ".prof", "-memprofile", base + ".mem.prof"}, args...)
 }
 
 // writerLogLevel is the writers' log level; FERRY_BENCH_WRITER_LOG=debug

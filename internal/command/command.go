@@ -11,8 +11,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/ferry-secrets/ferry/internal/buildinfo"
@@ -51,28 +53,86 @@ type Line struct {
 	Validate   bool   // "validate": check the config and exit
 	Version    bool   // "version": print the build's version and exit
 	CPUProfile string // -cpuprofile: where to write a CPU profile; "" for none
+	MemProfile string // -memprofile: where to write a heap profile at stop; "" for none
 }
 
 // Version is the line `NAME version` prints: the version, commit and Go
 // version of the build.
 func Version(name string) string { return name + " " + buildinfo.Get().String() }
 
-// StartProfile starts the CPU profile asked for with -cpuprofile (for
-// performance work; `go tool pprof` reads it) and returns the function that
-// writes it out. Without -cpuprofile it does nothing.
+// StartProfile starts the profiles asked for on the command line (for
+// performance work; `go tool pprof` reads them) and returns the function
+// that writes them out when the process stops. -cpuprofile: a CPU profile
+// from now until then. -memprofile: a heap profile, taken (after a garbage
+// collection) on each SIGUSR1, or at the stop if no SIGUSR1 came: its
+// inuse_* samples are what the process holds then, its alloc_* samples
+// everything it allocated since it started, config loading included.
+// (At the stop a service has already let go of most of its state: send
+// SIGUSR1 while it runs to see what it holds.) Without either flag it does
+// nothing.
 func (l Line) StartProfile() (stop func(), err error) {
-	if l.CPUProfile == "" {
-		return func() {}, nil
+	stopCPU := func() {}
+	if l.CPUProfile != "" {
+		f, err := os.Create(l.CPUProfile)
+		if err != nil {
+			return nil, fmt.Errorf("-cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("-cpuprofile: %w", err)
+		}
+		stopCPU = func() { pprof.StopCPUProfile(); f.Close() }
 	}
-	f, err := os.Create(l.CPUProfile)
+	if l.MemProfile == "" {
+		return stopCPU, nil
+	}
+	// Create the file now, so that a bad path fails the start, not the stop.
+	f, err := os.Create(l.MemProfile)
 	if err != nil {
-		return nil, fmt.Errorf("-cpuprofile: %w", err)
+		stopCPU()
+		return nil, fmt.Errorf("-memprofile: %w", err)
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	f.Close()
+	var mu sync.Mutex
+	written := false
+	write := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		runtime.GC() // inuse_* as of now, not as of the last collection
+		f, err := os.Create(l.MemProfile)
+		if err == nil {
+			err = pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "-memprofile:", err)
+		}
+		written = true
 	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-usr1:
+				write()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(usr1)
+		close(done)
+		stopCPU()
+		mu.Lock()
+		w := written
+		mu.Unlock()
+		if !w {
+			write()
+		}
+	}, nil
 }
 
 // Parse parses args, `[validate|version] -config FILE`, for the command
@@ -94,6 +154,7 @@ func Parse(name, defaultConfig, usage string, args []string, extra ...func(*flag
 	fs.SetOutput(io.Discard) // errors are returned; -h is a *Help
 	fs.StringVar(&l.Config, "config", defaultConfig, usage)
 	fs.StringVar(&l.CPUProfile, "cpuprofile", "", "write a CPU profile to this file until the process stops")
+	fs.StringVar(&l.MemProfile, "memprofile", "", "write a heap profile (in use then, and allocated since the start) to this file on each SIGUSR1, or at the stop if none came")
 	for _, f := range extra {
 		f(fs)
 	}

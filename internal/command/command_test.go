@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParse(t *testing.T) {
@@ -56,6 +58,50 @@ func TestCPUProfile(t *testing.T) {
 	}
 }
 
+func TestMemProfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mem.prof")
+	l, err := Parse("x", "/etc/x.yaml", "", []string{"-memprofile", path, "-config", "a.yaml"})
+	if err != nil || l.MemProfile != path {
+		t.Fatalf("Parse = %+v, %v", l, err)
+	}
+	stop, err := l.StartProfile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() != 0 {
+		t.Fatalf("before the stop: %v, %v (want an empty file)", fi, err)
+	}
+	// SIGUSR1 writes it while the process runs.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("SIGUSR1 wrote no profile")
+		}
+	}
+	stop()
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		t.Fatalf("profile not written: %v", err)
+	}
+	// Without SIGUSR1, the stop writes it.
+	l.MemProfile = filepath.Join(t.TempDir(), "mem2.prof")
+	if stop, err = l.StartProfile(); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if fi, err := os.Stat(l.MemProfile); err != nil || fi.Size() == 0 {
+		t.Fatalf("profile not written at the stop: %v", err)
+	}
+	bad := Line{MemProfile: filepath.Join(t.TempDir(), "missing", "mem.prof")}
+	if _, err := bad.StartProfile(); err == nil || !strings.Contains(err.Error(), "-memprofile") {
+		t.Errorf("an unwritable -memprofile: err = %v, want it named", err)
+	}
+}
+
 func TestVersionSubcommand(t *testing.T) {
 	l, err := Parse("ferry-test", "/etc/x.yaml", "config file", []string{"version"})
 	if err != nil || !l.Version || l.Validate {
@@ -85,7 +131,7 @@ func TestHelp(t *testing.T) {
 		if code := exit("ferry-test", err, &stdout, &stderr); code != 0 || stderr.Len() != 0 {
 			t.Errorf("%s: exit status %d, stderr %q", arg, code, stderr.String())
 		}
-		for _, want := range []string{"ferry-test validate", "ferry-test version", "-config", "-cpuprofile", "-parallelism", "applies in flight"} {
+		for _, want := range []string{"ferry-test validate", "ferry-test version", "-config", "-cpuprofile", "-memprofile", "-parallelism", "applies in flight"} {
 			if !strings.Contains(stdout.String(), want) {
 				t.Errorf("%s: help does not mention %q:\n%s", arg, want, stdout.String())
 			}

@@ -28,7 +28,8 @@ const (
 // Document is a decoded file: the problems found while decoding it and its
 // node tree, which locates later problems by field path.
 type Document struct {
-	root    *yaml.Node // nil for an empty or unreadable file
+	root    *yaml.Node // nil for an empty or unreadable file, or one decoded without a tree
+	raw     []byte     // a file decoded without a tree, for Line (stream.go)
 	invalid bool       // not one YAML document: nothing was decoded
 	errs    []*Error
 	bad     map[string]bool // paths whose value failed to decode
@@ -52,6 +53,22 @@ func Decode(data []byte, out any) *Document {
 	if v.Kind() != reflect.Pointer || v.IsNil() {
 		panic("yamlconfig: Decode needs a non-nil pointer")
 	}
+	// First from parse events, holding no node tree (stream.go); a file
+	// that needs one (anchors, aliases, merges, several documents, or a
+	// syntax error) decodes from its tree, into out as it was.
+	saved := reflect.New(v.Elem().Type())
+	saved.Elem().Set(v.Elem())
+	d := &Document{bad: map[string]bool{}, raw: data}
+	err := decodeStream(data, v.Elem(), &walker{doc: d, left: 4*len(data) + 10_000, active: map[*yaml.Node]bool{}})
+	if err == nil {
+		return d
+	}
+	v.Elem().Set(saved.Elem())
+	return decodeTree(data, v)
+}
+
+// decodeTree is Decode from the document's node tree.
+func decodeTree(data []byte, v reflect.Value) *Document {
 	d := &Document{bad: map[string]bool{}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
@@ -134,7 +151,12 @@ type walker struct {
 
 // fail records a problem at n.
 func (w *walker) fail(n *yaml.Node, path, format string, args ...any) {
-	w.doc.errs = append(w.doc.errs, &Error{Path: path, Line: n.Line, Msg: fmt.Sprintf(format, args...)})
+	w.failAt(n.Line, path, format, args...)
+}
+
+// failAt records a problem on line.
+func (w *walker) failAt(line int, path, format string, args ...any) {
+	w.doc.errs = append(w.doc.errs, &Error{Path: path, Line: line, Msg: fmt.Sprintf(format, args...)})
 }
 
 // failValue records a value that could not be decoded.

@@ -12,6 +12,14 @@ import (
 // file: a missing field is located at the mapping that lacks it. It returns 0
 // when not even the first part is in the file.
 func (d *Document) Line(path string) int {
+	if d.root == nil && d.raw != nil {
+		// Decoded without a tree: build it now, on the error path only.
+		var doc yaml.Node
+		if err := yaml.Unmarshal(d.raw, &doc); err == nil && doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+			d.root = doc.Content[0]
+		}
+		d.raw = nil
+	}
 	n, line := d.root, 0
 	for n != nil && path != "" {
 		var key string

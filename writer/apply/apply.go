@@ -1,19 +1,26 @@
-// Package apply writes Secrets to the Kubernetes API with server-side apply
-// under the field manager "ferry-writer". It needs only the create and patch
-// verbs on Secrets (and delete, for bindings whose deletion policy is
-// delete): it never gets, lists or watches a Secret.
+// Package apply writes Secrets to the Kubernetes API under the field
+// manager "ferry-writer", in one of two modes (the writer's
+// kubernetes.write). Apply mode server-side applies every Secret and needs
+// the create and patch verbs on Secrets. Update mode (WithUpdate) creates a
+// new Secret with a POST and replaces an existing one with an
+// unconditional PUT, whose body cannot reference the stored object, so no
+// crafted request reads a Secret back; it needs create and update, and
+// patch only on the Secrets bindings merge into (merge stays a server-side
+// apply, to own only its keys), and relies on the chart's
+// ValidatingAdmissionPolicy for ownership (CheckPolicy). Either mode needs
+// delete only for bindings whose deletion policy is delete, and never gets,
+// lists or watches a Secret.
 //
 // It remembers the revision it last applied to each Secret and skips the
 // write when that revision comes again, so unchanged content causes no
 // request. It also keeps each Secret's desired content so that Resync can
-// apply everything again periodically: a Secret deleted by hand comes back,
-// a value edited by hand is restored, and since a server-side apply of
-// identical content is a no-op in etcd, an untouched Secret's
-// resourceVersion never moves. A failed apply (an apiserver error, a
-// timeout, an admission refusal, a Secret it may not own) is retried per
-// Secret with exponential backoff and jitter until it succeeds or a newer
-// upsert or a delete replaces it (RunRetries); each retry's outcome is
-// reported on Results.
+// write everything again periodically: a Secret deleted by hand comes back,
+// a value edited by hand is restored, and since a write of identical
+// content is a no-op in etcd, an untouched Secret's resourceVersion never
+// moves. A failed apply (an apiserver error, a timeout, an admission
+// refusal, a Secret it may not own) is retried per Secret with exponential
+// backoff and jitter until it succeeds or a newer upsert or a delete
+// replaces it (RunRetries); each retry's outcome is reported on Results.
 //
 // Creation policies decide how a Secret that exists before Ferry first
 // writes it is treated (see Apply); deletion happens only through Forget,
@@ -112,6 +119,7 @@ type Applier struct {
 	creation    []ferryv1.CreationPolicy // see WithCreationPolicies
 	timeout     time.Duration
 	allowDelete bool
+	update      bool // see WithUpdate
 	restarter   Restarter
 	log         *slog.Logger
 	metrics     *metrics.Metrics // nil: none
@@ -135,6 +143,9 @@ type entry struct {
 	// the Secret most likely exists: check ownership first, skip the
 	// create-only apply.
 	existing bool
+	// uid is the UID the Secret was last written under (update mode's
+	// deletion precondition); "" when unknown.
+	uid types.UID
 }
 
 // New returns an Applier that writes through secrets (typically a typed
@@ -189,18 +200,21 @@ func (a *Applier) ExpectExisting(s *ferryv1.Secret) {
 	e.existing = true
 }
 
-// Apply writes s with server-side apply, forcing ownership of the fields it
-// sets. It reports unchanged=true, and writes nothing, when s.Revision is
-// the revision last applied to the same namespace/name (a changed delivery
-// policy is still taken over).
+// Apply writes s: with server-side apply, forcing ownership of the fields
+// it sets, or in update mode (WithUpdate) with a create or a replace (merge
+// stays a server-side apply). It reports unchanged=true, and writes
+// nothing, when s.Revision is the revision last applied to the same
+// namespace/name (a changed delivery policy is still taken over).
 //
 // By s.Creation: create (the default) writes only a Secret that is absent
 // or carries this binding's label: the first write of a Secret in this
 // process is a create-only apply (one request for a new Secret); when the
 // Secret exists, a JSON patch whose only operation is a test checks the
-// label (so no get is needed) before the apply. Merge writes only into an
-// existing Secret and owns only the keys it sets; takeover writes whatever
-// is there.
+// label (so no get is needed) before the apply. In update mode the first
+// write is a create, and an existing Secret is replaced only if the
+// admission policy finds this binding's label on it. Merge writes only into
+// an existing Secret and owns only the keys it sets; takeover writes
+// whatever is there.
 //
 // Before anything else, a Secret the writer's configuration does not allow
 // (see RefusedError) is refused with a *RefusedError and no request.
@@ -287,10 +301,16 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (_ typ
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	ns, name := s.GetNamespace(), s.GetName()
+	if a.update && s.GetCreation() != ferryv1.CreationPolicy_CREATION_POLICY_MERGE {
+		return a.replace(ctx, e, s)
+	}
 	switch s.GetCreation() {
 	case ferryv1.CreationPolicy_CREATION_POLICY_MERGE:
 		// Every time: merge never creates, not even after a deletion by hand.
 		exists, _, err := a.test(ctx, ns, name, nil)
+		if err != nil && a.update && apierrors.IsForbidden(err) && !admissionDenied(err) {
+			return "", false, fmt.Errorf("apply: %s/%s: creation policy merge: the writer may not patch this Secret (in update mode its Role patches only the Secrets named in the writer chart's admissionPolicy.mergeTargets): %w", ns, name, err)
+		}
 		if err != nil {
 			return "", false, fmt.Errorf("apply: %s/%s: %w", ns, name, err)
 		}
@@ -337,8 +357,8 @@ func (a *Applier) write(ctx context.Context, e *entry, s *ferryv1.Secret) (_ typ
 // reach it.
 const impossibleResourceVersion = "9223372036854775807"
 
-// createOnly makes cfg a create-if-absent: a server-side apply whose
-// resourceVersion is set is refused with 409 Conflict unless the stored
+// createOnly (apply mode) makes cfg a create-if-absent: a server-side apply
+// whose resourceVersion is set is refused with 409 Conflict unless the stored
 // object has that resourceVersion, and an absent object has none to
 // compare, so the apply creates it (with server-side apply field
 // ownership, which a POST would not give). kube-apiserver ignores the
@@ -347,8 +367,9 @@ func createOnly(cfg *corev1apply.SecretApplyConfiguration) *corev1apply.SecretAp
 	return cfg.WithResourceVersion(impossibleResourceVersion)
 }
 
-// applyConfig is the server-side apply configuration for s.
-func applyConfig(s *ferryv1.Secret) *corev1apply.SecretApplyConfiguration {
+// secretLabels are the labels Ferry writes on s's Secret: the broker's,
+// with Ferry's own overriding them.
+func secretLabels(s *ferryv1.Secret) map[string]string {
 	labels := make(map[string]string, len(s.GetLabels())+2)
 	for k, v := range s.GetLabels() {
 		labels[k] = v
@@ -357,8 +378,13 @@ func applyConfig(s *ferryv1.Secret) *corev1apply.SecretApplyConfiguration {
 		labels[LabelManagedBy] = ManagedByValue
 	}
 	labels[LabelBinding] = s.GetBinding()
+	return labels
+}
+
+// applyConfig is the server-side apply configuration for s.
+func applyConfig(s *ferryv1.Secret) *corev1apply.SecretApplyConfiguration {
 	cfg := corev1apply.Secret(s.GetName(), s.GetNamespace()).
-		WithLabels(labels).
+		WithLabels(secretLabels(s)).
 		WithData(s.GetData())
 	if s.GetCreation() != ferryv1.CreationPolicy_CREATION_POLICY_MERGE {
 		cfg = cfg.WithType(secretType(s)) // a merged Secret keeps its own type
@@ -388,8 +414,9 @@ func labelTest(binding string) []jsonPatchOp {
 }
 
 // test sends a JSON patch made only of test operations (or none), which
-// never changes the Secret: it reports whether the Secret exists and
-// whether the tests held, and returns its UID. It uses the patch verb, not
+// never changes the Secret (apply mode's ownership check; in both modes
+// merge's existence check, on named merge targets only in update mode): it
+// reports whether the Secret exists and whether the tests held. It uses the patch verb, not
 // get; the response body is dropped at once.
 func (a *Applier) test(ctx context.Context, ns, name string, ops []jsonPatchOp) (exists, ok bool, err error) {
 	if ops == nil {

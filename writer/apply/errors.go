@@ -64,7 +64,7 @@ func (e *APIError) Status() metav1.Status {
 // (transport, context) carry no object and are kept so errors.Is works.
 // The message of a status whose causes name fields (kube-apiserver's
 // validation of the object) is not kept: it quotes the values it refuses
-// (docs/rbac.md, "Known limit"); the causes' field paths and types say what
+// (docs/rbac.md, "What remains" and the apply-mode crafted patches); the causes' field paths and types say what
 // was wrong without them. Other messages (an admission policy's denial, a
 // conflict) are kept: they are written by the apiserver's or the cluster's
 // rules, not taken from the object.

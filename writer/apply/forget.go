@@ -13,9 +13,9 @@ import (
 
 // Forget handles a binding the broker removed. With deletion policy delete
 // (and deletion enabled), it deletes the Secret — only if it still carries
-// the binding's label, and with a UID precondition — or, for a merged
-// binding, removes only the fields Ferry owns by applying an empty
-// configuration. Otherwise it retains the Secret. Either way it stops
+// the binding's label, and with a UID precondition (in update mode see
+// forgetUpdate) — or, for a merged binding, removes only the fields Ferry
+// owns by applying an empty configuration. Otherwise it retains the Secret. Either way it stops
 // resyncing it. It reports whether anything was deleted.
 func (a *Applier) Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted bool, err error) {
 	ns, name := ref.GetNamespace(), ref.GetName()
@@ -49,6 +49,9 @@ func (a *Applier) Forget(ctx context.Context, ref *ferryv1.SecretRef) (deleted b
 			return false, wrapForget(ns, name, safeError(err))
 		}
 		return true, nil
+	}
+	if a.update {
+		return a.forgetUpdate(ctx, ns, name, e.uid)
 	}
 	exists, ours, uid, err := a.testUID(ctx, ns, name, labelTest(ref.GetBinding()))
 	switch {

@@ -147,7 +147,20 @@ type Kubernetes struct {
 	// AllowInsecure accepts a kubeconfig with insecure-skip-tls-verify or
 	// an http:// server. Development only; the writer logs a warning.
 	AllowInsecure bool `json:"allow_insecure,omitempty"`
+	// Write is how Secrets are written (docs/design/writer-update.md):
+	// WriteApply (the default) server-side applies them and needs the patch
+	// verb on every Secret of the namespaces; WriteUpdate creates and
+	// replaces them (POST, PUT) and needs patch only on merge targets, but
+	// is safe only with the chart's ValidatingAdmissionPolicy, which the
+	// writer checks at start.
+	Write string `json:"write,omitempty"`
 }
+
+// Write methods (kubernetes.write).
+const (
+	WriteApply  = "apply"
+	WriteUpdate = "update"
+)
 
 // Log configures logging.
 type Log struct {
@@ -198,6 +211,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Kubernetes.Burst == 0 {
 		c.Kubernetes.Burst = DefaultBurst
+	}
+	if c.Kubernetes.Write == "" {
+		c.Kubernetes.Write = WriteApply
 	}
 	if c.Kubernetes.Parallelism == 0 {
 		c.Kubernetes.Parallelism = DefaultParallelism
@@ -269,6 +285,9 @@ func (c Config) validate() error {
 	}
 	if k.Parallelism <= 0 || k.Parallelism > maxParallelism {
 		p.Add("kubernetes.parallelism", "%d must be between 1 and %d", k.Parallelism, maxParallelism)
+	}
+	if k.Write != WriteApply && k.Write != WriteUpdate {
+		p.Add("kubernetes.write", "%q must be %q or %q", k.Write, WriteApply, WriteUpdate)
 	}
 	if len(c.Namespaces) == 0 {
 		p.Add("namespaces", "required")

@@ -29,6 +29,9 @@ func TestParseDefaults(t *testing.T) {
 	if c.Kubernetes.QPS != DefaultQPS || c.Kubernetes.Burst != DefaultBurst || c.Kubernetes.Parallelism != DefaultParallelism {
 		t.Errorf("kubernetes defaults not applied: %+v", c.Kubernetes)
 	}
+	if c.Kubernetes.Write != WriteApply {
+		t.Errorf("kubernetes.write = %q, want %q by default", c.Kubernetes.Write, WriteApply)
+	}
 	if c.Log.Level != "info" {
 		t.Errorf("log.level = %q, want info", c.Log.Level)
 	}
@@ -69,7 +72,7 @@ func TestParseFilesAndOverrides(t *testing.T) {
 	c, err := Parse([]byte(`
 broker: {address: "broker.example:443", spiffe_id: "spiffe://example.org/ferry/broker"}
 spiffe: {files: {cert: /s/cert.pem, key: /s/key.pem, bundle: /s/bundle.pem}}
-kubernetes: {qps: 200, burst: 400, parallelism: 64}
+kubernetes: {qps: 200, burst: 400, parallelism: 64, write: update}
 namespaces: [a]
 log: {level: debug}
 metrics: {listen: "0.0.0.0:9090"}
@@ -77,7 +80,7 @@ metrics: {listen: "0.0.0.0:9090"}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Kubernetes.QPS != 200 || c.Kubernetes.Burst != 400 || c.Kubernetes.Parallelism != 64 {
+	if c.Kubernetes.QPS != 200 || c.Kubernetes.Burst != 400 || c.Kubernetes.Parallelism != 64 || c.Kubernetes.Write != WriteUpdate {
 		t.Errorf("kubernetes = %+v", c.Kubernetes)
 	}
 	if c.SPIFFE.Files == nil || c.SPIFFE.Files.Bundle != "/s/bundle.pem" {
@@ -114,6 +117,7 @@ func TestValidate(t *testing.T) {
 		{name: "burst negative", edit: func(c *Config) { c.Kubernetes.Burst = -1 }, substr: "kubernetes.burst:"},
 		{name: "parallelism negative", edit: func(c *Config) { c.Kubernetes.Parallelism = -1 }, substr: "kubernetes.parallelism:"},
 		{name: "parallelism huge", edit: func(c *Config) { c.Kubernetes.Parallelism = 1 << 20 }, substr: "kubernetes.parallelism:"},
+		{name: "write unknown", edit: func(c *Config) { c.Kubernetes.Write = "replace" }, substr: `kubernetes.write: "replace" must be "apply" or "update"`},
 		{name: "namespaces missing", edit: func(c *Config) { c.Namespaces = nil }, substr: "namespaces: required"},
 		{name: "namespace invalid", edit: func(c *Config) { c.Namespaces = []string{"demo", "Bad_NS"} }, substr: `namespaces[1]: "Bad_NS"`},
 		{name: "namespace twice", edit: func(c *Config) { c.Namespaces = []string{"demo", "demo"} }, substr: `namespaces[1]: "demo" is listed twice`},
