@@ -18,8 +18,10 @@ var failoverHA = ferrystack.HA{
 	LockMount: "secret", LockPath: "ferry-broker-ha/leader",
 }
 
-// failoverResult is the fail-over row: the shared-paths workload served by
-// two brokers with one config; the active one is killed (kill -9).
+// failoverResult is the fail-over table: the shared-paths workload served
+// by two brokers with one config; the active one is killed (kill -9), then,
+// with the killed one back as standby, the new active is stopped (SIGTERM,
+// a planned restart).
 type failoverResult struct {
 	brokers        int
 	paths, writers int
@@ -27,14 +29,20 @@ type failoverResult struct {
 	dynamic, pki   int
 	ha             ferrystack.HA
 	sync           time.Duration // start until every Secret is delivered
-	takeover       time.Duration // kill until the standby reports itself active
-	converged      time.Duration // kill until the new active reports every binding applied
-	requests       int           // the writers' requests on Secrets from kill to converged
+	standbyLeases  leaseActivity // what the standby asked Vault's dynamic engines before the first take-over (ideally nothing)
+	rows           []takeoverRow
+}
+
+// takeoverRow is one take-over: the active broker stopped one way.
+type takeoverRow struct {
+	how            string        // "kill -9", "SIGTERM"
+	takeover       time.Duration // stop until the standby reports itself active
+	converged      time.Duration // stop until the new active reports every binding applied
+	requests       int           // the writers' requests on Secrets from the stop to converged
 	writes         int           // Secret changes seen by the watch over the same window
 	leaseWrites    int           // of writes, on the dynamic and PKI Secrets
 	vault          leaseActivity
-	standbyLeases  leaseActivity // what the standby asked Vault's dynamic engines before it took over (ideally nothing)
-	killed, active string        // ha.id of the killed and of the new active broker
+	stopped, taker string // ha.id of the stopped and of the new active broker
 }
 
 // failoverScenario: the shared-paths workload (every writer binds every KV
@@ -89,28 +97,50 @@ path "%[1]s/metadata/%[2]s" { capabilities = ["create", "update", "read"] }
 	standby := otherThan(f.brokers, active)
 	res.standbyLeases = e.leaseActivityOf(standby.ID)
 
+	res.rows = append(res.rows, e.takeover(f, tr, leases, active, "kill -9", (*ferrystack.Broker).Kill))
+	// The killed broker comes back as the standby; once it has seen the
+	// lock, a planned restart of the active (SIGTERM: it releases the lock).
+	active.Start()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if isActive, err := active.Active(); err == nil && !isActive {
+			break // up, and standing by
+		}
+		if time.Now().After(deadline) {
+			r.Fatalf("failover: the restarted %s is not standing by after a minute", active.ID)
+		}
+	}
+	next, _ := f.brokers.WaitActive(r, time.Minute)
+	res.rows = append(res.rows, e.takeover(f, tr, leases, next, "SIGTERM", (*ferrystack.Broker).Stop))
+	return res
+}
+
+// takeover stops the active broker with stop and measures until the other
+// is active and reports every binding applied again, and what that cost
+// the apiserver and Vault's dynamic engines.
+func (e *env) takeover(f *ferry, tr *tracker, leases leaseBindingList, active *ferrystack.Broker, how string, stop func(*ferrystack.Broker)) takeoverRow {
+	row := takeoverRow{how: how, stopped: active.ID}
 	requests0, _ := e.writerRequests()
 	writes0, leaseWrites0 := tr.writes(), tr.writesTo(leases.keys())
 	vault0 := e.leaseActivity()
-	logf("failover: kill -9 %s", active.ID)
-	active.Kill()
-	kill := time.Now()
-	next, _ := f.brokers.WaitActive(r, 2*time.Minute)
-	res.takeover = time.Since(kill)
+	logf("failover: %s %s", how, active.ID)
+	start := time.Now()
+	stop(active)
+	next, _ := f.brokers.WaitActive(e.r, 2*time.Minute)
+	row.takeover = time.Since(start)
 	f.addr = next.Addr
-	waitDelivered(r, f, 5*time.Minute)
-	res.converged = time.Since(kill)
+	waitDelivered(e.r, f, 5*time.Minute)
+	row.converged = time.Since(start)
 	// The writers report an apply once the apiserver answered; give the
 	// watch a moment to deliver the matching events.
 	time.Sleep(time.Second)
 	requests1, _ := e.writerRequests()
-	res.requests = requests1 - requests0
-	res.writes, res.leaseWrites = tr.writes()-writes0, tr.writesTo(leases.keys())-leaseWrites0
-	res.vault = e.leaseActivity().minus(vault0)
-	res.killed, res.active = active.ID, next.ID
+	row.requests = requests1 - requests0
+	row.writes, row.leaseWrites = tr.writes()-writes0, tr.writesTo(leases.keys())-leaseWrites0
+	row.vault = e.leaseActivity().minus(vault0)
+	row.taker = next.ID
 	logf("failover: %s active after %v, every binding applied again after %v; %d new database leases, %d new certificates, %d revocations, %d Secret writes",
-		next.ID, res.takeover, res.converged, res.vault.dbLeases, res.vault.certs, res.vault.revokes, res.writes)
-	return res
+		next.ID, row.takeover, row.converged, row.vault.dbLeases, row.vault.certs, row.vault.revokes, row.writes)
+	return row
 }
 
 // otherThan is the first broker of bs that is not b.
@@ -139,21 +169,27 @@ func (e *env) leaseActivityOf(id string) leaseActivity {
 // restart of the shared-paths scenario when it ran too (nil: not measured
 // in this run).
 func (s *failoverResult) markdown(b *strings.Builder, refresh time.Duration, restart *sharedResult) {
-	fmt.Fprintf(b, "\n## Broker fail-over: kill -9 the active broker\n\n")
-	fmt.Fprintf(b, "The shared-paths workload (%d distinct KV v2 paths, each bound by all %d writers: %d KV bindings, refresh %v; %d dynamic database and %d PKI bindings, lease and certificate TTL 1 h) served by %d brokers with one config apart from `ha.id` (`ha: {lease_duration: %v, renew_deadline: %v, retry_period: %v, lock: {mount: %s, path: %s}}`, `vault.state: {mount: secret, path: ferry-broker}`); every writer has every broker's address. After the initial sync the active broker is killed with SIGKILL; the writers stay up.\n\n",
+	fmt.Fprintf(b, "\n## Broker fail-over: kill -9 or stop the active broker\n\n")
+	fmt.Fprintf(b, "The shared-paths workload (%d distinct KV v2 paths, each bound by all %d writers: %d KV bindings, refresh %v; %d dynamic database and %d PKI bindings, lease and certificate TTL 1 h) served by %d brokers with one config apart from `ha.id` (`ha: {lease_duration: %v, renew_deadline: %v, retry_period: %v, lock: {mount: %s, path: %s}}`, `vault.state: {mount: secret, path: ferry-broker}`); every writer has every broker's address. After the initial sync the active broker is killed with SIGKILL; then, with the killed one started again as the standby, the new active is stopped with SIGTERM (a planned restart: it releases the lock on its way out). The writers stay up.\n\n",
 		s.paths, s.writers, s.kvBindings, refresh, s.dynamic, s.pki, s.brokers, s.ha.LeaseDuration, s.ha.RenewDeadline, s.ha.RetryPeriod, s.ha.LockMount, s.ha.LockPath)
-	fmt.Fprintf(b, "* **new active after**: from the kill until the standby's `%s` gauge is 1 (about `lease_duration`: the standby takes the lock once it has seen the record's version unchanged that long, counted from when it first saw the killed broker's last renewal, up to one `retry_period` before the kill).\n", ferrystack.HAActiveMetric)
-	fmt.Fprintf(b, "* **applied again after**: from the kill (the stop, for the restart row) until the serving broker's `ListBindings` reports every binding applied at its desired revision by a connected writer.\n")
+	fmt.Fprintf(b, "* **new active after**: from the kill until the standby's `%s` gauge is 1 (after a kill, about `lease_duration`: the standby takes the lock once it has seen the record's version unchanged that long, counted from when it first saw the killed broker's last renewal, up to one `retry_period` before the kill; after SIGTERM, the standby's next read of the released lock).\n", ferrystack.HAActiveMetric)
+	fmt.Fprintf(b, "* **applied again after**: from the kill or stop until the serving broker's `ListBindings` reports every binding applied at its desired revision by a connected writer.\n")
 	fmt.Fprintf(b, "* **writer requests** and **Secret writes**: the writers' requests on Secrets in the apiserver's audit log and the Secret changes seen by the apiserver watch over that window; in brackets, the writes on the dynamic and PKI Secrets.\n")
-	fmt.Fprintf(b, "* **new DB leases**, **new certificates**, **leases revoked**: successful `database/creds/%s` reads, `pki/issue/%s` and `sys/leases/revoke` requests in Vault's audit log over the same window. **standby before take-over**: the same three counts for requests carrying the standby's `%s` before the kill (it should ask for nothing).\n\n", dbRole, pkiRole, ferrystack.BrokerIDHeader)
+	fmt.Fprintf(b, "* **new DB leases**, **new certificates**, **leases revoked**: successful `database/creds/%s` reads, `pki/issue/%s` and `sys/leases/revoke` requests in Vault's audit log over the same window. **standby before take-over**: the same three counts for requests carrying the standby's `%s` before the first kill (it should ask for nothing).\n\n", dbRole, pkiRole, ferrystack.BrokerIDHeader)
 	fmt.Fprintf(b, "| event | brokers | dynamic + PKI bindings | new active after | applied again after | writer requests | Secret writes (dynamic + PKI) | new DB leases | new certificates | leases revoked | standby before take-over (leases / certificates / revoked) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	if restart != nil {
 		fmt.Fprintf(b, "| restart of the only broker (SIGTERM, then start), shared-paths scenario above | 1 | %d + %d | – | %.1f s | %d | %d (%d) | %d | %d | %d | – |\n",
 			restart.dynamic, restart.pki, restart.restartConverged.Seconds(), restart.restartRequests, restart.restartWrites, restart.restartLeaseWrites,
 			restart.restartVault.dbLeases, restart.restartVault.certs, restart.restartVault.revokes)
 	}
-	fmt.Fprintf(b, "| kill -9 of the active broker (%s), standby (%s) takes over | %d | %d + %d | %.1f s | %.1f s | %d | %d (%d) | %d | %d | %d | %d / %d / %d |\n",
-		s.killed, s.active, s.brokers, s.dynamic, s.pki, s.takeover.Seconds(), s.converged.Seconds(), s.requests, s.writes, s.leaseWrites,
-		s.vault.dbLeases, s.vault.certs, s.vault.revokes, s.standbyLeases.dbLeases, s.standbyLeases.certs, s.standbyLeases.revokes)
+	for i, row := range s.rows {
+		standby := "–"
+		if i == 0 {
+			standby = fmt.Sprintf("%d / %d / %d", s.standbyLeases.dbLeases, s.standbyLeases.certs, s.standbyLeases.revokes)
+		}
+		fmt.Fprintf(b, "| %s of the active broker (%s), standby (%s) takes over | %d | %d + %d | %.1f s | %.1f s | %d | %d (%d) | %d | %d | %d | %s |\n",
+			row.how, row.stopped, row.taker, s.brokers, s.dynamic, s.pki, row.takeover.Seconds(), row.converged.Seconds(), row.requests, row.writes, row.leaseWrites,
+			row.vault.dbLeases, row.vault.certs, row.vault.revokes, standby)
+	}
 	fmt.Fprintf(b, "\nInitial sync of this scenario (two brokers): %.1f s.\n", s.sync.Seconds())
 }
