@@ -258,16 +258,6 @@ func (b *Broker) Runs() []Run {
 	return slices.Clone(b.runs)
 }
 
-// Logs are every run's logs, concatenated.
-func (b *Broker) Logs() string {
-	var s strings.Builder
-	for _, r := range b.Runs() {
-		data, _ := os.ReadFile(r.Log)
-		s.Write(data)
-	}
-	return s.String()
-}
-
 // Active reads the broker's HAActiveMetric: whether it says it is the
 // active broker. An error means the broker did not answer (not running,
 // paused, not started yet) or has no such metric.
