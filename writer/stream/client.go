@@ -209,7 +209,14 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		standby := ferryv1.IsStandby(err)
-		delay, paced := pace.after(standby)
+		// A broker that served this stream and then ended it as
+		// unavailable (it is stopping: with HA it has released the lock,
+		// so a standby takes over within a second) is left for the next
+		// address at once, like a standby's answer — not after the
+		// exponential backoff. A stream that lived at least StandbyPause
+		// cannot turn this into a tight loop.
+		moveOn := standby || (lived >= StandbyPause && status.Code(err) == codes.Unavailable)
+		delay, paced := pace.after(moveOn)
 		if !paced {
 			delay = wait.after(lived)
 		}

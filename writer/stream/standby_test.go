@@ -12,7 +12,9 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/ferry-secrets/ferry/internal/logtest"
@@ -140,5 +142,34 @@ func TestSingleBrokerStandbyBacksOff(t *testing.T) {
 	}
 	if d := retryDelays(t, logs)[0]; d < 30*time.Second {
 		t.Fatalf("single-address retry after standby: %v, want the backoff (1 min ±50%%)", d)
+	}
+}
+
+// TestStoppingBrokerMovesOnAtOnce: a broker that served the stream and then
+// ends it as unavailable (it is stopping; with HA it released the lock)
+// sends the writer to its next address without the backoff (a minute
+// here), as a standby's answer does.
+func TestStoppingBrokerMovesOnAtOnce(t *testing.T) {
+	reached := make(chan struct{})
+	var once sync.Once
+	_, logs := runBrokers(t, func(call int, st ferryv1.WriterService_SyncServer) error {
+		if call > 1 {
+			<-st.Context().Done()
+			return nil
+		}
+		time.Sleep(StandbyPause + 100*time.Millisecond)
+		return status.Error(codes.Unavailable, "broker stopping")
+	}, func(_ int, st ferryv1.WriterService_SyncServer) error {
+		once.Do(func() { close(reached) })
+		<-st.Context().Done()
+		return nil
+	})
+	select {
+	case <-reached:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the writer did not reach the next broker within 10 s of the first one stopping; log:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), `"retry_in":"0s"`) {
+		t.Errorf("no immediate move after the stopping broker; log:\n%s", logs.String())
 	}
 }
