@@ -269,11 +269,21 @@ const connectWait = 5 * time.Second
 //
 // With failFast (the client has further addresses), it returns as soon as
 // the connection fails once (TRANSIENT_FAILURE): a killed broker costs a
-// refused connection, not connectWait.
+// refused connection, not connectWait; and a connection already failed
+// tries again at once instead of after gRPC's reconnect backoff.
 func waitReady(ctx context.Context, conn *grpc.ClientConn, d time.Duration, failFast bool) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	conn.Connect()
+	if failFast && conn.GetState() == connectivity.TransientFailure {
+		// The connection is sitting out gRPC's own reconnect backoff from
+		// earlier failures (this broker was down, e.g. killed and
+		// restarted). The writer's pacing already spaces its attempts:
+		// try now, so a broker that came back is reached at once rather
+		// than after that backoff (up to 5 s, DialOptions).
+		conn.ResetConnectBackoff()
+		conn.WaitForStateChange(ctx, connectivity.TransientFailure)
+	}
 	for s := conn.GetState(); s != connectivity.Ready; s = conn.GetState() {
 		if failFast && s == connectivity.TransientFailure {
 			return
