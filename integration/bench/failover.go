@@ -30,6 +30,12 @@ type failoverResult struct {
 	ha             ferrystack.HA
 	sync           time.Duration // start until every Secret is delivered
 	standbyLeases  leaseActivity // what the standby asked Vault's dynamic engines before the first take-over (ideally nothing)
+	// KV reads of the bench's paths per refresh cycle by the active and
+	// by the standby over two cycles after the sync, and the standby's
+	// reads of the lock record over the same window.
+	activeReadsPerCycle, standbyReadsPerCycle float64
+	standbyLockReads                          int
+	steadyWindow                              time.Duration
 	rows           []takeoverRow
 }
 
@@ -96,6 +102,19 @@ path "%[1]s/metadata/%[2]s" { capabilities = ["create", "update", "read"] }
 	// What the standby asked of the dynamic engines while it waited.
 	standby := otherThan(f.brokers, active)
 	res.standbyLeases = e.leaseActivityOf(standby.ID)
+
+	// Two refresh cycles with nothing changing: only the active broker
+	// reads the KV paths; the standby reads the lock record.
+	activeReads0, standbyReads0, lockReads0 := e.kvReadsBy(active.ID), e.kvReadsBy(standby.ID), e.lockReadsBy(standby.ID, ha)
+	steady := time.Now()
+	time.Sleep(2 * o.refresh)
+	res.steadyWindow = time.Since(steady)
+	cycles := float64(res.steadyWindow) / float64(o.refresh)
+	res.activeReadsPerCycle = float64(e.kvReadsBy(active.ID)-activeReads0) / cycles
+	res.standbyReadsPerCycle = float64(e.kvReadsBy(standby.ID)-standbyReads0) / cycles
+	res.standbyLockReads = e.lockReadsBy(standby.ID, ha) - lockReads0
+	logf("failover: KV reads per cycle: active %.1f, standby %.1f; the standby read the lock %d times in %v",
+		res.activeReadsPerCycle, res.standbyReadsPerCycle, res.standbyLockReads, res.steadyWindow.Round(time.Second))
 
 	res.rows = append(res.rows, e.takeover(f, tr, leases, active, "kill -9", (*ferrystack.Broker).Kill))
 	// The killed broker comes back as the standby; once it has seen the
@@ -165,6 +184,21 @@ func (e *env) leaseActivityOf(id string) leaseActivity {
 	return a
 }
 
+// kvReadsBy counts the reads of the bench's KV paths carrying the broker's
+// ha.id.
+func (e *env) kvReadsBy(id string) int {
+	return len(e.audit.Responses(e.r, func(a stack.AuditEntry) bool {
+		return a.Request.Operation == "read" && strings.HasPrefix(a.Request.Path, "secret/data/"+kvPrefix) && a.Header(ferrystack.BrokerIDHeader) == id
+	}))
+}
+
+// lockReadsBy counts the broker's reads of the lock record.
+func (e *env) lockReadsBy(id string, ha ferrystack.HA) int {
+	return len(e.audit.Responses(e.r, func(a stack.AuditEntry) bool {
+		return a.Request.Operation == "read" && a.Request.Path == ha.LockMount+"/data/"+ha.LockPath && a.Header(ferrystack.BrokerIDHeader) == id
+	}))
+}
+
 // markdown writes the fail-over section; restart is the single-broker
 // restart of the shared-paths scenario when it ran too (nil: not measured
 // in this run).
@@ -191,5 +225,6 @@ func (s *failoverResult) markdown(b *strings.Builder, refresh time.Duration, res
 			row.how, row.stopped, row.taker, s.brokers, s.dynamic, s.pki, row.takeover.Seconds(), row.converged.Seconds(), row.requests, row.writes, row.leaseWrites,
 			row.vault.dbLeases, row.vault.certs, row.vault.revokes, standby)
 	}
-	fmt.Fprintf(b, "\nInitial sync of this scenario (two brokers): %.1f s.\n", s.sync.Seconds())
+	fmt.Fprintf(b, "\nInitial sync of this scenario (two brokers): %.1f s. Vault reads in %v of steady state after it (%.0f refresh cycles, nothing changing), from Vault's audit log by `%s`: the active broker read %.1f KV paths per cycle (of %d), the standby %.1f — only the active reads; the standby read the lock record %d times (once per `retry_period`).\n",
+		s.sync.Seconds(), s.steadyWindow.Round(time.Second), float64(s.steadyWindow)/float64(refresh), ferrystack.BrokerIDHeader, s.activeReadsPerCycle, s.paths, s.standbyReadsPerCycle, s.standbyLockReads)
 }
