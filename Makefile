@@ -66,7 +66,7 @@ lint: tools
 demo: tools build
 	go run ./integration/demo
 
-## bench: measure sync time, memory, load and latency on the real stack; writes BENCHMARKS.md
+## bench: measure sync time, memory, load, latency, a broker restart and a fail-over on the real stack; writes BENCHMARKS.md
 bench: tools
 	go run ./integration/bench -out BENCHMARKS.md
 

@@ -50,7 +50,7 @@ type failoverEnv struct {
 	user, password     string
 	issuedAt           time.Time
 	brokerBinForRespin string
-	killed             *stack.Process // broker-a's first process
+	killed             *stack.Process   // broker-a's first process
 	earlier            []*stack.Process // other processes that have ended (their logs are checked too)
 	// top is TestBrokerFailover's own T: processes a subtest starts for
 	// the next ones live as long as it (a subtest's T would stop them when

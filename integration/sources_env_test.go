@@ -314,8 +314,11 @@ func (e *sourcesEnv) psqlAdmin(t *testing.T, sql string) string {
 }
 
 // login connects to PostgreSQL as user with password and runs SELECT 1.
-func (e *sourcesEnv) login(user, password string) error {
-	u := url.URL{Scheme: "postgres", User: url.UserPassword(user, password), Host: fmt.Sprintf("%s:%d", e.pg.Host, e.pg.Port),
+func (e *sourcesEnv) login(user, password string) error { return pgLogin(e.pg, user, password) }
+
+// pgLogin connects to pg as user with password and runs SELECT 1.
+func pgLogin(pg *stack.Postgres, user, password string) error {
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(user, password), Host: fmt.Sprintf("%s:%d", pg.Host, pg.Port),
 		Path: "/postgres", RawQuery: "sslmode=disable&connect_timeout=5"}
 	out, err := psql(u.String(), "SELECT 1")
 	if err != nil {

@@ -147,12 +147,12 @@ func (d *dynamicSource) saveLeases(ctx context.Context) {
 
 // restore carries on with the lease a previous broker process saved, when
 // Vault says it is still valid: its credentials are published again (the
-// same content, so writers write nothing) and renewed as usual. A lease
-// with less than its replacement lead left is renewed at once when it is
-// renewable (the previous process missed its renewal; a renewal capped at
-// the max TTL is replaced as usual), and replaced at once otherwise. Replaced
-// leases keep their revocation time. It reports whether a lease was
-// restored.
+// same content, so writers write nothing) and renewed as usual: a
+// renewable lease at the point its last grant set (at once when the
+// previous process missed it; a renewal capped at the max TTL is replaced
+// as usual), one that is not renewable replaced before it ends, at once
+// when it is too close to its end. Replaced leases keep their revocation
+// time. It reports whether a lease was restored.
 func (d *dynamicSource) restore(ctx context.Context) bool {
 	st := d.loadSaved(ctx)
 	if st == nil || st.Lease == nil {
@@ -180,12 +180,21 @@ func (d *dynamicSource) restore(ctx context.Context) bool {
 	}
 	d.rev, d.data = rev, st.Data
 	switch {
+	case info.Renewable && info.TTL > minReplaceLead && d.cur.period > 0:
+		// Renewed where its own schedule has it: renew_percent of its
+		// period after it was last granted — at once if the previous
+		// process missed that point (it stopped, or lost the HA lock,
+		// close to it). Counting renew_percent of the remaining TTL
+		// instead would push the renewal later at every takeover, until a
+		// few quick ones in a row left the lease to run out
+		// (TestRestartsInARowKeepTheRenewalSchedule). A renewal that
+		// Vault caps at the max TTL is replaced as usual (renew).
+		granted := d.cur.expires.Add(-d.cur.period)
+		d.granted, d.grantTTL = granted, d.cur.period
+		d.next, d.act = maxTime(now, granted.Add(renewDelay(d.cur.period, d.cfg.RenewPercent))), actRenew
 	case info.TTL > replaceLead(d.cur.period):
 		d.scheduleAfterGrant(now, info.TTL)
 	case info.Renewable && info.TTL > minReplaceLead:
-		// The previous process missed the renewal (it stopped, or lost
-		// the HA lock, close to it): renew now. A renewal that Vault caps
-		// at the max TTL is replaced as usual (renew).
 		d.next, d.act = now, actRenew
 	default:
 		d.next, d.act = now, actIssue

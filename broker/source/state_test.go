@@ -190,3 +190,46 @@ func TestRestartPastTheRenewalPointRenews(t *testing.T) {
 		}
 	})
 }
+
+// TestRestartsInARowKeepTheRenewalSchedule: a restarted broker renews a
+// saved lease at the point its own schedule has it (renew_percent of its
+// TTL after it was granted), not at renew_percent of what is left: a
+// broker that takes over with 11 s of 30 s left and is stopped 5 s later,
+// followed by another 5 s after that, must have renewed the lease in
+// between rather than leave it to run out and issue new credentials.
+func TestRestartsInARowKeepTheRenewalSchedule(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeVault()
+		f.state = map[string][]byte{}
+		_, cat, stop := startPoller(t, f, dynamicBinding("db", time.Second))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		user := string(desired(cat, "db").Data["username"])
+		stop()
+		f.mu.Lock()
+		issued := f.issued
+		f.mu.Unlock()
+
+		// Issued at 0 with TTL 30s: the next broker starts at 19s (11s
+		// left, over the replacement lead of 10s) and stops at 24s; the
+		// one after starts at 29s.
+		time.Sleep(18 * time.Second)
+		_, _, stop = startPoller(t, f, dynamicBinding("db", time.Second))
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		stop()
+		time.Sleep(5 * time.Second)
+		_, cat, stop = startPoller(t, f, dynamicBinding("db", time.Second))
+		defer stop()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := string(desired(cat, "db").Data["username"]); got != user {
+			t.Errorf("after the restarts the Secret holds %s, want the saved %s", got, user)
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.issued != issued {
+			t.Errorf("%d leases issued by the restarted brokers, want 0 (the lease was not renewed in time)", f.issued-issued)
+		}
+	})
+}

@@ -2,9 +2,9 @@
 // (Vault, etcd + kube-apiserver, SPIRE, real broker and writer processes) —
 // initial sync time against a bare client-go loop doing the same work in the
 // same run, memory, Vault and apiserver requests, steady-state load,
-// propagation latency, the cost of a broker restart, and paths shared by
-// many writers next to dynamic database and PKI secrets — and writes the
-// table to BENCHMARKS.md.
+// propagation latency, the cost of a broker restart, paths shared by many
+// writers next to dynamic database and PKI secrets, and a fail-over between
+// two brokers — and writes the table to BENCHMARKS.md.
 package main
 
 import (
@@ -41,7 +41,8 @@ type options struct {
 	// (alpha) CBORServingAndStorage gate.
 	writeCost         int
 	writeCostCBOR     bool
-	writeCostPolicies int // copies of the chart's policy (for other writers) on the apiserver
+	writeCostPolicies int  // copies of the chart's policy (for other writers) on the apiserver
+	failover          bool // run the fail-over scenario: two brokers, kill -9 the active
 	// The scale scenario (scale.go): scaleWriters simulated writers (0:
 	// skip) with scalePerWriter bindings each over scalePaths KV paths.
 	scaleWriters, scalePerWriter, scalePaths int
@@ -67,24 +68,29 @@ func main() {
 	flag.BoolVar(&o.state, "state", true, "the -shared scenario's broker keeps lease state in Vault (vault.state: {mount: secret, path: ferry-broker})")
 	flag.BoolVar(&o.sync, "sync", true, "measure the initial sync (with steady state and a broker restart) at each of -sizes")
 	flag.IntVar(&o.templates, "templates", 1000, "bindings of the templates scenario: each renders two KV sources with a template, next to the same bindings untemplated (0: skip)")
+	flag.BoolVar(&o.failover, "failover", true, "measure a fail-over: the -shared workload on two brokers with one config (ha), kill -9 the active")
 	flag.IntVar(&o.scaleWriters, "scale-writers", 1000, "writers of the scale scenario, simulated inside the bench as gRPC clients with their own SVIDs (0: skip)")
 	flag.IntVar(&o.scalePerWriter, "scale-bindings", 100, "bindings per writer of the scale scenario")
 	flag.IntVar(&o.scalePaths, "scale-paths", 1000, "distinct KV paths the scale scenario's bindings share")
 	flag.StringVar(&o.scaleMemLimit, "scale-memlimit", "", "run the scale scenario's broker with this GOMEMLIMIT (the Go runtime's soft memory limit, e.g. 350MiB; default none)")
-	scaleOnly := flag.Bool("scale-only", false, "run only the scale scenario (the same as -sync=false -shared=false -templates 0 -changes 0)")
+	scaleOnly := flag.Bool("scale-only", false, "run only the scale scenario (the same as -sync=false -shared=false -templates 0 -changes 0 -failover=false)")
+	failoverOnly := flag.Bool("failover-only", false, "run only the fail-over scenario (the same as -sync=false -shared=false -templates 0 -changes 0 -scale-writers 0)")
 	flag.IntVar(&o.writeCost, "write-cost", 0, "Secrets of the write-cost scenario: what one Secret costs kube-apiserver and etcd for each way of writing it (0: skip)")
 	flag.IntVar(&o.writeCostPolicies, "write-cost-policies", 1, "copies of the writer chart's admission policy on the write-cost apiserver (all but one for other writers, as the sync scenarios have one per writer)")
 	flag.BoolVar(&o.writeCostCBOR, "write-cost-cbor", false, "the write-cost scenario also measures CBOR apply, on an apiserver started with the alpha gate CBORServingAndStorage=true")
-	writeCostOnly := flag.Bool("write-cost-only", false, "run only the write-cost scenario (the same as -sync=false -shared=false -templates 0 -changes 0 -scale-writers 0; -write-cost defaults to 1000)")
+	writeCostOnly := flag.Bool("write-cost-only", false, "run only the write-cost scenario (the same as -sync=false -shared=false -templates 0 -changes 0 -scale-writers 0 -failover=false; -write-cost defaults to 1000)")
 	flag.StringVar(&writeMode, "write", writeMode, "the writers' kubernetes.write: update (as the writer chart sets it; the bench installs the chart's admission policy for each writer) or apply")
 	flag.BoolVar(&onePolicy, "one-policy", false, "in update mode, every writer uses one ServiceAccount held by one copy of the chart's policy (as each cluster's apiserver has one), instead of one ServiceAccount and one policy per writer")
 	keep := flag.Bool("keep", false, "keep the logs and configs of every process")
 	flag.Parse()
 	if *scaleOnly {
-		o.sync, o.shared, o.templates, o.changes = false, false, 0, 0
+		o.sync, o.shared, o.templates, o.changes, o.failover = false, false, 0, 0, false
+	}
+	if *failoverOnly {
+		o.sync, o.shared, o.templates, o.changes, o.scaleWriters, o.failover = false, false, 0, 0, 0, true
 	}
 	if *writeCostOnly {
-		o.sync, o.shared, o.templates, o.changes, o.scaleWriters = false, false, 0, 0, 0
+		o.sync, o.shared, o.templates, o.changes, o.scaleWriters, o.failover = false, false, 0, 0, 0, false
 		if o.writeCost == 0 {
 			o.writeCost = 1000
 		}
@@ -161,6 +167,12 @@ func run(r *stack.Runner, o options) *report {
 		isolated(r, o, func(sr *stack.Runner) {
 			res := sharedScenario(sr, o)
 			rep.shared = &res
+		})
+	}
+	if o.failover {
+		isolated(r, o, func(sr *stack.Runner) {
+			res := failoverScenario(sr, o)
+			rep.failover = &res
 		})
 	}
 	if o.templates > 0 {

@@ -17,6 +17,7 @@ type report struct {
 	took      time.Duration
 	syncs     []syncResult
 	shared    *sharedResult    // nil: not measured
+	failover  *failoverResult  // nil: not measured
 	templates *templatesResult // nil: not measured
 	writeCost *writeCostResult // nil: not measured
 	scale     *scaleResult     // nil: not measured
@@ -46,6 +47,9 @@ func (r *report) markdown(command string) string {
 	}
 	if r.shared != nil {
 		r.shared.markdown(&b, r.opts.refresh)
+	}
+	if r.failover != nil {
+		r.failover.markdown(&b, r.opts.refresh, r.shared)
 	}
 	if r.templates != nil {
 		r.templates.markdown(&b)

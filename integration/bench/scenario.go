@@ -350,6 +350,9 @@ type ferry struct {
 	broker     *stack.Process
 	writerProc []*stack.Process
 	start      func() // starts the broker, then the writers
+	// brokers is the HA set when the spec asks for one; broker, addr and
+	// brokerCfg are then unused, but brokerCfg names the first's config.
+	brokers ferrystack.Brokers
 }
 
 func writerSPIFFEID(j int) string { return fmt.Sprintf("spiffe://ferry.bench/writer/%d", j) }
@@ -366,6 +369,10 @@ type ferrySpec struct {
 	// vaultExtra is appended to the broker's vault section: YAML lines
 	// indented by two spaces, each ending in a newline.
 	vaultExtra string
+	// ha, when set, runs haIDs brokers with this ha section (and a metrics
+	// endpoint each) instead of one; the writers get every address.
+	ha    *ferrystack.HA
+	haIDs []string
 }
 
 // kvBinding is a KV v2 binding of secret path into Secret ns/name.
@@ -396,11 +403,18 @@ func (e *env) setupFerryWith(spec ferrySpec) *ferry {
 	roleID, secretID := ferrystack.AppRole(e.r, e.vc, e.dir, "ferry-broker", "secret/data/"+kvPrefix+"*")
 
 	var cfg strings.Builder
-	fmt.Fprintf(&cfg, "listen: %s\nspiffe: {workload_api: \"unix://%s\"}\nvault:\n  address: %s\n  ca_file: %s\n  auth: {method: approle, role_id_file: %s, secret_id_file: %s}\n%sdebug: {admins: [%s]}\nwriters:\n",
-		f.addr, e.spire.AgentSocket, e.vault.Addr, e.vault.CAFile, roleID, secretID, spec.vaultExtra, adminID)
+	fmt.Fprintf(&cfg, "spiffe: {workload_api: \"unix://%s\"}\nvault:\n  address: %s\n  ca_file: %s\n  auth: {method: approle, role_id_file: %s, secret_id_file: %s}\n%sdebug: {admins: [%s]}\nwriters:\n",
+		e.spire.AgentSocket, e.vault.Addr, e.vault.CAFile, roleID, secretID, spec.vaultExtra, adminID)
 	writerCfgs := make([]string, writers)
 	writerBins := make([]string, writers)
 	var sharedToken string // -one-policy: writer 0's ServiceAccount token
+	brokerAddr := fmt.Sprintf("address: %q", f.addr)
+	if spec.ha != nil {
+		// The HA set's configs are written below, once cfg holds the
+		// bindings; their addresses are known now.
+		f.brokers = ferrystack.NewBrokers(e.r, brokerBin, e.dir, spec.haIDs)
+		brokerAddr = fmt.Sprintf("addresses: [%s]", strings.Join(f.brokers.Addresses(), ", "))
+	}
 	for j := range writers {
 		fmt.Fprintf(&cfg, "  - id: %s\n    secrets:\n", writerSPIFFEID(j))
 		for _, b := range spec.secrets(j) {
@@ -434,19 +448,30 @@ func (e *env) setupFerryWith(spec ferrySpec) *ferry {
 		// The bench measures creation: takeover too, which a writer accepts
 		// only when its config lists it.
 		writerCfgs[j] = ferrystack.WriteFile(e.r, e.dir, fmt.Sprintf("writer-%d.yaml", j), fmt.Sprintf(
-			"broker: {address: %q, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s%s}\nnamespaces: [%s]\ncreation_policies: [create, merge, takeover]\nlog: {level: %s}\n",
-			f.addr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), write, commaPrefixed(spec.writerKube), writerNS(j), writerLogLevel))
+			"broker: {%s, spiffe_id: %q}\nspiffe: {workload_api: \"unix://%s\"}\nkubernetes: {kubeconfig: %s%s%s}\nnamespaces: [%s]\ncreation_policies: [create, merge, takeover]\nlog: {level: %s}\n",
+			brokerAddr, brokerID, e.spire.AgentSocket, e.kube.Kubeconfig(e.r, token), write, commaPrefixed(spec.writerKube), writerNS(j), writerLogLevel))
 	}
 	if onePolicy && writeMode == "update" {
 		ferrystack.InstallWriterPolicy(e.r, e.kube.Admin(e.r), e.tokenClient(sharedToken), writerNS(0), "ferry-writer", f.namespaces())
 	}
 	fmt.Fprintf(&cfg, "log: {level: info}\n")
-	f.brokerCfg = ferrystack.WriteFile(e.r, e.dir, "broker.yaml", cfg.String())
+	if spec.ha != nil {
+		f.brokers.WriteConfigs(e.r, func(b *ferrystack.Broker) string {
+			return fmt.Sprintf("listen: %s\nmetrics: {listen: %q}\nha: %s\n%s", b.Addr, b.Metrics, spec.ha.Flow(b.ID), cfg.String())
+		})
+		f.brokerCfg = f.brokers[0].Config
+	} else {
+		f.brokerCfg = ferrystack.WriteFile(e.r, e.dir, "broker.yaml", fmt.Sprintf("listen: %s\n%s", f.addr, cfg.String()))
+	}
 	// Identities are provisioned before the clock starts, as in production:
 	// give the SPIRE agent time to sync the new entries (1 s interval).
 	time.Sleep(3 * time.Second)
 	f.start = func() {
-		f.broker = stack.StartProcess(e.r, "ferry-broker", e.dir, brokerBin, profiled("ferry-broker", "-config", f.brokerCfg))
+		if f.brokers != nil {
+			f.brokers.Start()
+		} else {
+			f.broker = stack.StartProcess(e.r, "ferry-broker", e.dir, brokerBin, profiled("ferry-broker", "-config", f.brokerCfg))
+		}
 		for j := range writers {
 			f.writerProc = append(f.writerProc, stack.StartProcess(e.r, fmt.Sprintf("ferry-writer-%d", j), e.dir, writerBins[j], profiled(fmt.Sprintf("ferry-writer-%d", j), "-config", writerCfgs[j])))
 		}

@@ -63,7 +63,7 @@ func sharedScenario(r *stack.Runner, o options) sharedResult {
 	e.setupPKI()
 	leases := leaseBindings(o.dynamic, o.writers)
 	f := e.setupFerryWith(sharedSpec(o, p, leases))
-	e.brokerLeasePolicy()
+	e.brokerLeasePolicy("")
 	validateBroker(r, f, o.state)
 	res := sharedResult{paths: p, writers: o.writers, kvBindings: p * o.writers, dynamic: o.dynamic, pki: pkiBindings, state: o.state}
 
@@ -237,9 +237,10 @@ func (e *env) setupPKI() {
 }
 
 // brokerLeasePolicy widens the broker's AppRole (created by setupFerryWith)
-// to the dynamic sources and the state store, and makes its token periodic:
-// Vault revokes a lease when the token that created it dies.
-func (e *env) brokerLeasePolicy() {
+// to the dynamic sources and the state store (and extra, more policy
+// text), and makes its token periodic: Vault revokes a lease when the
+// token that created it dies.
+func (e *env) brokerLeasePolicy(extra string) {
 	policy := fmt.Sprintf(`
 path "secret/data/%[1]s*"                      { capabilities = ["read"] }
 path "database/creds/%[2]s"                    { capabilities = ["read"] }
@@ -249,7 +250,7 @@ path "sys/leases/revoke"                       { capabilities = ["update"] }
 path "sys/leases/lookup"                       { capabilities = ["update"] }
 path "secret/data/ferry-broker/default/*"      { capabilities = ["create", "update", "read"] }
 path "secret/metadata/ferry-broker/default/*"  { capabilities = ["delete", "read"] }
-`, kvPrefix, dbRole, pkiRole)
+`, kvPrefix, dbRole, pkiRole) + extra
 	if err := e.vc.Sys().PutPolicy("ferry-broker", policy); err != nil {
 		e.r.Fatalf("vault policy: %v", err)
 	}
@@ -302,16 +303,21 @@ func (e *env) leaseActivity() leaseActivity {
 	for _, x := range e.audit.Responses(e.r, func(x stack.AuditEntry) bool {
 		return x.Error == "" && slices.Contains(x.Auth.Policies, "ferry-broker")
 	}) {
-		switch p := x.Request.Path; {
-		case p == "database/creds/"+dbRole:
-			a.dbLeases++
-		case p == "pki/issue/"+pkiRole:
-			a.certs++
-		case strings.HasPrefix(p, "sys/leases/revoke"):
-			a.revokes++
-		}
+		a.add(x.Request.Path)
 	}
 	return a
+}
+
+// add counts one successful request on path.
+func (a *leaseActivity) add(path string) {
+	switch {
+	case path == "database/creds/"+dbRole:
+		a.dbLeases++
+	case path == "pki/issue/"+pkiRole:
+		a.certs++
+	case strings.HasPrefix(path, "sys/leases/revoke"):
+		a.revokes++
+	}
 }
 
 func (a leaseActivity) minus(b leaseActivity) leaseActivity {

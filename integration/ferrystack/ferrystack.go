@@ -142,6 +142,16 @@ type BrokerConfig struct {
 // update would, so a running broker may re-read it at any time.
 func (c BrokerConfig) Write(t stack.TB, dir string) string {
 	t.Helper()
+	path := filepath.Join(dir, "broker.yaml")
+	tmp := WriteFile(t, dir, "broker.yaml.tmp", c.YAML())
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatalf("ferrystack: %v", err)
+	}
+	return path
+}
+
+// YAML renders the config (Brokers.WriteConfigs writes one per broker).
+func (c BrokerConfig) YAML() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `
 listen: %s
@@ -171,12 +181,7 @@ vault:
 		fmt.Fprintf(&b, "ha: %s\n", c.HA)
 	}
 	fmt.Fprintf(&b, "writers:\n  - id: %s\n    secrets:\n%s", c.WriterID, c.Bindings)
-	path := filepath.Join(dir, "broker.yaml")
-	tmp := WriteFile(t, dir, "broker.yaml.tmp", b.String())
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatalf("ferrystack: %v", err)
-	}
-	return path
+	return b.String()
 }
 
 // WriterConfig is a ferry-writer config for a test stack.

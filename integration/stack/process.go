@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // Process is a program under test (ferry-broker, ferry-writer, …) started
@@ -36,6 +38,29 @@ func (p *Process) Exited() bool {
 	default:
 		return false
 	}
+}
+
+// Wait waits up to timeout for the process to end and reports whether it
+// did.
+func (p *Process) Wait(timeout time.Duration) bool {
+	select {
+	case <-p.p.exited:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// Kill sends SIGKILL to the process's group (kill -9: no cleanup, no
+// goodbye) and waits until it has been reaped.
+func (p *Process) Kill() {
+	select {
+	case <-p.p.exited:
+		return
+	default:
+	}
+	_ = syscall.Kill(-p.p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.p.exited
 }
 
 // ExitErr is how the process ended (nil: exit status 0); valid once Exited.

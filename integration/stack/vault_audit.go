@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -107,3 +108,27 @@ func (a *Audit) Responses(t TB, match func(AuditEntry) bool) []AuditEntry {
 	}
 	return out
 }
+
+// Header returns the entry's value of the audited request header name
+// (AuditRequestHeader), "" when the request did not carry it.
+func (e AuditEntry) Header(name string) string {
+	if v := e.Request.Headers[strings.ToLower(name)]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// CountBy counts the "response" entries for which match is true (all of
+// them when match is nil) by key(entry): e.g. by path, or by the audited
+// header of the client that sent them.
+func (a *Audit) CountBy(t TB, match func(AuditEntry) bool, key func(AuditEntry) string) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, e := range a.Responses(t, match) {
+		out[key(e)]++
+	}
+	return out
+}
+
+// ByPath is a CountBy key: the request path.
+func ByPath(e AuditEntry) string { return e.Request.Path }

@@ -209,7 +209,14 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		standby := ferryv1.IsStandby(err)
-		delay, paced := pace.after(standby)
+		// A broker that served this stream and then ended it as
+		// unavailable (it is stopping: with HA it has released the lock,
+		// so a standby takes over within a second) is left for the next
+		// address at once, like a standby's answer — not after the
+		// exponential backoff. A stream that lived at least StandbyPause
+		// cannot turn this into a tight loop.
+		moveOn := standby || (lived >= StandbyPause && status.Code(err) == codes.Unavailable)
+		delay, paced := pace.after(moveOn)
 		if !paced {
 			delay = wait.after(lived)
 		}
@@ -262,11 +269,21 @@ const connectWait = 5 * time.Second
 //
 // With failFast (the client has further addresses), it returns as soon as
 // the connection fails once (TRANSIENT_FAILURE): a killed broker costs a
-// refused connection, not connectWait.
+// refused connection, not connectWait; and a connection already failed
+// tries again at once instead of after gRPC's reconnect backoff.
 func waitReady(ctx context.Context, conn *grpc.ClientConn, d time.Duration, failFast bool) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	conn.Connect()
+	if failFast && conn.GetState() == connectivity.TransientFailure {
+		// The connection is sitting out gRPC's own reconnect backoff from
+		// earlier failures (this broker was down, e.g. killed and
+		// restarted). The writer's pacing already spaces its attempts:
+		// try now, so a broker that came back is reached at once rather
+		// than after that backoff (up to 5 s, DialOptions).
+		conn.ResetConnectBackoff()
+		conn.WaitForStateChange(ctx, connectivity.TransientFailure)
+	}
 	for s := conn.GetState(); s != connectivity.Ready; s = conn.GetState() {
 		if failFast && s == connectivity.TransientFailure {
 			return
