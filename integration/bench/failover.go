@@ -36,7 +36,7 @@ type failoverResult struct {
 	activeReadsPerCycle, standbyReadsPerCycle float64
 	standbyLockReads                          int
 	steadyWindow                              time.Duration
-	rows           []takeoverRow
+	rows                                      []takeoverRow
 }
 
 // takeoverRow is one take-over: the active broker stopped one way.
