@@ -354,6 +354,13 @@ path "sys/leases/revoke"   { capabilities = ["update"] }
 				exported[name] = true
 			}
 		}
+		// This broker runs without ha, so it does not export the HA gauge;
+		// TestBrokerChurn and the fail-over bench read it from brokers
+		// with ha (ferrystack.Brokers.WaitActive fails without it).
+		if exported[ferrystack.HAActiveMetric] {
+			t.Errorf("a broker without ha exports %s", ferrystack.HAActiveMetric)
+		}
+		exported[ferrystack.HAActiveMetric] = true
 		checkMonitoringNames(t, exported)
 	})
 }
