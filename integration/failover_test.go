@@ -238,6 +238,19 @@ func (e *failoverEnv) byBroker(t *testing.T, id string, since time.Time) []stack
 	return out
 }
 
+// lockWrites returns the times at which Vault answered the broker's
+// successful writes of the lock record after since, in order.
+func (e *failoverEnv) lockWrites(t *testing.T, id string, since time.Time) []time.Time {
+	var out []time.Time
+	for _, a := range e.audit.Responses(t, func(a stack.AuditEntry) bool {
+		return a.Request.Path == haLockKV && a.Request.Operation != "read" && a.Error == "" && a.Time.After(since) &&
+			len(a.Request.Headers[haHeader]) == 1 && a.Request.Headers[haHeader][0] == id
+	}) {
+		out = append(out, a.Time)
+	}
+	return out
+}
+
 func (e *failoverEnv) resourceVersions(t *testing.T) map[string]string {
 	out := map[string]string{}
 	for _, n := range []string{"kv", "pg", "tls"} {
@@ -359,12 +372,8 @@ func testPausedActive(t *testing.T, e *failoverEnv) {
 	// When Vault applied broker-a's write of the lock: from then on
 	// broker-b may send nothing.
 	var taken time.Time
-	for _, a := range e.audit.Responses(t, func(a stack.AuditEntry) bool {
-		return a.Request.Path == haLockKV && a.Request.Operation != "read" && a.Error == "" && a.Time.After(stopped) &&
-			len(a.Request.Headers[haHeader]) == 1 && a.Request.Headers[haHeader][0] == "broker-a"
-	}) {
-		taken = a.Time
-		break
+	if w := e.lockWrites(t, "broker-a", stopped); len(w) > 0 {
+		taken = w[0]
 	}
 	if taken.IsZero() {
 		t.Fatal("broker-a logged that it became active, but Vault's audit log has no lock write by broker-a")
@@ -428,12 +437,8 @@ func testStoppedActive(t *testing.T, e *failoverEnv) {
 	stopped := time.Now()
 	waitLog(t, e.brokerB, `"msg":"became active"`, haLease+30*time.Second)
 	var taken time.Time
-	for _, a := range e.audit.Responses(t, func(a stack.AuditEntry) bool {
-		return a.Request.Path == haLockKV && a.Request.Operation != "read" && a.Error == "" && a.Time.After(stopped) &&
-			len(a.Request.Headers[haHeader]) == 1 && a.Request.Headers[haHeader][0] == "broker-b"
-	}) {
-		taken = a.Time
-		break
+	if w := e.lockWrites(t, "broker-b", stopped); len(w) > 0 {
+		taken = w[0]
 	}
 	if taken.IsZero() {
 		t.Fatal("broker-b logged that it became active, but Vault's audit log has no lock write by broker-b")
@@ -457,11 +462,8 @@ func testStoppedActive(t *testing.T, e *failoverEnv) {
 	// broker-a released the lock only once its data clients were done:
 	// none of its requests comes after the release.
 	var released time.Time
-	for _, a := range e.audit.Responses(t, func(a stack.AuditEntry) bool {
-		return a.Request.Path == haLockKV && a.Request.Operation != "read" && a.Error == "" && a.Time.After(stopped) &&
-			len(a.Request.Headers[haHeader]) == 1 && a.Request.Headers[haHeader][0] == "broker-a"
-	}) {
-		released = a.Time
+	if w := e.lockWrites(t, "broker-a", stopped); len(w) > 0 {
+		released = w[len(w)-1]
 	}
 	if released.IsZero() {
 		t.Fatal("no lock write by broker-a after SIGTERM in Vault's audit log: it did not release the lock")
