@@ -42,11 +42,13 @@ const (
 	OpStateRead   = "state_read"
 	OpStateWrite  = "state_write"
 	OpStateDelete = "state_delete"
+	OpLockRead    = "lock_read"  // with ha: the lock record (identity ha-lock)
+	OpLockWrite   = "lock_write" // with ha: taking, renewing or releasing it
 )
 
 // Operations lists every operation label value.
 var Operations = []string{OpKVRead, OpDynamicRead, OpPKIIssue, OpPKIRevoke, OpLeaseRenew, OpLeaseRevoke,
-	OpLeaseLookup, OpTokenLookup, OpTokenRevoke, OpStateRead, OpStateWrite, OpStateDelete}
+	OpLeaseLookup, OpTokenLookup, OpTokenRevoke, OpStateRead, OpStateWrite, OpStateDelete, OpLockRead, OpLockWrite}
 
 // Vault request outcomes (the outcome label).
 const (

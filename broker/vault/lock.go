@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/ha"
+	"github.com/ferry-secrets/ferry/broker/metrics"
 )
 
 // LockIdentity names the HA lock's client in logs.
@@ -28,10 +29,11 @@ const LockMaxVersions = 10
 // logs in like vault.auth (its own token; Run keeps it alive) and has no
 // state store, so it never adopts the saved token. deps.BrokerID marks its
 // requests; fence (broker/ha's LockFence) stops them once the broker lost
-// the lock.
+// the lock. Its logins and lock requests are counted under identity
+// LockIdentity.
 func NewLockClient(conn config.Vault, deps Deps, fence Fence, log *slog.Logger) (*Client, error) {
 	conn.State = nil
-	deps.Fence, deps.Metrics = fence, nil
+	deps.Fence = fence
 	return New(LockIdentity, conn, conn.Auth, deps, log)
 }
 
@@ -61,7 +63,8 @@ const (
 // Read returns the record and its current version (0: none). A current
 // version that was deleted reads as an empty holder with its version, so
 // the next write's check-and-set matches it.
-func (s *LockStore) Read(ctx context.Context) (ha.Record, int, error) {
+func (s *LockStore) Read(ctx context.Context) (_ ha.Record, _ int, err error) {
+	defer s.c.observe(metrics.OpLockRead, time.Now(), &err)
 	api, done, err := s.c.begin(ctx)
 	if err != nil {
 		return ha.Record{}, 0, err
@@ -96,7 +99,8 @@ func (s *LockStore) Read(ctx context.Context) (ha.Record, int, error) {
 
 // Write writes rec if the record's current version is cas (0: only if
 // there is none), returning the new version; ha.ErrConflict on a mismatch.
-func (s *LockStore) Write(ctx context.Context, rec ha.Record, cas int) (int, error) {
+func (s *LockStore) Write(ctx context.Context, rec ha.Record, cas int) (_ int, err error) {
+	defer s.c.observe(metrics.OpLockWrite, time.Now(), &err)
 	api, done, err := s.c.begin(ctx)
 	if err != nil {
 		return 0, err

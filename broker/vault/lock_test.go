@@ -11,8 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/ha"
+	"github.com/ferry-secrets/ferry/broker/metrics"
+	"github.com/ferry-secrets/ferry/internal/metricstest"
 )
 
 // fakeKVv2 serves one KV v2 record at secret/data/lock with Vault's
@@ -77,7 +81,8 @@ func TestLockStoreCheckAndSet(t *testing.T) {
 	kv := &fakeKVv2{}
 	srv := httptest.NewServer(kv)
 	defer srv.Close()
-	s := testClient(t, srv.URL, Deps{BrokerID: "broker-a"}).LockStore("/secret/", "lock")
+	reg := prometheus.NewRegistry()
+	s := testClient(t, srv.URL, Deps{BrokerID: "broker-a", Metrics: metrics.New(reg)}).LockStore("/secret/", "lock")
 	ctx := context.Background()
 
 	if _, v, err := s.Read(ctx); err != nil || v != 0 {
@@ -97,6 +102,15 @@ func TestLockStoreCheckAndSet(t *testing.T) {
 	}
 	if v, err := s.Write(ctx, ha.Record{Holder: "broker-a"}, 1); err != nil || v != 2 {
 		t.Fatalf("renew = v%d, %v", v, err)
+	}
+	// Two reads, two writes and the conflict, counted as lock requests.
+	for _, c := range []struct {
+		op, outcome string
+		want        float64
+	}{{metrics.OpLockRead, "ok", 2}, {metrics.OpLockWrite, "ok", 2}, {metrics.OpLockWrite, "error", 1}} {
+		if got := metricstest.Value(t, reg, "ferry_broker_vault_requests_total", "identity", config.DefaultIdentity, "operation", c.op, "outcome", c.outcome); got != c.want {
+			t.Errorf("ferry_broker_vault_requests_total{operation=%q,outcome=%q} = %v, want %v", c.op, c.outcome, got, c.want)
+		}
 	}
 	kv.mu.Lock()
 	defer kv.mu.Unlock()
