@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -237,12 +236,4 @@ func insecureTransport(rc *rest.Config) ([]string, error) {
 		problems = append(problems, fmt.Sprintf("server %s is not https (Secret data would cross the network in clear text, to a server that proves nothing)", u.Redacted()))
 	}
 	return problems, nil
-}
-
-// version is the main module's version, "(devel)" for a local build.
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }

@@ -206,11 +206,12 @@ func TestRun(t *testing.T) {
 
 	// Not ready before the broker's snapshot is applied.
 	base := "http://" + cfg.Metrics.Listen
-	code, body := httpGet(t, base+"/readyz")
-	for code == 0 {
-		time.Sleep(20 * time.Millisecond)
+	var code int
+	var body string
+	waitFor(t, "the metrics listener", func() bool {
 		code, body = httpGet(t, base+"/readyz")
-	}
+		return code != 0
+	})
 	if code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz before the snapshot = %d %q, want 503", code, body)
 	}
@@ -250,12 +251,13 @@ func TestRun(t *testing.T) {
 	}
 
 	// Ready once the snapshot is applied; the metrics say what happened.
-	for code, body = httpGet(t, base+"/readyz"); code != http.StatusOK; code, body = httpGet(t, base+"/readyz") {
-		if !strings.Contains(body, "not ready") {
+	waitFor(t, "/readyz 200", func() bool {
+		code, body = httpGet(t, base+"/readyz")
+		if code != http.StatusOK && !strings.Contains(body, "not ready") {
 			t.Fatalf("/readyz = %d %q", code, body)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return code == http.StatusOK
+	})
 	if code, body := httpGet(t, base+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d %q", code, body)
 	}
@@ -586,3 +588,13 @@ type syncServer struct {
 }
 
 func (s *syncServer) Sync(st ferryv1.WriterService_SyncServer) error { return s.sync(st) }
+
+// waitFor polls cond every 20 ms until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10 s", what)
+		}
+	}
+}

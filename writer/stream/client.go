@@ -222,39 +222,37 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		if standby {
 			log.Info("broker is standby; moving on to the next address", "err", err, "retry_in", delay.Round(time.Millisecond).String())
-			if !task.Sleep(ctx, delay) {
-				c.log.Info("stopped")
-				return nil
-			}
-			continue
+		} else {
+			logEnded(ctx, log, err, opened, lived, delay)
 		}
-		msg := "disconnected from broker"
-		if !opened {
-			msg = "cannot open stream to broker"
-		}
-		code := status.Code(err)
-		if errors.Is(err, io.EOF) {
-			code = codes.OK // the broker ended the stream normally
-		}
-		level := slog.LevelWarn
-		if code == codes.AlreadyExists {
-			// The broker holds one stream per writer ID: another replica of
-			// this writer has it (this one stands by), or the broker has not
-			// yet closed this writer's broken connection (it does within a
-			// minute).
-			msg, level = "another stream of this writer identity is open at the broker; standing by", slog.LevelInfo
-		}
-		log.Log(ctx, level, msg, "code", code.String(), "err", err,
-			"lived", lived.Round(time.Millisecond).String(), "retry_in", delay.Round(time.Millisecond).String())
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !task.Sleep(ctx, delay) {
 			c.log.Info("stopped")
 			return nil
-		case <-t.C:
 		}
 	}
+}
+
+// logEnded logs why a stream ended (or could not be opened) and when the
+// next one is tried.
+func logEnded(ctx context.Context, log *slog.Logger, err error, opened bool, lived, delay time.Duration) {
+	msg := "disconnected from broker"
+	if !opened {
+		msg = "cannot open stream to broker"
+	}
+	code := status.Code(err)
+	if errors.Is(err, io.EOF) {
+		code = codes.OK // the broker ended the stream normally
+	}
+	level := slog.LevelWarn
+	if code == codes.AlreadyExists {
+		// The broker holds one stream per writer ID: another replica of
+		// this writer has it (this one stands by), or the broker has not
+		// yet closed this writer's broken connection (it does within a
+		// minute).
+		msg, level = "another stream of this writer identity is open at the broker; standing by", slog.LevelInfo
+	}
+	log.Log(ctx, level, msg, "code", code.String(), "err", err,
+		"lived", lived.Round(time.Millisecond).String(), "retry_in", delay.Round(time.Millisecond).String())
 }
 
 // connectWait bounds how long a stream waits for its connection before it

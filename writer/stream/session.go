@@ -105,12 +105,20 @@ func (s *session) forward(ctx context.Context, results <-chan *ferryv1.ApplyResu
 		case <-ctx.Done():
 			return
 		case r := <-results:
-			select {
-			case s.out <- &ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Result{Result: r}}:
-			case <-ctx.Done():
+			if !s.sendResult(ctx, r) {
 				return
 			}
 		}
+	}
+}
+
+// sendResult queues r for the broker; false if ctx ended first.
+func (s *session) sendResult(ctx context.Context, r *ferryv1.ApplyResult) bool {
+	select {
+	case s.out <- &ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Result{Result: r}}:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -251,9 +259,7 @@ func (s *session) work(ctx context.Context) {
 			q.ops = q.ops[1:]
 			s.mu.Unlock()
 			for _, r := range s.run(ctx, o) {
-				select {
-				case s.out <- &ferryv1.SyncRequest{Message: &ferryv1.SyncRequest_Result{Result: r}}:
-				case <-ctx.Done():
+				if !s.sendResult(ctx, r) {
 					return
 				}
 			}
