@@ -93,12 +93,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	deps := vault.Deps{SVID: src, WorkloadAPI: cfg.SPIFFE.WorkloadAPI, Metrics: m}
 	var peers *standby // nil: a broker without ha
 	if cfg.HA != nil {
+		// Every Vault request names this broker; those of the data clients
+		// also pass the fence.
+		deps.BrokerID = cfg.HA.ID
 		if peers, err = newStandby(cfg, deps, m, aud, log); err != nil {
 			return fmt.Errorf("broker: %w", err)
 		}
-		// Every request of the data clients passes the fence and names
-		// this broker.
-		deps.BrokerID, deps.Fence = cfg.HA.ID, peers.elector.Fence()
+		deps.Fence = peers.elector.Fence()
 	}
 	vaults, err := vault.NewIdentities(cfg.Vault, deps, log)
 	if err != nil {

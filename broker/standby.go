@@ -25,7 +25,6 @@ type standby struct {
 
 func newStandby(cfg *config.Config, deps vault.Deps, m *brokermetrics.Metrics, aud *audit.Log, log *slog.Logger) (*standby, error) {
 	h := cfg.HA
-	deps.BrokerID = h.ID
 	fence := ha.NewFence(clock.RealClock{}, time.Time{})
 	lock, err := vault.NewLockClient(cfg.Vault, deps, fence.LockFence(), log)
 	if err != nil {
@@ -41,10 +40,11 @@ func newStandby(cfg *config.Config, deps vault.Deps, m *brokermetrics.Metrics, a
 		aud.Record(e)
 	}
 	s := &standby{lock: lock, stopped: make(chan struct{})}
-	s.elector = ha.New(h.ID, lock.LockStore(h.Lock.Mount, h.Lock.Path), timing, clock.RealClock{}, fence, notify, log)
+	store := lock.LockStore(h.Lock.Mount, h.Lock.Path)
+	s.elector = ha.New(h.ID, store, timing, clock.RealClock{}, fence, notify, log)
 	s.elector.ReleaseOnStop(s.stopped)
 	m.HA(s.active)
-	log.Info("ha: standing by until this broker holds the lock", "broker_id", h.ID, "lock", h.Lock.Mount+"/data/"+h.Lock.Path)
+	log.Info("ha: standing by until this broker holds the lock", "broker_id", h.ID, "lock", store.Path())
 	return s, nil
 }
 

@@ -383,12 +383,9 @@ func testPausedActive(t *testing.T, e *failoverEnv) {
 		t.Fatal(err)
 	}
 	resumed := time.Now()
-	eventually(t, 30*time.Second, "the resumed broker-b exits", func() error {
-		if !e.brokerB.Exited() {
-			return fmt.Errorf("still running")
-		}
-		return nil
-	})
+	if !e.brokerB.Wait(30 * time.Second) {
+		t.Fatal("the resumed broker-b did not exit within 30 s")
+	}
 	t.Logf("broker-b exited %v after SIGCONT: %v", time.Since(resumed).Round(10*time.Millisecond), e.brokerB.ExitErr())
 	if e.brokerB.ExitErr() == nil {
 		t.Error("the broker that lost the lock exited with status 0, want non-zero (so systemd restarts it as a standby)")
@@ -447,12 +444,9 @@ func testStoppedActive(t *testing.T, e *failoverEnv) {
 	if taken.Sub(stopped) >= haLease {
 		t.Errorf("broker-b took the lock %v after broker-a was stopped: not before lease_duration %v, so the lock was not released", taken.Sub(stopped), haLease)
 	}
-	eventually(t, 30*time.Second, "broker-a exits", func() error {
-		if !e.brokerA.Exited() {
-			return fmt.Errorf("still running")
-		}
-		return nil
-	})
+	if !e.brokerA.Wait(30 * time.Second) {
+		t.Fatal("broker-a did not exit within 30 s of SIGTERM")
+	}
 	if err := e.brokerA.ExitErr(); err != nil {
 		t.Errorf("broker-a stopped by SIGTERM exited with %v, want status 0", err)
 	}

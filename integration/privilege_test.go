@@ -383,12 +383,11 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 
 	t.Run("without the policy the writer refuses to start in update mode", func(t *testing.T) {
 		writer := s.startWriter("ferry-writer-no-policy", applyMode, token, func(c *writerconfig.Config) { c.Kubernetes.Write = writerconfig.WriteUpdate })
-		took := eventually(t, 30*time.Second, "the writer exits", func() error {
-			if !writer.Exited() {
-				return fmt.Errorf("still running")
-			}
-			return nil
-		})
+		started := time.Now()
+		if !writer.Wait(30 * time.Second) {
+			t.Fatal("the writer did not exit within 30 s")
+		}
+		took := time.Since(started)
 		if !writer.LogContains("no admission policy holds this writer's credentials") || !writer.LogContains("namespace "+ns) {
 			t.Fatalf("the writer exited without naming the missing policy:\n%s", writer.Logs())
 		}

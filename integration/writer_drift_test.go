@@ -143,10 +143,12 @@ admissionPolicy: {mergeTargets: [{namespace: %[4]s, name: app-config}], takeover
 			before[n] = sec.ResourceVersion
 		}
 		resyncs := scrape(t, s.writerMetrics).value(t, "ferry_writer_resync_duration_seconds")
-		time.Sleep(5 * resync)
-		if n := scrape(t, s.writerMetrics).value(t, "ferry_writer_resync_duration_seconds") - resyncs; n < 3 {
-			t.Fatalf("only %v resyncs in %v", n, 5*resync)
-		}
+		eventually(t, 5*resync, "three resyncs", func() error {
+			if n := scrape(t, s.writerMetrics).value(t, "ferry_writer_resync_duration_seconds") - resyncs; n < 3 {
+				return fmt.Errorf("only %v resyncs", n)
+			}
+			return nil
+		})
 		for _, n := range names {
 			sec, _ := get(n)
 			if sec.ResourceVersion != before[n] {

@@ -58,7 +58,9 @@ var ErrLost = errors.New("lost the lock")
 // Vault: it is not (or no longer) the active broker.
 var ErrFenced = errors.New("request not sent: this broker does not hold the HA lock (standby, or the lock was not renewed within renew_deadline)")
 
-// Timing is the lock's durations, as in client-go's leaderelection.
+// Timing is the lock's durations, as in client-go's leaderelection
+// (0 < retry_period < renew_deadline < lease_duration, checked by the
+// broker's config: broker/config ha.validate).
 type Timing struct {
 	// LeaseDuration is how long a standby waits, having seen the same
 	// record version, before it takes the lock.
@@ -68,20 +70,6 @@ type Timing struct {
 	RenewDeadline time.Duration
 	// RetryPeriod is how often the holder renews and a standby reads.
 	RetryPeriod time.Duration
-}
-
-// Validate checks client-go's rules: 0 < retry_period < renew_deadline <
-// lease_duration. Field names are those of the broker's ha section.
-func (t Timing) Validate() error {
-	switch {
-	case t.RetryPeriod <= 0:
-		return errors.New("retry_period must be positive")
-	case t.RenewDeadline <= t.RetryPeriod:
-		return fmt.Errorf("renew_deadline (%v) must be longer than retry_period (%v)", t.RenewDeadline, t.RetryPeriod)
-	case t.LeaseDuration <= t.RenewDeadline:
-		return fmt.Errorf("lease_duration (%v) must be longer than renew_deadline (%v)", t.LeaseDuration, t.RenewDeadline)
-	}
-	return nil
 }
 
 // Observer is told of every transition: active true when this broker took
@@ -244,7 +232,9 @@ func (e *Elector) observe(ctx context.Context) {
 	}
 	sent := e.clock.Now()
 	wall := time.Now().UTC()
-	next, err := e.store.Write(ctx, Record{Holder: e.id, LeaseDuration: e.timing.LeaseDuration, Acquired: wall, Renewed: wall}, version)
+	wctx, cancel := context.WithTimeout(ctx, e.timing.RenewDeadline) // later, the fence would open already past its deadline
+	next, err := e.store.Write(wctx, Record{Holder: e.id, LeaseDuration: e.timing.LeaseDuration, Acquired: wall, Renewed: wall}, version)
+	cancel()
 	if err != nil {
 		if errors.Is(err, ErrConflict) {
 			e.log.Info("the HA lock was written by another broker first; standing by")

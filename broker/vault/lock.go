@@ -49,8 +49,11 @@ type LockStore struct {
 // LockStore returns the lock record at mount and path.
 func (c *Client) LockStore(mount, path string) *LockStore {
 	mount, path = strings.Trim(mount, "/"), strings.Trim(path, "/")
-	return &LockStore{c: c, data: mount + "/data/" + path, meta: mount + "/metadata/" + path}
+	return &LockStore{c: c, data: KVPath(mount, path, 2), meta: mount + "/metadata/" + path}
 }
+
+// Path is the record's API path (<mount>/data/<path>).
+func (s *LockStore) Path() string { return s.data }
 
 // The record's KV fields.
 const (
@@ -64,12 +67,12 @@ const (
 // version that was deleted reads as an empty holder with its version, so
 // the next write's check-and-set matches it.
 func (s *LockStore) Read(ctx context.Context) (_ ha.Record, _ int, err error) {
-	defer s.c.observe(metrics.OpLockRead, time.Now(), &err)
 	api, done, err := s.c.begin(ctx)
 	if err != nil {
 		return ha.Record{}, 0, err
 	}
 	defer done()
+	defer s.c.observe(metrics.OpLockRead, time.Now(), &err)
 	sec, err := api.Logical().ReadWithContext(ctx, s.data)
 	if err != nil {
 		if errors.Is(redactErr(err), ErrNotFound) {
@@ -100,12 +103,12 @@ func (s *LockStore) Read(ctx context.Context) (_ ha.Record, _ int, err error) {
 // Write writes rec if the record's current version is cas (0: only if
 // there is none), returning the new version; ha.ErrConflict on a mismatch.
 func (s *LockStore) Write(ctx context.Context, rec ha.Record, cas int) (_ int, err error) {
-	defer s.c.observe(metrics.OpLockWrite, time.Now(), &err)
 	api, done, err := s.c.begin(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer done()
+	defer s.c.observe(metrics.OpLockWrite, time.Now(), &err)
 	body := map[string]any{
 		"options": map[string]any{"cas": cas},
 		"data": map[string]any{
