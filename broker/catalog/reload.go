@@ -120,7 +120,7 @@ func (c *Catalog) Update(ws []config.Writer) Changes {
 				ch.Added++
 				continue
 			}
-			if reflect.DeepEqual(*old.cfg, *b) {
+			if sameKV(*old.cfg, *b) || reflect.DeepEqual(*old.cfg, *b) { // sameKV: no garbage for the common case
 				old.cfg = b // the running configuration's, not an old one's
 				continue
 			}
