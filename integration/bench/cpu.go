@@ -34,26 +34,15 @@ func cpuSeconds() map[string]float64 {
 		if err != nil {
 			continue
 		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
+		ppid, cpu, ok := readStat(pid)
+		if !ok {
 			continue
 		}
-		// Fields after the parenthesised command: state is field 3, ppid
-		// 4, utime 14, stime 15.
-		rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
-		f := strings.Fields(rest)
-		if len(f) < 13 {
-			continue
-		}
-		p := proc{}
-		p.ppid, _ = strconv.Atoi(f[1])
+		p := proc{ppid: ppid, cpu: cpu}
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
 			p.name = filepath.Base(exe)
 			p.component = slices.Contains(components, p.name)
 		}
-		u, _ := strconv.ParseFloat(f[11], 64)
-		s, _ := strconv.ParseFloat(f[12], 64)
-		p.cpu = (u + s) / clockTick
 		procs[pid] = p
 	}
 	self := os.Getpid()
@@ -106,4 +95,24 @@ func cpuDelta(before, after map[string]float64) string {
 		parts[i] = fmt.Sprintf("%s %.1f s", r.name, r.sec)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// readStat reads a process's parent and CPU time (user + system, seconds)
+// from /proc/<pid>/stat; false if it is gone or unreadable.
+func readStat(pid int) (ppid int, cpu float64, ok bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, false
+	}
+	// Fields after the parenthesised command: state is field 3, ppid 4,
+	// utime 14, stime 15.
+	rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0, 0, false
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	u, _ := strconv.ParseFloat(f[11], 64)
+	s, _ := strconv.ParseFloat(f[12], 64)
+	return ppid, (u + s) / clockTick, true
 }

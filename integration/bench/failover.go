@@ -188,7 +188,7 @@ func (e *env) leaseActivityOf(id string) leaseActivity {
 // ha.id.
 func (e *env) kvReadsBy(id string) int {
 	return len(e.audit.Responses(e.r, func(a stack.AuditEntry) bool {
-		return a.Request.Operation == "read" && strings.HasPrefix(a.Request.Path, "secret/data/"+kvPrefix) && a.Header(ferrystack.BrokerIDHeader) == id
+		return isBrokerKVRead(a) && a.Header(ferrystack.BrokerIDHeader) == id
 	}))
 }
 

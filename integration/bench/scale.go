@@ -304,7 +304,7 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 
 	// 1. Initial sync: broker and every writer start at once.
 	logf("scale: initial sync of %d bindings (%d writers × %d)", res.bindings, writers, perWriter)
-	reads0 := kvReadCount(e)
+	reads0 := e.vaultReads()
 	all := func(int) bool { return true }
 	ph := sc.startPhase(all)
 	start := time.Now()
@@ -315,11 +315,11 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	sc.wait(ph, "initial sync", 10*time.Minute)
 	res.sync = time.Since(start)
 	res.syncCPU = procCPU(broker.Pid())
-	res.syncReads = kvReadCount(e) - reads0
+	res.syncReads = e.vaultReads() - reads0
 	res.brokerRSSSync, _ = broker.PeakRSS()
 	logf("scale: every binding acknowledged after %v (broker CPU %.1f s, peak RSS %d MiB, %d Vault reads)", res.sync, res.syncCPU, res.brokerRSSSync>>20, res.syncReads)
 	checkBrokerApplied(r, admin, sc, broker)
-	steady0, steadyReads0 := time.Now(), kvReadCount(e)
+	steady0, steadyReads0 := time.Now(), e.vaultReads()
 
 	// 2. Fairness. Baselines with the broker idle: the probes (a Vault write
 	// to a probe path until its writer acknowledged the new data) and one
@@ -463,9 +463,7 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	// By the time the broker lists every binding applied, a stray upsert
 	// of the reload (queued with the changed one, in the same Update) has
 	// long reached its writer.
-	for !broker.LogContains("config reloaded") {
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUntil(r, time.Minute, "the broker logs config reloaded", func() bool { return broker.LogContains("config reloaded") })
 	checkBrokerApplied(r, admin, sc, broker)
 	sc.mu.Lock()
 	sc.watch = nil
@@ -489,7 +487,7 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 		time.Sleep(rest)
 	}
 	res.steadyWindow = time.Since(steady0)
-	res.readsPerCycle = float64(kvReadCount(e)-steadyReads0) / (float64(res.steadyWindow) / float64(scaleRefresh))
+	res.readsPerCycle = float64(e.vaultReads()-steadyReads0) / (float64(res.steadyWindow) / float64(scaleRefresh))
 
 	// 4. Broker restart: until every writer holds every binding under the
 	// new broker's revisions.
@@ -499,9 +497,10 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 		if err := broker.Signal(syscall.SIGUSR1); err != nil {
 			r.Fatalf("scale: SIGUSR1: %v", err)
 		}
-		for fi, err := os.Stat(memProfile); err != nil || fi.Size() == 0; fi, err = os.Stat(memProfile) {
-			time.Sleep(50 * time.Millisecond)
-		}
+		waitUntil(r, time.Minute, "the heap profile "+memProfile, func() bool {
+			fi, err := os.Stat(memProfile)
+			return err == nil && fi.Size() > 0
+		})
 	}
 	logf("scale: restarting the broker")
 	ph = sc.startPhase(all)
@@ -601,25 +600,10 @@ func adminClient(r *stack.Runner, addr string, ca *svidCA) ferryv1.DebugServiceC
 	return ferryv1.NewDebugServiceClient(conn)
 }
 
-// kvReadCount counts the broker's reads of the bench's KV paths so far.
-func kvReadCount(e *env) int {
-	return len(e.audit.Responses(e.r, func(a stack.AuditEntry) bool {
-		return a.Request.Operation == "read" && strings.HasPrefix(a.Request.Path, "secret/data/"+kvPrefix) && slices.Contains(a.Auth.Policies, "ferry-broker")
-	}))
-}
-
 // procCPU is a process's CPU time (user + system) so far, in seconds.
 func procCPU(pid int) float64 {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
-	f := strings.Fields(rest)
-	var u, s float64
-	fmt.Sscan(f[11], &u)
-	fmt.Sscan(f[12], &s)
-	return (u + s) / clockTick
+	_, cpu, _ := readStat(pid)
+	return cpu
 }
 
 // writeAtomic replaces path with content, as a ConfigMap update would.
@@ -662,4 +646,14 @@ func (s *scaleResult) markdown(b *strings.Builder) {
 	fmt.Fprintf(b, "| | idle | during the snapshots: p50 | max |\n|---|---:|---:|---:|\n| late writer's snapshot | %s | %s | %s |\n| changed binding (probe) | p50 %s, max %s | %s | %s |\n\n",
 		ms(s.lateIdle), ms(s.lateP50), ms(s.lateMax), ms(s.probeIdleP50), ms(s.probeIdleMax), ms(s.probeP50), ms(s.probeMax))
 	fmt.Fprintf(b, "Reload: the broker logged `%s`.\n", strings.TrimSpace(s.reloadLog))
+}
+
+// waitUntil polls cond every 50 ms and fails the bench if it does not hold
+// within timeout.
+func waitUntil(r *stack.Runner, timeout time.Duration, what string, cond func() bool) {
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			r.Fatalf("scale: %s: not within %v", what, timeout)
+		}
+	}
 }

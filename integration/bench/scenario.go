@@ -519,12 +519,15 @@ func (e *env) vaultReads() int {
 // Vault's audit log.
 func (e *env) kvReads() map[string]int {
 	reads := map[string]int{}
-	for _, a := range e.audit.Responses(e.r, func(a stack.AuditEntry) bool {
-		return a.Request.Operation == "read" && strings.HasPrefix(a.Request.Path, "secret/data/"+kvPrefix) && slices.Contains(a.Auth.Policies, "ferry-broker")
-	}) {
+	for _, a := range e.audit.Responses(e.r, isBrokerKVRead) {
 		reads[a.Request.Path]++
 	}
 	return reads
+}
+
+// isBrokerKVRead is a read of a bench KV path by a broker (its policy).
+func isBrokerKVRead(a stack.AuditEntry) bool {
+	return a.Request.Operation == "read" && strings.HasPrefix(a.Request.Path, "secret/data/"+kvPrefix) && slices.Contains(a.Auth.Policies, "ferry-broker")
 }
 
 // readsBetween returns the reads between two kvReads snapshots and how
