@@ -186,10 +186,12 @@ func partsMeta(m catalog.Meta, writerID string, b config.Binding) catalog.Meta {
 // data no Secret could hold, which the source then treats as it treats
 // refused data.
 func (c *combiner) update(name string, data map[string][]byte, lease *catalog.Lease, at time.Time) (string, bool, error) {
-	if err := secretpolicy.CheckData(data); err != nil && !c.r.Templated() {
-		err = fmt.Errorf("source %s: not published: %w", name, err)
-		c.fail(name, err)
-		return "", false, err
+	if !c.r.Templated() { // a template's output is checked when rendered
+		if err := secretpolicy.CheckData(data); err != nil {
+			err = fmt.Errorf("source %s: not published: %w", name, err)
+			c.fail(name, err)
+			return "", false, err
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -198,11 +200,7 @@ func (c *combiner) update(name string, data map[string][]byte, lease *catalog.Le
 	c.data[name] = data
 	delete(c.errs, name)
 	if lease != nil {
-		if lease.ID == "" && lease.Serial == "" {
-			delete(c.leases, name)
-		} else {
-			c.leases[name] = *lease
-		}
+		c.putLeaseLocked(name, *lease)
 	}
 	var rev string
 	if changed || c.failed != nil {
@@ -326,14 +324,20 @@ func (c *combiner) nextLocked() time.Time {
 	return first
 }
 
-func (c *combiner) setLease(name string, l catalog.Lease) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// putLeaseLocked records part name's lease, or forgets it for an empty one
+// (a source without a lease); c.mu is held.
+func (c *combiner) putLeaseLocked(name string, l catalog.Lease) {
 	if l.ID == "" && l.Serial == "" && l.Expires.IsZero() {
 		delete(c.leases, name)
 	} else {
 		c.leases[name] = l
 	}
+}
+
+func (c *combiner) setLease(name string, l catalog.Lease) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.putLeaseLocked(name, l)
 	if l, ok := c.leaseLocked(); ok {
 		c.p.cat.Catalog.SetLease(c.writerID, c.b.Name, l)
 	}
