@@ -128,7 +128,7 @@ func (c *Catalog) Known(id string) bool {
 func (c *Catalog) SetDesired(writerID, name string, data map[string][]byte, vaultVersion int64, at time.Time) (revision string, changed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.setDesiredLocked(writerID, name, data, nil, vaultVersion, at)
+	return c.setDesiredLocked(writerID, name, data, nil, nil, vaultVersion, at)
 }
 
 // SetDesiredRendered is SetDesired, or with l set SetDesiredLease, for a
@@ -138,17 +138,19 @@ func (c *Catalog) SetDesired(writerID, name string, data map[string][]byte, vaul
 func (c *Catalog) SetDesiredRendered(writerID, name string, data map[string][]byte, md Metadata, l *Lease, at time.Time) (revision string, changed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, b := c.lookup(writerID, name); b != nil && l != nil {
-		lc := *l
-		b.lease = &lc
-	}
-	return c.setDesiredLocked(writerID, name, data, &md, 0, at)
+	return c.setDesiredLocked(writerID, name, data, &md, l, 0, at)
 }
 
-func (c *Catalog) setDesiredLocked(writerID, name string, data map[string][]byte, md *Metadata, vaultVersion int64, at time.Time) (revision string, changed bool) {
+// setDesiredLocked is the SetDesired family: l, if set, is recorded (a
+// copy) in the same step; c.mu is held.
+func (c *Catalog) setDesiredLocked(writerID, name string, data map[string][]byte, md *Metadata, l *Lease, vaultVersion int64, at time.Time) (revision string, changed bool) {
 	w, b := c.lookup(writerID, name)
 	if b == nil {
 		return "", false
+	}
+	if l != nil {
+		lc := *l
+		b.lease = &lc
 	}
 	b.sourceErr = ""
 	b.lastRefresh = at

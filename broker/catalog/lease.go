@@ -39,10 +39,7 @@ func (c *Catalog) SetLease(writerID, name string, l Lease) {
 func (c *Catalog) SetDesiredLease(writerID, name string, data map[string][]byte, l Lease, at time.Time) (revision string, changed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, b := c.lookup(writerID, name); b != nil {
-		b.lease = &l
-	}
-	return c.setDesiredLocked(writerID, name, data, nil, 0, at)
+	return c.setDesiredLocked(writerID, name, data, nil, &l, 0, at)
 }
 
 // fill copies the lease status into st, with the TTL left as of now.
