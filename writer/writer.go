@@ -156,13 +156,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 func creationPolicies(names []string) []ferryv1.CreationPolicy {
 	out := make([]ferryv1.CreationPolicy, 0, len(names))
 	for _, n := range names {
-		switch n {
-		case config.CreationCreate:
-			out = append(out, ferryv1.CreationPolicy_CREATION_POLICY_CREATE)
-		case config.CreationMerge:
-			out = append(out, ferryv1.CreationPolicy_CREATION_POLICY_MERGE)
-		case config.CreationTakeover:
-			out = append(out, ferryv1.CreationPolicy_CREATION_POLICY_TAKEOVER)
+		if p, ok := ferryv1.ParseCreationPolicy(n); ok { // validated with the config
+			out = append(out, p)
 		}
 	}
 	return out

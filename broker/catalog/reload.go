@@ -245,13 +245,8 @@ func stampDelivery(s *ferryv1.Secret, b config.Binding) {
 }
 
 func creationPolicy(p string) ferryv1.CreationPolicy {
-	switch p {
-	case config.CreationMerge:
-		return ferryv1.CreationPolicy_CREATION_POLICY_MERGE
-	case config.CreationTakeover:
-		return ferryv1.CreationPolicy_CREATION_POLICY_TAKEOVER
-	}
-	return ferryv1.CreationPolicy_CREATION_POLICY_CREATE
+	c, _ := ferryv1.ParseCreationPolicy(p) // validated with the config
+	return c.Effective()
 }
 
 func deletionPolicy(p string) ferryv1.DeletionPolicy {

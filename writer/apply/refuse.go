@@ -88,26 +88,12 @@ func (a *Applier) refuse(s *ferryv1.Secret) error {
 	if err := secretpolicy.CheckData(s.GetData()); err != nil {
 		return &RefusedError{Binding: b, Field: "data", Err: err}
 	}
-	if p := creationPolicy(s.GetCreation()); !slices.Contains(a.creation, p) {
+	if p := s.GetCreation().Effective(); !slices.Contains(a.creation, p) {
 		names := make([]string, len(a.creation))
 		for i, q := range a.creation {
-			names[i] = policyName(q)
+			names[i] = q.Name()
 		}
-		return &RefusedError{Binding: b, Field: "creation", Err: fmt.Errorf("policy %q is not in the writer's creation_policies (%s)", policyName(p), strings.Join(names, ", "))}
+		return &RefusedError{Binding: b, Field: "creation", Err: fmt.Errorf("policy %q is not in the writer's creation_policies (%s)", p.Name(), strings.Join(names, ", "))}
 	}
 	return nil
-}
-
-// creationPolicy maps unspecified to create, its meaning.
-func creationPolicy(p ferryv1.CreationPolicy) ferryv1.CreationPolicy {
-	if p == ferryv1.CreationPolicy_CREATION_POLICY_UNSPECIFIED {
-		return ferryv1.CreationPolicy_CREATION_POLICY_CREATE
-	}
-	return p
-}
-
-// policyName is the policy as the configuration files spell it (create,
-// merge, takeover).
-func policyName(p ferryv1.CreationPolicy) string {
-	return strings.ToLower(strings.TrimPrefix(p.String(), "CREATION_POLICY_"))
 }
