@@ -72,13 +72,11 @@ type Broker struct {
 	runs []Run
 }
 
-// Run is one process of a broker: from start until it was seen to end
-// (zero End: still running).
+// Run is one process of a broker, from its start.
 type Run struct {
-	Broker     string // ha.id
-	N          int    // 1 for the first run
-	Start, End time.Time
-	Log        string // the run's log file
+	Broker string // ha.id
+	N      int    // 1 for the first run
+	Start  time.Time
 }
 
 func (r Run) String() string { return fmt.Sprintf("%s (run %d)", r.Broker, r.N) }
@@ -172,7 +170,7 @@ func (b *Broker) Start() {
 	name := fmt.Sprintf("%s.%d", b.ID, n)
 	start := time.Now()
 	b.proc = stack.StartProcess(b.t, name, b.dir, b.bin, []string{"-config", b.Config})
-	b.runs = append(b.runs, Run{Broker: b.ID, N: n, Start: start, Log: b.proc.LogFile()})
+	b.runs = append(b.runs, Run{Broker: b.ID, N: n, Start: start})
 }
 
 // Process is the current (or last) run's process; nil before Start.
@@ -190,20 +188,17 @@ func (b *Broker) Running() bool {
 
 // Kill is kill -9: the broker ends at once, without releasing anything.
 func (b *Broker) Kill() {
-	b.end(func(p *stack.Process) { p.Kill() })
+	if p := b.Process(); p != nil {
+		p.Kill()
+	}
 }
 
 // Stop is SIGTERM, as systemd or the kubelet stop a broker; the process
 // gets stack's grace period to exit, then is killed.
 func (b *Broker) Stop() {
-	b.end(func(p *stack.Process) { p.Stop() })
-}
-
-// Restart stops the broker (SIGTERM) and starts a new run.
-func (b *Broker) Restart() {
-	b.t.Helper()
-	b.Stop()
-	b.Start()
+	if p := b.Process(); p != nil {
+		p.Stop()
+	}
 }
 
 // Pause is SIGSTOP: the process keeps its sockets and its idea of being
@@ -225,30 +220,10 @@ func (b *Broker) signal(sig syscall.Signal) {
 }
 
 // WaitExit waits up to timeout for the current run to end on its own (a
-// broker that lost the lock exits) and records its end.
+// broker that lost the lock exits).
 func (b *Broker) WaitExit(timeout time.Duration) bool {
 	p := b.Process()
-	if p == nil || !p.Wait(timeout) {
-		return false
-	}
-	b.markEnded()
-	return true
-}
-
-func (b *Broker) end(stop func(*stack.Process)) {
-	if p := b.Process(); p != nil {
-		stop(p)
-	}
-	b.markEnded()
-}
-
-// markEnded records the end of the current run once its process is gone.
-func (b *Broker) markEnded() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if n := len(b.runs); n > 0 && b.runs[n-1].End.IsZero() && b.proc.Exited() {
-		b.runs[n-1].End = time.Now()
-	}
+	return p != nil && p.Wait(timeout)
 }
 
 // Runs are the broker's runs so far.

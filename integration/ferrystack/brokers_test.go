@@ -16,7 +16,7 @@ func TestFencingViolations(t *testing.T) {
 	const lock = "secret/data/ferry-broker-ha/leader"
 	t0 := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
-	a := &Broker{ID: "a", runs: []Run{{Broker: "a", N: 1, Start: at(0), End: at(10)}, {Broker: "a", N: 2, Start: at(20)}}}
+	a := &Broker{ID: "a", runs: []Run{{Broker: "a", N: 1, Start: at(0)}, {Broker: "a", N: 2, Start: at(20)}}}
 	b := &Broker{ID: "b", runs: []Run{{Broker: "b", N: 1, Start: at(0)}}}
 	bs := Brokers{a, b}
 	entry := func(typ string, s int, id, path string) stack.AuditEntry {
