@@ -19,6 +19,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/integration/stack"
+	"github.com/ferry-secrets/ferry/internal/spiffetest"
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 	"github.com/ferry-secrets/ferry/writer/stream"
 )
@@ -246,11 +247,8 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	roleID, secretID := ferrystack.AppRole(r, vc, dir, "ferry-broker", "secret/data/"+kvPrefix+"*", "secret/data/"+scaleProbePrefix+"*")
 
 	logf("scale: minting %d writer SVIDs", writers)
-	ca := newSVIDCA(r, trustDomain)
-	_, bcert, bkey := ca.mint(r, brokerID, brokerDNS)
-	certFile := ferrystack.WriteFile(r, dir, "broker.pem", string(bcert))
-	keyFile := ferrystack.WriteFile(r, dir, "broker-key.pem", string(bkey))
-	bundleFile := ferrystack.WriteFile(r, dir, "bundle.pem", string(ca.bundlePEM()))
+	ca := spiffetest.NewCA(r, trustDomain)
+	certFile, keyFile, bundleFile := ca.WriteFiles(r, dir, ca.SVID(r, brokerID, svidTTL, brokerDNS))
 	addr := fmt.Sprintf("127.0.0.1:%d", stack.FreePort(r))
 	head := fmt.Sprintf("listen: %s\nspiffe: {files: {cert: %s, key: %s, bundle: %s}}\nvault:\n  address: %s\n  ca_file: %s\n  auth: {method: approle, role_id_file: %s, secret_id_file: %s}\ndebug: {admins: [%s]}\naudit: {file: %s}\nlog: {level: info}\n",
 		addr, certFile, keyFile, bundleFile, v.Addr, v.CAFile, roleID, secretID, adminID, filepath.Join(dir, "audit.log"))
@@ -275,10 +273,10 @@ func scaleScenario(r *stack.Runner, o options, writers, perWriter, paths int) sc
 	bid := spiffeid.RequireFromString(brokerID)
 	sims := make([]*simWriter, writers)
 	for j := range writers {
-		svid, _, _ := ca.mint(r, scaleWriterID(j))
+		svid := ca.SVID(r, scaleWriterID(j), svidTTL)
 		client, err := stream.New(stream.Options{
 			Target:      addr,
-			DialOptions: stream.DialOptions(svid, ca.bundle, bid),
+			DialOptions: stream.DialOptions(svid, ca.Bundle(), bid),
 			Applier:     &scaleApplier{sc: sc, j: j, results: make(chan *ferryv1.ApplyResult)},
 			Log:         slog.New(slog.DiscardHandler),
 		})
@@ -589,10 +587,13 @@ func checkBrokerApplied(r *stack.Runner, admin ferryv1.DebugServiceClient, sc *s
 	}
 }
 
+// svidTTL is how long the bench's SVIDs live: longer than any run.
+const svidTTL = 24 * time.Hour
+
 // adminClient dials the broker's DebugService as the bench's admin ID.
-func adminClient(r *stack.Runner, addr string, ca *svidCA) ferryv1.DebugServiceClient {
-	svid, _, _ := ca.mint(r, adminID)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(stream.Credentials(svid, ca.bundle, spiffeid.RequireFromString(brokerID))))
+func adminClient(r *stack.Runner, addr string, ca *spiffetest.CA) ferryv1.DebugServiceClient {
+	svid := ca.SVID(r, adminID, svidTTL)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(stream.Credentials(svid, ca.Bundle(), spiffeid.RequireFromString(brokerID))))
 	if err != nil {
 		r.Fatalf("scale: %v", err)
 	}

@@ -15,13 +15,19 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
+
+// TB is what the helpers need of a test: *testing.T and the integration
+// stack's runner (benchmarks, the demo) both provide it.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
 
 // CA is a trust domain's signing authority.
 type CA struct {
@@ -31,11 +37,11 @@ type CA struct {
 }
 
 // NewCA returns a CA for trust domain td (e.g. "ferry.test").
-func NewCA(t testing.TB, td string) *CA {
+func NewCA(t TB, td string) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("spiffetest: %v", err)
 	}
 	tdv := spiffeid.RequireTrustDomainFromString(td)
 	tmpl := &x509.Certificate{
@@ -50,7 +56,7 @@ func NewCA(t testing.TB, td string) *CA {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("spiffetest: %v", err)
 	}
 	cert, _ := x509.ParseCertificate(der)
 	return &CA{TD: tdv, cert: cert, key: key}
@@ -62,12 +68,12 @@ func (ca *CA) Bundle() *x509bundle.Bundle {
 }
 
 // SVID mints an X.509-SVID for id, valid for ttl, with optional DNS names.
-func (ca *CA) SVID(t testing.TB, id string, ttl time.Duration, dnsNames ...string) *x509svid.SVID {
+func (ca *CA) SVID(t TB, id string, ttl time.Duration, dnsNames ...string) *x509svid.SVID {
 	t.Helper()
 	sid := spiffeid.RequireFromString(id)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("spiffetest: %v", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()),
@@ -80,7 +86,7 @@ func (ca *CA) SVID(t testing.TB, id string, ttl time.Duration, dnsNames ...strin
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("spiffetest: %v", err)
 	}
 	cert, _ := x509.ParseCertificate(der)
 	return &x509svid.SVID{ID: sid, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
@@ -90,11 +96,11 @@ func (ca *CA) SVID(t testing.TB, id string, ttl time.Duration, dnsNames ...strin
 // with its key, for certificates an SVID could not be: no URI SAN, a
 // validity in the future, and so on. tmpl's serial number and key usages
 // are filled in when unset.
-func (ca *CA) Sign(t testing.TB, tmpl *x509.Certificate) tls.Certificate {
+func (ca *CA) Sign(t TB, tmpl *x509.Certificate) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("spiffetest: %v", err)
 	}
 	if tmpl.SerialNumber == nil {
 		tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
@@ -107,7 +113,7 @@ func (ca *CA) Sign(t testing.TB, tmpl *x509.Certificate) tls.Certificate {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("spiffetest: %v", err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
@@ -136,7 +142,7 @@ type Source struct {
 }
 
 // Source returns a source for a fresh SVID for id.
-func (ca *CA) Source(t testing.TB, id string, dnsNames ...string) *Source {
+func (ca *CA) Source(t TB, id string, dnsNames ...string) *Source {
 	return &Source{SVIDValue: ca.SVID(t, id, time.Hour, dnsNames...), BundleSet: ca.Bundle()}
 }
 
@@ -153,17 +159,17 @@ func (s *Source) Close() error { return nil }
 
 // WriteFiles writes svid (chain, PKCS#8 key) and the CA bundle as PEM files
 // into dir and returns their paths.
-func (ca *CA) WriteFiles(t testing.TB, dir string, svid *x509svid.SVID) (certFile, keyFile, bundleFile string) {
+func (ca *CA) WriteFiles(t TB, dir string, svid *x509svid.SVID) (certFile, keyFile, bundleFile string) {
 	t.Helper()
 	certPEM, keyPEM, err := svid.Marshal()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("spiffetest: %v", err)
 	}
 	bundlePEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
 	certFile, keyFile, bundleFile = filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid.key"), filepath.Join(dir, "bundle.pem")
 	for f, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM, bundleFile: bundlePEM} {
 		if err := os.WriteFile(f, b, 0o600); err != nil {
-			t.Fatal(err)
+			t.Fatalf("spiffetest: %v", err)
 		}
 	}
 	return certFile, keyFile, bundleFile
