@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
 // Resync applies every Secret the writer holds again, at most parallelism
@@ -60,11 +59,7 @@ func (a *Applier) Resync(ctx context.Context, parallelism int) (applied, failed 
 			}
 			a.settle(k, e)
 			if err != nil || wasFailing {
-				r := &ferryv1.ApplyResult{Binding: s.GetBinding(), Revision: s.GetRevision()}
-				if err != nil {
-					r.Error = err.Error()
-				}
-				a.report(r)
+				a.reportResult(s, err)
 			}
 			mu.Lock()
 			defer mu.Unlock()

@@ -159,14 +159,22 @@ func (a *Applier) retryNext(ctx context.Context) bool {
 	}
 	a.settle(k, e)
 	e.mu.Unlock()
-	r := &ferryv1.ApplyResult{Binding: s.GetBinding(), Revision: s.GetRevision()}
 	attrs := []any{"binding", s.GetBinding(), "namespace", s.GetNamespace(), "name", s.GetName(), "revision", s.GetRevision(), "attempt", attempt}
 	if err != nil {
-		r.Error = err.Error()
 		a.log.Warn("apply retry failed", append(attrs, "err", err)...)
 	} else {
 		a.log.Info("apply retry succeeded", attrs...)
 	}
-	a.report(r)
+	a.reportResult(s, err)
 	return true
+}
+
+// reportResult reports the outcome of a write the broker did not ask for
+// (a retry or a resync) as s's apply result.
+func (a *Applier) reportResult(s *ferryv1.Secret, err error) {
+	r := &ferryv1.ApplyResult{Binding: s.GetBinding(), Revision: s.GetRevision()}
+	if err != nil {
+		r.Error = err.Error()
+	}
+	a.report(r)
 }
