@@ -5,7 +5,6 @@ import (
 	"sort"
 	"sync"
 	"time"
-
 )
 
 // Resync applies every Secret the writer holds again, at most parallelism
