@@ -15,8 +15,6 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -448,14 +446,9 @@ type scraped struct {
 // scrape reads and parses addr's /metrics.
 func scrape(t *testing.T, addr string) scraped {
 	t.Helper()
-	code, text := httpGetBody("http://" + addr + "/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("GET %s/metrics: %d", addr, code)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(strings.NewReader(text))
+	families, text, err := ferrystack.Scrape(addr)
 	if err != nil {
-		t.Fatalf("parse %s/metrics: %v", addr, err)
+		t.Fatal(err)
 	}
 	return scraped{text: text, families: families}
 }

@@ -1,6 +1,7 @@
 package ferrystack
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -275,22 +277,35 @@ func (bs Brokers) WaitActive(t stack.TB, timeout time.Duration) (*Broker, time.D
 // metricsClient scrapes metrics; a paused broker must not hang a check.
 var metricsClient = &http.Client{Timeout: 2 * time.Second}
 
+// Scrape reads and parses http://addr/metrics, returning the families and
+// the text.
+func Scrape(addr string) (map[string]*dto.MetricFamily, string, error) {
+	resp, err := metricsClient.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, "", fmt.Errorf("GET %s/metrics: %v", addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, "", fmt.Errorf("GET %s/metrics: %s", addr, resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return nil, "", fmt.Errorf("parse %s/metrics: %v", addr, err)
+	}
+	return families, string(body), nil
+}
+
 // Gauge scrapes http://addr/metrics and returns the value of the unlabelled
 // series name.
 func Gauge(addr, name string) (float64, error) {
-	resp, err := metricsClient.Get("http://" + addr + "/metrics")
+	families, _, err := Scrape(addr)
 	if err != nil {
 		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		io.Copy(io.Discard, resp.Body)
-		return 0, fmt.Errorf("GET %s/metrics: %s", addr, resp.Status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return 0, fmt.Errorf("parse %s/metrics: %v", addr, err)
 	}
 	f := families[name]
 	if f == nil || len(f.Metric) == 0 {
