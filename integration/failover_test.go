@@ -174,17 +174,6 @@ func mkdir(t *testing.T, dir string) string {
 	return dir
 }
 
-// waitLog waits until p has logged s.
-func waitLog(t *testing.T, p *stack.Process, s string, timeout time.Duration) {
-	t.Helper()
-	eventually(t, timeout, fmt.Sprintf("%s logs %s", p.LogFile(), s), func() error {
-		if !p.LogContains(s) {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
-}
-
 // list calls ListBindings on the broker at addr.
 func (e *failoverEnv) list(t *testing.T, addr string) (*ferryv1.ListBindingsResponse, error) {
 	t.Helper()

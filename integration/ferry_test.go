@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,6 +73,27 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() er
 	}
 	t.Fatalf("%s: not within %v: %v", what, timeout, err)
 	return 0
+}
+
+// waitLog waits until p has logged s.
+func waitLog(t *testing.T, p *stack.Process, s string, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, fmt.Sprintf("%s logs %s", p.LogFile(), s), func() error {
+		if !p.LogContains(s) {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+}
+
+// hupWhenStarted sends broker a SIGHUP once it handles one (it logs its
+// start after registering for SIGHUP; before, the signal would end it).
+func hupWhenStarted(t *testing.T, broker *stack.Process) {
+	t.Helper()
+	waitLog(t, broker, `"msg":"ferry-broker starting"`, 30*time.Second)
+	if err := broker.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func ctxT(t *testing.T) context.Context {

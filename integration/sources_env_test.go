@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -256,15 +255,7 @@ func (e *sourcesEnv) addBinding(t *testing.T, name, spec string) {
 // after registering for SIGHUP).
 func (e *sourcesEnv) hup(t *testing.T) {
 	t.Helper()
-	eventually(t, 30*time.Second, "the broker started", func() error {
-		if !e.broker.LogContains(`"msg":"ferry-broker starting"`) {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
-	if err := syscall.Kill(e.broker.Pid(), syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	hupWhenStarted(t, e.broker)
 }
 
 // removeBinding rewrites the broker's config without name and makes the

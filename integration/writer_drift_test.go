@@ -318,15 +318,7 @@ admissionPolicy: {mergeTargets: [{namespace: %[4]s, name: app-config}], takeover
 		}
 		reload := func(bindings string) {
 			s.writeBrokerConfig(bindings)
-			eventually(t, 30*time.Second, "the broker handles SIGHUP", func() error {
-				if !broker.LogContains(`"msg":"ferry-broker starting"`) { // logged once it does
-					return fmt.Errorf("not yet")
-				}
-				return nil
-			})
-			if err := broker.Signal(syscall.SIGHUP); err != nil {
-				t.Fatal(err)
-			}
+			hupWhenStarted(t, broker)
 		}
 		reload(base + at("a"))
 		eventually(t, 15*time.Second, "mv-del-a delivered", holds("mv-del-a", "password", "keep-SECRET"))

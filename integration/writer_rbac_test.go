@@ -83,12 +83,7 @@ func TestWriterChartRBAC(t *testing.T) {
 	t.Run("a takeover is refused by the writer unless its config opts in", func(t *testing.T) {
 		// The refusal in the log is the signal that the writer has handled
 		// the binding; the foreign Secret must then be as it was.
-		eventually(t, 30*time.Second, "takeover refusal in the writer log", func() error {
-			if !writer.LogContains(`binding \"grab\" refused: creation: policy \"takeover\"`) {
-				return fmt.Errorf("not yet")
-			}
-			return nil
-		})
+		waitLog(t, writer, `binding \"grab\" refused: creation: policy \"takeover\"`, 30*time.Second)
 		got, err := admin.CoreV1().Secrets(nsA).Get(ctx, "foreign", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
