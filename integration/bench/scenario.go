@@ -102,27 +102,6 @@ var writeMode = "update"
 // production, instead of one per simulated cluster.
 var onePolicy bool
 
-// shareServiceAccount grants ServiceAccount saNS/name rules in ns (a Role
-// and RoleBinding) and returns token, once the authorizer allows it.
-func (e *env) shareServiceAccount(ns, saNS, name string, rules []rbacv1.PolicyRule, token string) string {
-	ctx := context.Background()
-	admin := e.kube.Admin(e.r)
-	e.kube.CreateNamespace(e.r, ns)
-	meta := metav1.ObjectMeta{Name: name, Namespace: ns}
-	if _, err := admin.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: meta, Rules: rules}, metav1.CreateOptions{}); err != nil {
-		e.r.Fatalf("role %s/%s: %v", ns, name, err)
-	}
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: meta,
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: saNS}},
-	}
-	if _, err := admin.RbacV1().RoleBindings(ns).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		e.r.Fatalf("role binding %s/%s: %v", ns, name, err)
-	}
-	return token
-}
-
 // tokenClient is a client of the apiserver with a ServiceAccount token.
 func (e *env) tokenClient(token string) kubernetes.Interface {
 	kc, err := kubernetes.NewForConfig(e.kube.ConfigForToken(token))
@@ -432,7 +411,8 @@ func (e *env) setupFerryWith(spec ferrySpec) *ferry {
 		case onePolicy && writeMode == "update" && j > 0:
 			// Writer 0's ServiceAccount, held by writer 0's policy, which
 			// is installed below for every writer's namespace.
-			token = e.shareServiceAccount(writerNS(j), writerNS(0), "ferry-writer", rules, sharedToken)
+			e.kube.Grant(e.r, writerNS(j), writerNS(0), "ferry-writer", rules)
+			token = sharedToken
 		case onePolicy && writeMode == "update":
 			token = e.kube.ServiceAccount(e.r, writerNS(j), "ferry-writer", rules)
 			sharedToken = token

@@ -265,8 +265,28 @@ func (k *Kube) ServiceAccount(t TB, ns, name string, rules []rbacv1.PolicyRule) 
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatalf("stack: create service account %s/%s: %v", ns, name, err)
 	}
+	tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("stack: token for service account %s/%s: %v", ns, name, err)
+	}
+	k.Grant(t, ns, ns, name, rules)
+	return tr.Status.Token
+}
+
+// Grant creates namespace ns (if absent) and grants the ServiceAccount
+// saNS/name exactly rules in ns, through a Role and RoleBinding named after
+// it; it returns once the apiserver's authorizer applies the binding.
+func (k *Kube) Grant(t TB, ns, saNS, name string, rules []rbacv1.PolicyRule) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin := k.Admin(t)
+	k.CreateNamespace(t, ns)
+	meta := metav1.ObjectMeta{Name: name, Namespace: ns}
 	role := &rbacv1.Role{ObjectMeta: meta, Rules: rules}
-	_, err = admin.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{})
+	_, err := admin.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		_, err = admin.RbacV1().Roles(ns).Update(ctx, role, metav1.UpdateOptions{})
 	}
@@ -276,26 +296,19 @@ func (k *Kube) ServiceAccount(t TB, ns, name string, rules []rbacv1.PolicyRule) 
 	binding := &rbacv1.RoleBinding{
 		ObjectMeta: meta,
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: ns}},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: saNS}},
 	}
 	_, err = admin.RbacV1().RoleBindings(ns).Create(ctx, binding, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatalf("stack: create role binding %s/%s: %v", ns, name, err)
 	}
-
-	tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("stack: token for service account %s/%s: %v", ns, name, err)
-	}
-	waitAuthorized(ctx, t, admin, ns, name, rules)
-	return tr.Status.Token
+	waitAuthorized(ctx, t, admin, ns, saNS, name, rules)
 }
 
 // waitAuthorized waits until the authorizer, which reads RBAC objects from a
-// cache, allows the service account the first verb of its first rule.
-func waitAuthorized(ctx context.Context, t TB, admin kubernetes.Interface, ns, name string, rules []rbacv1.PolicyRule) {
+// cache, allows the service account saNS/name the first verb of its first
+// rule in ns.
+func waitAuthorized(ctx context.Context, t TB, admin kubernetes.Interface, ns, saNS, name string, rules []rbacv1.PolicyRule) {
 	t.Helper()
 	if len(rules) == 0 || len(rules[0].Verbs) == 0 || len(rules[0].Resources) == 0 {
 		return
@@ -310,8 +323,8 @@ func waitAuthorized(ctx context.Context, t TB, admin kubernetes.Interface, ns, n
 		attrs.Name = r.ResourceNames[0]
 	}
 	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-		User:               "system:serviceaccount:" + ns + ":" + name,
-		Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+		User:               "system:serviceaccount:" + saNS + ":" + name,
+		Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + saNS, "system:authenticated"},
 		ResourceAttributes: attrs,
 	}}
 	for {
