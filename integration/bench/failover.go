@@ -86,7 +86,7 @@ path "%[1]s/metadata/%[2]s" { capabilities = ["create", "update", "read"] }
 			tr.expect(writerNS(j)+"/"+secretName(i), payloadDigest(i, 0), start)
 		}
 	}
-	go tr.run(ctx, e.kc)
+	tr.start(ctx, e.kc)
 	logf("failover: %d brokers; %d paths × %d writers, %d dynamic and %d PKI bindings", len(f.brokers), p, o.writers, o.dynamic, pkiBindings)
 	f.start()
 	if !tr.wait(10 * time.Minute) {

@@ -251,12 +251,12 @@ func (b *bare) run() (time.Duration, string, float64) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	tr := newTracker()
+	tr.start(ctx, e.kc)
 	cpu0 := cpuSeconds()
 	start := time.Now()
 	for i := range e.n {
 		tr.expect(fmt.Sprintf("bare-%d/s-%05d", i%namespaces, i), payloadDigest(i, 0), start)
 	}
-	go tr.run(ctx, e.kc)
 	e.parallel(workers, e.n, func(i int) {
 		s, err := vc.KVv2("secret").Get(ctx, kvPath(i))
 		if err != nil {

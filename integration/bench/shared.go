@@ -76,7 +76,7 @@ func sharedScenario(r *stack.Runner, o options) sharedResult {
 			tr.expect(writerNS(j)+"/"+secretName(i), payloadDigest(i, 0), start)
 		}
 	}
-	go tr.run(ctx, e.kc)
+	tr.start(ctx, e.kc)
 	logf("shared: %d paths × %d writers, %d dynamic and %d PKI bindings", p, o.writers, o.dynamic, pkiBindings)
 	f.start()
 	if !tr.wait(10 * time.Minute) {

@@ -73,13 +73,14 @@ func syncScenario(rr *stack.Runner, o options, n, writers int, steady bool, crea
 		watchCtx, cancelWatch := context.WithCancel(ctx)
 		stopWatch = cancelWatch
 		defer cancelWatch()
+		tr.start(watchCtx, e.kc)
 		cpu0 := cpuSeconds()
 		start := time.Now()
 		for i := range n {
 			tr.expect(writerNS(i%writers)+"/"+secretName(i), payloadDigest(i, 0), start)
 		}
-		go tr.run(watchCtx, e.kc)
 		logf("N=%d: Ferry, %d writers (%d/%d)", n, writers, rep+1, o.reps)
+		rr.Logf("N=%d: Ferry's clock started at %s (for the logs -keep keeps)", n, start.UTC().Format(time.RFC3339Nano))
 		f.start()
 		if !tr.wait(10 * time.Minute) {
 			rr.Fatalf("N=%d: Ferry did not deliver every Secret within 10 minutes", n)
@@ -172,14 +173,14 @@ func latencyScenario(r *stack.Runner, o options) latencyResult {
 	for i := range n {
 		tr.expect(writerNS(0)+"/"+secretName(i), payloadDigest(i, 0), now)
 	}
-	go tr.run(ctx, e.kc)
+	tr.start(ctx, e.kc)
 	f.start()
 	if !tr.wait(2 * time.Minute) {
 		r.Fatalf("latency: initial sync incomplete")
 	}
 	logf("latency: %d changes, refresh %v", n, refresh)
 	lat := newTracker()
-	go lat.run(ctx, e.kc)
+	lat.start(ctx, e.kc)
 	e.parallel(n, n, func(i int) {
 		time.Sleep(time.Duration(rand.Int64N(int64(10 * time.Second))))
 		lat.expect(writerNS(0)+"/"+secretName(i), payloadDigest(i, 1), time.Now())

@@ -121,12 +121,12 @@ func templatesScenario(rr *stack.Runner, o options, n int) templatesResult {
 			tr := newTracker()
 			ctx, cancel := context.WithCancel(context.Background())
 			reads0 := e.vaultReads()
+			tr.start(ctx, e.kc)
 			cpu0 := cpuSeconds()
 			start := time.Now()
 			for i := range n {
 				tr.expect(writerNS(i%o.writers)+"/"+secretName(i), v.digest(i), start)
 			}
-			go tr.run(ctx, e.kc)
 			logf("templates N=%d: %s (%d/%d)", n, v.name, rep+1, o.reps)
 			f.start()
 			if !tr.wait(10 * time.Minute) {

@@ -108,11 +108,12 @@ func (t *tracker) durations() []time.Duration {
 	return out
 }
 
-// run feeds the tracker from a watch on every Secret until ctx ends,
-// re-opening the watch if the apiserver closes it. The same watch times the
-// bare loop and Ferry, so both pay for it.
-func (t *tracker) run(ctx context.Context, kc kubernetes.Interface) {
-	// Start at the current resourceVersion: no replay of existing Secrets.
+// start feeds the tracker from a watch on every Secret until ctx ends. It
+// returns once it holds the apiserver's current resourceVersion, so that
+// every write after it returns is seen (the watch starts there, with no
+// replay of existing Secrets); callers start their clock after it. The same
+// watch times the bare loop and Ferry, so both pay for it.
+func (t *tracker) start(ctx context.Context, kc kubernetes.Interface) {
 	rv := ""
 	for ctx.Err() == nil && rv == "" {
 		list, err := kc.CoreV1().Secrets("").List(ctx, metav1.ListOptions{Limit: 1})
@@ -122,6 +123,12 @@ func (t *tracker) run(ctx context.Context, kc kubernetes.Interface) {
 		}
 		rv = list.ResourceVersion
 	}
+	go t.watch(ctx, kc, rv)
+}
+
+// watch follows the Secrets from rv until ctx ends, re-opening the watch
+// if the apiserver closes it.
+func (t *tracker) watch(ctx context.Context, kc kubernetes.Interface, rv string) {
 	for ctx.Err() == nil {
 		w, err := kc.CoreV1().Secrets("").Watch(ctx, metav1.ListOptions{ResourceVersion: rv, AllowWatchBookmarks: true})
 		if err != nil {
