@@ -71,25 +71,32 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("writer: kubernetes client: %w", err)
 	}
 
-	if cfg.Kubernetes.Write == config.WriteUpdate {
-		// Update mode replaces Secrets with unconditional PUTs: safe only
-		// while the admission policy decides which Secrets are this
-		// writer's. Refuse to start without it (the pod restarts and checks
-		// again, e.g. once a fresh install's policy is in effect).
-		denials, err := apply.CheckPolicy(ctx, kube.CoreV1(), cfg.Namespaces)
-		if err != nil {
-			return fmt.Errorf("writer: %w", err)
-		}
-		for ns, msg := range denials {
-			log.Info("admission policy in effect (a dry-run create of an unlabelled Secret was refused)", "namespace", ns, "denial", msg)
-		}
-	}
 	log.Info("ferry-writer starting", "version", buildinfo.Get().Version, "commit", buildinfo.Get().Commit, "broker", cfg.BrokerAddresses(), "broker_id", brokerID.String(),
 		"namespaces", cfg.Namespaces, "parallelism", cfg.Kubernetes.Parallelism, "resync", cfg.Resync.Duration.String(),
 		"deletion_enabled", cfg.Deletion.Enabled, "rollout_restart_targets", len(cfg.RolloutRestart.Targets),
 		"qps", cfg.Kubernetes.QPS, "burst", cfg.Kubernetes.Burst, "api_server", restCfg.Host, "write", cfg.Kubernetes.Write, "content_type", restCfg.ContentType,
 		"secret_types", cfg.SecretTypes, "creation_policies", cfg.CreationPolicies)
-	src, err := svidsource.New(ctx, cfg.SPIFFE, log)
+	// The admission policy check (apiserver round trips) and the first SVID
+	// (the Workload API) do not depend on each other: both run at once, and
+	// the writer goes on (and so writes anything) only once both succeeded.
+	// A failed check ends the wait for the SVID at once.
+	svidCtx, cancelSVID := context.WithCancelCause(ctx)
+	defer cancelSVID(nil)
+	checked := make(chan error, 1)
+	go func() {
+		err := checkPolicy(ctx, cfg, kube, log)
+		if err != nil {
+			cancelSVID(err)
+		}
+		checked <- err
+	}()
+	src, err := svidsource.New(svidCtx, cfg.SPIFFE, log)
+	if perr := <-checked; perr != nil {
+		if src != nil {
+			src.Close()
+		}
+		return perr
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -148,6 +155,26 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	})
 	if err != nil {
 		return fmt.Errorf("writer: %w", err)
+	}
+	return nil
+}
+
+// checkPolicy, in update mode, shows that the admission policy holds the
+// writer's credentials in every target namespace (apply.CheckPolicy). Update
+// mode replaces Secrets with unconditional PUTs: safe only while the policy
+// decides which Secrets are this writer's. Without it the writer refuses to
+// start (the pod restarts and checks again, e.g. once a fresh install's
+// policy is in effect).
+func checkPolicy(ctx context.Context, cfg config.Config, kube kubernetes.Interface, log *slog.Logger) error {
+	if cfg.Kubernetes.Write != config.WriteUpdate {
+		return nil
+	}
+	denials, err := apply.CheckPolicy(ctx, kube.CoreV1(), cfg.Namespaces)
+	if err != nil {
+		return fmt.Errorf("writer: %w", err)
+	}
+	for ns, msg := range denials {
+		log.Info("admission policy in effect (a dry-run create of an unlabelled Secret was refused)", "namespace", ns, "denial", msg)
 	}
 	return nil
 }
