@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1apply "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/integration/stack"
@@ -186,11 +188,11 @@ func (e *env) parallel(workers, n int, f func(i int)) {
 // bare is the physical limit: workers goroutines that each read a path
 // from Vault and server-side-apply it as a Secret, nothing else.
 type bare struct {
-	e                        *env
-	workers                  int
-	namespaces               int
-	roleIDFile, secretIDFile string
-	kc                       kubernetes.Interface
+	e                *env
+	workers          int
+	namespaces       int
+	roleID, secretID string
+	kubeCfg          *rest.Config // the loop's ServiceAccount, no client-side rate limit
 }
 
 // setupBare creates the bare loop's namespaces and clients; nothing is
@@ -205,21 +207,41 @@ func (e *env) setupBare(workers, namespaces int) *bare {
 	if _, err := e.vc.Logical().Write("auth/approle/role/bench-bare", map[string]any{"token_ttl": "10m", "token_max_ttl": "10m"}); err != nil {
 		e.r.Fatalf("vault: %v", err)
 	}
-	return &bare{e: e, workers: workers, namespaces: namespaces, roleIDFile: roleIDFile, secretIDFile: secretIDFile, kc: e.bareKubeClient()}
+	return &bare{e: e, workers: workers, namespaces: namespaces, roleID: readFile(e.r, roleIDFile), secretID: readFile(e.r, secretIDFile), kubeCfg: e.bareKubeConfig()}
 }
 
-// login returns a Vault client logged in with the bare loop's AppRole.
+// login returns a Vault client logged in with the bare loop's AppRole, on
+// a connection of its own (as a program started for the job has): its TLS
+// handshake and the login are part of the loop's run.
 func (b *bare) login() *vaultapi.Client {
-	vc, err := b.e.vc.Clone()
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = b.e.vault.Addr
+	if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: b.e.vault.CAFile}); err != nil {
+		b.e.r.Fatalf("vault client: %v", err)
+	}
+	vc, err := vaultapi.NewClient(cfg)
 	if err != nil {
 		b.e.r.Fatalf("vault client: %v", err)
 	}
-	login, err := vc.Logical().Write("auth/approle/login", map[string]any{"role_id": readFile(b.e.r, b.roleIDFile), "secret_id": readFile(b.e.r, b.secretIDFile)})
+	login, err := vc.Logical().Write("auth/approle/login", map[string]any{"role_id": b.roleID, "secret_id": b.secretID})
 	if err != nil {
 		b.e.r.Fatalf("vault login: %v", err)
 	}
 	vc.SetToken(login.Auth.ClientToken)
 	return vc
+}
+
+// kubeClient returns a Kubernetes client with the loop's ServiceAccount
+// token on a connection of its own (client-go shares one transport between
+// clients of equal configs; a config with its own dialer gets a new one).
+func (b *bare) kubeClient() kubernetes.Interface {
+	cfg := rest.CopyConfig(b.kubeCfg)
+	cfg.Dial = (&net.Dialer{}).DialContext
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		b.e.r.Fatalf("bare loop: %v", err)
+	}
+	return kc
 }
 
 // deleteSecrets deletes every Secret in the namespaces (untimed, between
@@ -241,13 +263,12 @@ const settle = 3 * time.Second
 // the CPU time each process spent meanwhile, and their sum. Its clock stops, like
 // Ferry's, when the apiserver watch has seen every Secret.
 func (b *bare) run() (time.Duration, string, float64) {
-	e, workers, namespaces, kc := b.e, b.workers, b.namespaces, b.kc
+	e, workers, namespaces := b.e, b.workers, b.namespaces
 	ns := make([]string, namespaces)
 	for j := range ns {
 		ns[j] = fmt.Sprintf("bare-%d", j)
 	}
 	e.deleteSecrets(ns...)
-	vc := b.login()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	tr := newTracker()
@@ -257,6 +278,9 @@ func (b *bare) run() (time.Duration, string, float64) {
 	for i := range e.n {
 		tr.expect(fmt.Sprintf("bare-%d/s-%05d", i%namespaces, i), payloadDigest(i, 0), start)
 	}
+	// Like Ferry's broker and writers, the loop logs in to Vault and
+	// connects to the apiserver inside its clock.
+	vc, kc := b.login(), b.kubeClient()
 	e.parallel(workers, e.n, func(i int) {
 		s, err := vc.KVv2("secret").Get(ctx, kvPath(i))
 		if err != nil {
@@ -281,10 +305,11 @@ func (b *bare) run() (time.Duration, string, float64) {
 	return took, cpuDelta(cpu0, cpu1), cpuTotal(cpu0, cpu1)
 }
 
-// bareKubeClient authenticates like a writer (a ServiceAccount token, so
-// the apiserver pays the same authentication cost) and may only create and
-// patch Secrets, with no client-side rate limit.
-func (e *env) bareKubeClient() kubernetes.Interface {
+// bareKubeConfig is the bare loop's Kubernetes client config: it
+// authenticates like a writer (a ServiceAccount token, so the apiserver pays
+// the same authentication cost), may only create and patch Secrets, and has
+// no client-side rate limit. It returns once RBAC lets it apply.
+func (e *env) bareKubeConfig() *rest.Config {
 	ctx := context.Background()
 	token := e.kube.ServiceAccount(e.r, "bare-0", "bench-bare", nil)
 	admin := e.kube.Admin(e.r)
@@ -310,7 +335,7 @@ func (e *env) bareKubeClient() kubernetes.Interface {
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		_, err := kc.CoreV1().Secrets("bare-0").Apply(ctx, corev1apply.Secret("probe", "bare-0"), metav1.ApplyOptions{FieldManager: "bench-bare", Force: true})
 		if err == nil {
-			return kc
+			return cfg
 		}
 		if time.Now().After(deadline) {
 			e.r.Fatalf("bare loop: the ServiceAccount still may not apply: %v", err)
