@@ -11,40 +11,27 @@
 // -cpuprofile FILE writes a CPU profile until the process stops, and
 // -memprofile FILE a heap profile when it stops.
 //
-// Unless GOGC is set, the writer runs with a garbage-collection target of
-// 400 % rather than Go's 100 % (see gcPercent).
+// Unless GOGC is set, the writer's garbage collector starts no collection
+// below a 16 MiB heap (internal/gcfloor).
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
-	"runtime/debug"
 
 	"github.com/ferry-secrets/ferry/internal/command"
+	"github.com/ferry-secrets/ferry/internal/gcfloor"
 	"github.com/ferry-secrets/ferry/internal/logging"
 	"github.com/ferry-secrets/ferry/writer"
 	"github.com/ferry-secrets/ferry/writer/config"
 )
 
 func main() {
-	defaultGC()
+	// The writer's live heap is a few MiB (it keeps each Secret's revision,
+	// never its data): collect from a 16 MiB heap on, not Go's 4 MiB.
+	gcfloor.Start()
 	command.Main("ferry-writer", run)
-}
-
-// gcPercent is the writer's garbage-collection target when GOGC is unset.
-// Its live heap is a few MiB whatever it serves (it keeps each Secret's
-// revision, never its data), so at Go's default (100 %, 4 MiB minimum) it
-// collected every few hundred Secrets, a quarter of its CPU in the initial
-// sync of 100 Secrets; at 400 % its peak RSS is unchanged (40 MiB) and its
-// CPU falls by about a quarter (BENCHMARKS.md, "Initial sync").
-const gcPercent = 400
-
-// defaultGC sets gcPercent unless GOGC is set: the operator's setting wins.
-func defaultGC() {
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(gcPercent)
-	}
 }
 
 func run(args []string) error {
