@@ -40,15 +40,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	for _, opt := range opts {
 		opt(&o)
 	}
-	var hup chan os.Signal
-	if o.configPath != "" {
-		// Before anything else (and before "ferry-broker starting" is
-		// logged): a SIGHUP while the broker starts (SVID, Vault login) is
-		// kept for the reloader instead of ending the process.
-		hup = make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-	}
+	// SIGHUP has this one owner (onHangup). Registered before anything else
+	// (and before "ferry-broker starting" is logged): a SIGHUP while the
+	// broker starts (SVID, Vault login) is kept for it instead of ending the
+	// process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log.Info("ferry-broker starting", "listen", cfg.Listen, "vault_address", cfg.Vault.Address, "vault_identities", len(cfg.Vault.IdentityNames()))
 	// Before any Vault client: VAULT_* variables must not redirect the
 	// broker or weaken its TLS to Vault.
@@ -138,15 +136,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	// holds the lock: then it starts exactly as a restarted single broker
 	// does (the saved token adopted, every lease and certificate loaded).
 	active := []task.Func{vaults.Run, poller.Run}
+	var r *reloader // nil: no file to reload
+	if o.configPath != "" {
+		r = newReloader(o.configPath, cfg, td, cat, srv, log)
+	}
 	tasks := []task.Func{func(ctx context.Context) error {
 		return serve(ctx, srv, lis, &serving, log)
 	}, func(ctx context.Context) error {
-		return reopenOnHangup(ctx, aud, log)
+		return onHangup(ctx, hup, aud, r, log)
 	}}
-	if o.configPath != "" {
-		r := newReloader(o.configPath, cfg, td, cat, srv, log)
-		tasks = append(tasks, func(ctx context.Context) error { return r.run(ctx, hup) })
-	}
 	if peers == nil {
 		tasks = append(tasks, active...)
 	} else {
@@ -200,13 +198,11 @@ func serve(ctx context.Context, srv *server.Server, lis net.Listener, serving *a
 	return nil
 }
 
-// reopenOnHangup reopens the audit log file on every SIGHUP until ctx ends,
-// so that lines go to a new file after log rotation (logrotate's
-// postrotate, or `systemctl reload`) moved the old one away.
-func reopenOnHangup(ctx context.Context, aud *audit.Log, log *slog.Logger) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// onHangup handles every SIGHUP from hup until ctx ends: it reopens the
+// audit log file, so that lines go to a new file after log rotation
+// (logrotate's postrotate, or `systemctl reload`) moved the old one away,
+// and, if the broker runs from a file (r not nil), reloads it (reload.go).
+func onHangup(ctx context.Context, hup <-chan os.Signal, aud *audit.Log, r *reloader, log *slog.Logger) error {
 	for {
 		select {
 		case <-ctx.Done():
@@ -214,6 +210,9 @@ func reopenOnHangup(ctx context.Context, aud *audit.Log, log *slog.Logger) error
 		case <-hup:
 			if err := aud.Reopen(); err != nil {
 				log.Error("audit log not reopened; writing on to the old file", "err", err)
+			}
+			if r != nil {
+				r.reload()
 			}
 		}
 	}

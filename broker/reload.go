@@ -1,10 +1,8 @@
 package broker
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"reflect"
 	"runtime/debug"
 
@@ -58,19 +56,6 @@ func newReloader(path string, running *config.Config, td spiffeid.TrustDomain, c
 	r := &reloader{path: path, trustDomain: td, cat: cat, admins: admins, log: log, fixed: *running}
 	r.fixed.Writers, r.fixed.Debug.Admins = nil, nil
 	return r
-}
-
-// run reloads on every signal from hup (SIGHUP, registered by Run) until
-// ctx ends.
-func (r *reloader) run(ctx context.Context, hup <-chan os.Signal) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-hup:
-			r.reload()
-		}
-	}
 }
 
 // reload loads the file, hands its debug.admins to the server and its

@@ -17,6 +17,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ferry-secrets/ferry/broker/audit"
 	"github.com/ferry-secrets/ferry/broker/catalog"
 	"github.com/ferry-secrets/ferry/broker/config"
 	"github.com/ferry-secrets/ferry/broker/source"
@@ -276,8 +277,8 @@ func TestReloaderClassifiesEachChange(t *testing.T) {
 	})
 }
 
-// TestReloaderRunsOnSIGHUP: run reloads the file when the process gets a
-// SIGHUP.
+// TestReloaderRunsOnSIGHUP: onHangup reloads the file when the process gets
+// a SIGHUP.
 func TestReloaderRunsOnSIGHUP(t *testing.T) {
 	hup := make(chan os.Signal, 1) // as Run registers it
 	signal.Notify(hup, syscall.SIGHUP)
@@ -292,10 +293,15 @@ func TestReloaderRunsOnSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	cat := catalog.New(cfg.Writers, source.Meta)
-	r := newReloader(path, cfg, spiffeid.RequireTrustDomainFromString("ferry.test"), cat, noAdmins{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	r := newReloader(path, cfg, spiffeid.RequireTrustDomainFromString("ferry.test"), cat, noAdmins{}, log)
+	aud, err := audit.Open(filepath.Join(t.TempDir(), "audit.log"), log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- r.run(ctx, hup) }()
+	go func() { done <- onHangup(ctx, hup, aud, r, log) }()
 	if err := os.WriteFile(path, []byte(classifyConfig(`labels: {a: b}, dynamic: {path: database/creds/app}`)), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -314,6 +320,6 @@ func TestReloaderRunsOnSIGHUP(t *testing.T) {
 	}
 	cancel()
 	if err := <-done; err != nil {
-		t.Errorf("run: %v", err)
+		t.Errorf("onHangup: %v", err)
 	}
 }
