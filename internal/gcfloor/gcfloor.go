@@ -1,14 +1,15 @@
 // Package gcfloor gives the Go garbage collector a minimum heap target: a
 // process whose live heap is small collects when its heap reaches Floor, not
-// Go's 4 MiB, and one whose live heap is large collects as GOGC=100 does.
+// at Go's 4 MiB, and one whose live heap is over Floor/2 collects as
+// GOGC=100 does.
 //
 // Go sets the next collection at live × (1 + GOGC/100), at least 4 MiB ×
 // GOGC/100, and has no setting for that floor alone. After every
-// collection, Start's hook sets GOGC to max(100, the percentage that puts
-// the next target at Floor, at most 400, whose own 4 MiB × 400 % floor is
-// Floor): ferry-writer's live heap is about 2 MiB with a hundred Secrets, where Go's default collected every few hundred Secrets
-// (docs/design/write-cost.md); with a thousand its heap target stays at
-// twice its live heap, as before.
+// collection, Start's hook sets GOGC to the percentage that puts the next
+// target at Floor, at least 100 and at most 400 (whose own floor, 4 MiB ×
+// 400 %, is Floor). ferry-writer's live heap is about 2 MiB with a hundred
+// Secrets, where Go's default collected three times in a 100-Secret sync
+// (docs/design/write-cost.md has the measurements and the price in RSS).
 package gcfloor
 
 import (
