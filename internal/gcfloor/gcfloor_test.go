@@ -14,10 +14,10 @@ func TestPercent(t *testing.T) {
 		live uint64
 		want int
 	}{
-		{0, 400},       // no collection yet: the runtime's own floor at 400 % is Floor
-		{1 << 20, 400}, // 1500 wanted, capped: a higher GOGC raises the runtime's floor
-		{2 << 20, 400}, // 700 wanted
-		{4 << 20, 300}, // next target 16 MiB
+		{0, 400},         // no collection yet: the runtime's own floor at 400 % is Floor
+		{1 << 20, 400},   // 1500 wanted, capped: a higher GOGC raises the runtime's floor
+		{2 << 20, 400},   // 700 wanted
+		{4 << 20, 300},   // next target 16 MiB
 		{Floor / 2, 100}, // twice the live heap is the floor: Go's default
 		{100 << 20, 100},
 	} {
