@@ -1,13 +1,9 @@
 package integration
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,32 +17,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/kubernetes/scheme"
-	sigsyaml "sigs.k8s.io/yaml"
 
-	"github.com/ferry-secrets/ferry/integration/stack"
+	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/internal/secretpolicy"
 	writerconfig "github.com/ferry-secrets/ferry/writer/config"
 )
 
 // chartDir is the writer's Helm chart, relative to this package.
 const chartDir = "../deploy/helm/ferry-writer"
-
-// helm runs the pinned helm binary with its cache, config and data homes in
-// temporary directories, and returns its combined output and error.
-func helm(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	home := t.TempDir()
-	cmd := exec.Command(stack.Bin(t, "helm"), args...)
-	cmd.Env = append(os.Environ(),
-		"HELM_CACHE_HOME="+filepath.Join(home, "cache"),
-		"HELM_CONFIG_HOME="+filepath.Join(home, "config"),
-		"HELM_DATA_HOME="+filepath.Join(home, "data"))
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
 
 func valuesFile(t *testing.T, values string) string {
 	t.Helper()
@@ -62,64 +40,11 @@ type rendered struct {
 	objects []runtime.Object
 }
 
-// renderChart runs helm template with values into release namespace ns and
-// decodes every document strictly with client-go's scheme: an unknown field
-// or a wrong type fails the test. Kinds client-go does not know
-// (prometheus-operator's monitoring.coreos.com) become
-// *unstructured.Unstructured, which tests check field by field.
+// renderChart renders the writer's chart with values into release
+// namespace ns, every object decoded strictly (ferrystack.RenderChart).
 func renderChart(t *testing.T, ns, values string) rendered {
 	t.Helper()
-	out, err := helm(t, "template", "ferry", chartDir, "--namespace", ns, "-f", valuesFile(t, values))
-	if err != nil {
-		t.Fatalf("helm template: %v\n%s", err, out)
-	}
-	ser := kjson.NewSerializerWithOptions(kjson.DefaultMetaFactory, scheme.Scheme, scheme.Scheme,
-		kjson.SerializerOptions{Yaml: true, Strict: true})
-	var r rendered
-	rd := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
-	for {
-		doc, err := rd.Read()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
-			continue
-		}
-		var u unstructured.Unstructured
-		if err := sigsyaml.Unmarshal(doc, &u.Object); err != nil {
-			t.Fatalf("rendered YAML: %v\n%s", err, doc)
-		}
-		if u.GroupVersionKind().Group == "monitoring.coreos.com" {
-			r.objects = append(r.objects, &u)
-			continue
-		}
-		obj, gvk, err := ser.Decode(doc, nil, nil)
-		if err != nil {
-			t.Fatalf("strict decode of a rendered object: %v\n%s", err, doc)
-		}
-		if gvk.Kind == "" {
-			t.Fatalf("rendered object without kind:\n%s", doc)
-		}
-		r.objects = append(r.objects, obj)
-	}
-	if len(r.objects) == 0 {
-		t.Fatalf("helm template rendered nothing:\n%s", out)
-	}
-	return r
-}
-
-func stripComments(doc []byte) []byte {
-	var b bytes.Buffer
-	for _, l := range bytes.Split(doc, []byte("\n")) {
-		if !bytes.HasPrefix(bytes.TrimSpace(l), []byte("#")) {
-			b.Write(l)
-			b.WriteByte('\n')
-		}
-	}
-	return b.Bytes()
+	return rendered{objects: ferrystack.RenderChart(t, ns, values)}
 }
 
 func ofType[T runtime.Object](r rendered) []T {
@@ -342,7 +267,7 @@ networkPolicy: {enabled: false}
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if out, err := helm(t, "lint", "--strict", chartDir, "-f", valuesFile(t, tc.values)); err != nil {
+			if out, err := ferrystack.Helm(t, "lint", "--strict", chartDir, "-f", valuesFile(t, tc.values)); err != nil {
 				t.Fatalf("helm lint --strict: %v\n%s", err, out)
 			}
 			r := renderChart(t, "ferry-system", tc.values)
@@ -409,7 +334,7 @@ networkPolicy: {enabled: false}
 			"bad scrape interval":       chartBaseValues + "metrics: {serviceMonitor: {interval: often}}\n",
 			"unknown metrics key":       chartBaseValues + "metrics: {path: /m}\n",
 		} {
-			if out, err := helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, values)); err == nil {
+			if out, err := ferrystack.Helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, values)); err == nil {
 				t.Errorf("%s: helm template succeeded:\n%s", name, out)
 			}
 		}
@@ -430,7 +355,7 @@ networkPolicy: {enabled: false}
 			"unknown policy key":           chartBaseValues + "admissionPolicy: {exempt: [x]}\n",
 			"target without a name":        chartBaseValues + "admissionPolicy: {mergeTargets: [{namespace: payments}]}\n",
 		} {
-			if out, err := helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, values)); err == nil {
+			if out, err := ferrystack.Helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, values)); err == nil {
 				t.Errorf("%s: helm template succeeded:\n%s", name, out)
 			}
 		}

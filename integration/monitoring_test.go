@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/integration/stack"
 )
 
@@ -160,7 +161,7 @@ func TestAlertRules(t *testing.T) {
 			t.Errorf("PrometheusRule spec holds more than groups: %v", slices.Collect(maps.Keys(spec)))
 		}
 		bad := chartBaseValues + "metrics: {prometheusRule: {enabled: true, ruleSelector: x}}\n"
-		if out, err := helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, bad)); err == nil {
+		if out, err := ferrystack.Helm(t, "template", "ferry", chartDir, "-f", valuesFile(t, bad)); err == nil {
 			t.Errorf("an unknown metrics.prometheusRule key was accepted:\n%s", out)
 		}
 	})

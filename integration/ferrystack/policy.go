@@ -2,16 +2,14 @@ package ferrystack
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
+	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/ferry-secrets/ferry/integration/stack"
 	"github.com/ferry-secrets/ferry/writer/apply"
@@ -19,43 +17,23 @@ import (
 
 // WriterPolicy renders the writer chart's ValidatingAdmissionPolicy and its
 // binding (deploy/helm/ferry-writer, templates/admissionpolicy.yaml, with
-// helm template and the chart's defaults) for a release in namespace
+// RenderChart and the chart's defaults) for a release in namespace
 // releaseNS whose ServiceAccount is serviceAccount, writing into targets.
 func WriterPolicy(t stack.TB, releaseNS, serviceAccount string, targets []string) (*admissionregistrationv1.ValidatingAdmissionPolicy, *admissionregistrationv1.ValidatingAdmissionPolicyBinding) {
 	t.Helper()
-	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
-	if err != nil {
-		t.Fatalf("ferrystack: go list -m: %v", err)
+	quoted := make([]string, len(targets))
+	for i, ns := range targets {
+		quoted[i] = strconv.Quote(ns)
 	}
-	home := t.TempDir()
-	args := []string{"template", "ferry", filepath.Join(strings.TrimSpace(string(root)), "deploy", "helm", "ferry-writer"),
-		"--namespace", releaseNS, "--show-only", "templates/admissionpolicy.yaml",
-		"--set", "serviceAccount.name=" + serviceAccount,
-		// Required by the chart's schema; they do not enter the policy.
-		"--set", "broker.spiffeID=spiffe://example.org/broker", "--set", "broker.addresses={broker.example.org:8443}", "--set", "networkPolicy.enabled=false", "--set", "targetNamespaces={" + strings.Join(targets, ",") + "}"}
-	cmd := exec.Command(stack.Bin(t, "helm"), args...)
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"),
-		"HELM_CONFIG_HOME="+filepath.Join(home, "config"), "HELM_DATA_HOME="+filepath.Join(home, "data"))
-	out, err := cmd.Output()
-	if err != nil {
-		var stderr []byte
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = ee.Stderr
-		}
-		t.Fatalf("ferrystack: helm %s: %v\n%s", strings.Join(args, " "), err, stderr)
-	}
+	// broker.* and networkPolicy are required by the chart's schema; they
+	// do not enter the policy.
+	values := fmt.Sprintf("serviceAccount: {name: %q}\nbroker: {spiffeID: spiffe://example.org/broker, addresses: [broker.example.org:8443]}\nnetworkPolicy: {enabled: false}\ntargetNamespaces: [%s]\n",
+		serviceAccount, strings.Join(quoted, ", "))
 	var (
 		policy  *admissionregistrationv1.ValidatingAdmissionPolicy
 		binding *admissionregistrationv1.ValidatingAdmissionPolicyBinding
 	)
-	for _, doc := range strings.Split(string(out), "\n---") {
-		if strings.TrimSpace(doc) == "" || !strings.Contains(doc, "kind:") {
-			continue
-		}
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
-		if err != nil {
-			t.Fatalf("ferrystack: decode the chart's admission policy: %v", err)
-		}
+	for _, obj := range RenderChart(t, releaseNS, values) {
 		switch o := obj.(type) {
 		case *admissionregistrationv1.ValidatingAdmissionPolicy:
 			policy = o
@@ -64,7 +42,7 @@ func WriterPolicy(t stack.TB, releaseNS, serviceAccount string, targets []string
 		}
 	}
 	if policy == nil || binding == nil {
-		t.Fatalf("ferrystack: the chart rendered no admission policy and binding:\n%s", out)
+		t.Fatalf("ferrystack: the chart rendered no admission policy and binding")
 	}
 	return policy, binding
 }
