@@ -14,6 +14,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/integration/stack"
@@ -72,8 +73,16 @@ func demo(r *stack.Runner, exit bool) {
 	info("secret/%s = {username: demo-app, password: %s}", vaultPath, first)
 	roleID, secretID := ferrystack.AppRole(r, vc, dir, "ferry-broker", "secret/data/apps/*")
 
-	step("Kubernetes: namespace %q and the writer's ServiceAccount, allowed only create+patch on secrets", namespace)
-	token := kube.ServiceAccount(r, namespace, "ferry-writer", ferrystack.WriterRules)
+	step("Kubernetes: namespace %q, the writer's ServiceAccount (only create+update on secrets) and the chart's admission policy", namespace)
+	token := kube.ServiceAccount(r, namespace, "ferry-writer", ferrystack.UpdateWriterRules)
+	writerClient, err := kubernetes.NewForConfig(kube.ConfigForToken(token))
+	if err != nil {
+		r.Fatalf("kubernetes client: %v", err)
+	}
+	// As the writer chart installs it by default: update mode (create +
+	// PUT) is safe only while this policy decides which Secrets are
+	// Ferry's, and the writer refuses to start without it.
+	ferrystack.InstallWriterPolicy(r, kube.Admin(r), writerClient, namespace, "ferry-writer", []string{namespace})
 	adminKubeconfig := kube.Kubeconfig(r, "")
 
 	brokerAddr := fmt.Sprintf("127.0.0.1:%d", stack.FreePort(r))
@@ -100,7 +109,7 @@ writers:
 broker: {address: "%s", spiffe_id: "%s"}
 metrics: {listen: "%s"}
 spiffe: {workload_api: "unix://%s"}
-kubernetes: {kubeconfig: %s}
+kubernetes: {kubeconfig: %s, write: update}
 namespaces: [%s]
 `, brokerAddr, brokerID, writerMetrics, spire.AgentSocket, kube.Kubeconfig(r, token), namespace))
 
@@ -149,9 +158,17 @@ namespaces: [%s]
 
 	step("What the writer may do in the cluster (its ServiceAccount)")
 	sa := "system:serviceaccount:" + namespace + ":ferry-writer"
-	for _, verb := range []string{"create", "patch", "get", "list", "watch"} {
+	for _, verb := range []string{"create", "update", "patch", "get", "list", "watch"} {
 		info("can %-6s secrets: %s", verb, kubectl("auth", "can-i", verb, "secrets", "-n", namespace, "--as", sa))
 	}
+	info("and the admission policy holds it to Secrets Ferry writes; a dry-run create of an unlabelled Secret as the writer:")
+	info("$ kubectl create secret generic not-ferry -n %s --from-literal=k=v --dry-run=server --as %s", namespace, sa)
+	denied, err := exec.Command(stack.Bin(r, "kubectl"), "--kubeconfig", adminKubeconfig, "create", "secret", "generic", "not-ferry", "-n", namespace,
+		"--from-literal=k=v", "--dry-run=server", "--as", sa).CombinedOutput()
+	if err == nil {
+		r.Fatalf("the writer's ServiceAccount could create an unlabelled Secret: the admission policy is not in effect\n%s", denied)
+	}
+	info("  %s", strings.TrimSpace(string(denied)))
 
 	step("Asking the broker what it delivered, with grpcurl and a writer SVID (metadata only, never values)")
 	spire.Register(r, stack.Entry{SPIFFEID: writerID, Selectors: []string{"unix:path:" + selfPath(r)}, X509SVIDTTL: 12 * time.Hour})
