@@ -52,8 +52,9 @@ func arm() {
 	})
 }
 
-// sentinel is the object whose finalizer marks a collection; it must not
-// be zero-sized (those are never finalized).
+// sentinel is the object whose finalizer marks a collection. It is 16
+// bytes: zero-sized objects are never finalized, and smaller pointer-free
+// ones share the allocator's tiny blocks, whose finalizers may never run.
 type sentinel struct{ _ [16]byte }
 
 // adjust sets GOGC from the live heap the last collection left.
