@@ -277,8 +277,8 @@ func TestReloaderClassifiesEachChange(t *testing.T) {
 	})
 }
 
-// TestReloaderRunsOnSIGHUP: onHangup reloads the file when the process gets
-// a SIGHUP.
+// TestReloaderRunsOnSIGHUP: on a SIGHUP to the process, onHangup reopens
+// the audit log (moved away by log rotation) and reloads the file.
 func TestReloaderRunsOnSIGHUP(t *testing.T) {
 	hup := make(chan os.Signal, 1) // as Run registers it
 	signal.Notify(hup, syscall.SIGHUP)
@@ -295,8 +295,14 @@ func TestReloaderRunsOnSIGHUP(t *testing.T) {
 	cat := catalog.New(cfg.Writers, source.Meta)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	r := newReloader(path, cfg, spiffeid.RequireTrustDomainFromString("ferry.test"), cat, noAdmins{}, log)
-	aud, err := audit.Open(filepath.Join(t.TempDir(), "audit.log"), log)
+	auditFile := filepath.Join(t.TempDir(), "audit.log")
+	aud, err := audit.Open(auditFile, log)
 	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { aud.Close() })
+	// Log rotation moves the file away; the SIGHUP must reopen it.
+	if err := os.Rename(auditFile, auditFile+".1"); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -317,6 +323,10 @@ func TestReloaderRunsOnSIGHUP(t *testing.T) {
 	bs, _ := cat.Bindings()
 	if len(bs) != 2 || bs[1].Config.Labels["a"] != "b" {
 		t.Errorf("bindings after SIGHUP: %+v", bs)
+	}
+	// onHangup reopens the audit log before it reloads.
+	if _, err := os.Stat(auditFile); err != nil {
+		t.Errorf("the audit log was not reopened on SIGHUP: %v", err)
 	}
 	cancel()
 	if err := <-done; err != nil {

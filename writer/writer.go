@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -79,31 +80,36 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// The admission policy check (apiserver round trips) and the first SVID
 	// (the Workload API) do not depend on each other: both run at once, and
 	// the writer goes on (and so writes anything) only once both succeeded.
-	// A failed check ends the wait for the SVID at once.
-	svidCtx, cancelSVID := context.WithCancelCause(ctx)
-	defer cancelSVID(nil)
-	checked := make(chan error, 1)
+	// The first failure ends the other's wait and is the one reported.
+	startCtx, cancelStart := context.WithCancel(ctx)
+	defer cancelStart()
+	var (
+		failed   error
+		failOnce sync.Once
+	)
+	fail := func(err error) {
+		failOnce.Do(func() { failed = err; cancelStart() })
+	}
+	checked := make(chan struct{})
 	go func() {
-		err := checkPolicy(ctx, cfg, kube, log)
-		if err != nil {
-			cancelSVID(err)
+		defer close(checked)
+		if err := checkPolicy(startCtx, cfg, kube, log); err != nil {
+			fail(err)
 		}
-		checked <- err
 	}()
-	src, err := svidsource.New(svidCtx, cfg.SPIFFE, log)
-	if perr := <-checked; perr != nil {
-		if src != nil {
-			src.Close()
-		}
-		return perr
-	}
+	src, err := svidsource.New(startCtx, cfg.SPIFFE, log)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("writer: %w", err)
+		fail(fmt.Errorf("writer: %w", err))
+	} else {
+		defer src.Close()
 	}
-	defer src.Close()
+	<-checked
+	if ctx.Err() != nil {
+		return nil // stopped while starting: not a failure
+	}
+	if failed != nil {
+		return failed
+	}
 	if svid, err := src.GetX509SVID(); err == nil {
 		log.Info("SVID loaded", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
 	}

@@ -598,3 +598,38 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestRunStartEndsOnAFailedSVID: in update mode the admission policy check
+// and the first SVID run at once, and an SVID that cannot load ends the
+// start with its own error while the check still waits on an apiserver that
+// never answers (its handler returns only when the test ends). Before, the
+// check ran first and the SVID error came after its 30 s timeout; a nil
+// file source in the error path panicked.
+func TestRunStartEndsOnAFailedSVID(t *testing.T) {
+	block := make(chan struct{})
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-block:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(block) }) // runs first: the handler returns, then the server closes
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	ca := spiffetest.NewCA(t, "ferry.test")
+	cfg := writerConfig(t, ca, freeAddr(t), caKubeconfig(t, srv.URL, caPEM))
+	cfg.Kubernetes.Write = config.WriteUpdate
+	missing := filepath.Join(t.TempDir(), "missing-svid.pem")
+	cfg.SPIFFE.Files.Cert = missing
+
+	done := make(chan error, 1)
+	go func() { done <- Run(context.Background(), cfg, slog.New(slog.DiscardHandler)) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), missing) {
+			t.Fatalf("Run = %v, want the SVID files' error naming %s", err, missing)
+		}
+	case <-time.After(25 * time.Second): // under the check's 30 s timeout
+		t.Fatal("Run still waits for the policy check after the SVID failed")
+	}
+}

@@ -214,15 +214,7 @@ func (e *env) setupBare(workers, namespaces int) *bare {
 // a connection of its own (as a program started for the job has): its TLS
 // handshake and the login are part of the loop's run.
 func (b *bare) login() *vaultapi.Client {
-	cfg := vaultapi.DefaultConfig()
-	cfg.Address = b.e.vault.Addr
-	if err := cfg.ConfigureTLS(&vaultapi.TLSConfig{CACert: b.e.vault.CAFile}); err != nil {
-		b.e.r.Fatalf("vault client: %v", err)
-	}
-	vc, err := vaultapi.NewClient(cfg)
-	if err != nil {
-		b.e.r.Fatalf("vault client: %v", err)
-	}
+	vc := b.e.vault.Client(b.e.r) // a client of its own: its own transport
 	login, err := vc.Logical().Write("auth/approle/login", map[string]any{"role_id": b.roleID, "secret_id": b.secretID})
 	if err != nil {
 		b.e.r.Fatalf("vault login: %v", err)

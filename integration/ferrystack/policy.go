@@ -33,7 +33,8 @@ func WriterPolicy(t stack.TB, releaseNS, serviceAccount string, targets []string
 		policy  *admissionregistrationv1.ValidatingAdmissionPolicy
 		binding *admissionregistrationv1.ValidatingAdmissionPolicyBinding
 	)
-	for _, obj := range RenderChart(t, releaseNS, values) {
+	objects := RenderChart(t, releaseNS, values)
+	for _, obj := range objects {
 		switch o := obj.(type) {
 		case *admissionregistrationv1.ValidatingAdmissionPolicy:
 			policy = o
@@ -42,7 +43,11 @@ func WriterPolicy(t stack.TB, releaseNS, serviceAccount string, targets []string
 		}
 	}
 	if policy == nil || binding == nil {
-		t.Fatalf("ferrystack: the chart rendered no admission policy and binding")
+		kinds := make([]string, len(objects))
+		for i, o := range objects {
+			kinds[i] = fmt.Sprintf("%T", o)
+		}
+		t.Fatalf("ferrystack: the chart rendered no admission policy and binding, only %s", strings.Join(kinds, ", "))
 	}
 	return policy, binding
 }

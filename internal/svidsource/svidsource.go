@@ -77,7 +77,11 @@ func New(ctx context.Context, c Config, log *slog.Logger) (Source, error) {
 	if c.WorkloadAPI != "" {
 		return newWorkloadAPISource(ctx, c.WorkloadAPI, waitWarnEvery, log)
 	}
-	return newFileSource(*c.Files, 2*time.Second, log)
+	s, err := newFileSource(*c.Files, 2*time.Second, log)
+	if err != nil {
+		return nil, err // not a nil *fileSource in a non-nil Source
+	}
+	return s, nil
 }
 
 // ErrNoSVID is returned when a source has no usable SVID.
