@@ -23,11 +23,6 @@ import (
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
 )
 
-// The churn test's HA timing: short, so that a take-over happens within a
-// few seconds, with client-go's margins (renew_deadline < lease_duration,
-// retry_period < renew_deadline).
-var churnHA = ferrystack.HA{LeaseDuration: 6 * time.Second, RenewDeadline: 4 * time.Second, RetryPeriod: time.Second}
-
 const (
 	churnNS      = "churn"
 	churnDBRole  = "churn"      // database/roles/churn
@@ -131,7 +126,7 @@ func startChurnEnv(t *testing.T) *churnEnv {
 			Listen: b.Addr, MetricsListen: b.Metrics, AgentSocket: e.spire.AgentSocket,
 			VaultAddr: e.vault.Addr, VaultCAFile: e.vault.CAFile, RoleIDFile: roleID, SecretIDFile: secretID,
 			StateMount: "secret", StateTransitKey: stateTransitKey, Admins: []string{writerID},
-			WriterID: writerID, Bindings: bindings.String(), HA: churnHA.Flow(b.ID),
+			WriterID: writerID, Bindings: bindings.String(), HA: testHA.Flow(b.ID),
 		}.YAML()
 	})
 	for _, b := range e.brokers {
@@ -395,7 +390,7 @@ func testChurn(t *testing.T, e *churnEnv) {
 		func(a stack.AuditEntry) string { return a.Header(ferrystack.BrokerIDHeader) })
 	t.Logf("lease renewals by broker: %v", renewals)
 
-	violations, checked, handovers := e.brokers.FencingViolations(e.audit.Entries(t), churnLock, fencedRequest)
+	violations, checked, handovers := e.brokers.FencingViolations(e.audit.Entries(t), haLockKV, fencedRequest)
 	for _, v := range violations {
 		t.Errorf("fencing: %s", v)
 	}
@@ -407,10 +402,6 @@ func testChurn(t *testing.T, e *churnEnv) {
 	}
 	t.Logf("fencing: %d data requests (KV reads, issue, renew, revoke, state, Transit) over %d broker runs and %d lock handovers, %d violations", checked, len(e.brokers.Runs()), handovers, len(violations))
 }
-
-// churnLock is the HA lock record by default (ha.lock unset): vault.state's
-// mount, <vault.state.path>-ha/leader.
-const churnLock = "secret/data/ferry-broker-ha/leader"
 
 // fencedRequest: a request of a broker's data client — KV reads, issue,
 // renew, revoke, lease lookups, state and Transit — which only the broker

@@ -16,11 +16,12 @@ import (
 
 // HA timing of the failover test's brokers: short, to keep the test short.
 const (
-	haLease   = 6 * time.Second
-	haRenew   = 4 * time.Second
-	haRetry   = time.Second
+	haLease = 6 * time.Second
+	haRenew = 4 * time.Second
+	haRetry = time.Second
+	// haLockKV is the HA lock record by default (ha.lock unset): vault.state's
+	// mount, path ferry-broker-ha/leader.
 	haLockKV  = "secret/data/ferry-broker-ha/leader"
-	haHeader  = "x-ferry-broker-id"
 	haDBRole  = "failover" // TTL haDBTTL, max TTL 10m: renewed, never replaced during the test
 	haBinding = 3
 	// haDBTTL is the database lease's TTL. It is renewed at 50% (±5%):
@@ -31,6 +32,12 @@ const (
 	// have minutes to spare.
 	haDBTTL = 30 * time.Second
 )
+
+// testHA is the ha section of TestBrokerFailover's and TestBrokerChurn's
+// brokers: short, so that a take-over happens within a few seconds, with
+// client-go's margins (renew_deadline < lease_duration, retry_period <
+// renew_deadline).
+var testHA = ferrystack.HA{LeaseDuration: haLease, RenewDeadline: haRenew, RetryPeriod: haRetry}
 
 // failoverEnv is TestBrokerFailover's stack: Vault (TLS, audit with the
 // X-Ferry-Broker-Id header), PostgreSQL, kube-apiserver, SPIRE; two brokers
@@ -105,7 +112,7 @@ func startFailoverEnv(t *testing.T) *failoverEnv {
 	kube := stack.StartKube(t)
 	se.spire = stack.StartSpire(t, stack.SpireOptions{TrustDomain: trustDomain})
 	se.audit = se.vault.EnableFileAudit(t)
-	se.vault.AuditRequestHeader(t, "X-Ferry-Broker-Id")
+	se.vault.AuditRequestHeader(t, ferrystack.BrokerIDHeader)
 	se.vc = se.vault.Client(t)
 	se.admin = kube.Admin(t)
 	brokerBin, writerBin := registeredBinaries(t, se.spire, 0)
@@ -149,7 +156,7 @@ path "database/creds/`+haDBRole+`"          { capabilities = ["read"] }
 			Listen: b.addr, AgentSocket: se.spire.AgentSocket,
 			VaultAddr: se.vault.Addr, VaultCAFile: se.vault.CAFile, RoleIDFile: roleID, SecretIDFile: secretID,
 			StateMount: "secret", StateTransitKey: stateTransitKey, WriterID: writerID, Bindings: bindings,
-			HA: fmt.Sprintf("{id: %s, lease_duration: %s, renew_deadline: %s, retry_period: %s}", b.id, haLease, haRenew, haRetry),
+			HA: testHA.Flow(b.id),
 		}
 		*b.cfg = cfg.Write(t, mkdir(t, b.dir))
 	}
@@ -204,15 +211,8 @@ func (e *failoverEnv) servedBy(t *testing.T, addr, id string) error {
 
 // issues counts database credentials and certificates issued so far.
 func (e *failoverEnv) issues(t *testing.T) (creds, certs int) {
-	for _, a := range e.audit.Responses(t, nil) {
-		switch a.Request.Path {
-		case "database/creds/" + haDBRole:
-			creds++
-		case "pki/issue/web":
-			certs++
-		}
-	}
-	return creds, certs
+	n := e.audit.CountBy(t, nil, stack.ByPath)
+	return n["database/creds/"+haDBRole], n["pki/issue/web"]
 }
 
 // byBroker returns the audited requests carrying X-Ferry-Broker-Id id
@@ -220,7 +220,7 @@ func (e *failoverEnv) issues(t *testing.T) (creds, certs int) {
 func (e *failoverEnv) byBroker(t *testing.T, id string, since time.Time) []stack.AuditEntry {
 	var out []stack.AuditEntry
 	for _, a := range e.audit.Entries(t) {
-		if a.Type == "request" && len(a.Request.Headers[haHeader]) == 1 && a.Request.Headers[haHeader][0] == id && a.Time.After(since) {
+		if a.Type == "request" && a.Header(ferrystack.BrokerIDHeader) == id && a.Time.After(since) {
 			out = append(out, a)
 		}
 	}
@@ -233,7 +233,7 @@ func (e *failoverEnv) lockWrites(t *testing.T, id string, since time.Time) []tim
 	var out []time.Time
 	for _, a := range e.audit.Responses(t, func(a stack.AuditEntry) bool {
 		return a.Request.Path == haLockKV && a.Request.Operation != "read" && a.Error == "" && a.Time.After(since) &&
-			len(a.Request.Headers[haHeader]) == 1 && a.Request.Headers[haHeader][0] == id
+			a.Header(ferrystack.BrokerIDHeader) == id
 	}) {
 		out = append(out, a.Time)
 	}

@@ -310,7 +310,7 @@ func (e *Elector) Release(ctx context.Context) error {
 		e.fence.close()
 		return nil
 	}
-	_, err := e.store.Write(ctx, Record{LeaseDuration: e.timing.LeaseDuration, Acquired: since, Renewed: time.Now().UTC()}, version)
+	next, err := e.store.Write(ctx, Record{LeaseDuration: e.timing.LeaseDuration, Acquired: since, Renewed: time.Now().UTC()}, version)
 	e.fence.close()
 	e.mu.Lock()
 	e.active = false
@@ -319,7 +319,7 @@ func (e *Elector) Release(ctx context.Context) error {
 		e.log.Warn("the HA lock was not released; standbys take it after lease_duration", "err", err)
 		return fmt.Errorf("ha: releasing the lock: %w", err)
 	}
-	e.log.Info("released the lock", "record_version", version+1)
+	e.log.Info("released the lock", "record_version", next)
 	e.notify(false, "released on stop")
 	return nil
 }

@@ -49,6 +49,12 @@ func run(args []string) error {
 		fmt.Println(command.Version("ferry-writer"))
 		return nil
 	}
+	// As the broker's: the profile covers loading the configuration too.
+	stopProfile, err := line.StartProfile()
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	cfg, err := config.Load(line.Config)
 	if err != nil {
 		return err
@@ -76,10 +82,5 @@ func run(args []string) error {
 	// The first SIGTERM/interrupt starts a graceful stop; a second one kills.
 	ctx, stop := command.SignalContext()
 	defer stop()
-	stopProfile, err := line.StartProfile()
-	if err != nil {
-		return err
-	}
-	defer stopProfile()
 	return writer.Run(ctx, cfg, log)
 }

@@ -80,13 +80,13 @@ path "%[1]s/metadata/%[2]s" { capabilities = ["create", "update", "read"] }
 	tr := newTracker()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	tr.start(ctx, e.kc) // before the clock (tracker.start)
 	start := time.Now()
 	for j := range o.writers {
 		for i := range p {
 			tr.expect(writerNS(j)+"/"+secretName(i), payloadDigest(i, 0), start)
 		}
 	}
-	tr.start(ctx, e.kc)
 	logf("failover: %d brokers; %d paths × %d writers, %d dynamic and %d PKI bindings", len(f.brokers), p, o.writers, o.dynamic, pkiBindings)
 	f.start()
 	if !tr.wait(10 * time.Minute) {

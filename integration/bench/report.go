@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"slices"
 	"strings"
 	"time"
 )
@@ -75,10 +74,8 @@ func (r *report) syncMarkdown(b *strings.Builder) {
 	fmt.Fprintf(b, "Each secret is a distinct KV v2 path of ~1 KiB (8 keys × 128 characters). The clock runs from starting the broker until a watch on the apiserver has seen every Secret with the expected data. The bare loop is the physical limit, measured in the same run on the same stack: %d goroutines that each read a path from Vault and server-side-apply it, with no client-side rate limit; its clock, like Ferry's, includes its Vault login and its own connections to Vault and the apiserver (only its process start is not timed: it runs inside the bench). The bare loop and Ferry take turns, %d times each, on fresh Secrets (Ferry's broker and writers are restarted each time; each starts on a settled apiserver), so that the machine's noise lands on both; the table gives the medians and every run. Ferry's writers run in %s. CPU of all processes is the user + system time of every process of the stack (kube-apiserver, etcd, Vault, SPIRE, broker, writers, the bench itself) during each run, a figure the load of other work on the machine moves much less than time. Requests, reads and CPU by process are those of the last run.\n\n", r.opts.parallel, r.opts.reps, writeModeText())
 	fmt.Fprintf(b, "| secrets | writers | creation policy | bare loop (median) | Ferry (median) | Ferry ÷ bare | CPU of all processes, Ferry ÷ bare (median of runs) | runs: bare / Ferry | broker peak RSS | writers peak RSS (sum / max) | Vault reads by the broker | apiserver requests by the writers |\n|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|\n")
 	for _, s := range r.syncs {
-		ratios := slices.Clone(s.cpuRatios)
-		slices.Sort(ratios)
 		fmt.Fprintf(b, "| %d | %d | %s | %.2f s | %.2f s | %.2f | %.2f | %s / %s | %s | %s / %s | %d | %d |\n", s.n, s.writers, s.creation, s.bare.Seconds(), s.ferry.Seconds(),
-			s.ferry.Seconds()/s.bare.Seconds(), ratios[(len(ratios)-1)/2], seconds(s.bareRuns), seconds(s.ferryRuns), mib(s.brokerRSS), mib(s.writerRSSSum), mib(s.writerRSSMax), s.vaultReads, s.writerRequests)
+			s.ferry.Seconds()/s.bare.Seconds(), median(s.cpuRatios), seconds(s.bareRuns), seconds(s.ferryRuns), mib(s.brokerRSS), mib(s.writerRSSSum), mib(s.writerRSSMax), s.vaultReads, s.writerRequests)
 	}
 	fmt.Fprintf(b, "\nCPU time by process during the last run of each (2 cores, so at most 2 s of CPU per second):\n\n| secrets | writers | bare loop | Ferry |\n|---:|---:|---|---|\n")
 	for _, s := range r.syncs {

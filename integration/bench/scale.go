@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -616,16 +615,6 @@ func writeAtomic(r *stack.Runner, path, content string) {
 	if err := os.Rename(tmp, path); err != nil {
 		r.Fatalf("%v", err)
 	}
-}
-
-// pctl is the p-quantile of d (1: the maximum).
-func pctl(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(p*float64(len(s))))]
 }
 
 // markdown writes the scale section.

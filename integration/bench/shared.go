@@ -70,13 +70,13 @@ func sharedScenario(r *stack.Runner, o options) sharedResult {
 	tr := newTracker()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	tr.start(ctx, e.kc) // before the clock (tracker.start)
 	start := time.Now()
 	for j := range o.writers {
 		for i := range p {
 			tr.expect(writerNS(j)+"/"+secretName(i), payloadDigest(i, 0), start)
 		}
 	}
-	tr.start(ctx, e.kc)
 	logf("shared: %d paths × %d writers, %d dynamic and %d PKI bindings", p, o.writers, o.dynamic, pkiBindings)
 	f.start()
 	if !tr.wait(10 * time.Minute) {

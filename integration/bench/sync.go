@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -193,8 +194,7 @@ func latencyScenario(r *stack.Runner, o options) latencyResult {
 	}
 	d := lat.durations()
 	slices.Sort(d)
-	pct := func(p float64) time.Duration { return d[min(len(d)-1, int(p*float64(len(d))))] }
-	return latencyResult{changes: len(d), refresh: refresh, p50: pct(0.50), p99: pct(0.99), max: d[len(d)-1]}
+	return latencyResult{changes: len(d), refresh: refresh, p50: pctl(d, 0.50), p99: pctl(d, 0.99), max: pctl(d, 1)}
 }
 
 func startBroker(r *stack.Runner, f *ferry) *stack.Process {
@@ -206,15 +206,25 @@ func quantiles(d []time.Duration) string {
 	if len(d) == 0 {
 		return "-"
 	}
-	q := func(p float64) string {
-		return fmt.Sprintf("%.2f s", d[min(len(d)-1, int(p*float64(len(d))))].Seconds())
-	}
+	q := func(p float64) string { return fmt.Sprintf("%.2f s", pctl(d, p).Seconds()) }
 	return fmt.Sprintf("first %s, 10%% %s, half %s, 90%% %s, last %s", q(0), q(0.1), q(0.5), q(0.9), q(1))
 }
 
 // median of d (the lower middle for an even count).
-func median(d []time.Duration) time.Duration {
+func median[T cmp.Ordered](d []T) T {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[(len(s)-1)/2]
+}
+
+// pctl is the p-quantile of d (1: the maximum; the upper middle at 0.5 for
+// an even count), the zero value for none.
+func pctl[T cmp.Ordered](d []T, p float64) T {
+	var zero T
+	if len(d) == 0 {
+		return zero
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(p*float64(len(s))))]
 }

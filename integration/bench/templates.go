@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
@@ -33,11 +32,7 @@ type templatesRuns struct {
 }
 
 func (r templatesRuns) median() (time.Duration, float64, int64) {
-	cpu := slices.Clone(r.brokerCPU)
-	slices.Sort(cpu)
-	rss := slices.Clone(r.brokerRSS)
-	slices.Sort(rss)
-	return median(r.took), cpu[(len(cpu)-1)/2], rss[(len(rss)-1)/2]
+	return median(r.took), median(r.brokerCPU), median(r.brokerRSS)
 }
 
 func cfgPath(k int) string { return fmt.Sprintf("%scfg/%04d", kvPrefix, k) }

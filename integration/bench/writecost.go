@@ -352,9 +352,7 @@ func (rs writeCostRuns) medians() (apiserver, etcd float64, took time.Duration) 
 	for i, r := range rs {
 		a[i], e[i], t[i] = r.apiserver, r.etcd, r.took
 	}
-	slices.Sort(a)
-	slices.Sort(e)
-	return a[(len(a)-1)/2], e[(len(e)-1)/2], median(t)
+	return median(a), median(e), median(t)
 }
 
 type writeCostRuns []writeCostRun

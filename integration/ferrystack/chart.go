@@ -7,10 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -20,15 +21,15 @@ import (
 )
 
 // WriterChart is the writer's Helm chart directory (deploy/helm/ferry-writer),
-// found from the module root so that tests and the bench, whatever their
-// working directory, render the same chart.
+// found from this source file's place in the module, so that tests and the
+// bench, whatever their working directory, render the same chart.
 func WriterChart(t stack.TB) string {
 	t.Helper()
-	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
-	if err != nil {
-		t.Fatalf("ferrystack: go list -m: %v", err)
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatalf("ferrystack: no source location for the chart")
 	}
-	return filepath.Join(strings.TrimSpace(string(root)), "deploy", "helm", "ferry-writer")
+	return filepath.Join(filepath.Dir(file), "..", "..", "deploy", "helm", "ferry-writer")
 }
 
 // Helm runs the pinned helm binary with its cache, config and data homes in
@@ -54,7 +55,7 @@ func Helm(t stack.TB, args ...string) (string, error) {
 // scheme: an unknown field or a wrong type fails. Kinds client-go does not
 // know (prometheus-operator's monitoring.coreos.com) become
 // *unstructured.Unstructured, which tests check field by field.
-func RenderChart(t stack.TB, ns, values string) []runtime.Object {
+func RenderChart(t stack.TB, ns, values string) []kruntime.Object {
 	t.Helper()
 	f, err := os.CreateTemp("", "ferry-values-*.yaml")
 	if err != nil {
@@ -71,7 +72,7 @@ func RenderChart(t stack.TB, ns, values string) []runtime.Object {
 	}
 	ser := kjson.NewSerializerWithOptions(kjson.DefaultMetaFactory, scheme.Scheme, scheme.Scheme,
 		kjson.SerializerOptions{Yaml: true, Strict: true})
-	var objects []runtime.Object
+	var objects []kruntime.Object
 	rd := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
 	for {
 		doc, err := rd.Read()

@@ -47,7 +47,10 @@ type Document struct {
 // implementing encoding.TextUnmarshaler gets a scalar's text, and an `any`
 // gets what encoding/json would give it (numbers as float64). Anchors,
 // aliases and "<<" merge keys work; an alias that contains itself, or one
-// that expands the document far beyond its size, is an error.
+// that expands the document far beyond its size, is an error. Pass out as
+// a zero value: when the decoder falls back to the node tree it restores
+// out's top level, but maps and pointees out already held may keep what the
+// first pass wrote.
 func Decode(data []byte, out any) *Document {
 	v := reflect.ValueOf(out)
 	if v.Kind() != reflect.Pointer || v.IsNil() {
@@ -59,7 +62,7 @@ func Decode(data []byte, out any) *Document {
 	saved := reflect.New(v.Elem().Type())
 	saved.Elem().Set(v.Elem())
 	d := &Document{bad: map[string]bool{}, raw: data}
-	err := decodeStream(data, v.Elem(), &walker{doc: d, left: 4*len(data) + 10_000, active: map[*yaml.Node]bool{}})
+	err := decodeStream(data, v.Elem(), newWalker(d, data))
 	if err == nil {
 		return d
 	}
@@ -93,7 +96,7 @@ func decodeTree(data []byte, v reflect.Value) *Document {
 		return d
 	}
 	d.root = doc.Content[0]
-	w := &walker{doc: d, left: 4*len(data) + 10_000, active: map[*yaml.Node]bool{}}
+	w := newWalker(d, data)
 	w.value(d.root, v.Elem(), "")
 	return d
 }
@@ -147,6 +150,11 @@ type walker struct {
 	doc    *Document
 	left   int                 // node visits left; aliases cannot expand the document past it
 	active map[*yaml.Node]bool // anchored nodes being decoded (to catch an alias inside its own anchor)
+}
+
+// newWalker is the walker of both decoders for data, with its alias budget.
+func newWalker(d *Document, data []byte) *walker {
+	return &walker{doc: d, left: 4*len(data) + 10_000, active: map[*yaml.Node]bool{}}
 }
 
 // fail records a problem at n.

@@ -36,7 +36,6 @@ type streamer struct {
 	p      *libyaml.Parser
 	ev     libyaml.Event // the peeked event, when peeked
 	peeked bool
-	keys   map[string]string // interned mapping keys
 	// strs interns string values: a large config repeats most of them
 	// (namespaces, mounts, paths, names across clusters), and its
 	// strings live as long as the process.
@@ -59,11 +58,15 @@ func (s *streamer) intern(b []byte) string {
 	return v
 }
 
+// scalarStyles maps libyaml's scalar styles to the tree's (plain: 0).
+var scalarStyles = map[libyaml.Style]yaml.Style{libyaml.DoubleQuoted: yaml.DoubleQuotedStyle, libyaml.SingleQuoted: yaml.SingleQuotedStyle,
+	libyaml.Literal: yaml.LiteralStyle, libyaml.Folded: yaml.FoldedStyle}
+
 // decodeStream decodes data into v (a struct, map or slice value) from
 // parse events. errNeedTree means v may be half decoded and the tree must
 // be used.
 func decodeStream(data []byte, v reflect.Value, w *walker) error {
-	s := &streamer{w: w, p: libyaml.NewParser(data), keys: map[string]string{}, strs: map[string]string{}}
+	s := &streamer{w: w, p: libyaml.NewParser(data), strs: map[string]string{}}
 	if err := s.expect(libyaml.StreamStart); err != nil {
 		return err
 	}
@@ -210,11 +213,7 @@ func (s *streamer) key(path string) (key string, line int, ok bool, err error) {
 	if ev.Anchor != nil || libyaml.ResolveTag(string(ev.Tag), ev.Style, string(ev.Value)) == tagMerge {
 		return "", 0, false, errNeedTree
 	}
-	key, known := s.keys[string(ev.Value)]
-	if !known {
-		key = string(ev.Value)
-		s.keys[key] = key
-	}
+	key = s.intern(ev.Value)
 	line = ev.Line
 	_, err = s.next()
 	return key, line, true, err
@@ -384,8 +383,7 @@ func (s *streamer) node() (*yaml.Node, error) {
 		if n.Tag == tagMerge {
 			return nil, errNeedTree
 		}
-		n.Style |= map[libyaml.Style]yaml.Style{libyaml.DoubleQuoted: yaml.DoubleQuotedStyle, libyaml.SingleQuoted: yaml.SingleQuotedStyle,
-			libyaml.Literal: yaml.LiteralStyle, libyaml.Folded: yaml.FoldedStyle}[ev.Style]
+		n.Style |= scalarStyles[ev.Style]
 		return n, nil
 	case libyaml.MappingStart, libyaml.SequenceStart:
 		end := libyaml.MappingEnd
