@@ -160,12 +160,16 @@ func (e *sourcesEnv) setupVault(t *testing.T) {
 		"username":       e.pg.User, "password": e.pg.Password,
 		"allowed_roles": "*",
 	})
-	write("database/roles/app", map[string]any{
-		"db_name": "pg",
-		"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';` +
-			` GRANT CONNECT ON DATABASE postgres TO "{{name}}";`,
-		"default_ttl": int(dbTTL.Seconds()), "max_ttl": int(dbMaxTTL.Seconds()),
-	})
+	// "restart" has app's TTLs and is the restart test's alone, so Vault's
+	// audit log counts what that test's bindings issue and nothing else.
+	for _, role := range []string{"app", "restart"} {
+		write("database/roles/"+role, map[string]any{
+			"db_name": "pg",
+			"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';` +
+				` GRANT CONNECT ON DATABASE postgres TO "{{name}}";`,
+			"default_ttl": int(dbTTL.Seconds()), "max_ttl": int(dbMaxTTL.Seconds()),
+		})
+	}
 	// Roles for the reload tests: TTLs long enough that nothing is renewed
 	// or replaced while they run.
 	for _, role := range []string{"relabel", "swap-a", "swap-b"} {
@@ -184,7 +188,9 @@ func (e *sourcesEnv) setupVault(t *testing.T) {
 		t.Fatal(err)
 	}
 	write("pki/root/generate/internal", map[string]any{"common_name": "Ferry Test Root", "ttl": "24h"})
-	write("pki/roles/web", map[string]any{"allowed_domains": "ferry.test", "allow_subdomains": true, "allow_ip_sans": true, "max_ttl": "1h"})
+	for _, role := range []string{"web", "restart"} {
+		write("pki/roles/"+role, map[string]any{"allowed_domains": "ferry.test", "allow_subdomains": true, "allow_ip_sans": true, "max_ttl": "1h"})
+	}
 
 	// Transit: the key that seals the broker's state entries (aes256-gcm96).
 	mount("transit", "transit", nil)
@@ -204,6 +210,7 @@ func (e *sourcesEnv) brokerAppRole(t *testing.T) (roleIDFile, secretIDFile strin
 path "secret/data/apps/*"               { capabilities = ["read"] }
 path "kv1/apps/*"                       { capabilities = ["read"] }
 path "database/creds/app"               { capabilities = ["read"] }
+path "database/creds/restart"           { capabilities = ["read"] }
 path "database/creds/relabel"           { capabilities = ["read"] }
 path "database/creds/swap-a"            { capabilities = ["read"] }
 path "database/creds/swap-b"            { capabilities = ["read"] }
@@ -211,6 +218,7 @@ path "database/static-creds/static-app" { capabilities = ["read"] }
 path "sys/leases/renew"                 { capabilities = ["update"] }
 path "sys/leases/revoke"                { capabilities = ["update"] }
 path "pki/issue/web"                    { capabilities = ["update"] }
+path "pki/issue/restart"                { capabilities = ["update"] }
 path "sys/leases/lookup"                { capabilities = ["update"] }
 path "secret/data/ferry-broker/default/*"     { capabilities = ["create", "update", "read"] }
 path "secret/metadata/ferry-broker/default/*" { capabilities = ["delete"] }
