@@ -86,13 +86,8 @@ func (h *HA) validate(p *yamlconfig.Problems, state *VaultState) {
 	if !haID.MatchString(h.ID) {
 		p.Add("ha.id", "%q is not a broker ID (1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit)", h.ID)
 	}
-	if h.Lock.Mount == "" {
-		p.Add("ha.lock.mount", "required (a KV version 2 mount)")
-	}
-	if h.Lock.Path == "" || strings.Contains(h.Lock.Path, "..") {
-		p.Add("ha.lock.path", "%q is not a KV path", h.Lock.Path)
-	}
-	if state != nil && h.Lock.Mount == state.Mount && (h.Lock.Path == state.Path || strings.HasPrefix(h.Lock.Path, state.Path+"/")) {
+	mountOK := vaultPath(p, "ha.lock.mount", h.Lock.Mount)
+	if vaultPath(p, "ha.lock.path", h.Lock.Path) && mountOK && state.holds(h.Lock.Mount+"/data/"+h.Lock.Path) {
 		p.Add("ha.lock.path", "%q is inside vault.state.path %q, where each identity keeps its state; use another path", h.Lock.Path, state.Path)
 	}
 	switch {

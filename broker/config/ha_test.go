@@ -30,6 +30,8 @@ func TestHADefaultsAndErrors(t *testing.T) {
 		{"id with a space", "ha: {id: broker-a}", "ha: {id: 'broker a'}", `ha.id: "broker a" is not a broker ID`},
 		{"id with a newline", "ha: {id: broker-a}", `ha: {id: "broker-a\nX-Other: 1"}`, `ha.id:`},
 		{"lock inside the state", "ha: {id: broker-a}", "ha: {id: broker-a, lock: {path: ferry-broker/default/leader}}", `ha.lock.path: "ferry-broker/default/leader" is inside vault.state.path`},
+		{"lock inside the state, spelled with ./ and //", "ha: {id: broker-a}", "ha: {id: broker-a, lock: {path: ./ferry-broker//default/leader}}", `ha.lock.path: "./ferry-broker//default/leader" is inside vault.state.path`},
+		{"lock path with ..", "ha: {id: broker-a}", "ha: {id: broker-a, lock: {path: ferry-broker-ha/../x}}", `ha.lock.path: "ferry-broker-ha/../x" must not contain ".."`},
 		{"unknown field", "ha: {id: broker-a}", "ha: {id: broker-a, lease: 15s}", `unknown field "lease"`},
 		{"bad duration", "ha: {id: broker-a}", "ha: {id: broker-a, lease_duration: soon}", `ha.lease_duration`},
 	})

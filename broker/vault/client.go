@@ -162,21 +162,26 @@ func newAPI(conn config.Vault, auth config.VaultAuth, deps Deps) (*vaultapi.Clie
 	}
 	// After ConfigureTLS, which needs the *http.Transport itself. The
 	// fence is the outermost layer: a refused request reaches nothing.
-	vc.HttpClient.Transport = brokerTransport{next: limitBodies(t), id: deps.BrokerID, fence: deps.Fence}
+	vc.HttpClient.Transport = fenceTransport{next: limitBodies(t), fence: deps.Fence}
 	api, err := vaultapi.NewClient(vc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("vault: %w", err)
 	}
-	return detach(api), t, nil
+	return detach(api, deps.BrokerID), t, nil
 }
 
 // detach undoes what vaultapi.NewClient (and so every Clone) takes from
 // the environment: the token (VAULT_TOKEN), the namespace (VAULT_NAMESPACE),
-// extra headers (VAULT_HEADERS) and response wrapping (VAULT_WRAP_TTL).
-func detach(api *vaultapi.Client) *vaultapi.Client {
+// extra headers (VAULT_HEADERS) and response wrapping (VAULT_WRAP_TTL). Its
+// headers are vault/api's own and, when brokerID is set, HeaderBrokerID.
+func detach(api *vaultapi.Client, brokerID string) *vaultapi.Client {
 	api.ClearToken()
 	api.ClearNamespace()
-	api.SetHeaders(http.Header{vaultapi.RequestHeaderName: {"true"}})
+	h := http.Header{vaultapi.RequestHeaderName: {"true"}}
+	if brokerID != "" {
+		h.Set(HeaderBrokerID, brokerID)
+	}
+	api.SetHeaders(h)
 	api.SetWrappingLookupFunc(func(string, string) string { return "" })
 	return api
 }
@@ -189,7 +194,7 @@ func (c *Client) clone() (*vaultapi.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vault: %w", err)
 	}
-	return detach(api), nil
+	return detach(api, c.deps.BrokerID), nil
 }
 
 // MaxInFlight bounds one identity's concurrent Vault requests (reads,

@@ -3,20 +3,18 @@ package vault
 import "net/http"
 
 // HeaderBrokerID carries the broker's ha.id on every Vault request of a
-// broker configured for HA. Vault audits it once told to
+// broker configured for HA (set on the client: detach). Vault audits it once told to
 // (sys/config/auditing/request-headers/X-Ferry-Broker-Id).
 const HeaderBrokerID = "X-Ferry-Broker-Id"
 
-// brokerTransport checks the fence before each request and marks it with
-// the broker's ID. vault/api's retries come through here again, so each
-// attempt is checked.
-type brokerTransport struct {
+// fenceTransport checks the fence before each request. vault/api's
+// retries come through here again, so each attempt is checked.
+type fenceTransport struct {
 	next  http.RoundTripper
-	id    string
 	fence Fence // nil: no fence
 }
 
-func (t brokerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+func (t fenceTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if t.fence != nil {
 		if err := t.fence.Check(); err != nil {
 			if r.Body != nil {
@@ -24,10 +22,6 @@ func (t brokerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 			}
 			return nil, fencedError{err}
 		}
-	}
-	if t.id != "" {
-		r = r.Clone(r.Context()) // a RoundTripper must not modify the request
-		r.Header.Set(HeaderBrokerID, t.id)
 	}
 	return t.next.RoundTrip(r)
 }
