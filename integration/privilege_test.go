@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -229,6 +230,15 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 
 	stolen := newRawAPI(t, s.kube.URL, s.kube.CAFile, token)
 	ferryLabels := map[string]string{apply.LabelBinding: "x", apply.LabelManagedBy: apply.ManagedByValue}
+	// What the writer (update mode) writes into ferry.dev/writer: its
+	// ServiceAccount's user name.
+	sa := ofType[*corev1.ServiceAccount](updateMode)[0]
+	user := "system:serviceaccount:" + sa.Namespace + ":" + sa.Name
+	writtenBy := func(user string, more map[string]string) map[string]string {
+		m := map[string]string{apply.AnnotationWriter: user}
+		maps.Copy(m, more)
+		return m
+	}
 	saTokenSecret := func(name string, labels map[string]string) string {
 		return secretJSON(name, string(corev1.SecretTypeServiceAccountToken), labels, map[string]string{corev1.ServiceAccountNameKey: "victim"})
 	}
@@ -575,34 +585,91 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			"label under k8s.io":                       secretJSON("bad-3", "Opaque", map[string]string{apply.LabelBinding: "x", "node.k8s.io/x": "y"}, nil),
 			"type outside the allow-list":              secretJSON("bad-4", "example.com/custom", ferryLabels, nil),
 			"annotation under kubectl.kubernetes.io":   secretJSON("bad-5", "Opaque", ferryLabels, map[string]string{"kubectl.kubernetes.io/x": "y"}),
+			"labelled, without ferry.dev/writer":       secretJSON("bad-6", "Opaque", ferryLabels, nil),
+			"labelled, ferry.dev/writer another's":     secretJSON("bad-7", "Opaque", ferryLabels, writtenBy("system:serviceaccount:team-b:ferry-writer", nil)),
 		} {
 			refused(t, "POST "+what, "policy", stolen.do("POST", secretsPath(ns), "application/json", body))
 		}
-		for _, name := range []string{"bad-1", "bad-2", "bad-3", "bad-4", "bad-5"} {
+		for _, name := range []string{"bad-1", "bad-2", "bad-3", "bad-4", "bad-5", "bad-6", "bad-7"} {
 			if _, err := admin.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 				t.Errorf("%s exists after the refusal: %v", name, err)
 			}
 		}
 		// Positive control: what the writer does is allowed.
-		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("own", "Opaque", map[string]string{apply.LabelBinding: "x", "app.kubernetes.io/part-of": "shop"}, nil)); resp.code != http.StatusCreated {
+		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("own", "Opaque", map[string]string{apply.LabelBinding: "x", "app.kubernetes.io/part-of": "shop"}, writtenBy(user, nil))); resp.code != http.StatusCreated {
 			t.Errorf("create a labelled Secret with an app.kubernetes.io label: %s", resp)
 		}
-		if resp := stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", ferryLabels, nil)); resp.code != http.StatusOK {
+		if resp := stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", ferryLabels, writtenBy(user, nil))); resp.code != http.StatusOK {
 			t.Errorf("replace a Secret of the same binding: %s", resp)
 		}
-		refused(t, "PUT a Ferry Secret as another binding", "policy", stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", map[string]string{apply.LabelBinding: "y"}, nil)))
+		refused(t, "PUT a Ferry Secret as another binding", "policy", stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", map[string]string{apply.LabelBinding: "y"}, writtenBy(user, nil))))
+		refused(t, "PUT a Ferry Secret without ferry.dev/writer", "policy", stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", ferryLabels, nil)))
 		refused(t, "PUT a reserved annotation onto a Ferry Secret", "policy",
-			stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", ferryLabels, map[string]string{corev1.ServiceAccountNameKey: "victim"})))
-		resp := stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "kubernetes.io/basic-auth", ferryLabels, nil))
+			stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", ferryLabels, writtenBy(user, map[string]string{corev1.ServiceAccountNameKey: "victim"}))))
+		resp := stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "kubernetes.io/basic-auth", ferryLabels, writtenBy(user, nil)))
 		if resp.code != http.StatusUnprocessableEntity {
 			t.Errorf("type change: %s, want 422 (Secret types are immutable)", resp)
 		}
 		own, err := admin.CoreV1().Secrets(ns).Get(ctx, "own", metav1.GetOptions{})
-		if err != nil || own.Type != corev1.SecretTypeOpaque || len(own.Annotations) != 0 || own.Labels[apply.LabelBinding] != "x" {
+		if err != nil || own.Type != corev1.SecretTypeOpaque || len(own.Annotations) != 1 || own.Annotations[apply.AnnotationWriter] != user || own.Labels[apply.LabelBinding] != "x" {
 			t.Errorf("own Secret after the refusals: %v", err)
 		}
 		if resp := stolen.do("DELETE", secretPath(ns, "own"), "", ""); resp.code != http.StatusOK {
 			t.Errorf("delete a Secret labelled as Ferry's: %s", resp)
+		}
+	})
+
+	t.Run("with the policy another writer release's token cannot replace or delete this writer's Secrets", func(t *testing.T) {
+		// A second release of the chart (another team's writer) with the
+		// same target namespace, and a Secret each writer could name the
+		// same (binding x).
+		tokenB, rB := s.installRelease(ctx, "team-b", "team-b", s.chartValues(common))
+		saB := ofType[*corev1.ServiceAccount](rB)[0]
+		userB := "system:serviceaccount:" + saB.Namespace + ":" + saB.Name
+		other := newRawAPI(t, s.kube.URL, s.kube.CAFile, tokenB)
+		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("mine", "Opaque", ferryLabels, writtenBy(user, nil))); resp.code != http.StatusCreated {
+			t.Fatalf("create this writer's Secret: %s", resp)
+		}
+		before, err := admin.CoreV1().Secrets(ns).Get(ctx, "mine", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for what, body := range map[string]string{
+			"as itself":              secretJSON("mine", "Opaque", ferryLabels, writtenBy(userB, nil)),
+			"claiming the owner's":   secretJSON("mine", "Opaque", ferryLabels, writtenBy(user, nil)),
+			"without the annotation": secretJSON("mine", "Opaque", ferryLabels, nil),
+		} {
+			refused(t, "PUT another writer's Secret "+what, "policy", other.do("PUT", secretPath(ns, "mine"), "application/json", body))
+		}
+		refused(t, "DELETE (dry run) another writer's Secret", "policy", other.do("DELETE", secretPath(ns, "mine")+"?dryRun=All", "", ""))
+		refused(t, "DELETE another writer's Secret", "policy", other.do("DELETE", secretPath(ns, "mine"), "", ""))
+		if after, err := admin.CoreV1().Secrets(ns).Get(ctx, "mine", metav1.GetOptions{}); err != nil || after.ResourceVersion != before.ResourceVersion {
+			t.Errorf("this writer's Secret changed: %v", err)
+		}
+		// Its own Secret, the other release's token writes as this one's
+		// does (the positive control).
+		if resp := other.do("POST", secretsPath(ns), "application/json", secretJSON("theirs", "Opaque", ferryLabels, writtenBy(userB, nil))); resp.code != http.StatusCreated {
+			t.Errorf("the other writer creates its own Secret: %s", resp)
+		}
+		refused(t, "DELETE the other writer's Secret", "policy", stolen.do("DELETE", secretPath(ns, "theirs")+"?dryRun=All", "", ""))
+		// Without the mitigation: a Secret written before ferry.dev/writer
+		// existed (Ferry's labels only) is what every Ferry Secret was, and
+		// the other release's token deletes or replaces it. Such a Secret is
+		// annotated by the first PUT of its own writer.
+		if _, err := admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "legacy", Labels: ferryLabels}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if resp := other.do("DELETE", secretPath(ns, "legacy")+"?dryRun=All", "", ""); resp.code != http.StatusOK {
+			t.Errorf("DELETE (dry run) of an unannotated Ferry Secret by the other release: %s, want 200 (the attack without the annotation)", resp)
+		}
+		if resp := stolen.do("PUT", secretPath(ns, "legacy"), "application/json", secretJSON("legacy", "Opaque", ferryLabels, writtenBy(user, nil))); resp.code != http.StatusOK {
+			t.Errorf("its writer's PUT of an unannotated Ferry Secret: %s", resp)
+		}
+		refused(t, "DELETE (dry run) of a Ferry Secret annotated since", "policy", other.do("DELETE", secretPath(ns, "legacy")+"?dryRun=All", "", ""))
+		for _, name := range []string{"mine", "theirs", "legacy"} {
+			if err := admin.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+				t.Error(err)
+			}
 		}
 	})
 
@@ -673,6 +740,9 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			return m.Manager == apply.FieldManager && m.Operation == metav1.ManagedFieldsOperationUpdate
 		}) {
 			t.Errorf("managedFields %+v: want an Update by %s", a.ManagedFields, apply.FieldManager)
+		}
+		if got := a.Annotations[apply.AnnotationWriter]; got != user {
+			t.Errorf("the writer's Secret carries %s=%q, want its ServiceAccount's user %q", apply.AnnotationWriter, got, user)
 		}
 
 		// Removing the bindings: d is deleted, Ferry's keys leave app-config.

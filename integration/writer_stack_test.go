@@ -99,9 +99,15 @@ networkPolicy: {enabled: false}
 // token for the ServiceAccount minted with the TokenRequest API, once the
 // authorizer applies the Roles and the policy is in effect.
 func (s *writerStack) installChart(ctx context.Context, ns, values string) (token string, r rendered) {
+	s.t.Helper()
+	return s.installRelease(ctx, "ferry", ns, values)
+}
+
+// installRelease is installChart for the release named release.
+func (s *writerStack) installRelease(ctx context.Context, release, ns, values string) (token string, r rendered) {
 	t := s.t
 	t.Helper()
-	r = renderChart(t, ns, values)
+	r = rendered{objects: ferrystack.RenderRelease(t, release, ns, values)}
 	s.kube.CreateNamespace(t, ns)
 	sa := s.applyChart(ctx, r)
 	tr, err := s.kube.Admin(t).CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa.Name, &authenticationv1.TokenRequest{

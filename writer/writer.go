@@ -91,9 +91,11 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		failOnce.Do(func() { failed = err; cancelStart() })
 	}
 	checked := make(chan struct{})
+	var owner string // update mode: the writer's Kubernetes user name
 	go func() {
 		defer close(checked)
-		if err := checkPolicy(startCtx, cfg, kube, log); err != nil {
+		var err error
+		if owner, err = checkPolicy(startCtx, cfg, kube, log); err != nil {
 			fail(err)
 		}
 	}()
@@ -124,7 +126,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		opts = append(opts, apply.WithDelete())
 	}
 	if cfg.Kubernetes.Write == config.WriteUpdate {
-		opts = append(opts, apply.WithUpdate())
+		opts = append(opts, apply.WithUpdate(), apply.WithOwner(owner))
 	}
 	var targets []restart.Workload
 	for _, w := range cfg.RolloutRestart.Targets {
@@ -166,23 +168,30 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 }
 
 // checkPolicy, in update mode, shows that the admission policy holds the
-// writer's credentials in every target namespace (apply.CheckPolicy). Update
-// mode replaces Secrets with unconditional PUTs: safe only while the policy
-// decides which Secrets are this writer's. Without it the writer refuses to
-// start (the pod restarts and checks again, e.g. once a fresh install's
-// policy is in effect).
-func checkPolicy(ctx context.Context, cfg config.Config, kube kubernetes.Interface, log *slog.Logger) error {
+// writer's credentials in every target namespace (apply.CheckPolicy), and
+// returns the writer's Kubernetes user name, which the policy wants on
+// every Secret it writes (apply.AnnotationWriter). Update mode replaces
+// Secrets with unconditional PUTs: safe only while the policy decides which
+// Secrets are this writer's. Without it the writer refuses to start (the
+// pod restarts and checks again, e.g. once a fresh install's policy is in
+// effect).
+func checkPolicy(ctx context.Context, cfg config.Config, kube kubernetes.Interface, log *slog.Logger) (owner string, _ error) {
 	if cfg.Kubernetes.Write != config.WriteUpdate {
-		return nil
+		return "", nil
+	}
+	owner, err := apply.WhoAmI(ctx, kube.AuthenticationV1())
+	if err != nil {
+		return "", fmt.Errorf("writer: %w", err)
 	}
 	denials, err := apply.CheckPolicy(ctx, kube.CoreV1(), cfg.Namespaces)
 	if err != nil {
-		return fmt.Errorf("writer: %w", err)
+		return "", fmt.Errorf("writer: %w", err)
 	}
 	for ns, msg := range denials {
 		log.Info("admission policy in effect (a dry-run create of an unlabelled Secret was refused)", "namespace", ns, "denial", msg)
 	}
-	return nil
+	log.Info("update mode: Secrets are annotated with this writer's Kubernetes user", "annotation", apply.AnnotationWriter, "user", owner)
+	return owner, nil
 }
 
 // creationPolicies maps creation_policies (validated) to the protocol's.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ferry-secrets/ferry/integration/ferrystack"
 	"github.com/ferry-secrets/ferry/integration/stack"
+	writerapply "github.com/ferry-secrets/ferry/writer/apply"
 )
 
 // The write-cost scenario: what one Secret costs kube-apiserver (and etcd)
@@ -236,16 +237,20 @@ func (w *costWriter) clientset(cfg *rest.Config) kubernetes.Interface {
 
 // The labels Ferry's writer sets on a Secret it creates.
 func costLabels(i int) map[string]string {
-	return map[string]string{"app.kubernetes.io/managed-by": "ferry", "ferry.dev/binding": secretName(i)}
+	return map[string]string{writerapply.LabelManagedBy: writerapply.ManagedByValue, writerapply.LabelBinding: secretName(i)}
 }
 
+// The annotation Ferry's writer sets in update mode, which the chart's
+// policy requires: its user name.
+var costAnnotations = map[string]string{writerapply.AnnotationWriter: "system:serviceaccount:" + costSANamespace + ":" + costSA}
+
 func (w *costWriter) applyConfig(ns string, i, v int) *corev1apply.SecretApplyConfiguration {
-	return corev1apply.Secret(secretName(i), ns).WithLabels(costLabels(i)).WithType(corev1.SecretTypeOpaque).WithData(w.data[v][i])
+	return corev1apply.Secret(secretName(i), ns).WithLabels(costLabels(i)).WithAnnotations(costAnnotations).WithType(corev1.SecretTypeOpaque).WithData(w.data[v][i])
 }
 
 func (w *costWriter) object(ns string, i, v int) *corev1.Secret {
 	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: secretName(i), Namespace: ns, Labels: costLabels(i)},
+		ObjectMeta: metav1.ObjectMeta{Name: secretName(i), Namespace: ns, Labels: costLabels(i), Annotations: costAnnotations},
 		Type:       corev1.SecretTypeOpaque,
 		Data:       w.data[v][i],
 	}

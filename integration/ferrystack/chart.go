@@ -50,12 +50,18 @@ func Helm(t stack.TB, args ...string) (string, error) {
 	return string(out), err
 }
 
-// RenderChart runs helm template on the writer's chart with values, into
-// release namespace ns, and decodes every document strictly with client-go's
-// scheme: an unknown field or a wrong type fails. Kinds client-go does not
-// know (prometheus-operator's monitoring.coreos.com) become
-// *unstructured.Unstructured, which tests check field by field.
+// RenderChart runs helm template on the writer's chart with values, as
+// release "ferry" in release namespace ns, and decodes every document
+// strictly with client-go's scheme: an unknown field or a wrong type fails.
+// Kinds client-go does not know (prometheus-operator's monitoring.coreos.com)
+// become *unstructured.Unstructured, which tests check field by field.
 func RenderChart(t stack.TB, ns, values string) []kruntime.Object {
+	t.Helper()
+	return RenderRelease(t, "ferry", ns, values)
+}
+
+// RenderRelease is RenderChart for the release named release.
+func RenderRelease(t stack.TB, release, ns, values string) []kruntime.Object {
 	t.Helper()
 	f, err := os.CreateTemp("", "ferry-values-*.yaml")
 	if err != nil {
@@ -66,7 +72,7 @@ func RenderChart(t stack.TB, ns, values string) []kruntime.Object {
 		t.Fatalf("ferrystack: %v", err)
 	}
 	f.Close()
-	out, err := Helm(t, "template", "ferry", WriterChart(t), "--namespace", ns, "-f", f.Name())
+	out, err := Helm(t, "template", release, WriterChart(t), "--namespace", ns, "-f", f.Name())
 	if err != nil {
 		t.Fatalf("helm template: %v\n%s", err, out)
 	}

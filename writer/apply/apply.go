@@ -119,7 +119,8 @@ type Applier struct {
 	creation    []ferryv1.CreationPolicy // see WithCreationPolicies
 	timeout     time.Duration
 	allowDelete bool
-	update      bool // see WithUpdate
+	update      bool   // see WithUpdate
+	owner       string // see WithOwner
 	restarter   Restarter
 	log         *slog.Logger
 	metrics     *metrics.Metrics // nil: none

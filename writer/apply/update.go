@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	ferryv1 "github.com/ferry-secrets/ferry/proto/ferry/v1"
@@ -26,6 +29,20 @@ import (
 // policy at start (CheckPolicy) before it writes in this mode.
 func WithUpdate() Option { return func(a *Applier) { a.update = true } }
 
+// AnnotationWriter, in update mode, names the Kubernetes user (the writer's
+// ServiceAccount, system:serviceaccount:<namespace>:<name>) that wrote a
+// Secret of creation policy create or takeover. The chart's admission
+// policy admits a create only with the caller's own name here, and an
+// update or delete of a Secret that carries another's, never: so one
+// writer's credentials cannot replace or delete the Secrets of another
+// writer release that shares a namespace (docs/rbac.md).
+const AnnotationWriter = "ferry.dev/writer"
+
+// WithOwner sets the AnnotationWriter value of every Secret written in
+// update mode: the writer's Kubernetes user name (WhoAmI). It overrides an
+// annotation of that name sent by the broker.
+func WithOwner(user string) Option { return func(a *Applier) { a.owner = user } }
+
 // replace writes s (creation policy create or takeover) in update mode; e.mu
 // is held. A Secret not known to exist is created first (one request for a
 // new Secret); one that exists, or is expected to, is replaced. created
@@ -33,7 +50,7 @@ func WithUpdate() Option { return func(a *Applier) { a.update = true } }
 func (a *Applier) replace(ctx context.Context, e *entry, s *ferryv1.Secret) (_ types.UID, created bool, _ error) {
 	ns, name := s.GetNamespace(), s.GetName()
 	secrets := a.secrets.Secrets(ns)
-	obj := secretObject(s)
+	obj := secretObject(s, a.owner)
 	if !e.owned && !e.existing && s.GetCreation() != ferryv1.CreationPolicy_CREATION_POLICY_TAKEOVER {
 		got, err := secrets.Create(ctx, obj, metav1.CreateOptions{FieldManager: FieldManager})
 		if err == nil {
@@ -63,17 +80,39 @@ func (a *Applier) replace(ctx context.Context, e *entry, s *ferryv1.Secret) (_ t
 }
 
 // secretObject is the whole Secret s describes, as a POST or PUT carries
-// it: no resourceVersion (a PUT replaces whatever is stored), no UID.
-func secretObject(s *ferryv1.Secret) *corev1.Secret {
+// it: no resourceVersion (a PUT replaces whatever is stored), no UID; owner,
+// when set, as its AnnotationWriter.
+func secretObject(s *ferryv1.Secret, owner string) *corev1.Secret {
 	obj := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: s.GetName(), Namespace: s.GetNamespace(), Labels: secretLabels(s)},
 		Type:       secretType(s),
 		Data:       s.GetData(),
 	}
-	if len(s.GetAnnotations()) > 0 {
+	switch {
+	case owner != "":
+		obj.Annotations = make(map[string]string, len(s.GetAnnotations())+1)
+		maps.Copy(obj.Annotations, s.GetAnnotations())
+		obj.Annotations[AnnotationWriter] = owner
+	case len(s.GetAnnotations()) > 0:
 		obj.Annotations = s.GetAnnotations()
 	}
 	return obj
+}
+
+// WhoAmI returns the Kubernetes user name of the writer's credentials, as
+// the apiserver authenticates them (a SelfSubjectReview, which every
+// authenticated user may create: no RBAC rule is needed).
+func WhoAmI(ctx context.Context, reviews authenticationv1client.SelfSubjectReviewsGetter) (string, error) {
+	rctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	r, err := reviews.SelfSubjectReviews().Create(rctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("apply: who am I (a SelfSubjectReview): %w", safeError(err))
+	}
+	if r.Status.UserInfo.Username == "" {
+		return "", errors.New("apply: who am I (a SelfSubjectReview): the apiserver returned no user name")
+	}
+	return r.Status.UserInfo.Username, nil
 }
 
 // forgetUpdate deletes a Secret Ferry created (update mode): with the UID

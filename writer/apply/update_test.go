@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,19 +29,36 @@ func policyDenial(name, msg string) error {
 	return err
 }
 
+// writerUser is the Kubernetes user of the writer under test, and
+// otherWriter another writer release's, in the same namespaces.
+const (
+	writerUser  = "system:serviceaccount:ferry:writer"
+	otherWriter = "system:serviceaccount:team-b:ferry-writer"
+)
+
 // rbacDenial is a Forbidden status as RBAC builds it: no causes.
 func rbacDenial(verb, name string) error {
-	return apierrors.NewForbidden(secretsGR, name, errors.New(`User "system:serviceaccount:ferry:writer" cannot `+verb+` resource "secrets"`))
+	return apierrors.NewForbidden(secretsGR, name, errors.New(`User "`+writerUser+`" cannot `+verb+` resource "secrets"`))
 }
 
-// newPolicyClientset is a fake clientset that holds the writer to the
-// chart's update-mode RBAC and admission policy (deploy/helm/ferry-writer;
-// the real ones are checked by integration/privilege_test.go): RBAC refuses
-// every patch except of the named merge targets; the policy refuses a
-// create without the binding label, an update whose old object does not
-// carry the new object's binding label (unless named), and a delete of a
-// Secret not labelled app.kubernetes.io/managed-by=ferry. A delete's UID
-// precondition is honoured (the fake's tracker ignores it).
+// ownedBy reports whether a stored Secret's AnnotationWriter allows user to
+// change it: user's own, or none (written before the annotation existed).
+func ownedBy(s *corev1.Secret, user string) bool {
+	w, ok := s.Annotations[AnnotationWriter]
+	return !ok || w == user
+}
+
+// newPolicyClientset is a fake clientset that holds the writer (writerUser)
+// to the chart's update-mode RBAC and admission policy
+// (deploy/helm/ferry-writer; the real ones are checked by
+// integration/privilege_test.go): RBAC refuses every patch except of the
+// named merge targets; the policy refuses a create without the binding
+// label or without writerUser as its AnnotationWriter, an update (unless
+// named) whose old object does not carry the new object's binding label,
+// carries another writer's AnnotationWriter, or whose new object does not
+// carry writerUser's, and a delete of a Secret not labelled
+// app.kubernetes.io/managed-by=ferry or annotated as another writer's. A
+// delete's UID precondition is honoured (the fake's tracker ignores it).
 func newPolicyClientset(named []string, objects ...runtime.Object) *fake.Clientset {
 	cs := newClientset(objects...)
 	isNamed := func(ns, name string) bool {
@@ -70,6 +88,9 @@ func newPolicyClientset(named []string, objects ...runtime.Object) *fake.Clients
 		if _, ok := s.Labels[LabelBinding]; !ok {
 			return true, nil, policyDenial(s.Name, "may create only Secrets labelled ferry.dev/binding")
 		}
+		if s.Annotations[AnnotationWriter] != writerUser {
+			return true, nil, policyDenial(s.Name, "may create only Secrets annotated ferry.dev/writer with its own user name")
+		}
 		return false, nil, nil
 	})
 	cs.PrependReactor("update", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -79,8 +100,8 @@ func newPolicyClientset(named []string, objects ...runtime.Object) *fake.Clients
 			return true, nil, apierrors.NewNotFound(secretsGR, s.Name)
 		}
 		b, ok := old.Labels[LabelBinding]
-		if (!ok || b != s.Labels[LabelBinding]) && !isNamed(a.GetNamespace(), s.Name) {
-			return true, nil, policyDenial(s.Name, "may update only Secrets of the same binding")
+		if (!ok || b != s.Labels[LabelBinding] || !ownedBy(old, writerUser) || s.Annotations[AnnotationWriter] != writerUser) && !isNamed(a.GetNamespace(), s.Name) {
+			return true, nil, policyDenial(s.Name, "may update only Secrets of the same binding, written by itself")
 		}
 		if oldType := old.Type; oldType != s.Type && (oldType != "" || s.Type != corev1.SecretTypeOpaque) { // "": defaulted to Opaque
 			return true, nil, apierrors.NewInvalid(schema.GroupKind{Kind: "Secret"}, s.Name, field.ErrorList{field.Invalid(field.NewPath("type"), s.Type, "field is immutable")})
@@ -95,8 +116,8 @@ func newPolicyClientset(named []string, objects ...runtime.Object) *fake.Clients
 		if old == nil {
 			return true, nil, apierrors.NewNotFound(secretsGR, d.Name)
 		}
-		if old.Labels[LabelManagedBy] != ManagedByValue {
-			return true, nil, policyDenial(d.Name, "may delete only Secrets Ferry created")
+		if old.Labels[LabelManagedBy] != ManagedByValue || !ownedBy(old, writerUser) {
+			return true, nil, policyDenial(d.Name, "may delete only Secrets Ferry created, not another writer's")
 		}
 		if p := d.DeleteOptions.Preconditions; p != nil && p.UID != nil && *p.UID != old.UID {
 			return true, nil, apierrors.NewConflict(secretsGR, d.Name, errors.New("Precondition failed: UID in precondition"))
@@ -120,7 +141,7 @@ func sameVerbs(got []string, want ...string) bool {
 }
 
 func newUpdateApplier(cs *fake.Clientset, opts ...Option) *Applier {
-	return New(cs.CoreV1(), []string{"demo"}, append([]Option{WithUpdate(), WithDelete(),
+	return New(cs.CoreV1(), []string{"demo"}, append([]Option{WithUpdate(), WithOwner(writerUser), WithDelete(),
 		WithCreationPolicies(ferryv1.CreationPolicy_CREATION_POLICY_CREATE, ferryv1.CreationPolicy_CREATION_POLICY_MERGE, ferryv1.CreationPolicy_CREATION_POLICY_TAKEOVER)}, opts...)...)
 }
 
@@ -154,6 +175,57 @@ func TestUpdateModeCreatesThenReplacesNeverPatches(t *testing.T) {
 	}
 	if string(got.Data["password"]) != "new-value" || got.Labels[LabelBinding] != "db" || got.Labels[LabelManagedBy] != ManagedByValue || got.Annotations["note"] != "hi" || got.Type != corev1.SecretTypeOpaque {
 		t.Errorf("stored Secret %+v", got.ObjectMeta)
+	}
+	if got.Annotations[AnnotationWriter] != writerUser {
+		t.Errorf("annotation %s = %q, want %q", AnnotationWriter, got.Annotations[AnnotationWriter], writerUser)
+	}
+}
+
+// Another writer release in the same namespace, with the same binding
+// name: its Secret is not this writer's to replace or delete. One written
+// before the annotation existed is adopted by the writer that replaces it.
+func TestUpdateModeLeavesAnotherWritersSecret(t *testing.T) {
+	ctx := context.Background()
+	ref := &ferryv1.SecretRef{Binding: "db", Namespace: "demo", Name: "db-creds", Deletion: ferryv1.DeletionPolicy_DELETION_POLICY_DELETE}
+	ferryLabels := map[string]string{LabelBinding: "db", LabelManagedBy: ManagedByValue}
+	theirs := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db-creds", Namespace: "demo", Labels: ferryLabels,
+		Annotations: map[string]string{AnnotationWriter: otherWriter}}, Data: map[string][]byte{"k": []byte("theirs")}}
+	cs := newPolicyClientset(nil, theirs)
+	a := newUpdateApplier(cs)
+	if _, err := a.Apply(ctx, testSecret("r1")); !errors.Is(err, ErrNotOwned) {
+		t.Fatalf("apply over another writer's Secret: %v, want ErrNotOwned", err)
+	}
+	if deleted, err := a.Forget(ctx, ref); deleted || err == nil {
+		t.Fatalf("forget of another writer's Secret: deleted %v, err %v", deleted, err)
+	}
+	got, err := cs.CoreV1().Secrets("demo").Get(ctx, "db-creds", metav1.GetOptions{})
+	if err != nil || string(got.Data["k"]) != "theirs" || got.Annotations[AnnotationWriter] != otherWriter {
+		t.Fatalf("the other writer's Secret changed: %v", err)
+	}
+
+	legacy := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db-creds", Namespace: "demo", Labels: ferryLabels}}
+	cs = newPolicyClientset(nil, legacy)
+	a = newUpdateApplier(cs)
+	if _, err := a.Apply(ctx, testSecret("r1")); err != nil {
+		t.Fatalf("apply over a Secret Ferry wrote before the annotation: %v", err)
+	}
+	got, err = cs.CoreV1().Secrets("demo").Get(ctx, "db-creds", metav1.GetOptions{})
+	if err != nil || got.Annotations[AnnotationWriter] != writerUser || string(got.Data["password"]) != secretValue {
+		t.Fatalf("the adopted Secret: %v %v", got.Annotations, err)
+	}
+}
+
+func TestSecretObjectOwnerOverridesTheBroker(t *testing.T) {
+	s := testSecret("r1")
+	s.Annotations = map[string]string{AnnotationWriter: otherWriter, "note": "hi"}
+	if got := secretObject(s, writerUser).Annotations; got[AnnotationWriter] != writerUser || got["note"] != "hi" {
+		t.Errorf("annotations %v: want %s=%s and the broker's note", got, AnnotationWriter, writerUser)
+	}
+	if s.Annotations[AnnotationWriter] != otherWriter {
+		t.Errorf("secretObject changed the message's annotations: %v", s.Annotations)
+	}
+	if got := secretObject(s, "").Annotations; got[AnnotationWriter] != otherWriter {
+		t.Errorf("without an owner the broker's annotations are kept as sent: %v", got)
 	}
 }
 
@@ -428,5 +500,24 @@ func TestCheckPolicy(t *testing.T) {
 	})
 	if _, err := CheckPolicy(ctx, cs.CoreV1(), []string{"a"}); err == nil || errors.Is(err, ErrPolicyMissing) || !apierrors.IsForbidden(err) {
 		t.Errorf("RBAC denial: %v", err)
+	}
+}
+
+func TestWhoAmI(t *testing.T) {
+	ctx := context.Background()
+	cs := fake.NewClientset()
+	cs.PrependReactor("create", "selfsubjectreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, &authenticationv1.SelfSubjectReview{Status: authenticationv1.SelfSubjectReviewStatus{
+			UserInfo: authenticationv1.UserInfo{Username: writerUser}}}, nil
+	})
+	if got, err := WhoAmI(ctx, cs.AuthenticationV1()); err != nil || got != writerUser {
+		t.Errorf("WhoAmI = %q, %v; want %q", got, err, writerUser)
+	}
+	empty := fake.NewClientset()
+	empty.PrependReactor("create", "selfsubjectreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, &authenticationv1.SelfSubjectReview{}, nil
+	})
+	if got, err := WhoAmI(ctx, empty.AuthenticationV1()); err == nil || !strings.Contains(err.Error(), "no user name") {
+		t.Errorf("WhoAmI with no user name = %q, %v; want an error", got, err)
 	}
 }
