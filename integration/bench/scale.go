@@ -165,7 +165,7 @@ func (a *scaleApplier) Apply(_ context.Context, s *ferryv1.Secret) (bool, error)
 		f.(func(*ferryv1.Secret))(s)
 	}
 	if f, ok := lateWatch.Load(a.j); ok {
-		f.(func())()
+		f.(func(string))(s.GetBinding())
 	}
 	sc.mu.Lock()
 	unchanged := sc.applied[a.j][s.GetBinding()] == s.GetRevision()
@@ -523,11 +523,16 @@ var probeWatch sync.Map
 // revisions again).
 func timeSnapshot(sc *scale, w *simWriter, start func(*simWriter)) time.Duration {
 	got := make(chan struct{})
-	var n atomic.Int64
-	var once sync.Once
-	lateWatch.Store(w.j, func() {
-		if n.Add(1) == int64(sc.perWriter) {
-			once.Do(func() { close(got) })
+	var mu sync.Mutex
+	seen := make(map[string]bool, sc.perWriter) // distinct bindings: a re-sent one counts once
+	lateWatch.Store(w.j, func(binding string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !seen[binding] {
+			seen[binding] = true
+			if len(seen) == sc.perWriter {
+				close(got)
+			}
 		}
 	})
 	defer lateWatch.Delete(w.j)
@@ -541,7 +546,8 @@ func timeSnapshot(sc *scale, w *simWriter, start func(*simWriter)) time.Duration
 	return time.Since(t0)
 }
 
-// lateWatch counts the upserts of writers being timed (index → func()).
+// lateWatch counts the upserts of writers being timed (index →
+// func(binding)).
 var lateWatch sync.Map
 
 // checkBrokerApplied asks the broker (ListBindings, per writer) whether it
