@@ -43,7 +43,10 @@ type LockStore struct {
 	c          *Client
 	data, meta string
 
-	once sync.Once // max_versions is set after the first successful read
+	// max_versions is set after the first successful write, by the holder:
+	// not after a read, since a standby writes nothing to Vault
+	// (TestBrokerFailover checks its audit trail).
+	once sync.Once
 }
 
 // LockStore returns the lock record at mount and path.
@@ -74,14 +77,11 @@ func (s *LockStore) Read(ctx context.Context) (_ ha.Record, _ int, err error) {
 	defer done()
 	defer s.c.observe(metrics.OpLockRead, time.Now(), &err)
 	sec, err := api.Logical().ReadWithContext(ctx, s.data)
-	if err != nil && !errors.Is(redactErr(err), ErrNotFound) {
-		return ha.Record{}, 0, fmt.Errorf("vault: read HA lock %s: %w", s.data, redactErr(err))
-	}
-	// Here, before this broker may take the lock, not in its first write:
-	// there it would delay the write that makes it the holder.
-	s.once.Do(func() { s.limitVersions(ctx, api) })
 	if err != nil {
-		return ha.Record{}, 0, nil // not found
+		if errors.Is(redactErr(err), ErrNotFound) {
+			return ha.Record{}, 0, nil
+		}
+		return ha.Record{}, 0, fmt.Errorf("vault: read HA lock %s: %w", s.data, redactErr(err))
 	}
 	if sec == nil || sec.Data == nil {
 		return ha.Record{}, 0, nil
@@ -136,6 +136,7 @@ func (s *LockStore) Write(ctx context.Context, rec ha.Record, cas int) (_ int, e
 	if err != nil {
 		return 0, fmt.Errorf("vault: write HA lock %s: version: %w", s.data, err)
 	}
+	s.once.Do(func() { s.limitVersions(ctx, api) })
 	return version, nil
 }
 
