@@ -114,7 +114,7 @@ func startChurnEnv(t *testing.T) *churnEnv {
 	e.setupVault(t)
 	roleID, secretID := e.brokerAppRole(t, dir)
 	token := e.kube.ServiceAccount(t, churnNS, "ferry-writer", ferrystack.WriterRules)
-	e.writerU = "system:serviceaccount:" + churnNS + ":ferry-writer"
+	e.writerU = stack.ServiceAccountUser(churnNS, "ferry-writer")
 
 	var bindings strings.Builder
 	for _, name := range sortedKeys(churnBindings) {

@@ -141,7 +141,7 @@ path "database/creds/`+haDBRole+`"          { capabilities = ["read"] }
 	}
 	token := kube.ServiceAccount(t, se.ns, "ferry-writer", ferrystack.WriterRules)
 
-	e := &failoverEnv{top: t, sourcesEnv: se, kube: kube, writerUser: "system:serviceaccount:" + se.ns + ":ferry-writer", brokerBinForRespin: brokerBin}
+	e := &failoverEnv{top: t, sourcesEnv: se, kube: kube, writerUser: stack.ServiceAccountUser(se.ns, "ferry-writer"), brokerBinForRespin: brokerBin}
 	e.addrA, e.addrB = fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t)), fmt.Sprintf("127.0.0.1:%d", stack.FreePort(t))
 	e.dirA, e.dirB = filepath.Join(dir, "broker-a"), filepath.Join(dir, "broker-b")
 	bindings := fmt.Sprintf(`      - {name: kv, namespace: %[1]s, refresh: 2s, kv: {mount: secret, path: apps/config}}

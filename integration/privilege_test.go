@@ -233,7 +233,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 	// What the writer (update mode) writes into ferry.dev/writer: its
 	// ServiceAccount's user name.
 	sa := ofType[*corev1.ServiceAccount](updateMode)[0]
-	user := "system:serviceaccount:" + sa.Namespace + ":" + sa.Name
+	user := stack.ServiceAccountUser(sa.Namespace, sa.Name)
 	writtenBy := func(user string, more map[string]string) map[string]string {
 		m := map[string]string{apply.AnnotationWriter: user}
 		maps.Copy(m, more)
@@ -313,7 +313,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 		}
 		who := newRawAPI(t, s.kube.URL, s.kube.CAFile, string(minted)).do("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", "application/json",
 			`{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}`)
-		if want := "system:serviceaccount:" + ns + ":victim"; !strings.Contains(who.body, `"username":"`+want+`"`) {
+		if want := stack.ServiceAccountUser(ns, "victim"); !strings.Contains(who.body, `"username":"`+want+`"`) {
 			t.Fatalf("the minted token does not authenticate as %s: %s", want, who)
 		}
 		t.Logf("PATCH {} of it: 200 with data.token; that token authenticates as system:serviceaccount:%s:victim", ns)
@@ -596,7 +596,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			}
 		}
 		// Positive control: what the writer does is allowed.
-		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("own", "Opaque", map[string]string{apply.LabelBinding: "x", "app.kubernetes.io/part-of": "shop"}, writtenBy(user, nil))); resp.code != http.StatusCreated {
+		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("own", "Opaque", map[string]string{apply.LabelBinding: "x", apply.LabelManagedBy: apply.ManagedByValue, "app.kubernetes.io/part-of": "shop"}, writtenBy(user, nil))); resp.code != http.StatusCreated {
 			t.Errorf("create a labelled Secret with an app.kubernetes.io label: %s", resp)
 		}
 		if resp := stolen.do("PUT", secretPath(ns, "own"), "application/json", secretJSON("own", "Opaque", ferryLabels, writtenBy(user, nil))); resp.code != http.StatusOK {
@@ -625,7 +625,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 		// same (binding x).
 		tokenB, rB := s.installRelease(ctx, "team-b", "team-b", s.chartValues(common))
 		saB := ofType[*corev1.ServiceAccount](rB)[0]
-		userB := "system:serviceaccount:" + saB.Namespace + ":" + saB.Name
+		userB := stack.ServiceAccountUser(saB.Namespace, saB.Name)
 		other := newRawAPI(t, s.kube.URL, s.kube.CAFile, tokenB)
 		if resp := stolen.do("POST", secretsPath(ns), "application/json", secretJSON("mine", "Opaque", ferryLabels, writtenBy(user, nil))); resp.code != http.StatusCreated {
 			t.Fatalf("create this writer's Secret: %s", resp)
@@ -652,6 +652,15 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			t.Errorf("the other writer creates its own Secret: %s", resp)
 		}
 		refused(t, "DELETE the other writer's Secret", "policy", stolen.do("DELETE", secretPath(ns, "theirs")+"?dryRun=All", "", ""))
+		// A Secret this writer merged into carries its binding label, but
+		// neither Ferry's managed-by label nor a writer annotation (it is
+		// the app's): the other release may not replace it either.
+		if _, err := admin.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "merged-like", Labels: map[string]string{apply.LabelBinding: "m"}},
+			Data: map[string][]byte{"app-key": []byte("app-owned")}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, "PUT a Secret another writer merged into", "policy", other.do("PUT", secretPath(ns, "merged-like")+"?dryRun=All", "application/json",
+			secretJSON("merged-like", "Opaque", map[string]string{apply.LabelBinding: "m"}, writtenBy(userB, nil))))
 		// Without the mitigation: a Secret written before ferry.dev/writer
 		// existed (Ferry's labels only) is what every Ferry Secret was, and
 		// the other release's token deletes or replaces it. Such a Secret is
@@ -666,7 +675,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			t.Errorf("its writer's PUT of an unannotated Ferry Secret: %s", resp)
 		}
 		refused(t, "DELETE (dry run) of a Ferry Secret annotated since", "policy", other.do("DELETE", secretPath(ns, "legacy")+"?dryRun=All", "", ""))
-		for _, name := range []string{"mine", "theirs", "legacy"} {
+		for _, name := range []string{"mine", "theirs", "legacy", "merged-like"} {
 			if err := admin.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 				t.Error(err)
 			}

@@ -125,7 +125,7 @@ func TestWalkingSkeleton(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		writerUser := "system:serviceaccount:" + ns + ":ferry-writer"
+		writerUser := stack.ServiceAccountUser(ns, "ferry-writer")
 		requests := len(kube.SecretRequests(t, writerUser))
 		putKV(value1) // a new KV version with the same data
 		time.Sleep(3 * refresh)
@@ -190,7 +190,7 @@ func TestWalkingSkeleton(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		writerUser := "system:serviceaccount:" + ns + ":ferry-writer"
+		writerUser := stack.ServiceAccountUser(ns, "ferry-writer")
 		requests := len(kube.SecretRequests(t, writerUser))
 		writer.Stop()
 		// Started on the parent test, so it outlives this subtest.

@@ -275,7 +275,7 @@ func testRefusedApplyRetried(t *testing.T, e *sourcesEnv) {
 	e.addBinding(t, name, fmt.Sprintf(`refresh: %s, kv: {mount: secret, path: %s}`, refresh, kvPath))
 	e.waitSecret(t, name, 60*time.Second, holds("refused-v1"))
 
-	writerUser := "system:serviceaccount:" + e.ns + ":ferry-writer"
+	writerUser := stack.ServiceAccountUser(e.ns, "ferry-writer")
 	removePolicy := denyWrites(t, e.admin, writerUser, name)
 	asWriter, err := kubernetes.NewForConfig(e.kube.ConfigForToken(e.writerSA))
 	if err != nil {

@@ -101,10 +101,10 @@ func testRestartState(t *testing.T, e *sourcesEnv, seen *secretValues) {
 	if tls2.ResourceVersion != tls.ResourceVersion || !bytes.Equal(tls2.Data["tls.crt"], tls.Data["tls.crt"]) {
 		t.Errorf("certificate Secret rewritten by the restart (rv %s -> %s)", tls.ResourceVersion, tls2.ResourceVersion)
 	}
-	// The restarted broker renews the lease it carried on (its metrics
-	// start at zero), then, past the lease's first TTL and past the old
-	// token's period (30s), the credentials still log in: Vault did not
-	// revoke them with either.
+	// The restarted broker renews leases (its metrics start at zero; this
+	// counts every binding's, the login below shows this one's), then, past
+	// the lease's first TTL and past the old token's period (30s), the
+	// credentials still log in: Vault did not revoke them with either.
 	eventually(t, dbTTL+15*time.Second, "a lease renewal by the restarted broker", func() error {
 		if n := scrape(t, e.metrics).value(t, "ferry_broker_lease_renewals_total", "outcome", "ok"); n == 0 {
 			return fmt.Errorf("no renewal yet")

@@ -180,7 +180,7 @@ func (s *writerStack) awaitChart(ctx context.Context, r rendered, token string) 
 	t.Helper()
 	admin := s.kube.Admin(t)
 	sa := ofType[*corev1.ServiceAccount](r)[0]
-	user := "system:serviceaccount:" + sa.Namespace + ":" + sa.Name
+	user := stack.ServiceAccountUser(sa.Namespace, sa.Name)
 	can := func(ns, verb, name string) (bool, error) {
 		res, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
 			User: user, Groups: []string{"system:serviceaccounts", "system:authenticated"},

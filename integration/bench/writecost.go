@@ -242,7 +242,7 @@ func costLabels(i int) map[string]string {
 
 // The annotation Ferry's writer sets in update mode, which the chart's
 // policy requires: its user name.
-var costAnnotations = map[string]string{writerapply.AnnotationWriter: "system:serviceaccount:" + costSANamespace + ":" + costSA}
+var costAnnotations = map[string]string{writerapply.AnnotationWriter: stack.ServiceAccountUser(costSANamespace, costSA)}
 
 func (w *costWriter) applyConfig(ns string, i, v int) *corev1apply.SecretApplyConfiguration {
 	return corev1apply.Secret(secretName(i), ns).WithLabels(costLabels(i)).WithAnnotations(costAnnotations).WithType(corev1.SecretTypeOpaque).WithData(w.data[v][i])

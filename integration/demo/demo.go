@@ -157,7 +157,7 @@ namespaces: [%s]
 	info("the Secret holds the new password %v later (refresh is 2s)", took.Round(time.Millisecond))
 
 	step("What the writer may do in the cluster (its ServiceAccount)")
-	sa := "system:serviceaccount:" + namespace + ":ferry-writer"
+	sa := stack.ServiceAccountUser(namespace, "ferry-writer")
 	for _, verb := range []string{"create", "update", "patch", "get", "list", "watch"} {
 		info("can %-6s secrets: %s", verb, kubectl("auth", "can-i", verb, "secrets", "-n", namespace, "--as", sa))
 	}

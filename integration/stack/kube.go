@@ -323,7 +323,7 @@ func waitAuthorized(ctx context.Context, t TB, admin kubernetes.Interface, ns, s
 		attrs.Name = r.ResourceNames[0]
 	}
 	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-		User:               "system:serviceaccount:" + saNS + ":" + name,
+		User:               ServiceAccountUser(saNS, name),
 		Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + saNS, "system:authenticated"},
 		ResourceAttributes: attrs,
 	}}
@@ -431,3 +431,7 @@ func (k *Kube) LogFile() string { return k.logFile }
 
 // EtcdLogFile is the path of etcd's log.
 func (k *Kube) EtcdLogFile() string { return k.etcdLogFile }
+
+// ServiceAccountUser is the user name kube-apiserver gives ServiceAccount
+// ns/name (system:serviceaccount:<ns>:<name>).
+func ServiceAccountUser(ns, name string) string { return "system:serviceaccount:" + ns + ":" + name }

@@ -120,7 +120,8 @@ func WhoAmI(ctx context.Context, reviews authenticationv1client.SelfSubjectRevie
 // and created again by someone else since is kept. A Secret whose UID this
 // process never learnt (a binding removed while the writer was away) is
 // deleted by name; the admission policy, which update mode requires,
-// refuses the writer's deletion of any Secret not labelled as Ferry's.
+// refuses the writer's deletion of any Secret not labelled as Ferry's or
+// annotated as another writer's (AnnotationWriter).
 func (a *Applier) forgetUpdate(ctx context.Context, ns, name string, uid types.UID) (deleted bool, err error) {
 	opts := metav1.DeleteOptions{}
 	if uid != "" {
@@ -135,7 +136,7 @@ func (a *Applier) forgetUpdate(ctx context.Context, ns, name string, uid types.U
 	case apierrors.IsConflict(err):
 		return false, fmt.Errorf("apply: %s/%s: not deleted: it was replaced since this writer wrote it", ns, name)
 	case admissionDenied(err):
-		return false, fmt.Errorf("apply: %s/%s: not deleted: it is not labelled as Ferry's: %w", ns, name, safeError(err))
+		return false, fmt.Errorf("apply: %s/%s: not deleted: it is not labelled as Ferry's, or another writer release wrote it: %w", ns, name, safeError(err))
 	}
 	return false, wrapForget(ns, name, safeError(err))
 }
@@ -163,27 +164,48 @@ var ErrPolicyMissing = errors.New("kubernetes.write is update, but no admission 
 	"a dry-run create of a Secret without the ferry.dev/binding label was admitted, so a PUT could overwrite a Secret Ferry did not write; " +
 	"install the writer chart's ValidatingAdmissionPolicy (admissionPolicy.enabled) bound to this namespace, or set kubernetes.write: apply")
 
-// CheckPolicy shows, with no side effect, that an admission policy holds
-// the writer's credentials in each namespace, as update mode needs: a
-// dry-run create (dryRun=All: nothing is stored) of a Secret without
-// Ferry's binding label must be refused by admission. It returns the
-// policies' denial messages by namespace, or an error naming the first
-// namespace where the Secret was admitted (ErrPolicyMissing) or the request
-// failed otherwise.
+// ErrPolicyOutdated is returned by CheckPolicy when the admission policy
+// refuses an unlabelled Secret but admits one without the writer's
+// AnnotationWriter: a policy from before that annotation, under which
+// another writer release's credentials could replace this writer's Secrets.
+var ErrPolicyOutdated = errors.New("kubernetes.write is update, but the admission policy is older than this writer: " +
+	"a dry-run create of a Secret labelled ferry.dev/binding without this writer's ferry.dev/writer annotation was admitted, " +
+	"so another writer release sharing the namespace could replace or delete this writer's Secrets; " +
+	"upgrade the writer chart, whose policy comes with the writer")
+
+// CheckPolicy shows, with no side effect, that the chart's admission
+// policy holds the writer's credentials in each namespace, as update mode
+// needs: a dry-run create (dryRun=All: nothing is stored) of a Secret
+// without Ferry's binding label, and one with it but without
+// AnnotationWriter, must each be refused by admission. It returns the
+// policies' denial messages (of the first) by namespace, or an error naming
+// the first namespace where a Secret was admitted (ErrPolicyMissing,
+// ErrPolicyOutdated) or a request failed otherwise.
 func CheckPolicy(ctx context.Context, secrets corev1client.SecretsGetter, namespaces []string) (map[string]string, error) {
 	denials := make(map[string]string, len(namespaces))
+	probes := []struct {
+		labels   map[string]string
+		admitted error
+	}{
+		{nil, ErrPolicyMissing},
+		{map[string]string{LabelBinding: PolicyCheckName + "binding", LabelManagedBy: ManagedByValue}, ErrPolicyOutdated},
+	}
 	for _, ns := range namespaces {
-		probe := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{GenerateName: PolicyCheckName}, Type: corev1.SecretTypeOpaque}
-		rctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
-		_, err := secrets.Secrets(ns).Create(rctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldManager: FieldManager})
-		cancel()
-		switch {
-		case admissionDenied(err):
-			denials[ns] = safeError(err).(*APIError).Message
-		case err == nil, apierrors.IsAlreadyExists(err):
-			return nil, fmt.Errorf("apply: namespace %s: %w", ns, ErrPolicyMissing)
-		default:
-			return nil, fmt.Errorf("apply: namespace %s: checking the admission policy (a dry-run create): %w", ns, safeError(err))
+		for i, p := range probes {
+			probe := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{GenerateName: PolicyCheckName, Labels: p.labels}, Type: corev1.SecretTypeOpaque}
+			rctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
+			_, err := secrets.Secrets(ns).Create(rctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldManager: FieldManager})
+			cancel()
+			switch {
+			case admissionDenied(err):
+				if i == 0 {
+					denials[ns] = safeError(err).(*APIError).Message
+				}
+			case err == nil, apierrors.IsAlreadyExists(err):
+				return nil, fmt.Errorf("apply: namespace %s: %w", ns, p.admitted)
+			default:
+				return nil, fmt.Errorf("apply: namespace %s: checking the admission policy (a dry-run create): %w", ns, safeError(err))
+			}
 		}
 	}
 	return denials, nil

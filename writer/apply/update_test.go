@@ -54,9 +54,9 @@ func ownedBy(s *corev1.Secret, user string) bool {
 // integration/privilege_test.go): RBAC refuses every patch except of the
 // named merge targets; the policy refuses a create without the binding
 // label or without writerUser as its AnnotationWriter, an update (unless
-// named) whose old object does not carry the new object's binding label,
-// carries another writer's AnnotationWriter, or whose new object does not
-// carry writerUser's, and a delete of a Secret not labelled
+// named) whose old object is not labelled managed-by Ferry, does not carry
+// the new object's binding label, carries another writer's
+// AnnotationWriter, or whose new object does not carry writerUser's, and a delete of a Secret not labelled
 // app.kubernetes.io/managed-by=ferry or annotated as another writer's. A
 // delete's UID precondition is honoured (the fake's tracker ignores it).
 func newPolicyClientset(named []string, objects ...runtime.Object) *fake.Clientset {
@@ -100,8 +100,8 @@ func newPolicyClientset(named []string, objects ...runtime.Object) *fake.Clients
 			return true, nil, apierrors.NewNotFound(secretsGR, s.Name)
 		}
 		b, ok := old.Labels[LabelBinding]
-		if (!ok || b != s.Labels[LabelBinding] || !ownedBy(old, writerUser) || s.Annotations[AnnotationWriter] != writerUser) && !isNamed(a.GetNamespace(), s.Name) {
-			return true, nil, policyDenial(s.Name, "may update only Secrets of the same binding, written by itself")
+		if (!ok || b != s.Labels[LabelBinding] || old.Labels[LabelManagedBy] != ManagedByValue || !ownedBy(old, writerUser) || s.Annotations[AnnotationWriter] != writerUser) && !isNamed(a.GetNamespace(), s.Name) {
+			return true, nil, policyDenial(s.Name, "may update only Secrets Ferry created, of the same binding, written by itself")
 		}
 		if oldType := old.Type; oldType != s.Type && (oldType != "" || s.Type != corev1.SecretTypeOpaque) { // "": defaulted to Opaque
 			return true, nil, apierrors.NewInvalid(schema.GroupKind{Kind: "Secret"}, s.Name, field.ErrorList{field.Invalid(field.NewPath("type"), s.Type, "field is immutable")})
@@ -195,8 +195,8 @@ func TestUpdateModeLeavesAnotherWritersSecret(t *testing.T) {
 	if _, err := a.Apply(ctx, testSecret("r1")); !errors.Is(err, ErrNotOwned) {
 		t.Fatalf("apply over another writer's Secret: %v, want ErrNotOwned", err)
 	}
-	if deleted, err := a.Forget(ctx, ref); deleted || err == nil {
-		t.Fatalf("forget of another writer's Secret: deleted %v, err %v", deleted, err)
+	if deleted, err := a.Forget(ctx, ref); deleted || err == nil || !strings.Contains(err.Error(), "another writer release wrote it") || !strings.Contains(err.Error(), "not another writer's") {
+		t.Fatalf("forget of another writer's Secret: deleted %v, err %v; want the policy's refusal", deleted, err)
 	}
 	got, err := cs.CoreV1().Secrets("demo").Get(ctx, "db-creds", metav1.GetOptions{})
 	if err != nil || string(got.Data["k"]) != "theirs" || got.Annotations[AnnotationWriter] != otherWriter {
@@ -472,12 +472,31 @@ func TestCheckPolicy(t *testing.T) {
 	if err != nil || len(denials) != 2 || !strings.Contains(denials["a"], "ValidatingAdmissionPolicy") {
 		t.Fatalf("with the policy: %v, %v", denials, err)
 	}
-	for _, act := range cs.Actions() {
+	if n := len(cs.Actions()); n != 4 {
+		t.Errorf("the check sent %d requests, want two per namespace", n)
+	}
+	for i, act := range cs.Actions() {
 		c := act.(k8stesting.CreateActionImpl)
 		s := c.GetObject().(*corev1.Secret)
-		if len(c.CreateOptions.DryRun) != 1 || c.CreateOptions.DryRun[0] != metav1.DryRunAll || s.GenerateName != PolicyCheckName || len(s.Labels) != 0 {
-			t.Errorf("the check sent %+v %+v: want a dry-run create of an unlabelled Secret", c.CreateOptions, s.ObjectMeta)
+		if len(c.CreateOptions.DryRun) != 1 || c.CreateOptions.DryRun[0] != metav1.DryRunAll || s.GenerateName != PolicyCheckName {
+			t.Errorf("the check sent %+v %+v: want a dry-run create", c.CreateOptions, s.ObjectMeta)
 		}
+		if labelled := s.Labels[LabelBinding] != ""; labelled != (i%2 == 1) || len(s.Annotations) != 0 {
+			t.Errorf("probe %d: labels %v annotations %v: want an unlabelled Secret, then a labelled one without %s", i, s.Labels, s.Annotations, AnnotationWriter)
+		}
+	}
+
+	// A policy from before ferry.dev/writer: it refuses the unlabelled
+	// Secret only.
+	cs = fake.NewClientset()
+	cs.PrependReactor("create", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if s := a.(k8stesting.CreateAction).GetObject().(*corev1.Secret); s.Labels[LabelBinding] == "" {
+			return true, nil, policyDenial(s.Name, "may create only Secrets labelled ferry.dev/binding")
+		}
+		return false, nil, nil
+	})
+	if _, err := CheckPolicy(ctx, cs.CoreV1(), []string{"a"}); !errors.Is(err, ErrPolicyOutdated) || !strings.Contains(err.Error(), "namespace a") {
+		t.Errorf("with an outdated policy: %v, want ErrPolicyOutdated naming namespace a", err)
 	}
 
 	// No policy: the (fake's) create is admitted.
