@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -36,16 +37,15 @@ type auditLine struct {
 // readAudit decodes an audit file; every line must be an audit line.
 func readAudit(t *testing.T, path string) []audit.Event {
 	t.Helper()
-	f, err := os.Open(path)
+	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	var out []audit.Event
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(stack.CompleteLines(data)))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		var l auditLine

@@ -45,7 +45,7 @@ func (k *Kube) SecretRequests(t TB, user string) []KubeAuditEvent {
 		t.Fatalf("stack: read apiserver audit log: %v", err)
 	}
 	var out []KubeAuditEvent
-	sc := bufio.NewScanner(bytes.NewReader(completeLines(data)))
+	sc := bufio.NewScanner(bytes.NewReader(CompleteLines(data)))
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
 		var e KubeAuditEvent

@@ -84,7 +84,7 @@ func (a *Audit) Entries(t TB) []AuditEntry {
 		t.Fatalf("stack: read audit log: %v", err)
 	}
 	var out []AuditEntry
-	sc := bufio.NewScanner(bytes.NewReader(completeLines(data)))
+	sc := bufio.NewScanner(bytes.NewReader(CompleteLines(data)))
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
 		var e AuditEntry
@@ -133,8 +133,8 @@ func (a *Audit) CountBy(t TB, match func(AuditEntry) bool, key func(AuditEntry) 
 // ByPath is a CountBy key: the request path.
 func ByPath(e AuditEntry) string { return e.Request.Path }
 
-// completeLines is data up to its last newline: an audit log read while
-// Vault or kube-apiserver appends to it may end in an entry not yet
+// CompleteLines is data up to its last newline: an audit log read while
+// Vault, kube-apiserver or the broker appends to it may end in an entry not yet
 // completely written (CI once failed on "unexpected end of JSON input"),
 // which the next read will hold whole.
-func completeLines(data []byte) []byte { return data[:bytes.LastIndexByte(data, '\n')+1] }
+func CompleteLines(data []byte) []byte { return data[:bytes.LastIndexByte(data, '\n')+1] }
