@@ -62,7 +62,11 @@ type dynamicSource struct {
 	// issueAt, when set, is an issue from a new source that failed and is
 	// due again then: cur is renewed in between (issue).
 	issueAt time.Time
-	retry   *backoff.ExponentialBackOff
+	// renewRetryAt, when set, is when a failed renewal of cur may be tried
+	// again: an issue that fails meanwhile does not renew sooner (renew
+	// and issue failing in turn would otherwise loop without waiting).
+	renewRetryAt time.Time
+	retry        *backoff.ExponentialBackOff
 }
 
 type dynAction int
@@ -209,7 +213,7 @@ func (d *dynamicSource) issue(ctx context.Context) {
 		if cur := d.cur; cur != nil && cur.renewable && !cur.capped {
 			// A new source that cannot issue yet (a reload): the lease whose
 			// credentials are delivered is kept alive meanwhile.
-			if renewAt := d.granted.Add(renewDelay(d.grantTTL, d.cfg.RenewPercent)); renewAt.Before(d.next) {
+			if renewAt := maxTime(d.granted.Add(renewDelay(d.grantTTL, d.cfg.RenewPercent)), d.renewRetryAt); renewAt.Before(d.next) {
 				d.issueAt = d.next
 				d.next, d.act = maxTime(now, renewAt), actRenew
 			}
@@ -217,6 +221,7 @@ func (d *dynamicSource) issue(ctx context.Context) {
 		return
 	}
 	d.retry.Reset()
+	d.renewRetryAt = time.Time{}
 	if l.LeaseID == "" || l.LeaseDuration <= 0 {
 		d.publishLeaseless(l, now)
 		return
@@ -311,6 +316,7 @@ func (d *dynamicSource) renew(ctx context.Context) {
 		d.sourceError(err)
 		replaceAt := cur.expires.Add(-replaceLead(cur.period))
 		wait := d.retry.NextBackOff()
+		d.renewRetryAt = now.Add(wait)
 		if now.Add(wait).Before(replaceAt) {
 			d.next = now.Add(wait)
 		} else {
@@ -320,6 +326,7 @@ func (d *dynamicSource) renew(ctx context.Context) {
 		return
 	}
 	d.retry.Reset()
+	d.renewRetryAt = time.Time{}
 	cur.expires = now.Add(r.LeaseDuration)
 	// Clears an earlier source error; the content is unchanged, so writers
 	// are not notified.
