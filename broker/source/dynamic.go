@@ -309,6 +309,10 @@ func (d *dynamicSource) renew(ctx context.Context) {
 		if errors.Is(err, vault.ErrLeaseInvalid) {
 			d.p.metrics.LeaseRenewal(metrics.RenewalReplaced)
 			d.log.Warn("lease renewal refused; issuing new credentials", "lease_id", cur.id, "err", err)
+			// Not renewed again: an issue that fails schedules its own retry
+			// (renewing this lease in between would be refused at once, and
+			// the two would call each other without waiting).
+			cur.renewable = false
 			d.next, d.act = now, actIssue
 			return
 		}
