@@ -45,6 +45,7 @@ type fakeVault struct {
 	leases        map[string]*fakeLease
 	issued        int
 	renewals      int
+	renewAttempts int // every RenewLease call, refused or not
 	refuseRenewal bool
 	revocations   int
 	// revokeHook, when set, runs (unlocked) at the start of RevokeLease.
@@ -138,6 +139,15 @@ func (f *fakeVault) ReadLeased(ctx context.Context, method, path string, params 
 func (f *fakeVault) RenewLease(ctx context.Context, id string, inc time.Duration) (*vault.Renewal, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.renewAttempts++
+	if f.renewAttempts > 1000 {
+		// A source renewing without waiting: block (durably, so the
+		// bubble's clock moves on) and let the test count.
+		f.mu.Unlock()
+		<-ctx.Done()
+		f.mu.Lock()
+		return nil, ctx.Err()
+	}
 	now := time.Now()
 	l := f.leases[id]
 	if l == nil || l.revoked || !now.Before(l.expires) || f.refuseRenewal {

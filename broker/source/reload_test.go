@@ -296,3 +296,31 @@ func TestReloadSourceChangeThatCannotIssueKeepsTheLeaseAlive(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusedRenewalAndFailingIssueWait: Vault refuses to renew the
+// delivered lease and the reloaded path cannot issue. The source retries
+// the issue with its backoff and does not renew that lease again (a
+// refused renewal and a failed issue used to call each other without
+// waiting: a busy loop, which stopped the bubble's clock).
+func TestRefusedRenewalAndFailingIssueWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeVault() // TTL 30s
+		p, _, stop := startPoller(t, f, dynamicBinding("db", 3*time.Second))
+		defer stop()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		f.mu.Lock()
+		f.refuseRenewal = true
+		f.mu.Unlock()
+		b := dynamicBinding("db", 3*time.Second)
+		b.Dynamic.Path = failingPath
+		p.Replace(b)
+		time.Sleep(60 * time.Second) // past the lease's renewal time
+		synctest.Wait()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.renewAttempts == 0 || f.renewAttempts > 2 {
+			t.Errorf("%d renewal attempts in 60s, want 1 or 2 (the refused renewal is not retried)", f.renewAttempts)
+		}
+	})
+}
