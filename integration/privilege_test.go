@@ -586,7 +586,7 @@ rolloutRestart: {delay: 1s, targets: [{namespace: %[1]s, kind: Deployment, name:
 			"type outside the allow-list":              secretJSON("bad-4", "example.com/custom", ferryLabels, nil),
 			"annotation under kubectl.kubernetes.io":   secretJSON("bad-5", "Opaque", ferryLabels, map[string]string{"kubectl.kubernetes.io/x": "y"}),
 			"labelled, without ferry.dev/writer":       secretJSON("bad-6", "Opaque", ferryLabels, nil),
-			"labelled, ferry.dev/writer another's":     secretJSON("bad-7", "Opaque", ferryLabels, writtenBy("system:serviceaccount:team-b:ferry-writer", nil)),
+			"labelled, ferry.dev/writer another's":     secretJSON("bad-7", "Opaque", ferryLabels, writtenBy(stack.ServiceAccountUser("team-b", "ferry-writer"), nil)),
 		} {
 			refused(t, "POST "+what, "policy", stolen.do("POST", secretsPath(ns), "application/json", body))
 		}

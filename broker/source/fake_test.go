@@ -47,6 +47,7 @@ type fakeVault struct {
 	renewals      int
 	renewAttempts int // every RenewLease call, refused or not
 	refuseRenewal bool
+	renewErr      error // when set, RenewLease fails with it (a transient error)
 	revocations   int
 	// revokeHook, when set, runs (unlocked) at the start of RevokeLease.
 	revokeHook func(id string)
@@ -147,6 +148,9 @@ func (f *fakeVault) RenewLease(ctx context.Context, id string, inc time.Duration
 		<-ctx.Done()
 		f.mu.Lock()
 		return nil, ctx.Err()
+	}
+	if f.renewErr != nil {
+		return nil, f.renewErr
 	}
 	now := time.Now()
 	l := f.leases[id]

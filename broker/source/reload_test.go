@@ -1,6 +1,7 @@
 package source
 
 import (
+	"errors"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -297,30 +298,45 @@ func TestReloadSourceChangeThatCannotIssueKeepsTheLeaseAlive(t *testing.T) {
 	})
 }
 
-// TestRefusedRenewalAndFailingIssueWait: Vault refuses to renew the
-// delivered lease and the reloaded path cannot issue. The source retries
-// the issue with its backoff and does not renew that lease again (a
-// refused renewal and a failed issue used to call each other without
-// waiting: a busy loop, which stopped the bubble's clock).
+// TestRefusedRenewalAndFailingIssueWait: the delivered lease cannot be
+// renewed and the reloaded path cannot issue. The source waits between its
+// tries: a renewal Vault refused is not retried, and one that failed
+// otherwise is retried after its backoff, also when a failed issue asks
+// for the lease to be kept alive (a failed renewal and a failed issue used
+// to call each other without waiting: a busy loop, which stopped the
+// bubble's clock).
 func TestRefusedRenewalAndFailingIssueWait(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := newFakeVault() // TTL 30s
-		p, _, stop := startPoller(t, f, dynamicBinding("db", 3*time.Second))
-		defer stop()
-		time.Sleep(time.Second)
-		synctest.Wait()
-		f.mu.Lock()
-		f.refuseRenewal = true
-		f.mu.Unlock()
-		b := dynamicBinding("db", 3*time.Second)
-		b.Dynamic.Path = failingPath
-		p.Replace(b)
-		time.Sleep(60 * time.Second) // past the lease's renewal time
-		synctest.Wait()
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if f.renewAttempts == 0 || f.renewAttempts > 2 {
-			t.Errorf("%d renewal attempts in 60s, want 1 or 2 (the refused renewal is not retried)", f.renewAttempts)
-		}
-	})
+	for _, c := range []struct {
+		name     string
+		fail     func(f *fakeVault)
+		min, max int // renewal attempts in 60s
+	}{
+		{"refused (lease invalid)", func(f *fakeVault) { f.refuseRenewal = true }, 1, 2},
+		// Retried after a backoff that starts at 1s and doubles (the
+		// issue's failures share it): a few tries, not a thousand.
+		{"failed (transient)", func(f *fakeVault) { f.renewErr = errors.New("fake: 503 Vault is sealed") }, 1, 6},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFakeVault() // TTL 30s
+				p, _, stop := startPoller(t, f, dynamicBinding("db", 3*time.Second))
+				defer stop()
+				time.Sleep(time.Second)
+				synctest.Wait()
+				f.mu.Lock()
+				c.fail(f)
+				f.mu.Unlock()
+				b := dynamicBinding("db", 3*time.Second)
+				b.Dynamic.Path = failingPath
+				p.Replace(b)
+				time.Sleep(60 * time.Second) // past the lease's renewal time
+				synctest.Wait()
+				f.mu.Lock()
+				defer f.mu.Unlock()
+				if f.renewAttempts < c.min || f.renewAttempts > c.max {
+					t.Errorf("%d renewal attempts in 60s, want %d to %d", f.renewAttempts, c.min, c.max)
+				}
+			})
+		})
+	}
 }

@@ -3,8 +3,8 @@ package vault
 import "net/http"
 
 // HeaderBrokerID carries the broker's ha.id on every Vault request of a
-// broker configured for HA (set on the client: detach). Vault audits it once told to
-// (sys/config/auditing/request-headers/X-Ferry-Broker-Id).
+// broker configured for HA (a header of the client: detach). Vault audits
+// it once told to (sys/config/auditing/request-headers/X-Ferry-Broker-Id).
 const HeaderBrokerID = "X-Ferry-Broker-Id"
 
 // fenceTransport checks the fence before each request. vault/api's
